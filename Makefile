@@ -1,0 +1,50 @@
+# Two commands a new user needs: `make demo` and `make test`. Both set up .venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+DEMO_MINUTES ?= 6
+
+.PHONY: install dev demo test lint bench clean
+
+# The stamp makes re-runs instant; it is rebuilt when the package metadata changes.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+install dev: $(VENV)/.installed
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist; without it the demo uses sklearn's digits.
+demo: $(VENV)/.installed
+	@DATA=fashion-mnist; \
+	if [ ! -e "$(FMNIST_DIR)/train-images-idx3-ubyte.gz" ]; then \
+	  echo "Fashion-MNIST not found in $(FMNIST_DIR); trying: apt-get install dataset-fashion-mnist"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo "sudo -n" ); \
+	  ( $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	    ( $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 ) ) || true; \
+	fi; \
+	if [ ! -e "$(FMNIST_DIR)/train-images-idx3-ubyte.gz" ]; then \
+	  echo "Could not install it (needs root and Debian's archive): run 'sudo apt-get install dataset-fashion-mnist'"; \
+	  echo "or put the four *-idx*-ubyte.gz files in $(FMNIST_DIR). Falling back to the 'digits' data set."; \
+	  DATA=digits; \
+	fi; \
+	set -e; \
+	$(BIN)/resnetlab train $$DATA --recipe fast --time-limit $(DEMO_MINUTES)m --name demo --exist-ok; \
+	$(BIN)/resnetlab evaluate runs/demo/best.pt $$DATA --split test --out runs/demo/test; \
+	$(BIN)/resnetlab predict runs/demo/best.pt runs/demo/test/misclassified_examples --out runs/demo/test/predictions.csv --topk 3 || true; \
+	echo; echo "Demo finished. Run folder: runs/demo (metrics.csv, curves.png, best.pt, last.pt, config.yaml)"; \
+	echo "Test-split evaluation: runs/demo/test (metrics.json, confusion_matrix.png/.csv, misclassified.csv)"
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

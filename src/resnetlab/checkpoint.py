@@ -1,0 +1,157 @@
+"""One checkpoint format: a dict of plain values and tensors, written atomically, read with weights_only.
+
+Everything needed to predict travels inside (architecture, head, stem, classes, image size,
+mean/std), so ``best.pt`` alone is a usable model. A bare state_dict from a notebook is accepted too
+when the architecture and classes are given.
+
+    save_checkpoint("runs/x/best.pt", {...})
+    model, meta = load_model("runs/x/best.pt", device="cpu")
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models import ModelError, ModelSpec, build_model, load_matching, read_state_dict
+
+FORMAT = "resnetlab-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message says why and which file."""
+
+
+@dataclass
+class ModelMeta:
+    """What predictions need besides the weights."""
+
+    spec: ModelSpec
+    classes: list[str]
+    img_size: int
+    mean: list[float]
+    std: list[float]
+    epoch: int | None = None
+    metrics: dict = field(default_factory=dict)
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return {"model_spec": self.spec.to_dict(), "classes": list(self.classes), "img_size": self.img_size,
+                "mean": list(self.mean), "std": list(self.std)}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare network under DDP and torch.compile wrappers, so saved keys carry no prefixes."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a crash never leaves a half file."""
+    path = Path(path)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as tmp:
+            torch.save(payload, tmp)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file without unpickling code (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - pickle refusals, truncation and non-torch files
+        first = (str(err).strip().splitlines() or [""])[0]
+        if "Weights only load failed" in str(err) or "Unsupported global" in str(err):
+            reason = "it contains pickled Python objects, which resnetlab refuses to load (they can run code)"
+        elif isinstance(err, (EOFError, RuntimeError)) or "zip" in str(err).lower():
+            reason = f"the file is truncated or not a torch checkpoint ({first[:200]})"
+        else:
+            reason = f"{type(err).__name__}: {first[:200]}"
+        raise CheckpointError(f"cannot load {path}: {reason}") from None
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu", arch: str | None = None,
+               classes: list[str] | None = None, img_size: int | None = None,
+               checkpoint: dict | None = None) -> tuple[nn.Module, ModelMeta]:
+    """A ready-to-predict model (eval mode) and its metadata from a resnetlab checkpoint or a bare state_dict."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        payload: dict[str, Any] = {"model": read_state_dict(path)}
+    else:
+        payload = checkpoint if checkpoint is not None else read_checkpoint(path)
+    if payload.get("format") == FORMAT:
+        meta = ModelMeta(ModelSpec.from_dict(payload["model_spec"]), list(payload["classes"]),
+                         int(payload["img_size"]), list(payload["mean"]), list(payload["std"]),
+                         payload.get("epoch"), dict(payload.get("metrics") or {}), str(path))
+        model = build_model(meta.spec)
+        try:
+            model.load_state_dict(payload["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: weights do not match {meta.spec.arch}: {str(err)[:300]}") from None
+    else:
+        model, meta = _from_bare_state_dict(path, payload, arch, classes, img_size)
+    return model.to(device).eval(), meta
+
+
+def _from_bare_state_dict(path: Path, payload: dict, arch: str | None, classes: list[str] | None,
+                          img_size: int | None) -> tuple[nn.Module, ModelMeta]:
+    state = payload
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(payload.get(key), dict):
+            state = payload[key]
+            break
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is neither a resnetlab checkpoint nor a state_dict of tensors")
+    if not arch or not classes:
+        raise CheckpointError(f"{path} is a bare state_dict: pass --model ARCH and --classes (a file with one "
+                              "class per line, or a comma-separated list) so it can be rebuilt")
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    head_weight = state.get("fc.weight", state.get("fc.3.weight"))
+    if head_weight is not None and head_weight.shape[0] != len(classes):
+        raise CheckpointError(f"{path} has a head for {head_weight.shape[0]} classes but {len(classes)} class "
+                              f"names were given")
+    conv1 = state.get("conv1.weight")
+    stem = "small" if conv1 is not None and conv1.shape[-1] == 3 else "standard"
+    head = "mlp" if "fc.0.weight" in state else "linear"
+    hidden = int(state["fc.0.weight"].shape[0]) if head == "mlp" else 512
+    width = conv1.shape[0] / 64 if conv1 is not None and conv1.ndim == 4 else 1.0
+    spec = ModelSpec(arch, len(classes), head=head, hidden=hidden, stem=stem, width=width)
+    model = build_model(spec)
+    try:
+        load_matching(model, state, str(path))
+        model.load_state_dict(state, strict=True)
+    except (ModelError, RuntimeError) as err:
+        raise CheckpointError(f"{path} does not fit {arch} with {len(classes)} classes: {str(err)[:300]}") from None
+    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    size = img_size or (32 if stem == "small" else 224)
+    meta = ModelMeta(spec, list(classes), size, list(IMAGENET_MEAN), list(IMAGENET_STD), source=str(path))
+    return model, meta
+
+
+def parse_classes(value: str | None) -> list[str] | None:
+    """--classes: a text file with one name per line, or a comma-separated list."""
+    if not value:
+        return None
+    candidate = Path(value)
+    if candidate.is_file():
+        names = [line.strip() for line in candidate.read_text(encoding="utf-8").splitlines()]
+        return [n for n in names if n]
+    return [c.strip() for c in value.split(",") if c.strip()]

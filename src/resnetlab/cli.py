@@ -1,0 +1,162 @@
+"""Command line: parse, call one function of the Python API, print. No machine learning in here.
+
+    resnetlab train photos/ --epochs 5
+    resnetlab evaluate runs/x/best.pt photos/ --split test
+    resnetlab predict runs/x/best.pt new_photos/ --out predictions.csv --topk 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from importlib import resources
+from pathlib import Path
+
+from .config import ConfigError, TrainConfig, load_yaml
+
+EPILOG = """Examples:
+  resnetlab train fashion-mnist --recipe fast          built-in data set, tuned preset
+  resnetlab train photos/ --model resnet50 --pretrained resnet50.safetensors --img-size 224
+  resnetlab train labels.csv --epochs 20 --aug standard --balance sampler
+  resnetlab train --resume runs/my-run                 continue from runs/my-run/last.pt
+  resnetlab evaluate runs/my-run/best.pt photos/ --split test
+  resnetlab predict runs/my-run/best.pt new_photos/ --out predictions.csv --topk 3
+"""
+
+
+def _flag_type(annotation: str):
+    if "list" in annotation:
+        return lambda text: [float(v) for v in text.split(",")]
+    if annotation.startswith("int"):
+        return int
+    if annotation.startswith("float"):
+        return float
+    return str
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; defaults are suppressed so recipe < YAML < flags merge cleanly."""
+    parser.add_argument("data", nargs="?", help=TrainConfig.__dataclass_fields__["data"].metadata["help"])
+    parser.add_argument("--recipe", help="a preset: fast or accurate (shipped YAML files), or a YAML file path")
+    parser.add_argument("--config", help="YAML file of settings (flags given on the command line win)")
+    for f in fields(TrainConfig):
+        if f.name == "data":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        text = meta["help"] + (f" (default: {f.default})" if f.default is not None and f.default != "" else "")
+        if "bool" in str(f.type):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(flag, type=_flag_type(str(f.type)), choices=meta.get("choices"),
+                                default=argparse.SUPPRESS, help=text, metavar=None if meta.get("choices") else
+                                f.name.upper())
+
+
+def recipe_values(name: str | None) -> dict:
+    if not name:
+        return {}
+    path = Path(name)
+    if path.is_file():
+        return load_yaml(path)
+    shipped = resources.files("resnetlab") / "recipes" / f"{name}.yaml"
+    if not shipped.is_file():
+        available = sorted(p.name.removesuffix(".yaml") for p in (resources.files("resnetlab") / "recipes").iterdir()
+                           if p.name.endswith(".yaml"))
+        raise ConfigError(f"unknown recipe '{name}'; shipped recipes: {', '.join(available)}, or give a YAML file")
+    with resources.as_file(shipped) as file:
+        return load_yaml(file)
+
+
+def _common_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU cores)")
+    parser.add_argument("--model", default=None, help="architecture, only for a bare state_dict file")
+    parser.add_argument("--classes", default=None,
+                        help="class names for a bare state_dict: a file (one per line) or a comma list")
+    parser.add_argument("--img-size", type=int, default=None, help="image size, only for a bare state_dict")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resnetlab", description="Train, evaluate and predict with ResNet "
+                                     "image classifiers on your own images.", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    train = sub.add_parser("train", help="train a classifier on a folder, CSV or built-in data set",
+                           description="Train a ResNet. Writes runs/NAME/: config.yaml, metrics.csv, best.pt, "
+                                       "last.pt, curves.png, data_report.json (and split.csv when split for you).")
+    _add_train_flags(train)
+
+    evaluate = sub.add_parser("evaluate", help="metrics of a checkpoint on a data split",
+                              description="Writes metrics.json, confusion_matrix.csv/.png and misclassified.csv.")
+    evaluate.add_argument("checkpoint", help="best.pt / last.pt of a run, or a bare state_dict file")
+    evaluate.add_argument("data", help="image folder, CSV or built-in name")
+    evaluate.add_argument("--split", default="val", choices=("train", "val", "test"), help="default: val")
+    evaluate.add_argument("--out", default=None, help="output folder (default: CHECKPOINT_DIR/eval-SPLIT)")
+    evaluate.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")
+    _common_model_flags(evaluate)
+
+    predict = sub.add_parser("predict", help="top-k predictions for image files and folders, as CSV",
+                             description="Writes a CSV: path,label,confidence,top2_label,top2_prob,...,error.")
+    predict.add_argument("checkpoint", help="best.pt / last.pt of a run, or a bare state_dict file")
+    predict.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    predict.add_argument("--out", default="predictions.csv", help="CSV path (default: predictions.csv)")
+    predict.add_argument("--topk", type=int, default=3, help="labels per image (default: 3)")
+    _common_model_flags(predict)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        from .training import train
+
+        overrides = {k: v for k, v in vars(args).items() if k not in ("command", "recipe", "config")}
+        if getattr(args, "resume", None):
+            config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+        else:
+            config = TrainConfig.from_sources(args.config, overrides, base=recipe_values(args.recipe))
+        train(config)
+        return 0
+    from .checkpoint import parse_classes
+
+    classes = parse_classes(args.classes)
+    if args.command == "evaluate":
+        from .evaluation import evaluate
+
+        evaluate(args.checkpoint, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
+                 device=args.device, workers=args.workers, data_root=args.data_root, arch=args.model,
+                 classes=classes, img_size=args.img_size, progress=args.progress)
+        return 0
+    from .predict import predict_files
+
+    summary = predict_files(args.checkpoint, args.inputs, out=args.out, topk=args.topk, batch_size=args.batch_size,
+                            device=args.device, workers=args.workers, arch=args.model, classes=classes,
+                            img_size=args.img_size, progress=args.progress)
+    return 0 if summary["predicted"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .data.images import ImageReadError
+    from .data.sources import DataError
+    from .engine import NonFiniteLossError
+    from .models import ModelError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ConfigError, DataError, ModelError, CheckpointError, ImageReadError, NonFiniteLossError) as err:
+        print(f"resnetlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Typed training settings: one dataclass is the single source of defaults, help texts and validation.
+
+The CLI builds its flags from these fields, a YAML file (``--config``) may set any of them, and the
+resolved values are written to ``config.yaml`` in the run folder.
+
+    cfg = TrainConfig.from_sources(yaml_path="recipe.yaml", overrides={"epochs": 3})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting has a wrong name, type or value; the message says which and what is allowed."""
+
+
+def _opt(default: Any, help: str, choices: tuple | None = None, flag: str | None = None) -> Any:
+    meta = {"help": help, "choices": choices, "flag": flag}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str | None = _opt(None, "image folder, CSV file, or built-in name (fashion-mnist, mnist, cifar10, "
+                                  "cifar100, digits)")
+    data_root: str | None = _opt(None, "folder holding the built-in data sets' standard files "
+                                       "(Fashion-MNIST defaults to /usr/share/datasets/fashion-mnist)")
+    val_split: float = _opt(0.1, "fraction held out for validation when the data has no val split")
+    img_size: int | None = _opt(None, "training image size in pixels (square); default: the data set's "
+                                      "native size for built-ins, else the median image side clamped to 32-224")
+    norm: str = _opt("imagenet", "normalisation: imagenet, dataset (mean/std of the training split), "
+                                 "or none; --mean/--std give explicit values", ("imagenet", "dataset", "none"))
+    mean: list[float] | None = _opt(None, "explicit per-channel mean, e.g. 0.5,0.5,0.5 (overrides --norm)")
+    std: list[float] | None = _opt(None, "explicit per-channel std, e.g. 0.25,0.25,0.25 (overrides --norm)")
+    balance: str = _opt("none", "imbalanced classes: none, weights (class-weighted loss) or sampler "
+                                "(class-balanced sampling)", ("none", "weights", "sampler"))
+    aug: str = _opt("light", "augmentation preset: none, light (flip, small rotation, padded crop), standard "
+                             "(+ random-resized-crop, colour jitter), strong (+ TrivialAugment, random erasing)",
+                    ("none", "light", "standard", "strong"))
+    hflip: bool = _opt(True, "allow horizontal flips in augmentation (turn off for digits and text)")
+    cache_dir: str | None = _opt(None, "folder for decoded-image caches (default: ~/.cache/resnetlab)")
+    # model
+    model: str = _opt("resnet18", "architecture: resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, "
+                                  "or any timm ResNet name")
+    pretrained: str | None = _opt(None, "weights: a local .pth/.safetensors file, or 'hub' (timm download)")
+    head: str = _opt("linear", "classifier head: linear, or mlp (Linear-ReLU-Dropout-Linear)", ("linear", "mlp"))
+    hidden: int = _opt(512, "hidden width of the mlp head")
+    dropout: float = _opt(0.5, "dropout of the mlp head")
+    stem: str = _opt("auto", "auto (small when img-size <= 64), small (3x3 stride-1 conv, no max-pool), "
+                             "or standard (ImageNet stem)", ("auto", "small", "standard"))
+    width: float = _opt(1.0, "channel-width multiplier of the ResNet stages (0.5 halves every stage: ~4x "
+                             "fewer FLOPs, for small data sets on CPUs)")
+    freeze_backbone: bool = _opt(False, "train only the head")
+    unfreeze_at: int | None = _opt(None, "epoch (1-based) at which a frozen backbone starts training")
+    # optimisation
+    epochs: int = _opt(10, "number of epochs")
+    batch_size: int = _opt(128, "images per step (per process)")
+    lr: float | None = _opt(None, "peak learning rate; default 0.1 for sgd, 0.001 for adam/adamw")
+    opt: str = _opt("sgd", "optimizer", ("sgd", "adam", "adamw"))
+    momentum: float = _opt(0.9, "SGD momentum (beta1 for adam/adamw)")
+    weight_decay: float = _opt(5e-4, "weight decay (not applied to norm layers and biases)")
+    sched: str = _opt("onecycle", "learning-rate schedule, stepped every batch",
+                      ("onecycle", "cosine", "step", "none"))
+    warmup_epochs: float = _opt(1.0, "linear warm-up length in epochs (onecycle: the rising phase)")
+    step_size: int = _opt(30, "step schedule: epochs between decays (x0.1)")
+    label_smoothing: float = _opt(0.1, "label smoothing of the training loss (validation loss is plain)")
+    early_stop: int = _opt(0, "stop when val accuracy has not improved for N epochs (0: never)")
+    time_limit: str | None = _opt(None, "stop after this wall time (e.g. 90s, 5m, 1h); the schedule is "
+                                        "shortened to fit")
+    # machine
+    seed: int = _opt(0, "random seed (split, init, shuffling, augmentation)")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    workers: int | None = _opt(None, "processes that decode images (default: number of CPU cores, at most 8)")
+    amp: str = _opt("auto", "mixed precision: auto (bf16 where the hardware has it, fp16 on older GPUs), "
+                            "bf16, fp16, off", ("auto", "bf16", "fp16", "off"))
+    compile: bool = _opt(False, "torch.compile the model")
+    # outputs
+    out: str | None = _opt(None, "run folder (default: runs/NAME)")
+    name: str | None = _opt(None, "run name (default: MODEL-DATA-TIMESTAMP)")
+    exist_ok: bool = _opt(False, "reuse an existing run folder (files are overwritten)")
+    resume: str | None = _opt(None, "continue the run in this folder from its last.pt")
+    progress: bool = _opt(True, "show progress bars")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, origin: str = "settings") -> TrainConfig:
+        """Build from a mapping, rejecting unknown keys with a 'did you mean'."""
+        known = cls.field_names()
+        for key in values:
+            if key.replace("-", "_") not in known:
+                close = difflib.get_close_matches(key.replace("-", "_"), known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"unknown setting '{key}' in {origin}{hint}")
+        cfg = cls(**{k.replace("-", "_"): v for k, v in values.items()})
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_sources(cls, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                     *, base: dict[str, Any] | None = None) -> TrainConfig:
+        """Defaults < ``base`` (a recipe) < YAML file < ``overrides`` (command-line flags)."""
+        values: dict[str, Any] = dict(base or {})
+        if yaml_path:
+            values.update(load_yaml(yaml_path))
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.from_dict(values, origin=str(yaml_path) if yaml_path else "settings")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name} = {value!r} is not one of: {', '.join(choices)}")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                value = [float(v) for v in value.split(",")]
+                setattr(self, key, value)
+            if value is not None and len(value) != 3:
+                raise ConfigError(f"{key} needs 3 values (R,G,B), got {value}")
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (0.0 < self.val_split < 1.0, f"val_split must be between 0 and 1, got {self.val_split}"),
+            (self.img_size is None or 8 <= self.img_size <= 1024, f"img_size must be 8-1024, got {self.img_size}"),
+            (0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
+            (0.0625 <= self.width <= 4.0, f"width must be between 0.0625 and 4, got {self.width}"),
+            (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.early_stop >= 0, f"early_stop must be >= 0, got {self.early_stop}"),
+            (self.std is None or all(s > 0 for s in self.std), f"std values must be > 0, got {self.std}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if self.time_limit is not None:
+            parse_duration(self.time_limit)
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else (0.1 if self.opt == "sgd" else 1e-3)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of setting: value")
+    return values
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'90s', '5m', '1.5h' or a plain number of seconds -> seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"time_limit {text!r} is not a duration like 90s, 5m or 1h") from None

@@ -1,0 +1,150 @@
+"""The one loop over batches, used for training, validation, evaluation and prediction alike.
+
+Given an optimizer it trains; without one it runs under inference_mode. Loss and accuracy are summed
+on the device and read back once per ``sync_every`` steps (each ``.item()`` is a CPU-GPU sync point).
+
+    result = run_epoch(model, batches.epoch(0), criterion=loss, optimizer=opt, scheduler=sched)
+    result.loss, result.accuracy
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .models import train_mode
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch and step."""
+
+
+@dataclass
+class EpochResult:
+    loss: float  # mean per image
+    accuracy: float  # fraction 0-1
+    images: int
+    seconds: float
+    steps: int
+    logits: torch.Tensor | None = None  # N x K float32 on CPU, when keep_outputs
+    targets: torch.Tensor | None = None  # N int64
+    indices: torch.Tensor | None = None  # N positions in the split
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available (torch.cuda.is_available() "
+                         "is False); use --device cpu")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """bf16 is only a speed-up on CPUs with AVX512-BF16 or AMX; elsewhere it is emulated and slower."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability in ("AVX512_BF16", "AMX") or "AMX" in capability
+
+
+def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
+    """Resolve --amp to an autocast dtype (None: fp32)."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def run_epoch(model: nn.Module, batches: Iterable, *, criterion: Callable, device: torch.device,
+              optimizer: torch.optim.Optimizer | None = None, scheduler=None,
+              scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
+              total_steps: int | None = None, start_step: int = 0, desc: str = "", progress: bool = True,
+              keep_outputs: bool = False, grad_clip: float | None = None, sync_every: int = 25,
+              epoch: int = 0, on_step: Callable[[int], None] | None = None) -> EpochResult:
+    """One pass over ``batches``; trains when ``optimizer`` is given. ``on_step(step)`` runs after each step."""
+    training = optimizer is not None
+    if training:
+        train_mode(model)
+    else:
+        model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    started = time.perf_counter()
+    step = start_step
+    grad_context = contextlib.nullcontext() if training else torch.inference_mode()
+    with grad_context:
+        for step, (x, y, index) in enumerate(batches, start=start_step):
+            with _autocast(device, amp_dtype):
+                logits = model(x)  # N x K
+                loss = criterion(logits.float(), y)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    if grad_clip:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    if grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+            n = y.shape[0]
+            loss_sum += loss.detach().double() * n
+            correct += (logits.argmax(dim=1) == y).sum()
+            seen += n
+            if keep_outputs:
+                outputs.append((logits.float().cpu(), y.cpu(), index.cpu()))
+            if (step + 1) % sync_every == 0 or (total_steps and step + 1 == total_steps):
+                mean_loss = loss_sum.item() / max(seen, 1)  # one host sync per sync_every steps
+                if not math.isfinite(mean_loss):
+                    raise NonFiniteLossError(f"loss became {mean_loss} at epoch {epoch}, step {step + 1}; "
+                                             "try a lower --lr, or --amp off")
+                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{correct.item() / max(seen, 1):.3f}", refresh=False)
+            bar.update(1)
+            if on_step is not None:
+                on_step(step + 1)
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    mean_loss = loss_sum.item() / max(seen, 1)
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLossError(f"loss became {mean_loss} in epoch {epoch} (by step {step + 1}); "
+                                 "try a lower --lr, or --amp off")
+    result = EpochResult(mean_loss, correct.item() / max(seen, 1), seen, seconds, step + 1 - start_step)
+    if keep_outputs and outputs:
+        result.logits = torch.cat([o[0] for o in outputs])
+        result.targets = torch.cat([o[1] for o in outputs])
+        result.indices = torch.cat([o[2] for o in outputs])
+    return result

@@ -1,0 +1,42 @@
+"""Classification metrics from logits: thin wrappers over scikit-learn and torch.
+
+    report = classification_metrics(logits, targets, classes)
+    report["accuracy"], report["per_class"]["cat"]["f1"]
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+
+def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> float:
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    return float((top == targets.view(-1, 1)).any(dim=1).float().mean())
+
+
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
+    """Accuracy, top-5 (with >= 5 classes), mean loss, per-class P/R/F1/support, macro and weighted averages."""
+    predicted = logits.argmax(dim=1).numpy()
+    truth = targets.numpy()
+    labels = list(range(len(classes)))
+    result: dict = {
+        "images": int(len(truth)),
+        "accuracy": float((predicted == truth).mean()) if len(truth) else 0.0,
+        "loss": float(F.cross_entropy(logits, targets)) if len(truth) else 0.0,
+    }
+    if len(classes) >= 5:
+        result["top5_accuracy"] = topk_accuracy(logits, targets, 5)
+    precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=labels,
+                                                                     zero_division=0)
+    result["per_class"] = {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                               "support": int(support[i])} for i, c in enumerate(classes)}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(truth, predicted, labels=labels, average=average,
+                                                     zero_division=0)
+        result[f"{average}_avg"] = {"precision": float(p), "recall": float(r), "f1": float(f)}
+    result["confusion_matrix"] = confusion_matrix(truth, predicted, labels=labels).tolist()
+    return result
+

@@ -1,0 +1,231 @@
+"""ResNet models by name (timm), with our head, stem and freezing options, and pretrained loading.
+
+    spec = ModelSpec("resnet18", num_classes=10, stem="small")
+    model = build_model(spec)
+    notes = load_pretrained(model, "resnet18.safetensors", spec)
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+SMALL_STEM_MAX_SIZE = 64  # the auto stem is the small one at or below this image size
+_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+class ModelError(ValueError):
+    """A model or weights file does not fit; the message says what differs."""
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild the network; stored in every checkpoint as plain values."""
+
+    arch: str
+    num_classes: int
+    head: str = "linear"
+    hidden: int = 512
+    dropout: float = 0.5
+    stem: str = "standard"  # resolved: "small" or "standard"
+    width: float = 1.0  # channel multiplier of the stages (64-128-256-512 at 1.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelSpec:
+        return cls(**{k: values[k] for k in ("arch", "num_classes", "head", "hidden", "dropout", "stem", "width")
+                      if k in values})
+
+
+def resolve_stem(stem: str, img_size: int) -> str:
+    if stem == "auto":
+        return "small" if img_size <= SMALL_STEM_MAX_SIZE else "standard"
+    return stem
+
+
+def check_arch(arch: str) -> None:
+    if timm.is_model(arch):
+        return
+    candidates = timm.list_models("*res*")
+    close = difflib.get_close_matches(arch, candidates, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ModelError(f"unknown model '{arch}'{hint} (see timm.list_models('resnet*'))")
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """A randomly initialised network for ``spec``."""
+    check_arch(spec.arch)
+    options = {}
+    if spec.width != 1.0:  # timm's ResNet takes the stage widths; narrower nets are what 2-core CPUs afford
+        channels = tuple(max(8, int(round(c * spec.width))) for c in (64, 128, 256, 512))
+        options = {"channels": channels, "stem_width": channels[0]}
+    try:
+        model = timm.create_model(spec.arch, pretrained=False, num_classes=spec.num_classes, **options)
+    except TypeError as err:
+        raise ModelError(f"{spec.arch} does not take a width multiplier ({err}); use --width 1") from None
+    if spec.stem == "small":
+        _use_small_stem(model)
+    if spec.head == "mlp":
+        in_features = head_module(model).in_features
+        model.fc = nn.Sequential(nn.Linear(in_features, spec.hidden), nn.ReLU(inplace=True),
+                                 nn.Dropout(spec.dropout), nn.Linear(spec.hidden, spec.num_classes))
+    return model
+
+
+def head_module(model: nn.Module) -> nn.Module:
+    head = getattr(model, "fc", None)
+    if head is None:
+        raise ModelError(f"{type(model).__name__} has no 'fc' classifier; resnetlab supports the ResNet family")
+    return head
+
+
+def _use_small_stem(model: nn.Module) -> None:
+    """CIFAR-style stem: 3x3 stride-1 first conv and no max-pool, so 28-64 px inputs keep their detail."""
+    conv1 = getattr(model, "conv1", None)
+    if isinstance(conv1, nn.Conv2d):
+        model.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, 3, stride=1, padding=1, bias=False)
+    elif isinstance(conv1, nn.Sequential):  # deep stems ('d', 't' variants): keep them, remove the stride
+        first = next(m for m in conv1.modules() if isinstance(m, nn.Conv2d))
+        first.stride = (1, 1)
+    else:
+        raise ModelError(f"{type(model).__name__} has no conv1 stem to replace; use --stem standard")
+    model.maxpool = nn.Identity()
+
+
+def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    """Freeze or unfreeze everything but the classifier head."""
+    head_params = {id(p) for p in head_module(model).parameters()}
+    for parameter in model.parameters():
+        parameter.requires_grad = trainable or id(parameter) in head_params
+
+
+def backbone_frozen(model: nn.Module) -> bool:
+    return not any(p.requires_grad for p in model.conv1.parameters())
+
+
+def train_mode(model: nn.Module) -> None:
+    """model.train(), but a frozen backbone keeps its BatchNorm statistics fixed (eval mode)."""
+    model.train()
+    if backbone_frozen(model):
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+# ---------------------------------------------------------------------- pretrained weights
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A weights file (.safetensors, or a torch file read with weights_only=True) -> flat state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling refusals and truncated files both land here
+        raise ModelError(f"cannot read weights from {path}: {_short(err)}") from None
+    for key in ("model", "state_dict", "model_state_dict", "ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path} does not hold a state dict of tensors")
+    return {_strip_prefix(k): v for k, v in state.items()}
+
+
+def _strip_prefix(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def _short(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:400]
+
+
+def load_pretrained(model: nn.Module, source: str, spec: ModelSpec) -> list[str]:
+    """Load ImageNet-style weights into ``model``; returns notes about what was re-initialised."""
+    if source == "hub":
+        import logging
+
+        quiet = [logging.getLogger(name) for name in ("huggingface_hub", "timm", "urllib3", "httpx")]
+        levels = [logger.level for logger in quiet]
+        for logger in quiet:  # the hub client logs each failed retry with a traceback; we report once
+            logger.setLevel(logging.CRITICAL)
+        try:
+            _check_hub_reachable()
+            donor = timm.create_model(spec.arch, pretrained=True)
+        except Exception as err:  # noqa: BLE001 - no network, missing hub package, unknown tag...
+            raise ModelError(f"could not download pretrained weights for {spec.arch} from the hub "
+                             f"({_short(err)}); offline? download them elsewhere and pass "
+                             f"--pretrained PATH (.pth or .safetensors)") from None
+        finally:
+            for logger, level in zip(quiet, levels):
+                logger.setLevel(level)
+        state = donor.state_dict()
+    else:
+        state = read_state_dict(source)
+    return load_matching(model, state, source)
+
+
+def _check_hub_reachable() -> None:
+    """Fail in a second rather than after the hub client's ~50 s of retries when there is no network."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise OSError("HF_HUB_OFFLINE is set")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    host, _, port = endpoint.partition(":")
+    try:
+        socket.create_connection((host, int(port or 443)), timeout=5).close()
+    except OSError as err:
+        raise OSError(f"cannot reach {host}: {err}") from None
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Copy every tensor whose name and shape match; the head and a changed stem may differ, nothing else."""
+    own = model.state_dict()
+    notes, mismatched = [], []
+    usable = {}
+    for key, value in state.items():
+        if key in own and own[key].shape == value.shape:
+            usable[key] = value
+        elif key in own:
+            mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}")
+    reinit_ok = ("fc.", "conv1.")
+    missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
+    serious = [k for k in missing if not k.startswith(reinit_ok)]
+    if serious:
+        raise ModelError(f"{source} does not fit {type(model).__name__}: {len(serious)} weights missing or of "
+                         f"another shape (e.g. {', '.join(serious[:3])}); is it for another architecture?")
+    model.load_state_dict(usable, strict=False)
+    if any(k.startswith("fc.") for k in missing):
+        notes.append("classifier head re-initialised (its shape differs from the weights file)")
+    if any(k.startswith("conv1.") for k in missing):
+        notes.append("first conv re-initialised (small stem differs from the weights file)")
+    unexpected = [k for k in state if k not in own]
+    if unexpected:
+        notes.append(f"{len(unexpected)} tensors in {source} were not used (e.g. {unexpected[0]})")
+    return notes
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable

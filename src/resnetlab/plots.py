@@ -1,0 +1,58 @@
+"""Figures a run writes by itself: training curves and the confusion matrix (matplotlib, no display).
+
+    plot_curves(history, "runs/x/curves.png")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: works on servers and in CI without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(history: list[dict], path: str | Path) -> None:
+    """Loss and accuracy per epoch, train vs validation, side by side."""
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax_acc.plot(epochs, [r["train_acc"] for r in history], "o-", label="train")
+    ax_acc.plot(epochs, [r["val_acc"] for r in history], "o-", label="val")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1.01))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, classes: list[str], path: str | Path) -> None:
+    """Counts and row-normalised (recall) panels; labels shrink and numbers disappear for many classes."""
+    n = len(classes)
+    normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    side = min(40.0, max(5.0, 0.35 * n + 3))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    font = max(3.0, min(9.0, 300.0 / max(n, 1)))
+    for ax, values, title, fmt in ((axes[0], matrix, "Counts", "d"), (axes[1], normalised, "Row-normalised", ".2f")):
+        image = ax.imshow(values, cmap="Blues", interpolation="nearest")
+        ax.set_title(title)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_xticks(range(n), classes, rotation=90, fontsize=font)
+        ax.set_yticks(range(n), classes, fontsize=font)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        if n <= 30:
+            threshold = values.max() / 2 if values.size else 0
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=font,
+                            color="white" if values[i, j] > threshold else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,117 @@
+"""Data layouts: split folders, class folders, CSV; and the errors that name the line or folder."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TOY_CLASSES, make_image, write_class_folders
+from resnetlab.data.sources import DataError, open_data
+
+
+def test_split_folders_case_insensitive_and_sorted(split_folders: Path):
+    source = open_data(str(split_folders))
+    assert source.kind == "split folders"
+    assert source.classes == sorted(TOY_CLASSES)
+    assert len(source.splits["train"]) == 72 and len(source.splits["val"]) == 24
+    assert source.val_name == "val"
+    # labels follow the folder each file sits in
+    for path, label in zip(source.splits["val"].paths, source.splits["val"].labels):
+        assert Path(path).parent.name == source.classes[label]
+
+
+def test_train_and_test_only_uses_test_for_validation(tmp_path: Path):
+    write_class_folders(tmp_path / "train", 4)
+    write_class_folders(tmp_path / "TEST", 2)
+    source = open_data(str(tmp_path))
+    assert source.val_name == "test"
+    assert any("serves as the validation split" in n for n in source.notes)
+
+
+def test_validation_alias_and_nested_images(tmp_path: Path):
+    write_class_folders(tmp_path / "train", 3)
+    write_class_folders(tmp_path / "validation", 2)
+    nested = tmp_path / "train" / "red" / "deeper" / "more"
+    nested.mkdir(parents=True)
+    make_image(np.random.default_rng(0), (1, 2, 3)).save(nested / "x.webp")
+    (tmp_path / "train" / "red" / "notes.txt").write_text("not an image")
+    source = open_data(str(tmp_path))
+    assert set(source.splits) == {"train", "val"}
+    assert sum(1 for p in source.splits["train"].paths if p.endswith("x.webp")) == 1
+    assert not any(p.endswith(".txt") for p in source.splits["train"].paths)
+
+
+def test_class_folders_stratified_split_is_reproducible(class_folders: Path):
+    first = open_data(str(class_folders), val_split=0.25, seed=7)
+    again = open_data(str(class_folders), val_split=0.25, seed=7)
+    other = open_data(str(class_folders), val_split=0.25, seed=8)
+    assert first.splits["val"].paths == again.splits["val"].paths
+    assert first.splits["val"].paths != other.splits["val"].paths
+    counts = np.bincount(first.splits["val"].labels)
+    assert counts.tolist() == [5, 5, 5]  # 25 % of 20 per class
+    assert not set(first.splits["val"].paths) & set(first.splits["train"].paths)
+
+
+def test_single_class_is_an_error(tmp_path: Path):
+    (tmp_path / "only").mkdir()
+    make_image(np.random.default_rng(0), (1, 2, 3)).save(tmp_path / "only" / "a.png")
+    with pytest.raises(DataError, match="only one class"):
+        open_data(str(tmp_path))
+
+
+def test_val_class_unknown_to_train_is_named(tmp_path: Path):
+    write_class_folders(tmp_path / "train", 2)
+    write_class_folders(tmp_path / "val", 1)
+    (tmp_path / "val" / "zebra").mkdir()
+    make_image(np.random.default_rng(0), (1, 2, 3)).save(tmp_path / "val" / "zebra" / "z.png")
+    with pytest.raises(DataError, match="zebra"):
+        open_data(str(tmp_path))
+
+
+def test_unknown_name_lists_builtins(tmp_path: Path):
+    with pytest.raises(DataError, match="fashion-mnist"):
+        open_data(str(tmp_path / "nope"))
+
+
+def test_csv_with_split_column(csv_dataset: Path):
+    source = open_data(str(csv_dataset))
+    assert source.kind == "csv"
+    assert len(source.splits["train"]) == 48 and len(source.splits["val"]) == 12
+    assert all(Path(p).is_file() for p in source.splits["train"].paths)
+    assert source.splits["val"].origins[0].startswith("labels.csv line ")
+
+
+def test_csv_without_split_column_is_split_for_you(tmp_path: Path, csv_dataset: Path):
+    rows = list(csv.reader(open(csv_dataset, encoding="utf-8")))
+    plain = csv_dataset.parent / "plain.csv"
+    with open(plain, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([r[:2] for r in rows])
+    source = open_data(str(plain), val_split=0.2, seed=0)
+    assert len(source.splits["train"]) + len(source.splits["val"]) == 60
+    assert np.bincount(source.splits["val"].labels).tolist() == [4, 4, 4]
+
+
+def _write_csv(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,label\na.png,x\n", r"line 1: missing column\(s\) path"),
+        ("path,label\nimages/red_0.jpg,\n", "line 2: empty label"),
+        ("path,label\nimages/red_0.jpg,red\nimages/nothere.jpg,blue sky\n", "line 3: images/nothere.jpg"),
+        ("path,label,split\nimages/red_0.jpg,red,train\nimages/red_1.jpg,blue sky,train\n"
+         "images/red_2.jpg,purple,val\n", "line 4: label 'purple'"),
+        ("path,label,split\nimages/red_0.jpg,red,holdout\n", "line 2: split 'holdout'"),
+        ("", "is empty"),
+    ],
+)
+def test_csv_mistakes_name_the_line(csv_dataset: Path, text: str, message: str):
+    bad = _write_csv(csv_dataset.parent / "bad.csv", text)
+    with pytest.raises(DataError, match=message):
+        open_data(str(bad))
