@@ -80,18 +80,26 @@ def _common_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnetlab", description="Train, evaluate and predict with ResNet "
-                                     "image classifiers on your own images.", epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
+def _train_parser(sub) -> None:
     train = sub.add_parser("train", help="train a classifier on a folder, CSV or built-in data set",
                            description="Train a ResNet. Writes runs/NAME/: config.yaml, metrics.csv, best.pt, "
                                        "last.pt, curves.png, data_report.json (and split.csv when split for you).")
     _add_train_flags(train)
 
+
+def _train_run(args: argparse.Namespace) -> int:
+    from .training import train
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "recipe", "config")}
+    if getattr(args, "resume", None):
+        config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    else:
+        config = TrainConfig.from_sources(args.config, overrides, base=recipe_values(args.recipe))
+    train(config)
+    return 0
+
+
+def _evaluate_parser(sub) -> None:
     evaluate = sub.add_parser("evaluate", help="metrics of a checkpoint on a data split",
                               description="Writes metrics.json, confusion_matrix.csv/.png and misclassified.csv.")
     evaluate.add_argument("checkpoint", help="best.pt / last.pt of a run, or a bare state_dict file")
@@ -101,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")
     _common_model_flags(evaluate)
 
+
+def _evaluate_run(args: argparse.Namespace) -> int:
+    from .checkpoint import parse_classes
+    from .evaluation import evaluate
+
+    evaluate(args.checkpoint, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
+             device=args.device, workers=args.workers, data_root=args.data_root, arch=args.model,
+             classes=parse_classes(args.classes), img_size=args.img_size, progress=args.progress)
+    return 0
+
+
+def _predict_parser(sub) -> None:
     predict = sub.add_parser("predict", help="top-k predictions for image files and folders, as CSV",
                              description="Writes a CSV: path,label,confidence,top2_label,top2_prob,...,error.")
     predict.add_argument("checkpoint", help="best.pt / last.pt of a run, or a bare state_dict file")
@@ -108,36 +128,35 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="predictions.csv", help="CSV path (default: predictions.csv)")
     predict.add_argument("--topk", type=int, default=3, help="labels per image (default: 3)")
     _common_model_flags(predict)
-    return parser
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "train":
-        from .training import train
-
-        overrides = {k: v for k, v in vars(args).items() if k not in ("command", "recipe", "config")}
-        if getattr(args, "resume", None):
-            config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
-        else:
-            config = TrainConfig.from_sources(args.config, overrides, base=recipe_values(args.recipe))
-        train(config)
-        return 0
+def _predict_run(args: argparse.Namespace) -> int:
     from .checkpoint import parse_classes
-
-    classes = parse_classes(args.classes)
-    if args.command == "evaluate":
-        from .evaluation import evaluate
-
-        evaluate(args.checkpoint, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
-                 device=args.device, workers=args.workers, data_root=args.data_root, arch=args.model,
-                 classes=classes, img_size=args.img_size, progress=args.progress)
-        return 0
     from .predict import predict_files
 
     summary = predict_files(args.checkpoint, args.inputs, out=args.out, topk=args.topk, batch_size=args.batch_size,
-                            device=args.device, workers=args.workers, arch=args.model, classes=classes,
-                            img_size=args.img_size, progress=args.progress)
+                            device=args.device, workers=args.workers, arch=args.model,
+                            classes=parse_classes(args.classes), img_size=args.img_size, progress=args.progress)
     return 0 if summary["predicted"] else 1
+
+
+# One entry per verb: (add its sub-parser, run it). New verbs add a pair here.
+COMMANDS = {
+    "train": (_train_parser, _train_run),
+    "evaluate": (_evaluate_parser, _evaluate_run),
+    "predict": (_predict_parser, _predict_run),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resnetlab", description="Train, evaluate and predict with ResNet "
+                                     "image classifiers on your own images.", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add_parser, _ in COMMANDS.values():
+        add_parser(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return _run(args)
+        return COMMANDS[args.command][1](args)
     except (ConfigError, DataError, ModelError, CheckpointError, ImageReadError, NonFiniteLossError) as err:
         print(f"resnetlab {args.command}: error: {err}", file=sys.stderr)
         return 2
