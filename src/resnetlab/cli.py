@@ -91,12 +91,11 @@ def _train_run(args: argparse.Namespace) -> int:
     from .training import train
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "recipe", "config")}
-    if getattr(args, "resume", None):
-        config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    if getattr(args, "resume", None):  # the run's saved settings, changed only by the flags given now
+        result = train(**{k: v for k, v in overrides.items() if v is not None})
     else:
-        config = TrainConfig.from_sources(args.config, overrides, base=recipe_values(args.recipe))
-    train(config)
-    return 0
+        result = train(TrainConfig.from_sources(args.config, overrides, base=recipe_values(args.recipe)))
+    return 130 if result.stopped == "signal" else 0
 
 
 def _evaluate_parser(sub) -> None:
@@ -140,11 +139,44 @@ def _predict_run(args: argparse.Namespace) -> int:
     return 0 if summary["predicted"] else 1
 
 
+def _check_parser(sub) -> None:
+    check = sub.add_parser("check", help="report problems in a data set before training",
+                           description="Decodes every image once (filling the cache training reuses) and lists "
+                                       "per-class counts and every problem with its path and reason: unreadable, "
+                                       "truncated or non-image files, decompression bombs, EXIF rotation, the same "
+                                       "image in train and val/test, empty class folders, class imbalance. "
+                                       "Exit code 1 when there are unreadable files, 2 when the data is unusable.")
+    check.add_argument("data", help="image folder, CSV or built-in name")
+    check.add_argument("--img-size", type=int, default=None, help="decode size (default: what train would use)")
+    check.add_argument("--val-split", type=float, default=0.1, help="as for train (default: 0.1)")
+    check.add_argument("--seed", type=int, default=0, help="as for train (default: 0)")
+    check.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")
+    check.add_argument("--json", default=None, help="also write the full report to this JSON file")
+    check.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU cores)")
+    check.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+
+
+def _check_run(args: argparse.Namespace) -> int:
+    from .data.check import check_data, format_report
+    from .data.sources import open_data
+    from .runfiles import write_json
+    from .training import resolve_img_size
+
+    source = open_data(args.data, val_split=args.val_split, seed=args.seed, data_root=args.data_root)
+    size = resolve_img_size(TrainConfig(data=args.data, img_size=args.img_size), source)
+    report = check_data(source, size, workers=args.workers, progress=args.progress)
+    print(format_report(report))
+    if args.json:
+        write_json(Path(args.json), report)
+    return 1 if report["skipped"] else 0
+
+
 # One entry per verb: (add its sub-parser, run it). New verbs add a pair here.
 COMMANDS = {
     "train": (_train_parser, _train_run),
     "evaluate": (_evaluate_parser, _evaluate_run),
     "predict": (_predict_parser, _predict_run),
+    "check": (_check_parser, _check_run),
 }
 
 

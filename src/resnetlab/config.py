@@ -84,6 +84,10 @@ class TrainConfig:
     amp: str = _opt("auto", "mixed precision: auto (bf16 where the hardware has it, fp16 on older GPUs), "
                             "bf16, fp16, off", ("auto", "bf16", "fp16", "off"))
     compile: bool = _opt(False, "torch.compile the model")
+    # safety
+    strict: bool = _opt(False, "fail on the first unreadable image instead of skipping it")
+    save_every: int = _opt(0, "also write a resumable last.pt every N steps inside an epoch (0: only per epoch)")
+    stop_after_steps: int = _opt(0, "stop (resumably, like Ctrl-C) after N optimizer steps in this invocation")
     # outputs
     out: str | None = _opt(None, "run folder (default: runs/NAME)")
     name: str | None = _opt(None, "run name (default: MODEL-DATA-TIMESTAMP)")
@@ -146,6 +150,8 @@ class TrainConfig:
             (0.0625 <= self.width <= 4.0, f"width must be between 0.0625 and 4, got {self.width}"),
             (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.early_stop >= 0, f"early_stop must be >= 0, got {self.early_stop}"),
+            (self.save_every >= 0, f"save_every must be >= 0, got {self.save_every}"),
+            (self.stop_after_steps >= 0, f"stop_after_steps must be >= 0, got {self.stop_after_steps}"),
             (self.std is None or all(s > 0 for s in self.std), f"std values must be > 0, got {self.std}"),
         ]
         for ok, message in checks:

@@ -10,7 +10,6 @@ on the device and read back once per ``sync_every`` steps (each ``.item()`` is a
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,6 +23,22 @@ from .models import train_mode
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the epoch and step."""
+
+
+class EpochTotals:
+    """Running sums of one epoch, kept on the device (no sync per step); saved in mid-epoch checkpoints."""
+
+    def __init__(self, device: torch.device, saved: dict | None = None):
+        saved = saved or {}
+        self.loss_sum = torch.tensor(float(saved.get("loss_sum", 0.0)), device=device, dtype=torch.float64)
+        self.correct = torch.tensor(int(saved.get("correct", 0)), device=device, dtype=torch.int64)
+        self.seen = int(saved.get("seen", 0))
+        self.seconds = float(saved.get("seconds", 0.0))
+        self.first_bad_step = torch.tensor(-1, device=device, dtype=torch.int64)  # first non-finite loss
+
+    def to_dict(self) -> dict:
+        return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": self.seen,
+                "seconds": self.seconds}
 
 
 @dataclass
@@ -82,20 +97,23 @@ def run_epoch(model: nn.Module, batches: Iterable, *, criterion: Callable, devic
               scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
               total_steps: int | None = None, start_step: int = 0, desc: str = "", progress: bool = True,
               keep_outputs: bool = False, grad_clip: float | None = None, sync_every: int = 25,
-              epoch: int = 0, on_step: Callable[[int], None] | None = None) -> EpochResult:
-    """One pass over ``batches``; trains when ``optimizer`` is given. ``on_step(step)`` runs after each step."""
+              epoch: int = 0, totals: EpochTotals | None = None,
+              on_step: Callable[[int], None] | None = None) -> EpochResult:
+    """One pass over ``batches``; trains when ``optimizer`` is given.
+
+    ``totals`` carries the running sums (pass saved ones to continue an interrupted epoch);
+    ``on_step(step)`` runs after each step with the number of steps done in this epoch.
+    """
     training = optimizer is not None
     if training:
         train_mode(model)
     else:
         model.eval()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
+    totals = totals or EpochTotals(device)
     outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", disable=not progress,
                leave=False, dynamic_ncols=True)
-    started = time.perf_counter()
+    started = time.perf_counter() - totals.seconds
     step = start_step
     grad_context = contextlib.nullcontext() if training else torch.inference_mode()
     with grad_context:
@@ -120,31 +138,78 @@ def run_epoch(model: nn.Module, batches: Iterable, *, criterion: Callable, devic
                 if scheduler is not None:
                     scheduler.step()
             n = y.shape[0]
-            loss_sum += loss.detach().double() * n
-            correct += (logits.argmax(dim=1) == y).sum()
-            seen += n
+            loss = loss.detach()
+            # remember the first bad step on the device: exact, without a host sync per step
+            bad_now = (~torch.isfinite(loss)) & (totals.first_bad_step < 0)
+            totals.first_bad_step = torch.where(bad_now, step + 1, totals.first_bad_step)
+            totals.loss_sum += loss.double() * n
+            totals.correct += (logits.argmax(dim=1) == y).sum()
+            totals.seen += n
             if keep_outputs:
                 outputs.append((logits.float().cpu(), y.cpu(), index.cpu()))
             if (step + 1) % sync_every == 0 or (total_steps and step + 1 == total_steps):
-                mean_loss = loss_sum.item() / max(seen, 1)  # one host sync per sync_every steps
-                if not math.isfinite(mean_loss):
-                    raise NonFiniteLossError(f"loss became {mean_loss} at epoch {epoch}, step {step + 1}; "
-                                             "try a lower --lr, or --amp off")
-                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{correct.item() / max(seen, 1):.3f}", refresh=False)
+                _check_finite(totals, epoch)  # one host sync per sync_every steps
+                bar.set_postfix(loss=f"{totals.loss_sum.item() / max(totals.seen, 1):.4f}",
+                                acc=f"{totals.correct.item() / max(totals.seen, 1):.3f}", refresh=False)
             bar.update(1)
             if on_step is not None:
+                totals.seconds = time.perf_counter() - started
                 on_step(step + 1)
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    _check_finite(totals, epoch)
     seconds = time.perf_counter() - started
-    mean_loss = loss_sum.item() / max(seen, 1)
-    if not math.isfinite(mean_loss):
-        raise NonFiniteLossError(f"loss became {mean_loss} in epoch {epoch} (by step {step + 1}); "
-                                 "try a lower --lr, or --amp off")
-    result = EpochResult(mean_loss, correct.item() / max(seen, 1), seen, seconds, step + 1 - start_step)
+    seen = max(totals.seen, 1)
+    result = EpochResult(totals.loss_sum.item() / seen, totals.correct.item() / seen, totals.seen, seconds,
+                         step + 1 - start_step)
     if keep_outputs and outputs:
         result.logits = torch.cat([o[0] for o in outputs])
         result.targets = torch.cat([o[1] for o in outputs])
         result.indices = torch.cat([o[2] for o in outputs])
     return result
+
+
+def _check_finite(totals: EpochTotals, epoch: int) -> None:
+    bad_step = int(totals.first_bad_step.item())
+    if bad_step >= 0:
+        raise NonFiniteLossError(f"the loss became NaN or infinite at epoch {epoch}, step {bad_step}; "
+                                 "try a lower --lr, gradient clipping, or --amp off")
+
+
+class StopRequests:
+    """Ctrl-C / SIGTERM during training: the first asks for a clean stop after the current step (the
+    caller saves a resumable checkpoint); a second Ctrl-C exits at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequests:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # handlers only work in the main thread
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number: int, frame) -> None:  # noqa: ANN001 - signal API
+        import signal
+
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = number
+        name = signal.Signals(number).name
+        print(f"\n{name}: stopping after this step and saving a resumable checkpoint "
+              "(press Ctrl-C again to exit at once)", flush=True)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)

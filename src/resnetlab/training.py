@@ -1,4 +1,7 @@
-"""The train verb: parse -> build (data, model, optimizer, schedule) -> loop {train, validate, log, save}.
+"""The train verb: build (data, model, optimizer, schedule) -> loop {train, validate, log, checkpoint}.
+
+Nothing is lost: checkpoints are atomic, Ctrl-C/SIGTERM saves a mid-epoch resumable state, a NaN loss
+stops the run without overwriting the last good checkpoint, and ``--resume`` continues bit-exactly.
 
     result = train(TrainConfig(data="photos/", epochs=5))
     result.run_dir, result.best_val_acc
@@ -6,13 +9,10 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +21,21 @@ import torch
 import yaml
 from torch import nn
 
-from .checkpoint import read_checkpoint, save_checkpoint, unwrap
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint, unwrap
 from .config import ConfigError, TrainConfig, parse_duration
 from .data.cache import DecodedSplit, channel_stats, decode_split
+from .data.check import inspect_data
 from .data.images import image_size
 from .data.loaders import Batches
 from .data.sources import DataError, DataSource, open_data
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment
-from .engine import amp_dtype_for, resolve_device, run_epoch
-from .models import (
-    ModelSpec,
-    build_model,
-    count_parameters,
-    load_pretrained,
-    resolve_stem,
-    set_backbone_trainable,
-)
+from .engine import EpochTotals, NonFiniteLossError, StopRequests, amp_dtype_for, resolve_device, run_epoch
+from .models import ModelSpec, build_model, count_parameters, load_pretrained, resolve_stem, set_backbone_trainable
+from .runfiles import prepare_run_dir, read_history, write_history, write_json, write_split_csv
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_s", "img_per_s"]
 # Settings a resumed run may change; everything else comes from the run's saved config.
-RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "progress", "time_limit", "early_stop", "cache_dir")
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "progress", "time_limit", "early_stop", "cache_dir",
+                       "save_every", "stop_after_steps")
 
 
 @dataclass
@@ -50,8 +45,9 @@ class RunResult:
     best_epoch: int
     epochs_done: int
     history: list[dict] = field(default_factory=list)
-    model: nn.Module | None = None  # the network as it was after the last epoch, in eval mode
+    model: nn.Module | None = None  # the network as it was at the end, in eval mode
     classes: list[str] = field(default_factory=list)
+    stopped: str | None = None  # why the run stopped before its last epoch: "signal", "steps", "early-stop"...
 
     @property
     def best_checkpoint(self) -> Path:
@@ -66,7 +62,7 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-# ---------------------------------------------------------------------- schedule
+# ---------------------------------------------------------------------- schedule and optimizer
 class Schedule:
     """LR multiplier per step: warm-up, then one-cycle / cosine / step / constant.
 
@@ -106,37 +102,16 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return optimizer_class(groups, lr=cfg.peak_lr, betas=(cfg.momentum, 0.999))
 
 
-# ---------------------------------------------------------------------- set-up helpers
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def prepare_run_dir(cfg: TrainConfig) -> Path:
-    """Refuse an existing run folder (unless --exist-ok / --resume) and an unwritable one, before any work."""
-    if cfg.resume:
-        run_dir = Path(cfg.resume)
-        if not (run_dir / "last.pt").is_file():
-            raise ConfigError(f"cannot resume: {run_dir / 'last.pt'} does not exist")
-        return run_dir
-    if cfg.out:
-        run_dir = Path(cfg.out)
-    else:
-        data_name = Path(str(cfg.data)).stem or "data"
-        name = cfg.name or f"{cfg.model}-{data_name}-{datetime.now():%Y%m%d-%H%M%S}"
-        run_dir = Path("runs") / name
-    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.exist_ok:
-        raise ConfigError(f"run folder {run_dir} already exists and is not empty; use --resume {run_dir} to "
-                          "continue it, --exist-ok to overwrite it, or another --name/--out")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"cannot write to run folder {run_dir}: {err.strerror or err}") from None
-    return run_dir
+# ---------------------------------------------------------------------- data
+@dataclass
+class PreparedData:
+    source: DataSource
+    img_size: int
+    val_name: str
+    train: DecodedSplit
+    val: DecodedSplit
+    mean: list[float]
+    std: list[float]
 
 
 def resolve_img_size(cfg: TrainConfig, source: DataSource) -> int:
@@ -149,8 +124,7 @@ def resolve_img_size(cfg: TrainConfig, source: DataSource) -> int:
     sides = [min(s) for s in (image_size(p) for p in sample) if s]
     if not sides:
         return 224
-    median = float(np.median(sides))
-    return int(min(224, max(32, round(median / 8) * 8)))
+    return int(min(224, max(32, round(float(np.median(sides)) / 8) * 8)))
 
 
 def resolve_norm(cfg: TrainConfig, train: DecodedSplit) -> tuple[list[float], list[float]]:
@@ -163,17 +137,44 @@ def resolve_norm(cfg: TrainConfig, train: DecodedSplit) -> tuple[list[float], li
     return list(IMAGENET_MEAN), list(IMAGENET_STD)
 
 
-def _write_split_csv(run_dir: Path, source: DataSource) -> None:
-    if any(s.paths is None for s in source.splits.values()):
-        return
-    with open(run_dir / "split.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "split"])
-        for name, split in source.splits.items():
-            for path, label in zip(split.paths, split.labels):
-                writer.writerow([path, source.classes[label], name])
+def prepare_data(cfg: TrainConfig, run_dir: Path) -> PreparedData:
+    """Open, decode (once, cached), inspect and report the training and validation splits."""
+    source = open_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, data_root=cfg.data_root)
+    for note in source.notes:
+        log(note)
+    img_size = resolve_img_size(cfg, source)
+    val_name = source.val_name
+    log(f"data: {source.kind} at {source.location}; {len(source.classes)} classes; image size {img_size}px")
+    decoded = {name: decode_split(source.splits[name], img_size, cache_dir=cfg.cache_dir, workers=cfg.workers,
+                                  progress=cfg.progress) for name in ("train", val_name)}
+    report = inspect_data(source, decoded, img_size)
+    write_json(run_dir / "data_report.json", report)
+    for name, split in decoded.items():
+        log(f"  {name}: {len(split)} images; per class: "
+            + ", ".join(f"{c}={n}" for c, n in report["counts"][name].items()))
+        if len(split) == 0:
+            first = split.skipped[0] if split.skipped else None
+            raise DataError(f"none of the {len(source.splits[name])} images of the {name} split could be read"
+                            + (f" (first: {first['path']}: {first['reason']})" if first else ""))
+    skipped = report["skipped"]
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable image(s), listed in {run_dir / 'data_report.json'} "
+            f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
+        if cfg.strict:
+            raise DataError(f"--strict: {len(skipped)} unreadable image(s), first {skipped[0]['path']}: "
+                            f"{skipped[0]['reason']} (all listed in {run_dir / 'data_report.json'})")
+    for problem in report["problems"]:
+        if problem["severity"] == "warning":
+            log(f"warning: {problem['path'] + ': ' if problem['path'] else ''}{problem['reason']}")
+    train = decoded["train"]
+    log(f"data path: decoded once into memory ({train.images.numel() / 2**20:.0f} MiB uint8"
+        + (f", cache {train.cache_file}" if train.cache_file else "") + "); batches augmented on the device")
+    write_split_csv(run_dir, source)
+    mean, std = resolve_norm(cfg, train)
+    return PreparedData(source, img_size, val_name, train, decoded[val_name], mean, std)
 
 
+# ---------------------------------------------------------------------- checkpoints
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -187,111 +188,101 @@ def _restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _read_history(run_dir: Path, up_to_epoch: int) -> list[dict]:
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-    for row in rows:
-        row["epoch"] = int(row["epoch"])
-    return [r for r in rows if r["epoch"] <= up_to_epoch]
+def _save(path: Path, payload: dict) -> None:
+    try:
+        save_checkpoint(path, payload)
+    except OSError as err:  # full disk, vanished folder: the previous file is untouched (atomic rename)
+        raise CheckpointError(f"could not write {path}: {err.strerror or err}; the previous {path.name} (if any) "
+                              "is intact") from None
 
 
-def _write_history(run_dir: Path, history: list[dict]) -> None:
-    tmp = run_dir / "metrics.csv.tmp"
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in METRIC_COLUMNS})
-    tmp.replace(run_dir / "metrics.csv")
+@dataclass
+class TrainState:
+    """What a resumable checkpoint holds besides the model's description."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    best_acc: float = -1.0
+    best_epoch: int = 0
+
+    def payload(self, epoch: int, step: int = 0, totals: EpochTotals | None = None) -> dict:
+        """``epoch`` = last finished epoch; ``step`` > 0 marks steps already done in the next one."""
+        return {"model": unwrap(self.model).state_dict(), "epoch": epoch, "step": step,
+                "partial": totals.to_dict() if totals is not None and step else None,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None, "rng": _rng_state(),
+                "best_val_acc": self.best_acc, "best_epoch": self.best_epoch}
+
+    def restore(self, saved: dict) -> None:
+        unwrap(self.model).load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        _restore_rng(saved["rng"])
+        self.best_acc, self.best_epoch = float(saved["best_val_acc"]), int(saved["best_epoch"])
 
 
 # ---------------------------------------------------------------------- the run
-def train(config: TrainConfig | None = None, **settings: Any) -> RunResult:
-    """Train a classifier; ``settings`` are TrainConfig fields (``resnetlab.train(data=..., epochs=3)``)."""
+def _resolve_config(config: TrainConfig | None, settings: dict) -> tuple[TrainConfig, dict | None]:
     cfg = config or TrainConfig.from_dict(settings)
     if config is not None and settings:
         cfg = TrainConfig.from_dict({**config.to_dict(), **settings})
-    resume_state = None
-    if cfg.resume:
-        resume_state = read_checkpoint(Path(cfg.resume) / "last.pt")
-        saved = dict(resume_state["config"])
-        saved.update({k: v for k, v in cfg.to_dict().items() if k in RESUMABLE_OVERRIDES and v is not None})
-        saved["resume"] = cfg.resume
-        cfg = TrainConfig.from_dict(saved)
-    if not cfg.data:
-        raise ConfigError("no data given: pass a folder, a CSV file or a built-in name")
+    if not cfg.resume:
+        if not cfg.data:
+            raise ConfigError("no data given: pass a folder, a CSV file or a built-in name")
+        return cfg, None
+    saved_state = read_checkpoint(Path(cfg.resume) / "last.pt")
+    # only settings the caller actually gave may override the saved ones (a default is not a wish)
+    defaults = TrainConfig().to_dict()
+    given = settings if config is None else {k: v for k, v in cfg.to_dict().items() if v != defaults[k]}
+    values = dict(saved_state["config"])
+    values.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES and v is not None})
+    values["resume"] = cfg.resume
+    return TrainConfig.from_dict(values), saved_state
+
+
+def train(config: TrainConfig | None = None, **settings: Any) -> RunResult:
+    """Train a classifier; ``settings`` are TrainConfig fields (``resnetlab.train(data=..., epochs=3)``)."""
+    cfg, saved = _resolve_config(config, settings)
     run_dir = prepare_run_dir(cfg)
     started = time.perf_counter()
-    _seed_everything(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-
-    # data: sources -> decode once -> batches
-    source = open_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, data_root=cfg.data_root)
-    for note in source.notes:
-        log(note)
-    img_size = resolve_img_size(cfg, source)
-    val_name = source.val_name
-    log(f"data: {source.kind} at {source.location}; {len(source.classes)} classes; image size {img_size}px")
-    for name in ("train", val_name):
-        counts = source.class_counts(name)
-        log(f"  {name}: {len(source.splits[name])} images; per class: "
-            + ", ".join(f"{c}={n}" for c, n in counts.items()))
-    train_decoded = decode_split(source.splits["train"], img_size, cache_dir=cfg.cache_dir, workers=cfg.workers,
-                                 progress=cfg.progress)
-    val_decoded = decode_split(source.splits[val_name], img_size, cache_dir=cfg.cache_dir, workers=cfg.workers,
-                               progress=cfg.progress)
-    for name, decoded in (("train", train_decoded), (val_name, val_decoded)):
-        if len(decoded) == 0:
-            raise DataError(f"none of the {len(source.splits[name])} images of the {name} split could be read "
-                            f"(first: {decoded.skipped[0]['path']}: {decoded.skipped[0]['reason']})"
-                            if decoded.skipped else f"the {name} split is empty")
-    skipped = [dict(s, split=n) for n, d in (("train", train_decoded), (val_name, val_decoded)) for s in d.skipped]
-    (run_dir / "data_report.json").write_text(json.dumps(
-        {"kind": source.kind, "location": source.location, "classes": source.classes, "image_size": img_size,
-         "counts": {n: source.class_counts(n) for n in source.splits}, "notes": source.notes,
-         "skipped": skipped}, indent=2, ensure_ascii=False))
-    if skipped:
-        log(f"skipped {len(skipped)} unreadable image(s), listed in {run_dir / 'data_report.json'} "
-            f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
-    log(f"data path: decoded once into memory ({train_decoded.images.numel() / 2**20:.0f} MiB uint8"
-        + (f", cache {train_decoded.cache_file}" if train_decoded.cache_file else "") + "); batches augmented on "
-        f"{device.type}")
-    _write_split_csv(run_dir, source)
-    mean, std = resolve_norm(cfg, train_decoded)
+    data = prepare_data(cfg, run_dir)
 
     # model
-    spec = ModelSpec(cfg.model, len(source.classes), cfg.head, cfg.hidden, cfg.dropout,
-                     resolve_stem(cfg.stem, img_size), cfg.width)
+    spec = ModelSpec(cfg.model, len(data.source.classes), cfg.head, cfg.hidden, cfg.dropout,
+                     resolve_stem(cfg.stem, data.img_size), cfg.width)
     model = build_model(spec)
-    if cfg.pretrained and resume_state is None:
+    if cfg.pretrained and saved is None:
         for note in load_pretrained(model, cfg.pretrained, spec):
             log(f"pretrained: {note}")
     if cfg.freeze_backbone:
         set_backbone_trainable(model, False)
-    channels_last = True
     model = model.to(device, memory_format=torch.channels_last)
     total, trainable = count_parameters(model)
-    log(f"model: {spec.arch}, {spec.stem} stem, {spec.head} head; {total / 1e6:.2f} M parameters "
-        f"({trainable / 1e6:.2f} M trainable)")
+    log(f"model: {spec.arch}, {spec.stem} stem, {spec.head} head, width {spec.width:g}; {total / 1e6:.2f} M "
+        f"parameters ({trainable / 1e6:.2f} M trainable)")
 
-    # optimisation
-    class_counts = torch.bincount(train_decoded.labels, minlength=len(source.classes)).float()
-    class_weights = None
-    sample_weights = None
+    # batches, loss, optimizer, schedule
+    class_counts = torch.bincount(data.train.labels, minlength=len(data.source.classes)).float()
+    class_weights = sample_weights = None
     if cfg.balance == "weights":
         class_weights = (class_counts.sum() / (len(class_counts) * class_counts.clamp_min(1))).to(device)
     elif cfg.balance == "sampler":
-        sample_weights = (1.0 / class_counts.clamp_min(1))[train_decoded.labels].double()
-    augment = BatchAugment(cfg.aug, img_size, hflip=cfg.hflip) if cfg.aug != "none" else None
-    train_batches = Batches(train_decoded.images, train_decoded.labels, batch_size=cfg.batch_size, device=device,
-                            mean=mean, std=std, shuffle=True, augment=augment, seed=cfg.seed,
-                            drop_last=len(train_decoded) > cfg.batch_size, sample_weights=sample_weights,
-                            channels_last=channels_last)
-    val_batches = Batches(val_decoded.images, val_decoded.labels, batch_size=max(256, cfg.batch_size * 2),
-                          device=device, mean=mean, std=std, channels_last=channels_last)
+        sample_weights = (1.0 / class_counts.clamp_min(1))[data.train.labels].double()
+    augment = BatchAugment(cfg.aug, data.img_size, hflip=cfg.hflip) if cfg.aug != "none" else None
+    train_batches = Batches(data.train.images, data.train.labels, batch_size=cfg.batch_size, device=device,
+                            mean=data.mean, std=data.std, shuffle=True, augment=augment, seed=cfg.seed,
+                            drop_last=len(data.train) > cfg.batch_size, sample_weights=sample_weights,
+                            channels_last=True)
+    val_batches = Batches(data.val.images, data.val.labels, batch_size=max(256, cfg.batch_size * 2), device=device,
+                          mean=data.mean, std=data.std, channels_last=True)
     steps_per_epoch = train_batches.steps_per_epoch()
     train_loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()
@@ -301,79 +292,112 @@ def train(config: TrainConfig | None = None, **settings: Any) -> RunResult:
         warmup_steps = max(1, min(warmup_steps or int(0.25 * cfg.epochs * steps_per_epoch),
                                   int(0.5 * cfg.epochs * steps_per_epoch)))
     schedule = Schedule(cfg.sched, cfg.epochs * steps_per_epoch, warmup_steps, steps_per_epoch, cfg.step_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     amp_dtype = amp_dtype_for(cfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    state = TrainState(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+                       torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None)
     log(f"training on {device} ({'fp32' if amp_dtype is None else str(amp_dtype).replace('torch.', '')}), "
         f"{cfg.epochs} epochs x {steps_per_epoch} steps of {cfg.batch_size}; {cfg.opt} lr {cfg.peak_lr:g}, "
         f"{cfg.sched} schedule; run folder {run_dir}")
     forward_model = torch.compile(model) if cfg.compile else model
 
     history: list[dict] = []
-    start_epoch, best_acc, best_epoch = 1, -1.0, 0
-    if resume_state is not None:
-        unwrap(model).load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
+    start_epoch, start_step, partial = 1, 0, None
+    if saved is not None:
+        state.restore(saved)
         schedule.total_steps = cfg.epochs * steps_per_epoch  # --epochs may have changed on resume
-        if scaler is not None and resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        _restore_rng(resume_state["rng"])
-        start_epoch = int(resume_state["epoch"]) + 1
-        best_acc, best_epoch = float(resume_state["best_val_acc"]), int(resume_state["best_epoch"])
-        history = _read_history(run_dir, start_epoch - 1)
+        start_epoch, start_step, partial = int(saved["epoch"]) + 1, int(saved.get("step") or 0), saved.get("partial")
+        history = read_history(run_dir, start_epoch - 1)
         if cfg.freeze_backbone and cfg.unfreeze_at and start_epoch > cfg.unfreeze_at:
             set_backbone_trainable(model, True)
-        log(f"resuming {run_dir} at epoch {start_epoch} (best val acc so far {best_acc:.4f} at epoch {best_epoch})")
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
-
-    meta = {"model_spec": spec.to_dict(), "classes": source.classes, "img_size": img_size, "mean": mean, "std": std}
+        log(f"resuming {run_dir} at epoch {start_epoch}" + (f", step {start_step}" if start_step else "")
+            + f" (best val acc so far {state.best_acc:.4f} at epoch {state.best_epoch})")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True),
+                                         encoding="utf-8")
+    meta = {"model_spec": spec.to_dict(), "classes": data.source.classes, "img_size": data.img_size,
+            "mean": data.mean, "std": data.std, "config": cfg.to_dict()}
     time_budget = parse_duration(cfg.time_limit) if cfg.time_limit else None
-    planned_epochs = cfg.epochs
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if epoch > planned_epochs:
-            break
-        if cfg.freeze_backbone and cfg.unfreeze_at == epoch:
-            set_backbone_trainable(model, True)
-            log(f"epoch {epoch}: backbone unfrozen")
-        train_result = run_epoch(forward_model, train_batches.epoch(epoch), criterion=train_loss_fn, device=device,
-                                 optimizer=optimizer, scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype,
-                                 total_steps=steps_per_epoch, desc=f"epoch {epoch}/{planned_epochs}",
-                                 progress=cfg.progress, epoch=epoch)
-        val_result = run_epoch(forward_model, val_batches.epoch(0), criterion=val_loss_fn, device=device,
-                               amp_dtype=amp_dtype, total_steps=len(val_batches), desc="  validate",
-                               progress=cfg.progress, epoch=epoch)
-        row = {"epoch": epoch, "train_loss": train_result.loss, "train_acc": train_result.accuracy,
-               "val_loss": val_result.loss, "val_acc": val_result.accuracy, "lr": optimizer.param_groups[0]["lr"],
-               "epoch_s": train_result.seconds + val_result.seconds, "img_per_s": train_result.images_per_second}
-        history.append(row)
-        _write_history(run_dir, history)
-        improved = val_result.accuracy > best_acc
-        if improved:
-            best_acc, best_epoch = val_result.accuracy, epoch
-        metrics = {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
-        if improved:
-            save_checkpoint(run_dir / "best.pt", {**meta, "model": unwrap(model).state_dict(), "epoch": epoch,
-                                                  "metrics": metrics, "config": cfg.to_dict()})
-        save_checkpoint(run_dir / "last.pt", {
-            **meta, "model": unwrap(model).state_dict(), "epoch": epoch, "metrics": metrics, "config": cfg.to_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None, "rng": _rng_state(),
-            "best_val_acc": best_acc, "best_epoch": best_epoch})
-        log(f"epoch {epoch:3d}/{planned_epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
-            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}{' *' if improved else ''} | "
-            f"{row['epoch_s']:.1f}s, {row['img_per_s']:.0f} img/s")
-        _plot_curves(run_dir, history)
-        if cfg.early_stop and epoch - best_epoch >= cfg.early_stop:
-            log(f"early stop: no val accuracy gain for {cfg.early_stop} epochs")
-            break
-        if time_budget is not None:
-            planned_epochs = _fit_to_time(time_budget, time.perf_counter() - started, history, epoch,
-                                          planned_epochs, schedule, steps_per_epoch)
-    log(f"done in {time.perf_counter() - started:.0f}s: best val acc {best_acc:.4f} at epoch {best_epoch}; "
-        f"run folder {run_dir} (best.pt, last.pt, metrics.csv, curves.png, config.yaml)")
-    return RunResult(run_dir, best_acc, best_epoch, epoch, history, unwrap(model).eval(), source.classes)
+    planned_epochs, epoch, stopped = cfg.epochs, start_epoch - 1, None
+    steps_run = 0  # optimizer steps in this invocation, for --stop-after-steps
+
+    with StopRequests() as stop:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            if epoch > planned_epochs:
+                break
+            if cfg.freeze_backbone and cfg.unfreeze_at == epoch and start_step == 0:
+                set_backbone_trainable(model, True)
+                log(f"epoch {epoch}: backbone unfrozen")
+            totals = EpochTotals(device, partial)
+
+            def after_step(step: int, epoch: int = epoch, totals: EpochTotals = totals) -> None:
+                nonlocal steps_run
+                steps_run += 1
+                stop_now = stop.requested or (cfg.stop_after_steps and steps_run >= cfg.stop_after_steps)
+                if (stop_now or (cfg.save_every and step % cfg.save_every == 0)) and step < steps_per_epoch:
+                    _save(run_dir / "last.pt", {**meta, **state.payload(epoch - 1, step, totals)})
+                    if not stop_now:
+                        log(f"saved {run_dir / 'last.pt'} at epoch {epoch}, step {step}")
+                if stop_now and step < steps_per_epoch:
+                    raise _StopRun(epoch, step)
+
+            try:
+                train_result = run_epoch(forward_model, train_batches.epoch(epoch, start_step), criterion=train_loss_fn,
+                                         device=device, optimizer=optimizer, scheduler=state.scheduler,
+                                         scaler=state.scaler, amp_dtype=amp_dtype, total_steps=steps_per_epoch,
+                                         start_step=start_step, desc=f"epoch {epoch}/{planned_epochs}",
+                                         progress=cfg.progress, epoch=epoch, totals=totals, on_step=after_step)
+            except _StopRun as halt:
+                stopped = "signal" if stop.requested else "steps"
+                log(f"stopped at epoch {epoch}, step {halt.step} of {steps_per_epoch}; saved {run_dir / 'last.pt'}. "
+                    f"Resume with: resnetlab train --resume {run_dir}")
+                break
+            except NonFiniteLossError as err:
+                good = f"{run_dir / 'last.pt'} (epoch {epoch - 1})" if epoch > 1 else "none (first epoch)"
+                raise NonFiniteLossError(f"{err}. Last good checkpoint kept: {good}") from None
+            start_step, partial = 0, None
+            val_result = run_epoch(forward_model, val_batches.epoch(0), criterion=val_loss_fn, device=device,
+                                   amp_dtype=amp_dtype, total_steps=len(val_batches), desc="  validate",
+                                   progress=cfg.progress, epoch=epoch)
+            row = {"epoch": epoch, "train_loss": train_result.loss, "train_acc": train_result.accuracy,
+                   "val_loss": val_result.loss, "val_acc": val_result.accuracy,
+                   "lr": optimizer.param_groups[0]["lr"], "epoch_s": train_result.seconds + val_result.seconds,
+                   "img_per_s": train_result.images_per_second}
+            history.append(row)
+            write_history(run_dir, history)
+            improved = val_result.accuracy > state.best_acc
+            if improved:
+                state.best_acc, state.best_epoch = val_result.accuracy, epoch
+            metrics = {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
+            if improved:
+                _save(run_dir / "best.pt", {**meta, "model": unwrap(model).state_dict(), "epoch": epoch,
+                                            "metrics": metrics})
+            _save(run_dir / "last.pt", {**meta, **state.payload(epoch), "metrics": metrics})
+            log(f"epoch {epoch:3d}/{planned_epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+                f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}{' *' if improved else ''} | "
+                f"{row['epoch_s']:.1f}s, {row['img_per_s']:.0f} img/s")
+            _plot_curves(run_dir, history)
+            if stop.requested or (cfg.stop_after_steps and steps_run >= cfg.stop_after_steps):
+                stopped = "signal" if stop.requested else "steps"
+                if epoch < planned_epochs:
+                    log(f"stopped after epoch {epoch}; resume with: resnetlab train --resume {run_dir}")
+                break
+            if cfg.early_stop and epoch - state.best_epoch >= cfg.early_stop:
+                stopped = "early-stop"
+                log(f"early stop: no val accuracy gain for {cfg.early_stop} epochs")
+                break
+            if time_budget is not None:
+                planned_epochs = _fit_to_time(time_budget, time.perf_counter() - started, history, epoch,
+                                              planned_epochs, schedule, steps_per_epoch)
+    if stopped is None:
+        log(f"done in {time.perf_counter() - started:.0f}s: best val acc {state.best_acc:.4f} at epoch "
+            f"{state.best_epoch}; run folder {run_dir} (best.pt, last.pt, metrics.csv, curves.png, config.yaml)")
+    return RunResult(run_dir, state.best_acc, state.best_epoch, len(history), history, unwrap(model).eval(),
+                     data.source.classes, stopped)
+
+
+class _StopRun(Exception):
+    def __init__(self, epoch: int, step: int):
+        super().__init__(f"stop at epoch {epoch}, step {step}")
+        self.epoch, self.step = epoch, step
 
 
 def _fit_to_time(budget: float, elapsed: float, history: list[dict], epoch: int, planned: int, schedule: Schedule,

@@ -1,0 +1,83 @@
+"""The run folder's files: refusing a folder we must not overwrite, metrics.csv, split.csv, data_report.json.
+
+    run_dir = prepare_run_dir(cfg)          # raises before any training if the folder is not usable
+    write_history(run_dir, history)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime
+from pathlib import Path
+
+from .config import ConfigError, TrainConfig
+from .data.sources import DataSource
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_s", "img_per_s"]
+
+
+def prepare_run_dir(cfg: TrainConfig) -> Path:
+    """Refuse an existing run folder (unless --exist-ok / --resume) and an unwritable one, before any work."""
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+        if not (run_dir / "last.pt").is_file():
+            raise ConfigError(f"cannot resume: {run_dir / 'last.pt'} does not exist")
+        return run_dir
+    if cfg.out:
+        run_dir = Path(cfg.out)
+    else:
+        data_name = Path(str(cfg.data)).stem or "data"
+        name = cfg.name or f"{cfg.model}-{data_name}-{datetime.now():%Y%m%d-%H%M%S}"
+        run_dir = Path("runs") / name
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not cfg.exist_ok:
+        raise ConfigError(f"run folder {run_dir} already exists and is not empty; use --resume {run_dir} to "
+                          "continue it, --exist-ok to overwrite it, or another --name/--out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"cannot write to run folder {run_dir}: {err.strerror or err}") from None
+    return run_dir
+
+
+def read_history(run_dir: Path, up_to_epoch: int) -> list[dict]:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    for row in rows:
+        row["epoch"] = int(row["epoch"])
+    return [r for r in rows if r["epoch"] <= up_to_epoch]
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    """Rewritten whole each epoch (temp file + rename), so it is never half-written."""
+    tmp = run_dir / "metrics.csv.tmp"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in METRIC_COLUMNS})
+    tmp.replace(run_dir / "metrics.csv")
+
+
+def write_split_csv(run_dir: Path, source: DataSource) -> None:
+    """Which file went to which split, so a split made for the user can be reproduced or audited."""
+    if any(s.paths is None for s in source.splits.values()):
+        return
+    with open(run_dir / "split.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "split"])
+        for name, split in source.splits.items():
+            for path, label in zip(split.paths, split.labels):
+                writer.writerow([path, source.classes[label], name])
+
+
+def write_json(path: Path, values: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(values, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
