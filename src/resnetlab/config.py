@@ -84,6 +84,7 @@ class TrainConfig:
     amp: str = _opt("auto", "mixed precision: auto (bf16 where the hardware has it, fp16 on older GPUs), "
                             "bf16, fp16, off", ("auto", "bf16", "fp16", "off"))
     compile: bool = _opt(False, "torch.compile the model")
+    sync_bn: bool = _opt(False, "synchronise BatchNorm statistics across processes (torchrun runs only)")
     # safety
     strict: bool = _opt(False, "fail on the first unreadable image instead of skipping it")
     save_every: int = _opt(0, "also write a resumable last.pt every N steps inside an epoch (0: only per epoch)")

@@ -10,6 +10,7 @@ stops the run without overwriting the last good checkpoint, and ``--resume`` con
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,18 @@ from .data.images import image_size
 from .data.loaders import Batches
 from .data.sources import DataError, DataSource, open_data
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment
-from .engine import EpochTotals, NonFiniteLossError, StopRequests, amp_dtype_for, resolve_device, run_epoch
+from .distributed import (
+    DistInfo,
+    any_rank,
+    barrier,
+    from_main,
+    init_distributed,
+    shutdown,
+    sum_over_ranks,
+    sync_buffers,
+    weights_checksum,
+)
+from .engine import EpochResult, EpochTotals, NonFiniteLossError, StopRequests, amp_dtype_for, run_epoch
 from .models import ModelSpec, build_model, count_parameters, load_pretrained, resolve_stem, set_backbone_trainable
 from .runfiles import prepare_run_dir, read_history, write_history, write_json, write_split_csv
 
@@ -59,7 +71,9 @@ class RunResult:
 
 
 def log(message: str) -> None:
-    print(message, flush=True)
+    """Print from one process only: under torchrun every rank runs this code, rank 0 speaks."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, flush=True)
 
 
 # ---------------------------------------------------------------------- schedule and optimizer
@@ -137,8 +151,14 @@ def resolve_norm(cfg: TrainConfig, train: DecodedSplit) -> tuple[list[float], li
     return list(IMAGENET_MEAN), list(IMAGENET_STD)
 
 
-def prepare_data(cfg: TrainConfig, run_dir: Path) -> PreparedData:
-    """Open, decode (once, cached), inspect and report the training and validation splits."""
+def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None) -> PreparedData:
+    """Open, decode (once, cached), inspect and report the training and validation splits.
+
+    Under torchrun rank 0 decodes and writes the cache first; the other ranks then read it.
+    """
+    info = info or DistInfo()
+    if not info.is_main:
+        barrier(info)
     source = open_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, data_root=cfg.data_root)
     for note in source.notes:
         log(note)
@@ -147,8 +167,11 @@ def prepare_data(cfg: TrainConfig, run_dir: Path) -> PreparedData:
     log(f"data: {source.kind} at {source.location}; {len(source.classes)} classes; image size {img_size}px")
     decoded = {name: decode_split(source.splits[name], img_size, cache_dir=cfg.cache_dir, workers=cfg.workers,
                                   progress=cfg.progress) for name in ("train", val_name)}
+    if info.is_main:
+        barrier(info)
     report = inspect_data(source, decoded, img_size)
-    write_json(run_dir / "data_report.json", report)
+    if info.is_main:
+        write_json(run_dir / "data_report.json", report)
     for name, split in decoded.items():
         log(f"  {name}: {len(split)} images; per class: "
             + ", ".join(f"{c}={n}" for c, n in report["counts"][name].items()))
@@ -169,7 +192,8 @@ def prepare_data(cfg: TrainConfig, run_dir: Path) -> PreparedData:
     train = decoded["train"]
     log(f"data path: decoded once into memory ({train.images.numel() / 2**20:.0f} MiB uint8"
         + (f", cache {train.cache_file}" if train.cache_file else "") + "); batches augmented on the device")
-    write_split_csv(run_dir, source)
+    if info.is_main:
+        write_split_csv(run_dir, source)
     mean, std = resolve_norm(cfg, train)
     return PreparedData(source, img_size, val_name, train, decoded[val_name], mean, std)
 
@@ -188,7 +212,9 @@ def _restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save(path: Path, payload: dict) -> None:
+def _save(path: Path, payload: dict, info: DistInfo) -> None:
+    if not info.is_main:
+        return
     try:
         save_checkpoint(path, payload)
     except OSError as err:  # full disk, vanished folder: the previous file is untouched (atomic rename)
@@ -245,15 +271,26 @@ def _resolve_config(config: TrainConfig | None, settings: dict) -> tuple[TrainCo
 
 
 def train(config: TrainConfig | None = None, **settings: Any) -> RunResult:
-    """Train a classifier; ``settings`` are TrainConfig fields (``resnetlab.train(data=..., epochs=3)``)."""
+    """Train a classifier; ``settings`` are TrainConfig fields (``resnetlab.train(data=..., epochs=3)``).
+
+    Started by torchrun, every process calls this and they train one model with DistributedDataParallel.
+    """
     cfg, saved = _resolve_config(config, settings)
-    run_dir = prepare_run_dir(cfg)
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, saved, info)
+    finally:
+        shutdown(info)
+
+
+def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
+    run_dir = Path(from_main(str(prepare_run_dir(cfg)) if info.is_main else None, info))
     started = time.perf_counter()
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    data = prepare_data(cfg, run_dir)
+    device = info.device
+    data = prepare_data(cfg, run_dir, info)
 
     # model
     spec = ModelSpec(cfg.model, len(data.source.classes), cfg.head, cfg.hidden, cfg.dropout,
@@ -265,6 +302,8 @@ def train(config: TrainConfig | None = None, **settings: Any) -> RunResult:
     if cfg.freeze_backbone:
         set_backbone_trainable(model, False)
     model = model.to(device, memory_format=torch.channels_last)
+    if cfg.sync_bn and info.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     total, trainable = count_parameters(model)
     log(f"model: {spec.arch}, {spec.stem} stem, {spec.head} head, width {spec.width:g}; {total / 1e6:.2f} M "
         f"parameters ({trainable / 1e6:.2f} M trainable)")
@@ -279,10 +318,12 @@ def train(config: TrainConfig | None = None, **settings: Any) -> RunResult:
     augment = BatchAugment(cfg.aug, data.img_size, hflip=cfg.hflip) if cfg.aug != "none" else None
     train_batches = Batches(data.train.images, data.train.labels, batch_size=cfg.batch_size, device=device,
                             mean=data.mean, std=data.std, shuffle=True, augment=augment, seed=cfg.seed,
-                            drop_last=len(data.train) > cfg.batch_size, sample_weights=sample_weights,
-                            channels_last=True)
+                            drop_last=len(data.train) > cfg.batch_size * info.world_size,
+                            sample_weights=sample_weights, channels_last=True, rank=info.rank,
+                            world_size=info.world_size)
     val_batches = Batches(data.val.images, data.val.labels, batch_size=max(256, cfg.batch_size * 2), device=device,
-                          mean=data.mean, std=data.std, channels_last=True)
+                          mean=data.mean, std=data.std, channels_last=True, rank=info.rank,
+                          world_size=info.world_size)
     steps_per_epoch = train_batches.steps_per_epoch()
     train_loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()
@@ -298,7 +339,11 @@ def train(config: TrainConfig | None = None, **settings: Any) -> RunResult:
     log(f"training on {device} ({'fp32' if amp_dtype is None else str(amp_dtype).replace('torch.', '')}), "
         f"{cfg.epochs} epochs x {steps_per_epoch} steps of {cfg.batch_size}; {cfg.opt} lr {cfg.peak_lr:g}, "
         f"{cfg.sched} schedule; run folder {run_dir}")
-    forward_model = torch.compile(model) if cfg.compile else model
+    if info.enabled:
+        log(f"distributed: {info.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}); "
+            f"--batch-size {cfg.batch_size} per process = global batch {cfg.batch_size * info.world_size}; "
+            f"the learning rate is used as given (no automatic scaling with the process count)")
+    forward_model = _wrap(model, cfg, info)
 
     history: list[dict] = []
     start_epoch, start_step, partial = 1, 0, None
@@ -311,8 +356,9 @@ def train(config: TrainConfig | None = None, **settings: Any) -> RunResult:
             set_backbone_trainable(model, True)
         log(f"resuming {run_dir} at epoch {start_epoch}" + (f", step {start_step}" if start_step else "")
             + f" (best val acc so far {state.best_acc:.4f} at epoch {state.best_epoch})")
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True),
-                                         encoding="utf-8")
+    if info.is_main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True),
+                                             encoding="utf-8")
     meta = {"model_spec": spec.to_dict(), "classes": data.source.classes, "img_size": data.img_size,
             "mean": data.mean, "std": data.std, "config": cfg.to_dict()}
     time_budget = parse_duration(cfg.time_limit) if cfg.time_limit else None
@@ -325,15 +371,17 @@ def train(config: TrainConfig | None = None, **settings: Any) -> RunResult:
                 break
             if cfg.freeze_backbone and cfg.unfreeze_at == epoch and start_step == 0:
                 set_backbone_trainable(model, True)
+                forward_model = _wrap(model, cfg, info)  # DDP registers trainable parameters when it wraps
                 log(f"epoch {epoch}: backbone unfrozen")
             totals = EpochTotals(device, partial)
 
             def after_step(step: int, epoch: int = epoch, totals: EpochTotals = totals) -> None:
                 nonlocal steps_run
                 steps_run += 1
-                stop_now = stop.requested or (cfg.stop_after_steps and steps_run >= cfg.stop_after_steps)
+                stop_now = any_rank(stop.requested, info) or bool(cfg.stop_after_steps
+                                                                    and steps_run >= cfg.stop_after_steps)
                 if (stop_now or (cfg.save_every and step % cfg.save_every == 0)) and step < steps_per_epoch:
-                    _save(run_dir / "last.pt", {**meta, **state.payload(epoch - 1, step, totals)})
+                    _save(run_dir / "last.pt", {**meta, **state.payload(epoch - 1, step, totals)}, info)
                     if not stop_now:
                         log(f"saved {run_dir / 'last.pt'} at epoch {epoch}, step {step}")
                 if stop_now and step < steps_per_epoch:
@@ -346,7 +394,7 @@ def train(config: TrainConfig | None = None, **settings: Any) -> RunResult:
                                          start_step=start_step, desc=f"epoch {epoch}/{planned_epochs}",
                                          progress=cfg.progress, epoch=epoch, totals=totals, on_step=after_step)
             except _StopRun as halt:
-                stopped = "signal" if stop.requested else "steps"
+                stopped = "signal" if any_rank(stop.requested, info) else "steps"
                 log(f"stopped at epoch {epoch}, step {halt.step} of {steps_per_epoch}; saved {run_dir / 'last.pt'}. "
                     f"Resume with: resnetlab train --resume {run_dir}")
                 break
@@ -354,29 +402,36 @@ def train(config: TrainConfig | None = None, **settings: Any) -> RunResult:
                 good = f"{run_dir / 'last.pt'} (epoch {epoch - 1})" if epoch > 1 else "none (first epoch)"
                 raise NonFiniteLossError(f"{err}. Last good checkpoint kept: {good}") from None
             start_step, partial = 0, None
-            val_result = run_epoch(forward_model, val_batches.epoch(0), criterion=val_loss_fn, device=device,
+            train_result = _combine(train_result, totals, info)
+            sync_buffers(model, info)
+            val_totals = EpochTotals(device)
+            # the bare module, not the DDP wrapper: ranks may have different numbers of validation batches
+            val_result = run_epoch(model, val_batches.epoch(0), criterion=val_loss_fn, device=device,
                                    amp_dtype=amp_dtype, total_steps=len(val_batches), desc="  validate",
-                                   progress=cfg.progress, epoch=epoch)
+                                   progress=cfg.progress and info.is_main, epoch=epoch, totals=val_totals)
+            val_result = _combine(val_result, val_totals, info)
             row = {"epoch": epoch, "train_loss": train_result.loss, "train_acc": train_result.accuracy,
                    "val_loss": val_result.loss, "val_acc": val_result.accuracy,
                    "lr": optimizer.param_groups[0]["lr"], "epoch_s": train_result.seconds + val_result.seconds,
                    "img_per_s": train_result.images_per_second}
             history.append(row)
-            write_history(run_dir, history)
+            if info.is_main:
+                write_history(run_dir, history)
             improved = val_result.accuracy > state.best_acc
             if improved:
                 state.best_acc, state.best_epoch = val_result.accuracy, epoch
             metrics = {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
             if improved:
                 _save(run_dir / "best.pt", {**meta, "model": unwrap(model).state_dict(), "epoch": epoch,
-                                            "metrics": metrics})
-            _save(run_dir / "last.pt", {**meta, **state.payload(epoch), "metrics": metrics})
+                                            "metrics": metrics}, info)
+            _save(run_dir / "last.pt", {**meta, **state.payload(epoch), "metrics": metrics}, info)
             log(f"epoch {epoch:3d}/{planned_epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
                 f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}{' *' if improved else ''} | "
                 f"{row['epoch_s']:.1f}s, {row['img_per_s']:.0f} img/s")
-            _plot_curves(run_dir, history)
-            if stop.requested or (cfg.stop_after_steps and steps_run >= cfg.stop_after_steps):
-                stopped = "signal" if stop.requested else "steps"
+            if info.is_main:
+                _plot_curves(run_dir, history)
+            if any_rank(stop.requested, info) or (cfg.stop_after_steps and steps_run >= cfg.stop_after_steps):
+                stopped = "signal" if any_rank(stop.requested, info) else "steps"
                 if epoch < planned_epochs:
                     log(f"stopped after epoch {epoch}; resume with: resnetlab train --resume {run_dir}")
                 break
@@ -385,13 +440,38 @@ def train(config: TrainConfig | None = None, **settings: Any) -> RunResult:
                 log(f"early stop: no val accuracy gain for {cfg.early_stop} epochs")
                 break
             if time_budget is not None:
-                planned_epochs = _fit_to_time(time_budget, time.perf_counter() - started, history, epoch,
-                                              planned_epochs, schedule, steps_per_epoch)
+                planned_epochs = from_main(_fit_to_time(time_budget, time.perf_counter() - started, history, epoch,
+                                                        planned_epochs, schedule, steps_per_epoch), info)
+                schedule.total_steps = planned_epochs * steps_per_epoch
+    if info.enabled:
+        sums = sum_over_ranks([weights_checksum(model), weights_checksum(model) ** 2], info)
+        spread = sums[1] / info.world_size - (sums[0] / info.world_size) ** 2
+        log(f"distributed: weights {'identical' if spread <= 1e-9 * max(1.0, sums[1]) else 'DIFFERENT'} across "
+            f"{info.world_size} ranks (checksum {sums[0] / info.world_size:.6f})")
     if stopped is None:
         log(f"done in {time.perf_counter() - started:.0f}s: best val acc {state.best_acc:.4f} at epoch "
             f"{state.best_epoch}; run folder {run_dir} (best.pt, last.pt, metrics.csv, curves.png, config.yaml)")
     return RunResult(run_dir, state.best_acc, state.best_epoch, len(history), history, unwrap(model).eval(),
                      data.source.classes, stopped)
+
+
+def _wrap(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
+    """The module the training steps call: DDP across processes, optionally torch.compile'd."""
+    wrapped = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = info.device
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(wrapped) if cfg.compile else wrapped
+
+
+def _combine(result: EpochResult, totals: EpochTotals, info: DistInfo) -> EpochResult:
+    """Loss and accuracy over all ranks' shards (sums of losses, hits and images, then divided)."""
+    if not info.enabled:
+        return result
+    loss_sum, correct, seen = sum_over_ranks([float(totals.loss_sum), float(totals.correct), totals.seen], info)
+    return EpochResult(loss_sum / max(seen, 1), correct / max(seen, 1), int(seen), result.seconds, result.steps)
 
 
 class _StopRun(Exception):

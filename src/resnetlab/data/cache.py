@@ -1,0 +1,210 @@
+"""Decode once: a split becomes one uint8 tensor (N x C x S x S) kept in memory, cached on disk.
+
+Per-epoch JPEG/PNG decoding is the main cost of the plain ImageFolder recipe on small images, so
+files are decoded a single time (in parallel), stored as a memory-mapped ``.npy`` keyed by the file
+list, sizes, modification times and image size, and reused until any of those change.
+
+    decoded = decode_split(source.splits["train"], size=32, cache_dir="~/.cache/resnetlab")
+    decoded.images.shape   # torch.Size([N, 3, 32, 32]), dtype uint8
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .images import ImageReadError, fit_square, open_rgb
+from .sources import SplitData
+
+CACHE_FORMAT = 1
+DEFAULT_CACHE_DIR = "~/.cache/resnetlab"
+UNEXPECTED = "unexpected error: "  # failures that are not the file's fault are never cached
+
+
+@dataclass
+class DecodedSplit:
+    images: torch.Tensor  # uint8, N x C x S x S (C is 1 for grey built-ins, expanded to RGB per batch)
+    labels: torch.Tensor  # int64, N
+    kept: np.ndarray  # positions in the SplitData of the images that decoded
+    skipped: list[dict] = field(default_factory=list)  # {"path", "reason"} of images that did not
+    cache_file: str | None = None
+    digests: list[str] = field(default_factory=list)  # content hash per kept image (leakage checks)
+    rotated: list[int] = field(default_factory=list)  # positions (in the SplitData) of EXIF-rotated files
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def decode_split(split: SplitData, size: int, *, cache_dir: str | None = None, workers: int | None = None,
+                 progress: bool = True, use_cache: bool = True) -> DecodedSplit:
+    """Decode every image of ``split`` at ``size`` x ``size``; unreadable files are skipped and listed."""
+    if split.images is not None:
+        return DecodedSplit(_resize_array(split.images, size), torch.from_numpy(split.labels),
+                            np.arange(len(split)))
+    cache_root = Path(cache_dir or os.environ.get("RESNETLAB_CACHE", DEFAULT_CACHE_DIR)).expanduser()
+    key = _cache_key(split.paths, size)
+    array_file, meta_file = cache_root / f"{key}.npy", cache_root / f"{key}.json"
+    if use_cache and array_file.is_file() and meta_file.is_file():
+        try:
+            return _load_cached(array_file, meta_file, split)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache is rebuilt below
+    out, tmp_file = _allocate(len(split.paths), size, array_file if use_cache else None)
+    info = _decode_files(split.paths, size, out, workers or default_workers(), progress, split.name)
+    kept = info["kept"]
+    images = out if len(kept) == len(split.paths) else np.ascontiguousarray(out[kept])
+    if tmp_file and any(reason.startswith(UNEXPECTED) for _, reason in info["skipped"]):
+        tmp_file.unlink(missing_ok=True)
+        tmp_file = None
+    cache_file = _finish_cache(images, tmp_file, info, array_file, meta_file) if tmp_file else None
+    return _decoded(images, split, info, cache_file)
+
+
+def _decoded(images: np.ndarray, split: SplitData, info: dict, cache_file: str | None) -> DecodedSplit:
+    kept = np.asarray(info["kept"], dtype=np.int64)
+    skipped = [{"path": split.describe(i), "reason": r} for i, r in info["skipped"]]
+    return DecodedSplit(torch.from_numpy(images), torch.from_numpy(split.labels[kept]), kept, skipped, cache_file,
+                        list(info["digests"]), list(info["rotated"]))
+
+
+def _cache_key(paths: list[str], size: int) -> str:
+    from .. import __version__
+
+    digest = hashlib.sha256(f"resnetlab-cache-{CACHE_FORMAT}-{__version__}-{size}".encode())
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{os.path.abspath(path)}\0missing\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _decode_one(job: tuple[str, int]) -> tuple[np.ndarray, str, bool] | str:
+    """Runs in a worker process: (H x W x 3 uint8 array, content digest, EXIF-rotated?), or why it failed."""
+    path, size = job
+    try:
+        data = Path(path).read_bytes()  # read once: hashed for leakage checks, decoded from memory
+        image = open_rgb(path, draft_size=size, data=data)
+        array = np.asarray(fit_square(image, size), dtype=np.uint8)
+        return array, hashlib.blake2b(data, digest_size=16).hexdigest(), bool(image.info.get("exif_rotated"))
+    except FileNotFoundError:
+        return "file not found"
+    except ImageReadError as err:
+        return err.reason
+    except Exception as err:  # noqa: BLE001 - one odd file must never end the run
+        return f"{UNEXPECTED}{type(err).__name__}: {err}"
+
+
+def _decode_files(paths: list[str], size: int, images: np.ndarray, workers: int, progress: bool, name: str
+                  ) -> dict:
+    """Fills ``images`` in place; returns kept positions, (position, reason) skips, digests and rotations."""
+    info: dict = {"kept": [], "skipped": [], "digests": [], "rotated": []}
+    jobs = [(p, size) for p in paths]
+    bar = tqdm(total=len(paths), desc=f"decode {name}", unit="img", disable=not progress, leave=False)
+    if workers > 1 and len(paths) >= 64:
+        with ProcessPoolExecutor(workers) as pool:
+            results = pool.map(_decode_one, jobs, chunksize=max(1, min(256, len(paths) // (workers * 8))))
+            _collect(results, images, info, bar)
+    else:
+        _collect(map(_decode_one, jobs), images, info, bar)
+    bar.close()
+    info["kept"] = np.asarray(info["kept"], dtype=np.int64)
+    return info
+
+
+def _collect(results, images: np.ndarray, info: dict, bar: tqdm) -> None:
+    for i, result in enumerate(results):
+        if isinstance(result, str):
+            info["skipped"].append((i, result))
+        else:
+            array, digest, rotated = result
+            images[i] = array.transpose(2, 0, 1)
+            info["kept"].append(i)
+            info["digests"].append(digest)
+            if rotated:
+                info["rotated"].append(i)
+        bar.update(1)
+
+
+def _allocate(count: int, size: int, array_file: Path | None) -> tuple[np.ndarray, Path | None]:
+    """Decode straight into a file-backed array when caching, so a large split is never held twice."""
+    shape = (count, 3, size, size)
+    if array_file is not None:
+        try:
+            array_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp_file = array_file.with_name(f"{array_file.stem}.tmp{os.getpid()}.npy")
+            return np.lib.format.open_memmap(tmp_file, mode="w+", dtype=np.uint8, shape=shape), tmp_file
+        except OSError:
+            pass  # read-only or full cache folder: decode in memory, cache nothing
+    return np.empty(shape, dtype=np.uint8), None
+
+
+def _finish_cache(images: np.ndarray, tmp_file: Path, info: dict, array_file: Path, meta_file: Path) -> str | None:
+    """Publish the cache entry atomically (rename); any OSError (full disk) only loses the cache."""
+    tmp_meta = meta_file.with_name(f"{meta_file.stem}.tmp{os.getpid()}.json")
+    try:
+        if isinstance(images, np.memmap):
+            images.flush()
+        else:  # some images failed: the compacted array replaces the one decoded in place
+            np.save(tmp_file, images)
+        tmp_meta.write_text(json.dumps({**info, "kept": info["kept"].tolist()}))
+        os.replace(tmp_file, array_file)
+        os.replace(tmp_meta, meta_file)
+        return str(array_file)
+    except OSError:
+        tmp_file.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
+        return None
+
+
+def _load_cached(array_file: Path, meta_file: Path, split: SplitData) -> DecodedSplit:
+    info = json.loads(meta_file.read_text())
+    # copy-on-write map: pages are read lazily and never written back to the cache file
+    images = np.load(array_file, mmap_mode="c")
+    if images.shape[0] != len(info["kept"]) or len(info["digests"]) != len(info["kept"]):
+        raise ValueError("cache entry does not match its index")
+    return _decoded(images, split, info, str(array_file))
+
+
+def _resize_array(images: np.ndarray, size: int) -> torch.Tensor:
+    """N x H x W x C uint8 -> N x C x size x size uint8, antialiased, in chunks to bound memory."""
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2)
+    if tensor.shape[-1] == size and tensor.shape[-2] == size:
+        return tensor.contiguous()
+    out = torch.empty((tensor.shape[0], tensor.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, tensor.shape[0], 4096):
+        chunk = tensor[start:start + 4096].float()
+        resized = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start:start + 4096] = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (fractions of 255) of a uint8 N x C x H x W tensor, in chunks."""
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, images.shape[0], 2048):
+        chunk = images[start:start + 2048].to(torch.float64) / 255.0
+        total += chunk.sum(dim=(0, 2, 3))
+        total_sq += (chunk * chunk).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    if channels == 1:
+        mean, std = mean.repeat(3), std.repeat(3)
+    return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]

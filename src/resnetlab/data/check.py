@@ -1,0 +1,113 @@
+"""What is wrong with a data set: unreadable files, leakage between splits, imbalance, empty classes.
+
+Training runs the same inspection on the images it decodes (so it costs nothing extra) and writes it to
+``data_report.json``; ``resnetlab check DATA`` prints it.
+
+    report = inspect_data(source, {"train": decoded_train, "val": decoded_val})
+    report["problems"][0]   # {"severity": "error", "split": "train", "path": ..., "reason": ...}
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from .cache import DecodedSplit, decode_split
+from .sources import DataSource
+
+IMBALANCE_WARNING_RATIO = 3.0  # largest / smallest class count above which we warn
+
+
+def inspect_data(source: DataSource, decoded: dict[str, DecodedSplit], img_size: int) -> dict:
+    """A JSON-ready report: counts per split and class, and every problem with its path and reason."""
+    problems: list[dict] = []
+    for note in source.notes:
+        if note.startswith("warning: "):
+            problems.append({"severity": "warning", "split": "", "path": source.location,
+                             "reason": note.removeprefix("warning: ")})
+    for name, split in decoded.items():
+        for item in split.skipped:
+            problems.append({"severity": "error", "split": name, "path": item["path"],
+                             "reason": f"unreadable, skipped: {item['reason']}"})
+        for position in split.rotated:
+            problems.append({"severity": "info", "split": name, "path": source.splits[name].describe(position),
+                             "reason": "EXIF orientation tag: the rotation is applied"})
+    problems += _leakage(source, decoded)
+    counts = {name: _counts(source.classes, split) for name, split in decoded.items()}
+    if "train" in counts:
+        problems += _imbalance(counts["train"])
+    return {"kind": source.kind, "location": source.location, "classes": source.classes, "image_size": img_size,
+            "counts": counts, "images": {name: len(split) for name, split in decoded.items()},
+            "notes": source.notes, "problems": problems,
+            "skipped": [dict(item, split=name) for name, split in decoded.items() for item in split.skipped]}
+
+
+def _counts(classes: list[str], split: DecodedSplit) -> dict[str, int]:
+    counts = np.bincount(split.labels.numpy(), minlength=len(classes))
+    return {c: int(n) for c, n in zip(classes, counts)}
+
+
+def _leakage(source: DataSource, decoded: dict[str, DecodedSplit]) -> list[dict]:
+    """The same file content in train and in val/test inflates the validation score."""
+    train = decoded.get("train")
+    if train is None or not train.digests:
+        return []
+    where: dict[str, int] = {}
+    for digest, position in zip(train.digests, train.kept):
+        where.setdefault(digest, int(position))
+    problems = []
+    for name, split in decoded.items():
+        if name == "train":
+            continue
+        for digest, position in zip(split.digests, split.kept):
+            if digest in where:
+                problems.append({"severity": "warning", "split": name, "path": source.splits[name].describe(position),
+                                 "reason": "leakage: the same image is in train as "
+                                           f"{source.splits['train'].describe(where[digest])}"})
+    return problems
+
+
+def _imbalance(counts: dict[str, int]) -> list[dict]:
+    present = {c: n for c, n in counts.items() if n > 0}
+    if len(present) < 2:
+        return []
+    largest, smallest = max(present.values()), min(present.values())
+    if largest / smallest <= IMBALANCE_WARNING_RATIO:
+        return []
+    ratios = ", ".join(f"{c}={n / smallest:.1f}x" for c, n in sorted(present.items(), key=lambda kv: -kv[1])[:8])
+    return [{"severity": "warning", "split": "train", "path": "",
+             "reason": f"class imbalance: largest/smallest = {largest / smallest:.1f} (relative to the smallest "
+                       f"class: {ratios}); consider --balance weights or --balance sampler"}]
+
+
+def check_data(source: DataSource, img_size: int, *, cache_dir: str | None = None, workers: int | None = None,
+               progress: bool = True) -> dict:
+    """Decode every split (filling the cache that training will reuse) and inspect it."""
+    decoded = {name: decode_split(split, img_size, cache_dir=cache_dir, workers=workers, progress=progress)
+               for name, split in source.splits.items()}
+    return inspect_data(source, decoded, img_size)
+
+
+def format_report(report: dict, limit: int = 50) -> str:
+    """Human-readable lines: counts per split and class, then problems grouped by severity."""
+    lines = [f"{report['kind']} at {report['location']}: {len(report['classes'])} classes, "
+             f"image size {report['image_size']}px"]
+    for name, counts in report["counts"].items():
+        lines.append(f"  {name}: {sum(counts.values())} images; " + ", ".join(f"{c}={n}" for c, n in counts.items()))
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for problem in report["problems"]:
+        grouped[problem["severity"]].append(problem)
+    for severity in ("error", "warning", "info"):
+        items = grouped.get(severity, [])
+        if not items:
+            continue
+        lines.append(f"{len(items)} {severity}(s):")
+        for problem in items[:limit]:
+            where = f"{problem['path']}: " if problem["path"] else ""
+            lines.append(f"  [{problem['split'] or '-'}] {where}{problem['reason']}")
+        if len(items) > limit:
+            lines.append(f"  ... and {len(items) - limit} more (see the JSON report)")
+    if not report["problems"]:
+        lines.append("no problems found")
+    return "\n".join(lines)

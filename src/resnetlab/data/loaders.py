@@ -1,0 +1,102 @@
+"""Epochs of ready-to-use batches: shuffled, sharded per process, augmented and normalised on device.
+
+Randomness is derived from (seed, epoch, step) alone, so an epoch can be replayed from any step:
+that is what makes resume exact and keeps data-parallel ranks on disjoint shards.
+
+    batches = Batches(decoded.images, decoded.labels, batch_size=128, device=device, mean=m, std=s,
+                      shuffle=True, augment=BatchAugment("light", 32), seed=0)
+    for step, (x, y, index) in enumerate(batches.epoch(3)): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from .transforms import BatchAugment, normalize, stats_tensor, to_float_rgb
+
+
+def _generator(device: torch.device, *seeds: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    # A simple mix of the integers into one 63-bit seed; collisions between (epoch, step) pairs of one run
+    # would need ~2^31 epochs.
+    mixed = 0x9E3779B97F4A7C15
+    for s in seeds:
+        mixed = (mixed * 6364136223846793005 + int(s) + 1442695040888963407) % (1 << 63)
+    g.manual_seed(mixed)
+    return g
+
+
+class Batches:
+    """Batches of one decoded split held as a uint8 tensor (on CPU, or on the GPU when it fits)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, device: torch.device,
+                 mean, std, shuffle: bool = False, augment: BatchAugment | None = None, seed: int = 0,
+                 drop_last: bool = False, sample_weights: torch.Tensor | None = None, rank: int = 0,
+                 world_size: int = 1, channels_last: bool = False, keep_on_device: bool | None = None):
+        self.device = torch.device(device)
+        if keep_on_device is None:
+            keep_on_device = self.device.type == "cuda" and _fits_on_gpu(images, self.device)
+        if keep_on_device and self.device.type != "cpu":
+            images, labels = images.to(self.device), labels.to(self.device)
+        elif self.device.type == "cuda":
+            images = images if images.is_pinned() else _try_pin(images)
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
+        self.drop_last, self.sample_weights = drop_last, sample_weights
+        self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
+        self.mean, self.std = stats_tensor(mean, self.device), stats_tensor(std, self.device)
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        """This process's image positions for ``epoch``: the same permutation on every rank, then sharded."""
+        n = len(self.labels)
+        if self.sample_weights is not None:  # class-balanced sampling, with replacement
+            order = torch.multinomial(self.sample_weights, n, replacement=True, generator=_generator(
+                torch.device("cpu"), self.seed, epoch, -1))
+        elif self.shuffle:
+            order = torch.randperm(n, generator=_generator(torch.device("cpu"), self.seed, epoch, -1))
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            if self.shuffle or self.sample_weights is not None:  # equal shard sizes keep ranks in step
+                order = order[: n - n % self.world_size] if n >= self.world_size else order
+            order = order[self.rank::self.world_size]  # evaluation: no padding, so no image counts twice
+        return order
+
+    def steps_per_epoch(self) -> int:
+        n = len(self._order(0))
+        return n // self.batch_size if self.drop_last and n >= self.batch_size else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch()
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yields (x: float N x 3 x S x S normalised, y: int64 N, index: positions in the split)."""
+        order = self._order(epoch)
+        steps = self.steps_per_epoch()
+        for step in range(start_step, steps):
+            index = order[step * self.batch_size:(step + 1) * self.batch_size]
+            device_index = index.to(self.images.device, non_blocking=True)
+            x = self.images.index_select(0, device_index).to(self.device, non_blocking=True)
+            y = self.labels.index_select(0, device_index).to(self.device, non_blocking=True)
+            x = to_float_rgb(x)
+            if self.augment is not None:
+                # each rank draws its own augmentation; single-process runs keep the (seed, epoch, step) stream
+                streams = (self.seed, epoch, step) if self.world_size == 1 else (self.seed, epoch, step, self.rank)
+                x = self.augment(x, _generator(self.device, *streams))
+            x = normalize(x, self.mean, self.std)
+            x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+            yield x, y, index
+
+
+def _fits_on_gpu(images: torch.Tensor, device: torch.device) -> bool:
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.numel() * images.element_size() < 0.25 * free
+
+
+def _try_pin(images: torch.Tensor) -> torch.Tensor:
+    try:
+        return images.pin_memory()
+    except RuntimeError:
+        return images

@@ -1,0 +1,254 @@
+"""Where the images come from: split folders, class folders, a CSV file, or a built-in data set.
+
+Every layout ends as the same ``DataSource``: sorted class names and, per split, either file paths
+or already-decoded arrays, with integer labels.
+
+    source = open_data("photos/", val_split=0.1, seed=0)
+    source.splits["train"].paths[:3], source.classes
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .images import is_image_file, list_images
+
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "test": "test", "testing": "test"}
+
+
+class DataError(ValueError):
+    """The data cannot be used as given; the message names the file, line or folder at fault."""
+
+
+@dataclass
+class SplitData:
+    name: str
+    labels: np.ndarray  # int64, one per image
+    paths: list[str] | None = None  # file-backed splits
+    images: np.ndarray | None = None  # decoded splits (built-ins): uint8, N x H x W x C
+    origins: list[str] | None = None  # where each image was declared (CSV line), for messages
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, keep: np.ndarray) -> SplitData:
+        """The images at positions ``keep`` (bool mask or indices)."""
+        index = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep)
+        return SplitData(
+            self.name, self.labels[index],
+            [self.paths[i] for i in index] if self.paths is not None else None,
+            self.images[index] if self.images is not None else None,
+            [self.origins[i] for i in index] if self.origins is not None else None,
+        )
+
+    def describe(self, i: int) -> str:
+        """A human name for image ``i``: its path (and CSV line), or 'name[i]' for arrays."""
+        if self.paths is None:
+            return f"{self.name}[{i}]"
+        return self.paths[i] + (f" ({self.origins[i]})" if self.origins else "")
+
+
+@dataclass
+class DataSource:
+    classes: list[str]
+    splits: dict[str, SplitData]
+    kind: str  # "split folders", "class folders", "csv" or "built-in"
+    location: str
+    notes: list[str] = field(default_factory=list)
+    native_size: int | None = None  # built-ins: their image side in pixels
+
+    @property
+    def val_name(self) -> str:
+        """The split used for validation during training."""
+        return "val" if "val" in self.splits else "test"
+
+    def class_counts(self, split: str) -> dict[str, int]:
+        counts = np.bincount(self.splits[split].labels, minlength=len(self.classes))
+        return dict(zip(self.classes, (int(c) for c in counts)))
+
+
+def open_data(spec: str, *, val_split: float = 0.1, seed: int = 0, data_root: str | None = None) -> DataSource:
+    """Recognise the layout of ``spec`` and list its images; raises DataError with the reason."""
+    from . import builtin
+
+    path = Path(spec).expanduser()
+    if not path.exists() and spec.lower() in builtin.BUILTIN_NAMES:
+        return builtin.load_builtin(spec.lower(), data_root=data_root)
+    if not path.exists():
+        names = ", ".join(builtin.BUILTIN_NAMES)
+        raise DataError(f"data '{spec}' is neither an existing folder or CSV file nor a built-in name ({names})")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DataError(f"data file {path} is not a .csv file; give a folder, a CSV or a built-in name")
+        return _from_csv(path, val_split=val_split, seed=seed)
+    split_dirs = {SPLIT_ALIASES[d.name.lower()]: d for d in sorted(path.iterdir())
+                  if d.is_dir() and d.name.lower() in SPLIT_ALIASES}
+    if "train" in split_dirs:
+        return _from_split_folders(path, split_dirs, val_split=val_split, seed=seed)
+    if split_dirs:
+        found = ", ".join(d.name for d in split_dirs.values())
+        raise DataError(f"{path} has {found} but no train/ folder; add train/ or point at a class-folder tree")
+    return _from_class_folders(path, val_split=val_split, seed=seed)
+
+
+# ---------------------------------------------------------------------- folder layouts
+def _scan_class_folders(root: Path) -> dict[str, list[str]]:
+    """Class name -> image paths, one class per sub-folder (images found recursively)."""
+    found: dict[str, list[str]] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found[folder.name] = [str(p) for p in list_images(folder)]
+    return found
+
+
+def _labelled(found: dict[str, list[str]], classes: list[str], name: str, where: Path) -> SplitData:
+    index = {c: i for i, c in enumerate(classes)}
+    paths, labels = [], []
+    for class_name, files in found.items():
+        if class_name not in index:
+            raise DataError(f"class folder '{class_name}' in {where} does not exist in the training split "
+                            f"(classes: {', '.join(classes)})")
+        paths += files
+        labels += [index[class_name]] * len(files)
+    return SplitData(name, np.asarray(labels, dtype=np.int64), paths)
+
+
+def _classes_from(found: dict[str, list[str]], where: Path, notes: list[str]) -> list[str]:
+    empty = [c for c, files in found.items() if not files]
+    if empty:
+        notes.append(f"warning: empty class folders ignored in {where}: {', '.join(empty)}")
+    classes = sorted(c for c, files in found.items() if files)
+    if not classes:
+        loose = [p for p in where.iterdir() if p.is_file() and is_image_file(p)]
+        hint = " (images lie directly in it: put them in one sub-folder per class)" if loose else ""
+        raise DataError(f"no class folders with images found in {where}{hint}")
+    if len(classes) < 2:
+        raise DataError(f"only one class ('{classes[0]}') found in {where}: a classifier needs at least two")
+    return classes
+
+
+def _from_split_folders(root: Path, split_dirs: dict[str, Path], *, val_split: float, seed: int) -> DataSource:
+    notes: list[str] = []
+    train_found = _scan_class_folders(split_dirs["train"])
+    classes = _classes_from(train_found, split_dirs["train"], notes)
+    splits = {"train": _labelled({c: train_found[c] for c in classes}, classes, "train", split_dirs["train"])}
+    for name in ("val", "test"):
+        if name in split_dirs:
+            found = {c: f for c, f in _scan_class_folders(split_dirs[name]).items() if f}
+            splits[name] = _labelled(found, classes, name, split_dirs[name])
+    if "val" not in splits and "test" in splits:
+        notes.append(f"no val/ folder: {split_dirs['test'].name}/ serves as the validation split")
+    elif "val" not in splits:
+        notes.append(f"no val/ or test/ folder: {val_split:.0%} of train/ is held out for validation")
+        splits["train"], splits["val"] = stratified_split(splits["train"], val_split, seed)
+    return DataSource(classes, splits, "split folders", str(root), notes)
+
+
+def _from_class_folders(root: Path, *, val_split: float, seed: int) -> DataSource:
+    notes: list[str] = []
+    found = _scan_class_folders(root)
+    classes = _classes_from(found, root, notes)
+    everything = _labelled({c: found[c] for c in classes}, classes, "all", root)
+    train, val = stratified_split(everything, val_split, seed)
+    notes.append(f"class folders only: stratified split, {val_split:.0%} for validation (seed {seed})")
+    return DataSource(classes, {"train": train, "val": val}, "class folders", str(root), notes)
+
+
+def stratified_split(split: SplitData, val_fraction: float, seed: int) -> tuple[SplitData, SplitData]:
+    """Hold out ``val_fraction`` of every class (at least one image of each class with two or more).
+
+    Written by hand because scikit-learn's train_test_split refuses classes with a single image,
+    which small user folders often have.
+    """
+    rng = np.random.default_rng(seed)
+    is_val = np.zeros(len(split), dtype=bool)
+    for label in np.unique(split.labels):
+        members = np.flatnonzero(split.labels == label)
+        rng.shuffle(members)
+        count = int(round(len(members) * val_fraction))
+        if len(members) >= 2:
+            count = min(max(count, 1), len(members) - 1)
+        else:
+            count = 0
+        is_val[members[:count]] = True
+    train, val = split.subset(~is_val), split.subset(is_val)
+    train.name, val.name = "train", "val"
+    return train, val
+
+
+# ---------------------------------------------------------------------- CSV
+def _from_csv(csv_path: Path, *, val_split: float, seed: int) -> DataSource:
+    base = csv_path.parent
+    rows: list[tuple[str, str, str | None, int]] = []
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{csv_path} is empty; expected a header line 'path,label[,split]'")
+        columns = [h.strip().lower() for h in header]
+        missing = [c for c in ("path", "label") if c not in columns]
+        if missing:
+            raise DataError(f"{csv_path} line 1: missing column(s) {', '.join(missing)}; found columns "
+                            f"{header}; expected 'path,label' and optionally 'split'")
+        col_path, col_label = columns.index("path"), columns.index("label")
+        col_split = columns.index("split") if "split" in columns else None
+        for line_no, row in enumerate(reader, start=2):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) < len(columns):
+                raise DataError(f"{csv_path} line {line_no}: {len(row)} fields, expected {len(columns)}")
+            path, label = row[col_path].strip(), row[col_label].strip()
+            if not path:
+                raise DataError(f"{csv_path} line {line_no}: empty path")
+            if not label:
+                raise DataError(f"{csv_path} line {line_no}: empty label for {path}")
+            split = None
+            if col_split is not None:
+                raw = row[col_split].strip().lower()
+                if raw not in SPLIT_ALIASES:
+                    raise DataError(f"{csv_path} line {line_no}: split '{row[col_split]}' is not one of "
+                                    "train, val, test")
+                split = SPLIT_ALIASES[raw]
+            rows.append((path, label, split, line_no))
+    if not rows:
+        raise DataError(f"{csv_path} has a header but no rows")
+    missing_files = [(line, p) for p, _, _, line in rows if not (base / p).is_file()]
+    if missing_files:
+        listed = "; ".join(f"line {line}: {p}" for line, p in missing_files[:5])
+        more = f" and {len(missing_files) - 5} more" if len(missing_files) > 5 else ""
+        raise DataError(f"{csv_path}: {len(missing_files)} listed file(s) do not exist "
+                        f"(paths are relative to {base}): {listed}{more}")
+
+    train_labels = {label for _, label, split, _ in rows if split in (None, "train")}
+    classes = sorted(train_labels)
+    if len(classes) < 2:
+        raise DataError(f"{csv_path}: only {len(classes)} class label(s) in the training rows; need two or more")
+    index = {c: i for i, c in enumerate(classes)}
+    for _, label, split, line in rows:
+        if label not in index:
+            raise DataError(f"{csv_path} line {line}: label '{label}' in the {split} split does not occur in "
+                            f"the training rows")
+
+    def make(name: str, subset: list[tuple[str, str, str | None, int]]) -> SplitData:
+        return SplitData(name, np.asarray([index[r[1]] for r in subset], dtype=np.int64),
+                         [str(base / r[0]) for r in subset], origins=[f"{csv_path.name} line {r[3]}" for r in subset])
+
+    notes: list[str] = []
+    if col_split is None:
+        train, val = stratified_split(make("all", rows), val_split, seed)
+        notes.append(f"CSV without a split column: stratified split, {val_split:.0%} for validation (seed {seed})")
+        return DataSource(classes, {"train": train, "val": val}, "csv", str(csv_path), notes)
+    splits = {name: make(name, [r for r in rows if r[2] == name]) for name in ("train", "val", "test")}
+    splits = {name: s for name, s in splits.items() if len(s)}
+    if "train" not in splits:
+        raise DataError(f"{csv_path}: no rows with split 'train'")
+    if "val" not in splits and "test" in splits:
+        notes.append("CSV has no 'val' rows: the 'test' rows serve as the validation split")
+    elif "val" not in splits:
+        splits["train"], splits["val"] = stratified_split(splits["train"], val_split, seed)
+        notes.append(f"CSV has only 'train' rows: {val_split:.0%} held out for validation (seed {seed})")
+    return DataSource(classes, splits, "csv", str(csv_path), notes)

@@ -1,0 +1,145 @@
+"""Batch-level preprocessing on the training device: augmentation presets and normalisation.
+
+Images arrive as uint8 batches (N x C x S x S). Augmentation draws its random numbers per image but
+runs as a handful of batched tensor ops (one affine resample for flip, rotation, padded crop and
+random-resized-crop). torchvision's v2 transforms draw one set of parameters per call, so on a batch
+they would apply the same crop to every image; calling them per image costs a Python loop per sample.
+
+    augment = BatchAugment("light", size=32)
+    x = normalize(augment(batch_uint8.float() / 255, generator), mean, std)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+AUG_PRESETS = ("none", "light", "standard", "strong")
+
+
+def to_float_rgb(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 N x C x H x W (C = 1 or 3) -> float32 N x 3 x H x W in [0, 1]."""
+    batch = batch.float().div_(255.0)
+    return batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
+
+
+def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / std with mean/std shaped 1 x 3 x 1 x 1 on the batch's device."""
+    return (batch - mean) / std
+
+
+def stats_tensor(values, device: torch.device | str) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+
+def preprocess_batch(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *,
+                     channels_last: bool = False) -> torch.Tensor:
+    """The eval transform after decoding: uint8 batch -> normalised float model input."""
+    x = normalize(to_float_rgb(batch), mean, std)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+class BatchAugment:
+    """Per-image random augmentation of a float batch in [0, 1] (N x 3 x S x S), on its own device.
+
+    light: horizontal flip, rotation within +-10 degrees, shift by up to S/8 pixels (= crop with
+    zero padding). standard: random-resized-crop (8-100 % of the area, aspect 3/4-4/3) instead of the
+    shift, plus colour jitter (0.3). strong: standard + TrivialAugment per image + random erasing.
+    """
+
+    def __init__(self, preset: str, size: int, *, hflip: bool = True):
+        if preset not in AUG_PRESETS:
+            raise ValueError(f"augmentation preset '{preset}' is not one of {', '.join(AUG_PRESETS)}")
+        self.preset, self.size, self.hflip = preset, size, hflip
+        self._trivial = None
+        if preset == "strong":
+            from torchvision.transforms import v2
+
+            self._trivial = v2.TrivialAugmentWide()
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.preset == "none":
+            return x
+        if self._trivial is not None:
+            x = self._trivial_augment(x, generator)
+        x = self._affine(x, generator)
+        if self.preset in ("standard", "strong"):
+            x = self._colour_jitter(x, generator, strength=0.3)
+        if self.preset == "strong":
+            x = self._random_erase(x, generator, probability=0.25)
+        return x
+
+    def _uniform(self, n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
+        return torch.rand(n, generator=g, device=device) * (high - low) + low
+
+    def _affine(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, device = x.shape[0], x.device
+        sign = torch.ones(n, device=device)
+        if self.hflip:
+            sign = torch.where(torch.rand(n, generator=g, device=device) < 0.5, -sign, sign)
+        if self.preset == "light":
+            angle = self._uniform(n, -10.0, 10.0, g, device) * (math.pi / 180)
+            scale_x = scale_y = torch.ones(n, device=device)
+            max_shift = 2.0 * max(1, self.size // 8) / self.size  # normalised coords span 2
+            # whole-pixel shifts keep unrotated pixels exact under bilinear resampling
+            steps = max(1, self.size // 8)
+            shift_x = torch.randint(-steps, steps + 1, (n,), generator=g, device=device) * (max_shift / steps)
+            shift_y = torch.randint(-steps, steps + 1, (n,), generator=g, device=device) * (max_shift / steps)
+        else:  # random-resized-crop: the output window covers a random part of the input
+            angle = torch.zeros(n, device=device)
+            area = self._uniform(n, 0.08, 1.0, g, device)
+            log_ratio = self._uniform(n, math.log(3 / 4), math.log(4 / 3), g, device)
+            ratio = torch.exp(log_ratio)
+            scale_x = torch.sqrt(area * ratio).clamp(max=1.0)
+            scale_y = torch.sqrt(area / ratio).clamp(max=1.0)
+            shift_x = (torch.rand(n, generator=g, device=device) * 2 - 1) * (1 - scale_x)
+            shift_y = (torch.rand(n, generator=g, device=device) * 2 - 1) * (1 - scale_y)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.stack([
+            torch.stack([cos * scale_x * sign, -sin * scale_y, shift_x], dim=1),
+            torch.stack([sin * scale_x * sign, cos * scale_y, shift_y], dim=1),
+        ], dim=1)  # N x 2 x 3, maps output to input coordinates
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def _colour_jitter(self, x: torch.Tensor, g: torch.Generator, strength: float) -> torch.Tensor:
+        n, device = x.shape[0], x.device
+        brightness = self._uniform(n, 1 - strength, 1 + strength, g, device).view(n, 1, 1, 1)
+        contrast = self._uniform(n, 1 - strength, 1 + strength, g, device).view(n, 1, 1, 1)
+        saturation = self._uniform(n, 1 - strength, 1 + strength, g, device).view(n, 1, 1, 1)
+        x = x * brightness
+        grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])  # N x 1 x H x W
+        x = (x - grey.mean(dim=(2, 3), keepdim=True)) * contrast + grey.mean(dim=(2, 3), keepdim=True)
+        grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        x = grey + (x - grey) * saturation
+        return x.clamp(0.0, 1.0)
+
+    def _random_erase(self, x: torch.Tensor, g: torch.Generator, probability: float) -> torch.Tensor:
+        n, _, h, w = x.shape
+        device = x.device
+        area = self._uniform(n, 0.02, 0.25, g, device)
+        ratio = torch.exp(self._uniform(n, math.log(0.3), math.log(3.3), g, device))
+        eh = (torch.sqrt(area / ratio) * h).clamp(max=h)
+        ew = (torch.sqrt(area * ratio) * w).clamp(max=w)
+        top = torch.rand(n, generator=g, device=device) * (h - eh)
+        left = torch.rand(n, generator=g, device=device) * (w - ew)
+        rows = torch.arange(h, device=device).view(1, h, 1)
+        cols = torch.arange(w, device=device).view(1, 1, w)
+        inside = ((rows >= top.view(n, 1, 1)) & (rows < (top + eh).view(n, 1, 1))
+                  & (cols >= left.view(n, 1, 1)) & (cols < (left + ew).view(n, 1, 1)))
+        apply = (torch.rand(n, generator=g, device=device) < probability).view(n, 1, 1)
+        noise = torch.rand(x.shape, generator=g, device=device)
+        return torch.where((inside & apply).unsqueeze(1), noise, x)
+
+    def _trivial_augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        # TrivialAugment draws from the global RNG: seed it from our generator so runs stay reproducible.
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g, device=g.device).item())
+        as_uint8 = (x * 255).round().to(torch.uint8)
+        with torch.random.fork_rng(devices=[] if x.device.type == "cpu" else [x.device]):
+            torch.manual_seed(seed)
+            out = torch.stack([self._trivial(image) for image in as_uint8])
+        return out.float() / 255.0

@@ -1,0 +1,108 @@
+"""Data-parallel training through PyTorch's own DistributedDataParallel, launched by torchrun.
+
+``torchrun --nproc-per-node 2 -m resnetlab train DATA ...`` sets RANK/WORLD_SIZE/LOCAL_RANK; this
+module turns them into a process group (nccl on CUDA, gloo on CPU) with timeouts, so a rank that dies
+ends the job instead of leaving the others waiting forever.
+
+    dist_info = init_distributed("auto")
+    if dist_info.is_main: write_files()
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+# A collective that waits longer than this means a peer is gone: fail instead of hanging.
+COLLECTIVE_TIMEOUT = timedelta(minutes=int(os.environ.get("RESNETLAB_DIST_TIMEOUT_MIN", "10")))
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def init_distributed(device_name: str) -> DistInfo:
+    """Join the process group when started by torchrun; otherwise a single process on ``device_name``."""
+    from .engine import resolve_device
+
+    if not launched_by_torchrun():
+        return DistInfo(device=resolve_device(device_name))
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT,
+                                device_id=device if use_cuda else None)
+    return DistInfo(rank, world_size, local_rank, device)
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def sum_over_ranks(values: list[float], info: DistInfo) -> list[float]:
+    """Element-wise sum of a few numbers across ranks (float64 so image counts stay exact)."""
+    if not info.enabled:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=info.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when it is true on one (a stop request must stop all ranks at the same step)."""
+    if not info.enabled:
+        return flag
+    return sum_over_ranks([1.0 if flag else 0.0], info)[0] > 0
+
+
+def from_main(value, info: DistInfo):  # noqa: ANN001, ANN201 - any picklable value
+    """Rank 0's value on every rank (decisions taken from one clock, e.g. the time limit)."""
+    if not info.enabled:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def sync_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's BatchNorm statistics to every rank: each rank's last step updated them on its own
+    shard, and validation must score exactly the model that rank 0 saves."""
+    if info.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def weights_checksum(module: torch.nn.Module) -> float:
+    return float(sum(p.detach().double().sum() for p in module.state_dict().values() if p.is_floating_point()))

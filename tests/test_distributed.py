@@ -1,0 +1,84 @@
+"""Data-parallel training: torchrun with 2 CPU processes on the gloo backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetlab.cli import main
+
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+TINY = ["--img-size", "16", "--width", "0.25", "--batch-size", "16", "--no-progress", "--workers", "1"]
+pytestmark = pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun is not installed beside python")
+
+
+def _torchrun(args: list[str], **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    command = [TORCHRUN, "--nproc-per-node", "2", "--master-port", "0", "-m", "resnetlab", "train", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kwargs)
+
+
+def test_two_processes_train_one_model(split_folders: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    process = _torchrun([str(split_folders), "--out", str(run), "--epochs", "3", *TINY])
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output
+    assert "global batch 32" in output
+    assert "weights identical across 2 ranks" in output
+    assert output.count("epoch   3/3") == 1  # only rank 0 prints
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "curves.png", "data_report.json",
+                                                      "last.pt", "metrics.csv", "split.csv"]
+    # the sharded, all-reduced validation equals a single-process evaluation of the saved checkpoint
+    last_row = (run / "metrics.csv").read_text().strip().splitlines()[-1].split(",")
+    assert main(["evaluate", str(run / "last.pt"), str(split_folders), "--out", str(tmp_path / "eval"),
+                 "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(float(last_row[4]), abs=1e-6)
+    assert metrics["loss"] == pytest.approx(float(last_row[3]), rel=1e-4)
+    saved = torch.load(run / "last.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in saved["model"])  # loads in a single process
+
+
+def test_resume_under_torchrun(split_folders: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    first = _torchrun([str(split_folders), "--out", str(run), "--epochs", "3", "--stop-after-steps", "3", *TINY])
+    output = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, output
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    second = _torchrun(["--resume", str(run), "--no-progress"])
+    output = second.communicate(timeout=300)[0]
+    assert second.returncode == 0 and "resuming" in output, output
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 3
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the worker processes")
+def test_a_dead_rank_ends_the_job(split_folders: Path, tmp_path: Path):
+    process = _torchrun([str(split_folders), "--out", str(tmp_path / "run"), "--epochs", "500", *TINY])
+    for line in process.stdout:
+        if "epoch   1/500" in line:
+            break
+    workers = _children(process.pid)
+    assert len(workers) == 2
+    os.kill(max(workers), signal.SIGKILL)
+    output = process.communicate(timeout=180)[0]
+    assert process.returncode != 0
+    assert "Signals.SIGKILL" in output or "exitcode" in output
