@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun is
 
 def _torchrun(args: list[str], **kwargs) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    command = [TORCHRUN, "--nproc-per-node", "2", "--master-port", "0", "-m", "resnetlab", "train", *args]
+    command = [TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "resnetlab", "train", *args]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kwargs)
 
 
