@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_MINUTES ?= 6
 
-.PHONY: install dev demo test lint bench clean
+.PHONY: install dev demo test lint bench clean browser
 
 # The stamp makes re-runs instant; it is rebuilt when the package metadata changes.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -37,7 +37,17 @@ demo: $(VENV)/.installed
 	echo; echo "Demo finished. Run folder: runs/demo (metrics.csv, curves.png, best.pt, last.pt, config.yaml)"; \
 	echo "Test-split evaluation: runs/demo/test (metrics.json, confusion_matrix.png/.csv, misclassified.csv)"
 
-test: $(VENV)/.installed
+# Debian's chromium for the real-browser test (tests/test_serve_browser.py), installed when missing and
+# possible (root or passwordless sudo); otherwise that test is skipped and says why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then exit 0; fi; \
+	echo "installing Debian's chromium for the browser test: apt-get install chromium"; \
+	SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo "sudo -n" ); \
+	( $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  ( $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 ) ) || \
+	echo "could not install chromium (needs root or 'sudo -n' and Debian's archive): the browser test will be skipped"
+
+test: $(VENV)/.installed browser
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed

@@ -22,6 +22,8 @@ EPILOG = """Examples:
   resnetlab train --resume runs/my-run                 continue from runs/my-run/last.pt
   resnetlab evaluate runs/my-run/best.pt photos/ --split test
   resnetlab predict runs/my-run/best.pt new_photos/ --out predictions.csv --topk 3
+  resnetlab export runs/my-run/best.pt --format onnx --dynamic-batch   best.onnx + best.onnx.json
+  resnetlab serve runs/my-run/best.pt                  web page and JSON API at http://127.0.0.1:8000
 """
 
 
@@ -171,12 +173,77 @@ def _check_run(args: argparse.Namespace) -> int:
     return 1 if report["skipped"] else 0
 
 
+def _export_parser(sub) -> None:
+    export = sub.add_parser("export", help="write the model as ONNX or TorchScript, with a JSON sidecar",
+                            description="Writes FILE and FILE.json (classes, image size, mean/std, input layout). "
+                                        "The model takes normalised float32 N x 3 x S x S RGB images and returns "
+                                        "logits; the export is checked against PyTorch on random images.")
+    export.add_argument("checkpoint", help="best.pt / last.pt of a run, or a bare state_dict file")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript"), help="onnx or torchscript")
+    export.add_argument("--out", default=None,
+                        help="output file (default: the checkpoint's name with .onnx / .torchscript)")
+    export.add_argument("--dynamic-batch", action="store_true",
+                        help="ONNX: any batch size (default: batch 1); TorchScript always takes any batch size")
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    export.add_argument("--model", default=None, help="architecture, only for a bare state_dict file")
+    export.add_argument("--classes", default=None,
+                        help="class names for a bare state_dict: a file (one per line) or a comma list")
+    export.add_argument("--img-size", type=int, default=None, help="image size, only for a bare state_dict")
+
+
+def _export_run(args: argparse.Namespace) -> int:
+    from .checkpoint import parse_classes
+    from .export import export_model
+
+    export_model(args.checkpoint, format=args.format, out=args.out, dynamic_batch=args.dynamic_batch,
+                 opset=args.opset, arch=args.model, classes=parse_classes(args.classes), img_size=args.img_size)
+    return 0
+
+
+def _serve_parser(sub) -> None:
+    from .serve import MB, ServeLimits
+
+    serve = sub.add_parser("serve", help="HTTP prediction service with a web page (FastAPI + uvicorn)",
+                           description="Serves GET / (a page: drop an image, see the top-5 and the heat map), "
+                                       "GET /health, GET /classes, POST /predict (multipart 'file' or 'files'), "
+                                       "POST /explain (Grad-CAM PNG) and the OpenAPI docs at /docs.")
+    serve.add_argument("checkpoint", help="best.pt / last.pt of a run, or an exported .onnx file")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 = every network)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    defaults = ServeLimits()
+    serve.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / MB,
+                       help=f"largest request body in MB (default: {defaults.max_upload_bytes / MB:g})")
+    serve.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
+                       help=f"largest image, width x height (default: {defaults.max_pixels:,})")
+    serve.add_argument("--max-files", type=int, default=defaults.max_files,
+                       help=f"images per /predict request (default: {defaults.max_files})")
+    serve.add_argument("--max-batch", type=int, default=defaults.max_batch,
+                       help=f"images per forward pass when requests are batched (default: {defaults.max_batch})")
+    serve.add_argument("--max-pending", type=int, default=defaults.max_pending,
+                       help=f"requests waiting for the model before new ones get 503 (default: {defaults.max_pending})")
+    serve.add_argument("--topk", type=int, default=defaults.topk, help="default labels per image (default: 5)")
+
+
+def _serve_run(args: argparse.Namespace) -> int:
+    from .serve import MB, ServeLimits, serve
+
+    limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=args.max_pixels,
+                         max_files=args.max_files, max_batch=args.max_batch, max_pending=args.max_pending,
+                         topk=args.topk)
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, limits=limits)
+    return 0
+
+
 # One entry per verb: (add its sub-parser, run it). New verbs add a pair here.
 COMMANDS = {
     "train": (_train_parser, _train_run),
     "evaluate": (_evaluate_parser, _evaluate_run),
     "predict": (_predict_parser, _predict_run),
     "check": (_check_parser, _check_run),
+    "export": (_export_parser, _export_run),
+    "serve": (_serve_parser, _serve_run),
 }
 
 
@@ -196,12 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     from .data.images import ImageReadError
     from .data.sources import DataError
     from .engine import NonFiniteLossError
+    from .export import ExportError
     from .models import ModelError
+    from .serve import ServeError
 
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][1](args)
-    except (ConfigError, DataError, ModelError, CheckpointError, ImageReadError, NonFiniteLossError) as err:
+    except (ConfigError, DataError, ModelError, CheckpointError, ImageReadError, NonFiniteLossError, ExportError,
+            ServeError) as err:
         print(f"resnetlab {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -81,7 +81,14 @@ class Classifier:
 
 def load(path: str | Path, *, device: str = "auto", arch: str | None = None, classes: list[str] | None = None,
          img_size: int | None = None) -> Classifier:
-    """A Classifier from a resnetlab checkpoint (or a bare state_dict with ``arch`` and ``classes``)."""
+    """A Classifier from a resnetlab checkpoint (or a bare state_dict with ``arch`` and ``classes``).
+
+    An exported ``.onnx`` file (``resnetlab export``) gives an OnnxClassifier that runs in onnxruntime.
+    """
+    if Path(path).suffix.lower() == ".onnx":
+        from .export import load_onnx
+
+        return load_onnx(path)
     torch_device = resolve_device(device)
     model, meta = load_model(path, device=torch_device, arch=arch, classes=classes, img_size=img_size)
     return Classifier(model.to(memory_format=torch.channels_last), meta, torch_device)

@@ -1,0 +1,235 @@
+"""Prediction service: every route, every bad input (4xx JSON and the server keeps serving), the bounded
+queue, and concurrent requests against a live uvicorn server on loopback."""
+
+from __future__ import annotations
+
+import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import resnetlab
+from conftest import TOY_CLASSES
+from resnetlab.cli import build_parser
+from resnetlab.serve import Busy, InferenceWorker, ServeLimits, create_app
+from serving import png_bytes, running_server, train_tiny
+
+
+def explain_available() -> bool:
+    try:
+        from resnetlab.explain import overlay_for_image  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> tuple:
+    checkpoint, data = train_tiny(tmp_path_factory.mktemp("serve"))
+    return resnetlab.load(checkpoint, device="cpu"), data
+
+
+@pytest.fixture
+def client(model):
+    with TestClient(create_app(model[0])) as test_client:
+        yield test_client
+
+
+def one(name: str, data: bytes, kind: str = "image/png") -> dict:
+    return {"file": (name, data, kind)}
+
+
+def test_health_classes_page_and_openapi(client):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["model"] == "resnet18" and health["classes"] == 3
+    assert health["img_size"] == 16 and health["runtime"] == "pytorch" and health["explain"] == explain_available()
+    assert health["limits"]["max_upload_bytes"] == 10 * 1024 * 1024 and health["limits"]["max_files"] == 16
+    assert client.get("/classes").json() == {"classes": sorted(TOY_CLASSES)}
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="file-input"' in page.text and 'fetch(route' in page.text
+    assert client.get("/docs").status_code == 200
+
+    schema = client.get("/openapi.json").json()
+    assert set(schema["paths"]) == {"/health", "/classes", "/predict", "/explain"}  # the page is not API
+    predict = schema["paths"]["/predict"]["post"]
+    form = predict["requestBody"]["content"]["multipart/form-data"]["schema"]
+    fields = schema["components"]["schemas"][form["$ref"].split("/")[-1]]["properties"]
+    assert {"file", "files"} <= set(fields)
+    assert {"200", "413", "415", "422", "503"} <= set(predict["responses"])
+    assert [p["name"] for p in predict["parameters"]] == ["topk"]
+    explain = schema["paths"]["/explain"]["post"]
+    assert "image/png" in explain["responses"]["200"]["content"] and "501" in explain["responses"]
+    assert "ImagePrediction" in schema["components"]["schemas"]
+
+
+def test_predict_one_and_several_images_like_the_classifier(client, model):
+    classifier, data = model
+    files = sorted((data / "Val").rglob("*.png"))[::4]
+    expected = classifier.predict([str(f) for f in files], topk=3)
+
+    response = client.post("/predict", files=one(files[0].name, files[0].read_bytes()))
+    assert response.status_code == 200
+    (first,) = response.json()["predictions"]
+    assert first["filename"] == files[0].name and first["label"] == expected[0].label
+    assert [entry["label"] for entry in first["top"]] == [label for label, _ in expected[0].top]
+    assert first["confidence"] == pytest.approx(expected[0].confidence, abs=1e-6)
+
+    response = client.post("/predict?topk=2", files=[("files", (f.name, f.read_bytes(), "image/png")) for f in files])
+    predictions = response.json()["predictions"]
+    assert [p["filename"] for p in predictions] == [f.name for f in files]
+    assert [p["label"] for p in predictions] == [p.label for p in expected]
+    assert all(len(p["top"]) == 2 for p in predictions)
+    assert sum(e["probability"] for e in predictions[0]["top"]) <= 1.0 + 1e-6
+
+    jpeg = io.BytesIO()
+    Image.open(files[0]).convert("L").save(jpeg, format="JPEG")  # another format and mode, same pipeline
+    both = client.post("/predict", files=[("file", ("grey.jpg", jpeg.getvalue(), "image/jpeg")),
+                                          ("files", (files[1].name, files[1].read_bytes(), "image/png"))])
+    assert both.status_code == 200 and len(both.json()["predictions"]) == 2
+
+
+def chunks(total: int):
+    for _ in range(total // 10_000):
+        yield b"x" * 10_000
+
+
+BAD_INPUTS = [  # (id, request keyword arguments, status, words the message must contain)
+    ("text file", {"files": one("notes.txt", b"hello, not an image", "text/plain")}, 415,
+     "notes.txt: not an image"),
+    ("empty file", {"files": one("empty.png", b"")}, 422, "empty.png: empty file (0 bytes)"),
+    ("truncated png", {"files": one("cut.png", png_bytes(64)[:80])}, 422, "cut.png: image file is truncated"),
+    ("pixel bomb", {"files": one("bomb.png", png_bytes(9000, mode="L"))}, 413,
+     "9000 x 9000 = 81,000,000 pixels; this server accepts at most 50,000,000"),
+    ("no file", {"data": {"note": "x"}}, 422, "no image: send one in the multipart field 'file'"),
+    ("wrong field", {"files": {"image": ("a.png", png_bytes(), "image/png")}}, 422, "no image"),
+    ("too many files", {"files": [("files", (f"{i}.png", png_bytes(), "image/png")) for i in range(17)]}, 413,
+     "at most 16 (--max-files)"),
+    ("declared too large", {"files": one("big.png", b"\0" * (10 * 1024 * 1024 + 1))}, 413,
+     "upload too large: the request body is over 10,485,760 bytes (10 MB, --max-upload-mb)"),
+    ("chunked too large", {"content": chunks(11 * 1024 * 1024),
+                           "headers": {"content-type": "multipart/form-data; boundary=x"}}, 413, "upload too large"),
+]
+
+
+@pytest.mark.parametrize("request_kwargs,status,words", [case[1:] for case in BAD_INPUTS],
+                         ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_gets_a_clear_4xx_json_error_and_the_server_keeps_serving(client, request_kwargs, status, words):
+    response = client.post("/predict", **request_kwargs)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert words in response.json()["detail"]
+    assert client.post("/predict", files=one("fine.png", png_bytes())).status_code == 200
+
+
+def test_bad_query_values_are_422(client):
+    for query in ("topk=0", "topk=x"):
+        response = client.post(f"/predict?{query}", files=one("a.png", png_bytes()))
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "topk"]
+    assert client.get("/predict").status_code == 405
+
+
+def test_explain_returns_a_png_or_a_clear_501(client):
+    response = client.post("/explain", files=one("red.png", png_bytes(32)))
+    if explain_available():
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(response.content)).format == "PNG"
+        assert client.post("/explain", files=one("x.txt", b"nope", "text/plain")).status_code == 415
+    else:  # resnetlab.explain not installed/merged: the route says so and the page hides the heat map
+        assert response.status_code == 501
+        assert "explanations are not available in this installation" in response.json()["detail"]
+    assert client.post("/explain").status_code == 422  # the file field is required
+
+
+def test_inference_queue_is_bounded_and_batches_waiting_requests(model):
+    classifier, _ = model
+    worker = InferenceWorker(classifier, max_batch=32, max_pending=2)
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> str:
+        started.set()
+        release.wait(timeout=60)
+        return "held"
+
+    held = worker.submit_call(hold)
+    assert started.wait(timeout=60)  # the worker thread is now busy inside hold()
+    images = [torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8) for n in (2, 3)]
+    waiting = [worker.submit_logits(batch) for batch in images]
+    with pytest.raises(Busy):
+        worker.submit_logits(images[0])  # queue full: refused at once, nothing grows
+
+    app = create_app(classifier, ServeLimits(max_pending=1))
+    with TestClient(app) as client:  # the same refusal over HTTP: 503 with Retry-After
+        app_worker = app.state.worker
+        app_started, app_release = threading.Event(), threading.Event()
+        app_worker.submit_call(lambda: (app_started.set(), app_release.wait(timeout=60)))
+        assert app_started.wait(timeout=60)
+        app_worker.submit_logits(images[0])
+        response = client.post("/predict", files=one("a.png", png_bytes()))
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "the model is busy" in response.json()["detail"]
+        app_release.set()
+        assert client.post("/predict", files=one("a.png", png_bytes())).status_code == 200
+
+    release.set()
+    assert held.result(timeout=60) == "held"
+    results = [future.result(timeout=60) for future in waiting]
+    assert worker.batches == 1 and worker.images == 5, "both waiting requests ran as one batch of 5"
+    for batch, logits in zip(images, results):
+        np.testing.assert_allclose(logits.numpy(), classifier.logits(batch).numpy(), atol=1e-5)
+    worker.close()
+
+
+def test_closing_the_worker_finishes_the_requests_already_waiting(model):
+    classifier, _ = model
+    worker = InferenceWorker(classifier, max_batch=32, max_pending=4)
+    started, release = threading.Event(), threading.Event()
+    worker.submit_call(lambda: (started.set(), release.wait(timeout=60)))
+    assert started.wait(timeout=60)
+    waiting = worker.submit_logits(torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
+    closer = threading.Thread(target=worker.close)
+    closer.start()  # queues the stop behind the waiting request
+    release.set()
+    closer.join(timeout=60)
+    assert not closer.is_alive() and waiting.result(timeout=1).shape == (2, 3)
+
+
+def test_concurrent_requests_on_a_live_loopback_server(model):
+    classifier, data = model
+    files = sorted((data / "Val").rglob("*.png"))
+    expected = [p.label for p in classifier.predict([str(f) for f in files])]
+    app = create_app(classifier)
+
+    def request(i: int) -> tuple[int, str, str]:
+        file = files[i % len(files)]
+        response = http.post("/predict", files=one(file.name, file.read_bytes()))
+        return response.status_code, expected[i % len(files)], response.json()["predictions"][0]["label"]
+
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        with ThreadPoolExecutor(max_workers=8) as pool:  # 60 requests, 8 in flight
+            results = list(pool.map(request, range(60)))
+        health = http.get("/health").json()
+        assert http.post("/predict", files=one("x.txt", b"junk", "text/plain")).status_code == 415
+    assert all(status == 200 for status, _, _ in results)
+    assert all(label == wanted for _, wanted, label in results)
+    assert health["queue"]["images"] == 60 and 1 <= health["queue"]["batches"] <= 60
+
+
+def test_serve_cli_defaults_are_safe():
+    args = build_parser().parse_args(["serve", "runs/x/best.pt"])
+    assert args.host == "127.0.0.1" and args.port == 8000 and args.max_upload_mb == 10 and args.max_files == 16
+    assert ServeLimits().max_pixels == 50_000_000 < Image.MAX_IMAGE_PIXELS
+
+
+def test_serve_cli_reports_a_bad_checkpoint(tmp_path: Path, capsys):
+    from resnetlab.cli import main
+
+    assert main(["serve", str(tmp_path / "missing.pt"), "--port", "0"]) == 2
+    assert "resnetlab serve: error: checkpoint not found" in capsys.readouterr().err
