@@ -28,6 +28,8 @@ EPILOG = """Examples:
 
 
 def _flag_type(annotation: str):
+    if annotation.startswith("float | str"):
+        return lambda text: text if text == "auto" else float(text)
     if "list" in annotation:
         return lambda text: [float(v) for v in text.split(",")]
     if annotation.startswith("int"):
@@ -80,6 +82,9 @@ def _common_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="class names for a bare state_dict: a file (one per line) or a comma list")
     parser.add_argument("--img-size", type=int, default=None, help="image size, only for a bare state_dict")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    parser.add_argument("--tta", default="none", choices=("none", "flip", "flip-crop"),
+                        help="test-time augmentation: average over mirrored (flip: 2 views) and also shifted "
+                             "(flip-crop: 10 views) images (default: none)")
 
 
 def _train_parser(sub) -> None:
@@ -100,6 +105,24 @@ def _train_run(args: argparse.Namespace) -> int:
     return 130 if result.stopped == "signal" else 0
 
 
+def _lr_find_parser(sub) -> None:
+    finder = sub.add_parser("lr-find", help="learning-rate range test: plot loss against LR, suggest a value",
+                            description="Trains a copy of the model for a few hundred steps while the learning "
+                                        "rate rises from 1e-6 to 10; writes lr_find.png and lr_find.csv to --out "
+                                        "(default runs/lr-find) and prints the suggested --lr. Takes the same "
+                                        "options as train.")
+    _add_train_flags(finder)
+
+
+def _lr_find_run(args: argparse.Namespace) -> int:
+    from .lr_find import find_lr
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "recipe", "config")}
+    config = TrainConfig.from_sources(args.config, overrides, base=recipe_values(args.recipe))
+    find_lr(config, Path(config.out or "runs/lr-find"))
+    return 0
+
+
 def _evaluate_parser(sub) -> None:
     evaluate = sub.add_parser("evaluate", help="metrics of a checkpoint on a data split",
                               description="Writes metrics.json, confusion_matrix.csv/.png and misclassified.csv.")
@@ -117,7 +140,8 @@ def _evaluate_run(args: argparse.Namespace) -> int:
 
     evaluate(args.checkpoint, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
              device=args.device, workers=args.workers, data_root=args.data_root, arch=args.model,
-             classes=parse_classes(args.classes), img_size=args.img_size, progress=args.progress)
+             classes=parse_classes(args.classes), img_size=args.img_size, progress=args.progress,
+             tta=args.tta)
     return 0
 
 
@@ -137,7 +161,8 @@ def _predict_run(args: argparse.Namespace) -> int:
 
     summary = predict_files(args.checkpoint, args.inputs, out=args.out, topk=args.topk, batch_size=args.batch_size,
                             device=args.device, workers=args.workers, arch=args.model,
-                            classes=parse_classes(args.classes), img_size=args.img_size, progress=args.progress)
+                            classes=parse_classes(args.classes), img_size=args.img_size, progress=args.progress,
+                            tta=args.tta)
     return 0 if summary["predicted"] else 1
 
 
@@ -239,6 +264,7 @@ def _serve_run(args: argparse.Namespace) -> int:
 # One entry per verb: (add its sub-parser, run it). New verbs add a pair here.
 COMMANDS = {
     "train": (_train_parser, _train_run),
+    "lr-find": (_lr_find_parser, _lr_find_run),
     "evaluate": (_evaluate_parser, _evaluate_run),
     "predict": (_predict_parser, _predict_run),
     "check": (_check_parser, _check_run),

@@ -65,7 +65,8 @@ class TrainConfig:
     # optimisation
     epochs: int = _opt(10, "number of epochs")
     batch_size: int = _opt(128, "images per step (per process)")
-    lr: float | None = _opt(None, "peak learning rate; default 0.1 for sgd, 0.001 for adam/adamw")
+    lr: float | str | None = _opt(None, "peak learning rate, or 'auto' (a learning-rate range test picks it); "
+                                        "default 0.1 for sgd, 0.001 for adam/adamw")
     opt: str = _opt("sgd", "optimizer", ("sgd", "adam", "adamw"))
     momentum: float = _opt(0.9, "SGD momentum (beta1 for adam/adamw)")
     weight_decay: float = _opt(5e-4, "weight decay (not applied to norm layers and biases)")
@@ -74,6 +75,12 @@ class TrainConfig:
     warmup_epochs: float = _opt(1.0, "linear warm-up length in epochs (onecycle: the rising phase)")
     step_size: int = _opt(30, "step schedule: epochs between decays (x0.1)")
     label_smoothing: float = _opt(0.1, "label smoothing of the training loss (validation loss is plain)")
+    grad_clip: float = _opt(0.0, "clip the gradient norm to this value (0: off)")
+    ema: float = _opt(0.0, "exponential moving average of the weights with this decay, e.g. 0.999 (0: off); "
+                           "validation and best.pt use the averaged weights")
+    mixup: float = _opt(0.0, "mixup alpha (0: off), e.g. 0.2")
+    cutmix: float = _opt(0.0, "cutmix alpha (0: off), e.g. 1.0")
+    mix_prob: float = _opt(1.0, "probability that a batch is mixed when --mixup/--cutmix are on")
     early_stop: int = _opt(0, "stop when val accuracy has not improved for N epochs (0: never)")
     time_limit: str | None = _opt(None, "stop after this wall time (e.g. 90s, 5m, 1h); the schedule is "
                                         "shortened to fit")
@@ -134,6 +141,11 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ConfigError(f"{f.name} = {value!r} is not one of: {', '.join(choices)}")
+        if isinstance(self.lr, str) and self.lr != "auto":
+            try:
+                self.lr = float(self.lr)
+            except ValueError:
+                raise ConfigError(f"lr must be a number or 'auto', got {self.lr!r}") from None
         for key in ("mean", "std"):
             value = getattr(self, key)
             if isinstance(value, str):
@@ -149,7 +161,14 @@ class TrainConfig:
             (0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
             (0.0625 <= self.width <= 4.0, f"width must be between 0.0625 and 4, got {self.width}"),
-            (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.lr is None or self.lr == "auto" or (isinstance(self.lr, (int, float)) and self.lr > 0),
+             f"lr must be > 0 or 'auto', got {self.lr}"),
+            (0.0 <= self.ema < 1.0, f"ema decay must be in [0, 1), got {self.ema}"),
+            (self.mixup >= 0 and self.cutmix >= 0, "mixup and cutmix alphas must be >= 0"),
+            (0.0 <= self.mix_prob <= 1.0, f"mix_prob must be in [0, 1], got {self.mix_prob}"),
+            (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
+            (not (self.mixup or self.cutmix) or self.batch_size % 2 == 0,
+             f"mixup/cutmix need an even batch_size, got {self.batch_size}"),
             (self.early_stop >= 0, f"early_stop must be >= 0, got {self.early_stop}"),
             (self.save_every >= 0, f"save_every must be >= 0, got {self.save_every}"),
             (self.stop_after_steps >= 0, f"stop_after_steps must be >= 0, got {self.stop_after_steps}"),
@@ -163,7 +182,9 @@ class TrainConfig:
 
     @property
     def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else (0.1 if self.opt == "sgd" else 1e-3)
+        if isinstance(self.lr, (int, float)):
+            return float(self.lr)
+        return 0.1 if self.opt == "sgd" else 1e-3
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -143,10 +143,11 @@ def run_epoch(model: nn.Module, batches: Iterable, *, criterion: Callable, devic
             bad_now = (~torch.isfinite(loss)) & (totals.first_bad_step < 0)
             totals.first_bad_step = torch.where(bad_now, step + 1, totals.first_bad_step)
             totals.loss_sum += loss.double() * n
-            totals.correct += (logits.argmax(dim=1) == y).sum()
+            hard = y.argmax(dim=1) if y.ndim == 2 else y  # mixup/cutmix give soft N x K targets
+            totals.correct += (logits.argmax(dim=1) == hard).sum()
             totals.seen += n
             if keep_outputs:
-                outputs.append((logits.float().cpu(), y.cpu(), index.cpu()))
+                outputs.append((logits.float().cpu(), hard.cpu(), index.cpu()))
             if (step + 1) % sync_every == 0 or (total_steps and step + 1 == total_steps):
                 _check_finite(totals, epoch)  # one host sync per sync_every steps
                 bar.set_postfix(loss=f"{totals.loss_sum.item() / max(totals.seen, 1):.4f}",

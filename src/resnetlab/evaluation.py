@@ -19,6 +19,7 @@ from .data.loaders import Batches
 from .data.sources import DataError, DataSource, SplitData, open_data
 from .engine import amp_dtype_for, resolve_device, run_epoch
 from .metrics import classification_metrics
+from .models import TestTimeAugmentation
 from .plots import plot_confusion_matrix
 
 
@@ -47,7 +48,7 @@ def relabel(split: SplitData, data_classes: list[str], model_classes: list[str],
 def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str | Path | None = None,
              batch_size: int = 256, device: str = "auto", workers: int | None = None, data_root: str | None = None,
              arch: str | None = None, classes: list[str] | None = None, img_size: int | None = None,
-             cache_dir: str | None = None, amp: str = "auto", progress: bool = True) -> dict:
+             cache_dir: str | None = None, amp: str = "auto", tta: str = "none", progress: bool = True) -> dict:
     """Metrics of ``checkpoint`` on ``split`` of ``data``; files are written to ``out``."""
     torch_device = resolve_device(device)
     payload = read_checkpoint(checkpoint) if Path(checkpoint).suffix != ".safetensors" else None
@@ -66,12 +67,13 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
         raise DataError(f"no readable images in the {split_name} split of {data}")
     batches = Batches(decoded.images, decoded.labels, batch_size=batch_size, device=torch_device,
                       mean=meta.mean, std=meta.std, channels_last=True)
-    result = run_epoch(model.to(memory_format=torch.channels_last), batches.epoch(0), criterion=nn.CrossEntropyLoss(),
+    network = TestTimeAugmentation(model.to(memory_format=torch.channels_last), tta)
+    result = run_epoch(network, batches.epoch(0), criterion=nn.CrossEntropyLoss(),
                        device=torch_device, amp_dtype=amp_dtype_for(amp, torch_device), total_steps=len(batches),
                        desc=f"evaluate {split_name}", progress=progress, keep_outputs=True)
     # batches are in order, so outputs line up with decoded.kept
     metrics = classification_metrics(result.logits, result.targets, meta.classes)
-    metrics.update({"checkpoint": str(checkpoint), "data": str(data), "split": split_name,
+    metrics.update({"checkpoint": str(checkpoint), "data": str(data), "split": split_name, "tta": tta,
                     "skipped": decoded.skipped, "images_per_s": result.images_per_second})
 
     out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{split_name}"

@@ -231,3 +231,37 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
+
+
+class TestTimeAugmentation(nn.Module):
+    """Average the class probabilities over flipped (and shifted) views of each image.
+
+    Returns log-probabilities, so argmax, softmax and cross-entropy behave as with plain logits.
+    ``flip``: the image and its mirror (2 passes); ``flip-crop``: also 4 one-pixel-per-16 shifts of each
+    (10 passes). The views are stacked into one batch, so the model runs once per call.
+    """
+
+    MODES = ("none", "flip", "flip-crop")
+
+    def __init__(self, model: nn.Module, mode: str):
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"--tta must be one of {', '.join(self.MODES)}, got {mode!r}")
+        self.model, self.mode = model, mode
+
+    def _views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        views = [x, x.flip(dims=[3])]
+        if self.mode == "flip-crop":
+            shift = max(1, x.shape[-1] // 16)
+            for base in (x, x.flip(dims=[3])):
+                for dy, dx in ((shift, 0), (-shift, 0), (0, shift), (0, -shift)):
+                    views.append(torch.roll(base, shifts=(dy, dx), dims=(2, 3)))
+        return views
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return self.model(x)
+        views = self._views(x)
+        logits = self.model(torch.cat(views))  # (V*N) x K
+        probabilities = logits.float().softmax(dim=1).view(len(views), x.shape[0], -1).mean(dim=0)
+        return probabilities.clamp_min(1e-12).log()

@@ -24,6 +24,7 @@ from .data.images import decode_image, list_images
 from .data.sources import SplitData
 from .data.transforms import preprocess_batch, stats_tensor
 from .engine import _autocast, amp_dtype_for, resolve_device
+from .models import TestTimeAugmentation
 
 PREDICT_CHUNK = 1024  # files decoded per round: bounds memory on huge folders
 
@@ -80,17 +81,21 @@ class Classifier:
 
 
 def load(path: str | Path, *, device: str = "auto", arch: str | None = None, classes: list[str] | None = None,
-         img_size: int | None = None) -> Classifier:
+         img_size: int | None = None, tta: str = "none") -> Classifier:
     """A Classifier from a resnetlab checkpoint (or a bare state_dict with ``arch`` and ``classes``).
 
     An exported ``.onnx`` file (``resnetlab export``) gives an OnnxClassifier that runs in onnxruntime.
+    ``tta`` (flip, flip-crop) averages the probabilities of flipped/shifted views.
     """
     if Path(path).suffix.lower() == ".onnx":
+        if tta != "none":
+            raise ValueError("--tta needs a PyTorch checkpoint; exported ONNX models run as exported")
         from .export import load_onnx
 
         return load_onnx(path)
     torch_device = resolve_device(device)
     model, meta = load_model(path, device=torch_device, arch=arch, classes=classes, img_size=img_size)
+    model = TestTimeAugmentation(model.to(memory_format=torch.channels_last), tta) if tta != "none" else model
     return Classifier(model.to(memory_format=torch.channels_last), meta, torch_device)
 
 
@@ -109,9 +114,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
 def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | Path = "predictions.csv",
                   topk: int = 3, batch_size: int = 256, device: str = "auto", workers: int | None = None,
                   arch: str | None = None, classes: list[str] | None = None, img_size: int | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, tta: str = "none") -> dict:
     """Write one CSV row per input file; unreadable files get an ``error`` and the rest still run."""
-    classifier = load(checkpoint, device=device, arch=arch, classes=classes, img_size=img_size)
+    classifier = load(checkpoint, device=device, arch=arch, classes=classes, img_size=img_size, tta=tta)
     files = expand_inputs(inputs)
     if not files:
         raise ValueError("no input images found")

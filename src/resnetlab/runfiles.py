@@ -58,10 +58,11 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
     """Rewritten whole each epoch (temp file + rename), so it is never half-written."""
     tmp = run_dir / "metrics.csv.tmp"
     with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+        extra = [k for k in (history[0] if history else {}) if k not in METRIC_COLUMNS]  # e.g. raw_val_acc
+        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS + extra)
         writer.writeheader()
         for row in history:
-            writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in METRIC_COLUMNS})
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     tmp.replace(run_dir / "metrics.csv")
 
 

@@ -198,6 +198,20 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None) 
     return PreparedData(source, img_size, val_name, train, decoded[val_name], mean, std)
 
 
+def build_network(cfg: TrainConfig, num_classes: int, img_size: int, *, pretrained: bool = True
+                  ) -> tuple[nn.Module, ModelSpec]:
+    """The model a run trains: architecture, stem, head, width, pretrained weights, frozen backbone."""
+    spec = ModelSpec(cfg.model, num_classes, cfg.head, cfg.hidden, cfg.dropout, resolve_stem(cfg.stem, img_size),
+                     cfg.width)
+    model = build_model(spec)
+    if cfg.pretrained and pretrained:
+        for note in load_pretrained(model, cfg.pretrained, spec):
+            log(f"pretrained: {note}")
+    if cfg.freeze_backbone:
+        set_backbone_trainable(model, False)
+    return model, spec
+
+
 # ---------------------------------------------------------------------- checkpoints
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
@@ -292,15 +306,7 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
     device = info.device
     data = prepare_data(cfg, run_dir, info)
 
-    # model
-    spec = ModelSpec(cfg.model, len(data.source.classes), cfg.head, cfg.hidden, cfg.dropout,
-                     resolve_stem(cfg.stem, data.img_size), cfg.width)
-    model = build_model(spec)
-    if cfg.pretrained and saved is None:
-        for note in load_pretrained(model, cfg.pretrained, spec):
-            log(f"pretrained: {note}")
-    if cfg.freeze_backbone:
-        set_backbone_trainable(model, False)
+    model, spec = build_network(cfg, len(data.source.classes), data.img_size, pretrained=saved is None)
     model = model.to(device, memory_format=torch.channels_last)
     if cfg.sync_bn and info.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -327,6 +333,17 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
     steps_per_epoch = train_batches.steps_per_epoch()
     train_loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()
+    mixer = None
+    if cfg.mixup or cfg.cutmix:  # soft targets: label smoothing moves into the mixer
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        mixer = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
+                      label_smoothing=cfg.label_smoothing, num_classes=len(data.source.classes))
+        train_loss_fn = SoftTargetCrossEntropy()
+    if cfg.lr == "auto" and saved is None:
+        cfg = _auto_lr(cfg, model, train_batches, train_loss_fn if mixer is None else nn.CrossEntropyLoss(),
+                       device, run_dir, info)
     optimizer = build_optimizer(model, cfg)
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.sched == "onecycle":
@@ -344,11 +361,19 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
             f"--batch-size {cfg.batch_size} per process = global batch {cfg.batch_size * info.world_size}; "
             f"the learning rate is used as given (no automatic scaling with the process count)")
     forward_model = _wrap(model, cfg, info)
+    ema = None
+    if cfg.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True)  # warm-up: early averages are not stale
+        log(f"weights averaged with EMA decay {cfg.ema:g}; validation and best.pt use the averaged weights")
 
     history: list[dict] = []
     start_epoch, start_step, partial = 1, 0, None
     if saved is not None:
         state.restore(saved)
+        if ema is not None and saved.get("ema"):
+            ema.module.load_state_dict(saved["ema"])
         schedule.total_steps = cfg.epochs * steps_per_epoch  # --epochs may have changed on resume
         start_epoch, start_step, partial = int(saved["epoch"]) + 1, int(saved.get("step") or 0), saved.get("partial")
         history = read_history(run_dir, start_epoch - 1)
@@ -378,21 +403,27 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
             def after_step(step: int, epoch: int = epoch, totals: EpochTotals = totals) -> None:
                 nonlocal steps_run
                 steps_run += 1
+                if ema is not None:
+                    ema.update(model, step=state.scheduler.last_epoch)
                 stop_now = any_rank(stop.requested, info) or bool(cfg.stop_after_steps
                                                                     and steps_run >= cfg.stop_after_steps)
                 if (stop_now or (cfg.save_every and step % cfg.save_every == 0)) and step < steps_per_epoch:
-                    _save(run_dir / "last.pt", {**meta, **state.payload(epoch - 1, step, totals)}, info)
+                    _save(run_dir / "last.pt", {**meta, **state.payload(epoch - 1, step, totals), **_ema_state(ema)},
+                          info)
                     if not stop_now:
                         log(f"saved {run_dir / 'last.pt'} at epoch {epoch}, step {step}")
                 if stop_now and step < steps_per_epoch:
                     raise _StopRun(epoch, step)
 
             try:
-                train_result = run_epoch(forward_model, train_batches.epoch(epoch, start_step), criterion=train_loss_fn,
-                                         device=device, optimizer=optimizer, scheduler=state.scheduler,
-                                         scaler=state.scaler, amp_dtype=amp_dtype, total_steps=steps_per_epoch,
-                                         start_step=start_step, desc=f"epoch {epoch}/{planned_epochs}",
-                                         progress=cfg.progress, epoch=epoch, totals=totals, on_step=after_step)
+                batches = train_batches.epoch(epoch, start_step)
+                if mixer is not None:
+                    batches = _mixed(batches, mixer, cfg.seed, epoch, start_step, info.rank)
+                train_result = run_epoch(forward_model, batches, criterion=train_loss_fn, device=device,
+                                         optimizer=optimizer, scheduler=state.scheduler, scaler=state.scaler,
+                                         amp_dtype=amp_dtype, total_steps=steps_per_epoch, start_step=start_step,
+                                         desc=f"epoch {epoch}/{planned_epochs}", progress=cfg.progress, epoch=epoch,
+                                         totals=totals, on_step=after_step, grad_clip=cfg.grad_clip or None)
             except _StopRun as halt:
                 stopped = "signal" if any_rank(stop.requested, info) else "steps"
                 log(f"stopped at epoch {epoch}, step {halt.step} of {steps_per_epoch}; saved {run_dir / 'last.pt'}. "
@@ -404,16 +435,22 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
             start_step, partial = 0, None
             train_result = _combine(train_result, totals, info)
             sync_buffers(model, info)
-            val_totals = EpochTotals(device)
-            # the bare module, not the DDP wrapper: ranks may have different numbers of validation batches
-            val_result = run_epoch(model, val_batches.epoch(0), criterion=val_loss_fn, device=device,
+
+            def validate(network: nn.Module, epoch: int = epoch) -> EpochResult:
+                val_totals = EpochTotals(device)
+                # the bare module, not the DDP wrapper: ranks may have different numbers of validation batches
+                result = run_epoch(network, val_batches.epoch(0), criterion=val_loss_fn, device=device,
                                    amp_dtype=amp_dtype, total_steps=len(val_batches), desc="  validate",
                                    progress=cfg.progress and info.is_main, epoch=epoch, totals=val_totals)
-            val_result = _combine(val_result, val_totals, info)
+                return _combine(result, val_totals, info)
+
+            val_result = validate(ema.module if ema is not None else model)
             row = {"epoch": epoch, "train_loss": train_result.loss, "train_acc": train_result.accuracy,
                    "val_loss": val_result.loss, "val_acc": val_result.accuracy,
                    "lr": optimizer.param_groups[0]["lr"], "epoch_s": train_result.seconds + val_result.seconds,
                    "img_per_s": train_result.images_per_second}
+            if ema is not None:
+                row["raw_val_acc"] = validate(model).accuracy
             history.append(row)
             if info.is_main:
                 write_history(run_dir, history)
@@ -422,9 +459,10 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
                 state.best_acc, state.best_epoch = val_result.accuracy, epoch
             metrics = {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
             if improved:
-                _save(run_dir / "best.pt", {**meta, "model": unwrap(model).state_dict(), "epoch": epoch,
+                validated = ema.module if ema is not None else unwrap(model)
+                _save(run_dir / "best.pt", {**meta, "model": validated.state_dict(), "epoch": epoch,
                                             "metrics": metrics}, info)
-            _save(run_dir / "last.pt", {**meta, **state.payload(epoch), "metrics": metrics}, info)
+            _save(run_dir / "last.pt", {**meta, **state.payload(epoch), **_ema_state(ema), "metrics": metrics}, info)
             log(f"epoch {epoch:3d}/{planned_epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
                 f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}{' *' if improved else ''} | "
                 f"{row['epoch_s']:.1f}s, {row['img_per_s']:.0f} img/s")
@@ -451,8 +489,38 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
     if stopped is None:
         log(f"done in {time.perf_counter() - started:.0f}s: best val acc {state.best_acc:.4f} at epoch "
             f"{state.best_epoch}; run folder {run_dir} (best.pt, last.pt, metrics.csv, curves.png, config.yaml)")
-    return RunResult(run_dir, state.best_acc, state.best_epoch, len(history), history, unwrap(model).eval(),
+    final = ema.module if ema is not None else unwrap(model)
+    return RunResult(run_dir, state.best_acc, state.best_epoch, len(history), history, final.eval(),
                      data.source.classes, stopped)
+
+
+def _ema_state(ema) -> dict:  # noqa: ANN001 - timm's ModelEmaV3 or None
+    return {"ema": ema.module.state_dict()} if ema is not None else {}
+
+
+def _mixed(batches, mixer, seed: int, epoch: int, start_step: int, rank: int):  # noqa: ANN001, ANN202
+    """Mixup/cutmix on each batch; timm's Mixup draws from numpy's global RNG, so it is seeded per step
+    (from seed, epoch, step, rank) to keep resume exact."""
+    for step, (x, y, index) in enumerate(batches, start=start_step):
+        np.random.seed((seed * 1_000_003 + epoch * 10_007 + step * 101 + rank) % 2**32)
+        x, soft = mixer(x, y)
+        yield x, soft, index
+
+
+def _auto_lr(cfg: TrainConfig, model: nn.Module, batches: Batches, criterion: nn.Module, device: torch.device,
+             run_dir: Path, info: DistInfo) -> TrainConfig:
+    """--lr auto: a learning-rate range test on a copy of the model picks the peak LR (rank 0 decides)."""
+    import dataclasses
+
+    from .lr_find import lr_range_test
+
+    suggestion = None
+    if info.is_main:
+        result = lr_range_test(model, batches, criterion=criterion, device=device, cfg=cfg, progress=cfg.progress)
+        result.write(run_dir)
+        suggestion = result.suggestion
+        log(f"--lr auto: the range test suggests {suggestion:.3g} (plot: {run_dir / 'lr_find.png'})")
+    return dataclasses.replace(cfg, lr=float(from_main(suggestion, info)))
 
 
 def _wrap(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
