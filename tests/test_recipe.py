@@ -13,7 +13,7 @@ import yaml
 import resnetlab
 from resnetlab.cli import main, recipe_values
 from resnetlab.config import ConfigError, TrainConfig
-from resnetlab.models import TestTimeAugmentation
+from resnetlab.models import TTAModel
 
 TINY = {"img_size": 16, "width": 0.25, "batch_size": 16, "progress": False, "workers": 1, "lr": 0.05}
 CLI_TINY = ["--img-size", "16", "--width", "0.25", "--batch-size", "16", "--no-progress", "--workers", "1"]
@@ -47,8 +47,8 @@ def test_tta_averages_views_and_is_used_by_evaluate(split_folders: Path, tmp_pat
     symmetric = torch.cat([symmetric, symmetric.flip(dims=[3])], dim=3)  # mirror-symmetric images
     with torch.no_grad():
         plain = net(symmetric).softmax(dim=1)
-        flipped = TestTimeAugmentation(net, "flip")(symmetric).exp()
-        crops = TestTimeAugmentation(net, "flip-crop")(symmetric).exp()
+        flipped = TTAModel(net, "flip")(symmetric).exp()
+        crops = TTAModel(net, "flip-crop")(symmetric).exp()
     assert torch.allclose(flipped, plain, atol=1e-6)
     assert torch.allclose(crops.sum(dim=1), torch.ones(2), atol=1e-5)
     result = resnetlab.train(data=str(split_folders), out=str(tmp_path / "r"), epochs=2, **TINY)

@@ -19,7 +19,7 @@ from .data.loaders import Batches
 from .data.sources import DataError, DataSource, SplitData, open_data
 from .engine import amp_dtype_for, resolve_device, run_epoch
 from .metrics import classification_metrics
-from .models import TestTimeAugmentation
+from .models import TTAModel
 from .plots import plot_confusion_matrix
 
 
@@ -67,7 +67,7 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
         raise DataError(f"no readable images in the {split_name} split of {data}")
     batches = Batches(decoded.images, decoded.labels, batch_size=batch_size, device=torch_device,
                       mean=meta.mean, std=meta.std, channels_last=True)
-    network = TestTimeAugmentation(model.to(memory_format=torch.channels_last), tta)
+    network = TTAModel(model.to(memory_format=torch.channels_last), tta)
     result = run_epoch(network, batches.epoch(0), criterion=nn.CrossEntropyLoss(),
                        device=torch_device, amp_dtype=amp_dtype_for(amp, torch_device), total_steps=len(batches),
                        desc=f"evaluate {split_name}", progress=progress, keep_outputs=True)

@@ -233,7 +233,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
-class TestTimeAugmentation(nn.Module):
+class TTAModel(nn.Module):
     """Average the class probabilities over flipped (and shifted) views of each image.
 
     Returns log-probabilities, so argmax, softmax and cross-entropy behave as with plain logits.

@@ -24,7 +24,7 @@ from .data.images import decode_image, list_images
 from .data.sources import SplitData
 from .data.transforms import preprocess_batch, stats_tensor
 from .engine import _autocast, amp_dtype_for, resolve_device
-from .models import TestTimeAugmentation
+from .models import TTAModel
 
 PREDICT_CHUNK = 1024  # files decoded per round: bounds memory on huge folders
 
@@ -95,7 +95,7 @@ def load(path: str | Path, *, device: str = "auto", arch: str | None = None, cla
         return load_onnx(path)
     torch_device = resolve_device(device)
     model, meta = load_model(path, device=torch_device, arch=arch, classes=classes, img_size=img_size)
-    model = TestTimeAugmentation(model.to(memory_format=torch.channels_last), tta) if tta != "none" else model
+    model = TTAModel(model.to(memory_format=torch.channels_last), tta) if tta != "none" else model
     return Classifier(model.to(memory_format=torch.channels_last), meta, torch_device)
 
 
