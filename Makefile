@@ -33,7 +33,6 @@ demo: $(VENV)/.installed
 	set -e; \
 	$(BIN)/resnetlab train $$DATA --recipe fast --time-limit $(DEMO_MINUTES)m --name demo --exist-ok; \
 	$(BIN)/resnetlab evaluate runs/demo/best.pt $$DATA --split test --out runs/demo/test; \
-	$(BIN)/resnetlab predict runs/demo/best.pt runs/demo/test/misclassified_examples --out runs/demo/test/predictions.csv --topk 3 || true; \
 	echo; echo "Demo finished. Run folder: runs/demo (metrics.csv, curves.png, best.pt, last.pt, config.yaml)"; \
 	echo "Test-split evaluation: runs/demo/test (metrics.json, confusion_matrix.png/.csv, misclassified.csv)"
 
