@@ -1,10 +1,11 @@
-"""Figures a run writes by itself: training curves and the confusion matrix (matplotlib, no display).
+"""Figures a run writes by itself: training curves, the confusion matrix, image galleries (matplotlib, no display).
 
     plot_curves(history, "runs/x/curves.png")
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: works on servers and in CI without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 def plot_curves(history: list[dict], path: str | Path) -> None:
@@ -53,6 +55,30 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: list[str], path: str | Pa
                 for j in range(n):
                     ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=font,
                             color="white" if values[i, j] > threshold else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def image_grid(images: Sequence[np.ndarray | Image.Image], titles: Sequence[str], path: str | Path, *,
+               columns: int = 8, suptitle: str | None = None, title_colors: Sequence[str] | None = None) -> None:
+    """Images (H x W x 3 uint8 arrays or PIL images) in a grid, one short title each; shared by every gallery
+    figure (samples, predictions, misclassified, explain grid) so they look alike."""
+    count = len(images)
+    if count == 0:
+        raise ValueError("image_grid needs at least one image")
+    columns = max(1, min(columns, count))
+    rows = (count + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= count:
+            continue
+        ax.imshow(np.asarray(images[i]))
+        color = title_colors[i] if title_colors is not None else "black"
+        ax.set_title(titles[i], fontsize=7, color=color)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
