@@ -52,8 +52,12 @@ test: $(VENV)/.installed browser
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks
 
+# The speed and accuracy benchmarks, each printing a table with ratios (benchmarks/README.md has the figures).
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/train_throughput.py --stem small --img-size 28
+	$(BIN)/python benchmarks/predict_throughput.py
+	$(BIN)/python benchmarks/time_to_accuracy.py --recipe fast
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
