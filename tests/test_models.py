@@ -1,0 +1,134 @@
+"""Models: stems, heads, width, pretrained local weights (torchvision and timm names), freezing, balance, norm."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+import resnetlab
+from conftest import write_class_folders
+from resnetlab.cli import main
+from resnetlab.models import ModelError, ModelSpec, build_model, load_pretrained, set_backbone_trainable
+
+TINY = {"img_size": 16, "width": 0.25, "batch_size": 16, "progress": False, "workers": 1, "lr": 0.05}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"])
+def test_family_builds_with_our_head_and_both_stems(arch: str):
+    for stem, size, expected_side in (("small", 32, 4), ("standard", 64, 2)):
+        model = build_model(ModelSpec(arch, 7, stem=stem)).eval()
+        with torch.no_grad():
+            features = model.forward_features(torch.zeros(1, 3, size, size))
+            logits = model(torch.zeros(2, 3, size, size))
+        assert logits.shape == (2, 7)
+        assert features.shape[-1] == expected_side, f"{arch} {stem}: {tuple(features.shape)}"
+    small = build_model(ModelSpec(arch, 7, stem="small"))
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
+    assert isinstance(small.maxpool, torch.nn.Identity)
+
+
+def test_mlp_head_and_width():
+    model = build_model(ModelSpec("resnet18", 5, head="mlp", hidden=64, dropout=0.3, width=0.5))
+    layers = list(model.fc)
+    assert [type(m).__name__ for m in layers] == ["Linear", "ReLU", "Dropout", "Linear"]
+    assert layers[0].in_features == 256 and layers[0].out_features == 64 and layers[2].p == 0.3
+    assert layers[3].out_features == 5 and model.layer1[0].conv1.out_channels == 32
+
+
+def _torchvision_weights(path: Path, classes: int = 1000) -> dict:
+    donor = torchvision.models.resnet18(num_classes=classes)  # torchvision's own parameter names
+    state = donor.state_dict()
+    if path.suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return state
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_pretrained_torchvision_file_loads_and_head_is_reinitialised(tmp_path: Path, suffix: str):
+    state = _torchvision_weights(tmp_path / f"resnet18{suffix}")
+    spec = ModelSpec("resnet18", 3, stem="standard")
+    model = build_model(spec)
+    notes = load_pretrained(model, str(tmp_path / f"resnet18{suffix}"), spec)
+    own = model.state_dict()
+    assert torch.equal(own["layer3.1.conv2.weight"], state["layer3.1.conv2.weight"])
+    assert torch.equal(own["conv1.weight"], state["conv1.weight"])
+    assert own["fc.weight"].shape == (3, 512)
+    assert any("head re-initialised" in n for n in notes)
+
+
+def test_pretrained_small_stem_reinitialises_conv1_only(tmp_path: Path):
+    state = _torchvision_weights(tmp_path / "r18.pth")
+    spec = ModelSpec("resnet18", 3, stem="small")
+    model = build_model(spec)
+    notes = load_pretrained(model, str(tmp_path / "r18.pth"), spec)
+    assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
+    assert any("first conv" in n for n in notes)
+
+
+def test_pretrained_for_another_architecture_is_refused(tmp_path: Path):
+    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "r50.pth")
+    spec = ModelSpec("resnet18", 3)
+    with pytest.raises(ModelError, match="another architecture"):
+        load_pretrained(build_model(spec), str(tmp_path / "r50.pth"), spec)
+    with pytest.raises(ModelError, match="not found"):
+        load_pretrained(build_model(spec), str(tmp_path / "missing.pth"), spec)
+
+
+def test_frozen_backbone_trains_only_the_head_then_unfreezes(tmp_path: Path):
+    data = write_class_folders(tmp_path / "toy", 16, seed=5)
+    weights = tmp_path / "start.safetensors"
+    spec = ModelSpec("resnet18", 3, stem="small", width=0.25)
+    start = build_model(spec).state_dict()
+    save_file({k: v.contiguous() for k, v in start.items()}, str(weights))
+    frozen = resnetlab.train(data=str(data), out=str(tmp_path / "frozen"), epochs=1, pretrained=str(weights),
+                             freeze_backbone=True, **TINY)
+    after = torch.load(tmp_path / "frozen" / "last.pt", weights_only=True)["model"]
+    assert torch.equal(after["layer2.0.conv1.weight"], start["layer2.0.conv1.weight"])
+    assert torch.equal(after["bn1.running_mean"], start["bn1.running_mean"]), "frozen BatchNorm keeps its statistics"
+    assert not torch.equal(after["fc.weight"], start["fc.weight"])
+    assert frozen.epochs_done == 1
+
+    resnetlab.train(data=str(data), out=str(tmp_path / "later"), epochs=2, pretrained=str(weights),
+                    freeze_backbone=True, unfreeze_at=2, **TINY)
+    later = torch.load(tmp_path / "later" / "last.pt", weights_only=True)["model"]
+    assert not torch.equal(later["layer2.0.conv1.weight"], start["layer2.0.conv1.weight"]), "unfrozen at epoch 2"
+
+
+def test_set_backbone_trainable_leaves_the_mlp_head_trainable():
+    model = build_model(ModelSpec("resnet18", 4, head="mlp", hidden=8, width=0.25))
+    set_backbone_trainable(model, False)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"fc.0.weight", "fc.0.bias", "fc.3.weight", "fc.3.bias"}
+
+
+def test_stem_is_small_at_64px_and_below(tmp_path: Path):
+    data = write_class_folders(tmp_path / "toy", 8, seed=2)
+    for size, stem in ((16, "small"), (72, "standard")):
+        settings = dict(TINY, img_size=size)
+        resnetlab.train(data=str(data), out=str(tmp_path / f"s{size}"), epochs=1, **settings)
+        saved = torch.load(tmp_path / f"s{size}" / "best.pt", weights_only=True)
+        assert saved["model_spec"]["stem"] == stem
+
+
+def test_balance_and_dataset_norm(tmp_path: Path, capsys):
+    root = tmp_path / "skewed"
+    write_class_folders(root, 30, seed=1)
+    for extra in sorted((root / "red").iterdir())[6:]:
+        extra.unlink()  # red: 6 images, the others 30
+    for balance in ("weights", "sampler"):
+        assert main(["train", str(root), "--balance", balance, "--norm", "dataset", "--epochs", "1", "--out",
+                     str(tmp_path / balance), "--img-size", "16", "--width", "0.25", "--batch-size", "16",
+                     "--no-progress", "--workers", "1", "--val-split", "0.2"]) == 0
+        printed = capsys.readouterr().out
+        assert "red=5" in printed or "red=4" in printed, "class counts are printed at the start"
+        saved = torch.load(tmp_path / balance / "best.pt", weights_only=True)
+        assert saved["mean"] != [0.485, 0.456, 0.406] and all(0 < s < 1 for s in saved["std"])
+    rows = list(csv.DictReader(open(tmp_path / "sampler" / "metrics.csv", encoding="utf-8")))
+    assert len(rows) == 1
