@@ -353,13 +353,14 @@ def main(argv: list[str] | None = None) -> int:
     from .engine import NonFiniteLossError
     from .export import ExportError
     from .models import ModelError
+    from .report import ReportError
     from .serve import ServeError
 
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][1](args)
     except (ConfigError, DataError, ModelError, CheckpointError, ImageReadError, NonFiniteLossError, ExportError,
-            ServeError) as err:
+            ServeError, ReportError) as err:
         print(f"resnetlab {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
