@@ -92,7 +92,11 @@ def _common_model_flags(parser: argparse.ArgumentParser) -> None:
 def _train_parser(sub) -> None:
     train = sub.add_parser("train", help="train a classifier on a folder, CSV or built-in data set",
                            description="Train a ResNet. Writes runs/NAME/: config.yaml, metrics.csv, best.pt, "
-                                       "last.pt, curves.png, data_report.json (and split.csv when split for you).")
+                                       "last.pt, curves.png, data_report.json (and split.csv when split for you), "
+                                       "samples.png (a training batch after augmentation); at the end best.pt "
+                                       "is evaluated on the validation split: metrics.json, "
+                                       "confusion_matrix.csv/.png, misclassified.csv, predictions.png, "
+                                       "misclassified.png (Grad-CAM), and report.html shows it all.")
     _add_train_flags(train)
 
 
@@ -127,7 +131,11 @@ def _lr_find_run(args: argparse.Namespace) -> int:
 
 def _evaluate_parser(sub) -> None:
     evaluate = sub.add_parser("evaluate", help="metrics of a checkpoint on a data split",
-                              description="Writes metrics.json, confusion_matrix.csv/.png and misclassified.csv.")
+                              description="Writes metrics.json, confusion_matrix.csv/.png, misclassified.csv, "
+                                          "predictions.png and misclassified.png (Grad-CAM) to --out. Then "
+                                          "refreshes the run's report.html when the checkpoint is in a run "
+                                          "folder and --out is inside it (the default), else writes "
+                                          "report.html into --out.")
     evaluate.add_argument("checkpoint", help="best.pt / last.pt of a run, or a bare state_dict file")
     evaluate.add_argument("data", help="image folder, CSV or built-in name")
     evaluate.add_argument("--split", default="val", choices=("train", "val", "test"), help="default: val")

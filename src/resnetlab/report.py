@@ -31,6 +31,9 @@ KNOWN_FIGURES = {
     "explain_grid.png": "Grad-CAM explanations",
     "lr_find.png": "Learning-rate range test",
 }
+MAIN_SETTINGS = ("data", "model", "pretrained", "img_size", "width", "stem", "head", "epochs", "batch_size", "lr",
+                 "opt", "sched", "aug", "mixup", "cutmix", "ema", "label_smoothing", "balance", "seed", "device",
+                 "amp")
 EVALUATION_FIGURES = ("confusion_matrix.png", "predictions.png", "misclassified.png")
 
 CSS = """
@@ -108,7 +111,7 @@ def _table(header: list[str], rows: list[list], numeric: set[int] | None = None)
 
 def _fmt(value) -> str:  # noqa: ANN001 - any JSON value
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.4g}"
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False)
     return "" if value is None else str(value)
@@ -153,7 +156,11 @@ def _run_section(run_dir: Path) -> str:
         body = _note("no config.yaml: this is an evaluation folder, not a training run")
         return _section("run", "Run", body + (_table(["setting", "value"], rows) if rows else ""))
     rows = [[key, value] for key, value in config.items() if value not in (None, "", [], {})]
-    return _section("run", "Run configuration", _table(["setting", "value"], rows))
+    main = [[key, config[key]] for key in MAIN_SETTINGS if config.get(key) not in (None, "", [], {})]
+    body = (_table(["setting", "value"], main)
+            + f"<details><summary>every setting ({len(rows)}, as saved in config.yaml)</summary>"
+            + _table(["setting", "value"], rows) + "</details>")
+    return _section("run", "Run configuration", body)
 
 
 def _data_section(run_dir: Path) -> str:
