@@ -24,6 +24,8 @@ EPILOG = """Examples:
   resnetlab predict runs/my-run/best.pt new_photos/ --out predictions.csv --topk 3
   resnetlab export runs/my-run/best.pt --format onnx --dynamic-batch   best.onnx + best.onnx.json
   resnetlab serve runs/my-run/best.pt                  web page and JSON API at http://127.0.0.1:8000
+  resnetlab summary --model resnet50 --img-size 224    layer table, parameters, MACs and FLOPs
+  resnetlab report runs/my-run                         one self-contained report.html (mail it, open offline)
 """
 
 
@@ -90,7 +92,11 @@ def _common_model_flags(parser: argparse.ArgumentParser) -> None:
 def _train_parser(sub) -> None:
     train = sub.add_parser("train", help="train a classifier on a folder, CSV or built-in data set",
                            description="Train a ResNet. Writes runs/NAME/: config.yaml, metrics.csv, best.pt, "
-                                       "last.pt, curves.png, data_report.json (and split.csv when split for you).")
+                                       "last.pt, curves.png, data_report.json (and split.csv when split for you), "
+                                       "samples.png (a training batch after augmentation); at the end best.pt "
+                                       "is evaluated on the validation split: metrics.json, "
+                                       "confusion_matrix.csv/.png, misclassified.csv, predictions.png, "
+                                       "misclassified.png (Grad-CAM), and report.html shows it all.")
     _add_train_flags(train)
 
 
@@ -125,7 +131,11 @@ def _lr_find_run(args: argparse.Namespace) -> int:
 
 def _evaluate_parser(sub) -> None:
     evaluate = sub.add_parser("evaluate", help="metrics of a checkpoint on a data split",
-                              description="Writes metrics.json, confusion_matrix.csv/.png and misclassified.csv.")
+                              description="Writes metrics.json, confusion_matrix.csv/.png, misclassified.csv, "
+                                          "predictions.png and misclassified.png (Grad-CAM) to --out. Then "
+                                          "refreshes the run's report.html when the checkpoint is in a run "
+                                          "folder and --out is inside it (the default), else writes "
+                                          "report.html into --out.")
     evaluate.add_argument("checkpoint", help="best.pt / last.pt of a run, or a bare state_dict file")
     evaluate.add_argument("data", help="image folder, CSV or built-in name")
     evaluate.add_argument("--split", default="val", choices=("train", "val", "test"), help="default: val")
@@ -261,6 +271,64 @@ def _serve_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary_parser(sub) -> None:
+    summary = sub.add_parser("summary", help="layer table, parameter count, MACs and FLOPs of a model",
+                             description="Prints a table of the network's layers (name, output shape, parameters), "
+                                         "the total and trainable parameters, and MACs/FLOPs for one image "
+                                         "(torch's flop counter; 1 MAC = 2 FLOPs). Give --model with the train "
+                                         "options, or a checkpoint (its model and image size are used).")
+    summary.add_argument("checkpoint", nargs="?", help="best.pt / last.pt of a run (instead of --model)")
+    summary.add_argument("--model", default=None, help="architecture, e.g. resnet18, resnet50")
+    summary.add_argument("--img-size", type=int, default=224, help="input image side in pixels (default: 224)")
+    summary.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default: 1000)")
+    summary.add_argument("--stem", default="auto", choices=("auto", "small", "standard"),
+                         help="as for train; auto = small at or below 64 px (default: auto)")
+    summary.add_argument("--width", type=float, default=1.0, help="channel multiplier, as for train (default: 1)")
+    summary.add_argument("--head", default="linear", choices=("linear", "mlp"), help="as for train (default: linear)")
+    summary.add_argument("--hidden", type=int, default=512, help="mlp head hidden units (default: 512)")
+    summary.add_argument("--depth", type=int, default=2,
+                         help="module nesting shown: 1 = stem, stages, pooling, head; 2 = also each block "
+                              "(default: 2)")
+    summary.add_argument("--json", default=None, help="also write the summary to this JSON file")
+
+
+def _summary_run(args: argparse.Namespace) -> int:
+    from .models import ModelError
+    from .runfiles import write_json
+    from .summary import format_summary, summary_for_checkpoint, summary_for_spec
+
+    if bool(args.checkpoint) == bool(args.model):
+        raise ModelError("summary needs either --model ARCH or a CHECKPOINT (not both)")
+    if args.checkpoint:
+        result = summary_for_checkpoint(args.checkpoint, depth=args.depth)
+    else:
+        result = summary_for_spec(args.model, args.num_classes, args.img_size, head=args.head, hidden=args.hidden,
+                                  stem=args.stem, width=args.width, depth=args.depth)
+    print(format_summary(result))
+    if args.json:
+        write_json(Path(args.json), result.to_dict())
+    return 0
+
+
+def _report_parser(sub) -> None:
+    report = sub.add_parser("report", help="one self-contained report.html for a run folder",
+                            description="Builds report.html from what RUN_DIR holds: config, data summary, "
+                                        "curves, final and best metrics, per-class table, confusion matrix, "
+                                        "galleries, model summary, environment. Images are embedded, nothing is "
+                                        "fetched from the network: the file works offline and can be mailed. "
+                                        "train and evaluate write it by themselves.")
+    report.add_argument("run_dir", help="a run folder (runs/NAME) or an evaluation folder")
+    report.add_argument("--out", default=None, help="output file (default: RUN_DIR/report.html)")
+
+
+def _report_run(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    path = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(f"wrote {path}")
+    return 0
+
+
 # One entry per verb: (add its sub-parser, run it). New verbs add a pair here.
 COMMANDS = {
     "train": (_train_parser, _train_run),
@@ -270,6 +338,8 @@ COMMANDS = {
     "check": (_check_parser, _check_run),
     "export": (_export_parser, _export_run),
     "serve": (_serve_parser, _serve_run),
+    "summary": (_summary_parser, _summary_run),
+    "report": (_report_parser, _report_run),
 }
 
 
@@ -291,13 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     from .engine import NonFiniteLossError
     from .export import ExportError
     from .models import ModelError
+    from .report import ReportError
     from .serve import ServeError
 
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][1](args)
     except (ConfigError, DataError, ModelError, CheckpointError, ImageReadError, NonFiniteLossError, ExportError,
-            ServeError) as err:
+            ServeError, ReportError) as err:
         print(f"resnetlab {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,4 +1,6 @@
-"""The evaluate verb: a checkpoint on a split -> metrics.json, confusion matrix (CSV + PNG), misclassified.csv.
+"""The evaluate verb: a checkpoint on a split -> metrics.json, confusion matrix (CSV + PNG), misclassified.csv,
+predictions.png, misclassified.png (Grad-CAM) and report.html. ``write_evaluation`` is the part after
+decoding, shared with training (which scores best.pt on the validation split at the end of a run).
 
     metrics = evaluate("runs/x/best.pt", "photos/", split="test", out="runs/x/test")
 """
@@ -13,14 +15,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_model, read_checkpoint
-from .data.cache import decode_split
+from .checkpoint import ModelMeta, load_model, read_checkpoint
+from .data.cache import DecodedSplit, decode_split
 from .data.loaders import Batches
 from .data.sources import DataError, DataSource, SplitData, open_data
+from .data.transforms import to_rgb_array
 from .engine import amp_dtype_for, resolve_device, run_epoch
 from .metrics import classification_metrics
 from .models import TTAModel
-from .plots import plot_confusion_matrix
+from .plots import image_grid, plot_confusion_matrix
+
+PREDICTION_GALLERY = 24  # validation images in predictions.png
+MISCLASSIFIED_GALLERY = 16  # mistakes in misclassified.png
 
 
 def select_split(source: DataSource, split: str) -> tuple[str, list[str]]:
@@ -65,31 +71,107 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
     decoded = decode_split(chosen, meta.img_size, cache_dir=cache_dir, workers=workers, progress=progress)
     if len(decoded) == 0:
         raise DataError(f"no readable images in the {split_name} split of {data}")
-    batches = Batches(decoded.images, decoded.labels, batch_size=batch_size, device=torch_device,
+    out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{split_name}"
+    metrics = write_evaluation(model, meta, decoded, chosen, out_dir, device=torch_device, batch_size=batch_size,
+                               amp=amp, tta=tta, progress=progress,
+                               extra={"checkpoint": str(checkpoint), "data": str(data), "split": split_name})
+    _print_summary(metrics, meta.classes, out_dir)
+    report = _write_eval_report(Path(checkpoint), out_dir)
+    if report is not None:
+        print(f"report: {report}", flush=True)
+    return metrics
+
+
+def write_evaluation(model: nn.Module, meta: ModelMeta, decoded: DecodedSplit, split: SplitData, out_dir: Path, *,
+                     device: torch.device, batch_size: int = 256, amp: str = "auto", tta: str = "none",
+                     progress: bool = True, extra: dict | None = None, figures: bool = True) -> dict:
+    """Score an already-built model on a decoded split and write the evaluation files into ``out_dir``.
+
+    metrics.json, confusion_matrix.csv/.png, misclassified.csv, and with ``figures`` predictions.png and
+    misclassified.png (Grad-CAM). Used by ``evaluate`` and by training at the end of a run (best.pt on val).
+    """
+    batches = Batches(decoded.images, decoded.labels, batch_size=batch_size, device=device,
                       mean=meta.mean, std=meta.std, channels_last=True)
     network = TTAModel(model.to(memory_format=torch.channels_last), tta)
+    split_name = (extra or {}).get("split", split.name)
     result = run_epoch(network, batches.epoch(0), criterion=nn.CrossEntropyLoss(),
-                       device=torch_device, amp_dtype=amp_dtype_for(amp, torch_device), total_steps=len(batches),
+                       device=device, amp_dtype=amp_dtype_for(amp, device), total_steps=len(batches),
                        desc=f"evaluate {split_name}", progress=progress, keep_outputs=True)
     # batches are in order, so outputs line up with decoded.kept
     metrics = classification_metrics(result.logits, result.targets, meta.classes)
-    metrics.update({"checkpoint": str(checkpoint), "data": str(data), "split": split_name, "tta": tta,
-                    "skipped": decoded.skipped, "images_per_s": result.images_per_second})
+    metrics.update({**(extra or {}), "split": split_name, "tta": tta, "skipped": decoded.skipped,
+                    "images_per_s": result.images_per_second})
 
-    out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{split_name}"
     out_dir.mkdir(parents=True, exist_ok=True)
     matrix = np.asarray(metrics.pop("confusion_matrix"))
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
     with open(out_dir / "confusion_matrix.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["true \\ predicted", *meta.classes])
         for name, row in zip(meta.classes, matrix):
             writer.writerow([name, *row.tolist()])
     plot_confusion_matrix(matrix, meta.classes, out_dir / "confusion_matrix.png")
-    _write_misclassified(out_dir / "misclassified.csv", result.logits, result.targets, chosen, decoded.kept,
+    _write_misclassified(out_dir / "misclassified.csv", result.logits, result.targets, split, decoded.kept,
                          meta.classes)
-    _print_summary(metrics, meta.classes, out_dir)
+    if figures:
+        try:  # a gallery that cannot be drawn must not lose the metrics above
+            _plot_predictions(out_dir / "predictions.png", decoded.images, result.logits, result.targets,
+                              meta.classes)
+            _plot_misclassified(model, decoded.images, result.logits, result.targets, meta,
+                                out_dir / "misclassified.png", device)
+        except Exception as err:  # noqa: BLE001
+            print(f"warning: could not draw the galleries in {out_dir}: {type(err).__name__}: {err}", flush=True)
     return metrics
+
+
+def _plot_predictions(path: Path, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                      classes: list[str], count: int = PREDICTION_GALLERY) -> None:
+    """Validation images spread over the split, titled 'predicted (probability) / true'; mistakes in red."""
+    if len(targets) == 0:
+        return
+    chosen = np.unique(np.linspace(0, len(targets) - 1, min(count, len(targets))).round().astype(int))
+    confidence, predicted = logits[chosen].softmax(dim=1).max(dim=1)
+    truth = targets[chosen]
+    titles = [f"{classes[p]} ({c:.2f})\n/ {classes[t]}" for p, c, t in zip(predicted, confidence, truth)]
+    colors = ["black" if p == t else "red" for p, t in zip(predicted.tolist(), truth.tolist())]
+    image_grid(list(to_rgb_array(images[torch.from_numpy(chosen)])), titles, path, columns=8,
+               suptitle="predicted (probability) / true; mistakes in red", title_colors=colors)
+
+
+def _plot_misclassified(model: nn.Module, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                        meta: ModelMeta, path: Path, device: torch.device, limit: int = MISCLASSIFIED_GALLERY) -> None:
+    """misclassified.png: the highest-loss mistakes with their Grad-CAM (resnetlab.explain draws it)."""
+    try:
+        from .explain import plot_misclassified
+    except ImportError as err:
+        print(f"misclassified.png needs resnetlab.explain ({err})", flush=True)
+        return
+    losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    wrong = torch.nonzero(logits.argmax(dim=1) != targets).flatten()
+    if len(wrong) == 0:
+        return
+    # only the worst few go to Grad-CAM: the whole split could be tens of thousands of images
+    wrong = wrong[losses[wrong].argsort(descending=True)][: 4 * limit]
+    chosen = images[wrong]
+    if chosen.shape[1] == 1:  # grey built-ins are stored with one channel
+        chosen = chosen.expand(-1, 3, -1, -1).contiguous()
+    plot_misclassified(model.to(memory_format=torch.contiguous_format), chosen, targets[wrong], logits[wrong],
+                       meta.classes, meta.mean, meta.std, path, limit=limit, device=device)
+
+
+def _write_eval_report(checkpoint: Path, out_dir: Path) -> Path | None:
+    """After evaluate: refresh the run's report when the checkpoint lives in a run folder (config.yaml) and
+    the evaluation was written inside it (it then appears there as a section); otherwise a report of the
+    evaluation folder alone. A report failure never fails the evaluation."""
+    from .report import write_report
+
+    run_dir = checkpoint.parent
+    try:
+        inside = (run_dir / "config.yaml").is_file() and out_dir.resolve().is_relative_to(run_dir.resolve())
+        return write_report(run_dir if inside else out_dir)
+    except Exception as err:  # noqa: BLE001 - metrics are already written; the report is a bonus
+        print(f"warning: could not write report.html: {err}", flush=True)
+        return None
 
 
 def _write_misclassified(path: Path, logits: torch.Tensor, targets: torch.Tensor, split: SplitData,
@@ -118,4 +200,5 @@ def _print_summary(metrics: dict, classes: list[str], out_dir: Path) -> None:
         print(f"{name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}")
     if metrics["skipped"]:
         print(f"skipped {len(metrics['skipped'])} unreadable image(s) (listed in metrics.json)")
-    print(f"wrote {out_dir}/metrics.json, confusion_matrix.csv, confusion_matrix.png, misclassified.csv", flush=True)
+    print(f"wrote {out_dir}/metrics.json, confusion_matrix.csv, confusion_matrix.png, misclassified.csv, "
+          "predictions.png", flush=True)

@@ -45,6 +45,8 @@ from .engine import EpochResult, EpochTotals, NonFiniteLossError, StopRequests, 
 from .models import ModelSpec, build_model, count_parameters, load_pretrained, resolve_stem, set_backbone_trainable
 from .runfiles import prepare_run_dir, read_history, write_history, write_json, write_split_csv
 
+SAMPLE_GALLERY = 32  # images of the first training batch in samples.png
+
 # Settings a resumed run may change; everything else comes from the run's saved config.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "progress", "time_limit", "early_stop", "cache_dir",
                        "save_every", "stop_after_steps")
@@ -331,6 +333,8 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
                           mean=data.mean, std=data.std, channels_last=True, rank=info.rank,
                           world_size=info.world_size)
     steps_per_epoch = train_batches.steps_per_epoch()
+    if info.is_main and not (run_dir / "samples.png").is_file():
+        _plot_samples(run_dir / "samples.png", train_batches, data.source.classes, data.mean, data.std)
     train_loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()
     mixer = None
@@ -486,9 +490,12 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
         spread = sums[1] / info.world_size - (sums[0] / info.world_size) ** 2
         log(f"distributed: weights {'identical' if spread <= 1e-9 * max(1.0, sums[1]) else 'DIFFERENT'} across "
             f"{info.world_size} ranks (checksum {sums[0] / info.world_size:.6f})")
+    if info.is_main and stopped in (None, "early-stop"):
+        _finish_run(run_dir, data, device, cfg)
     if stopped is None:
         log(f"done in {time.perf_counter() - started:.0f}s: best val acc {state.best_acc:.4f} at epoch "
-            f"{state.best_epoch}; run folder {run_dir} (best.pt, last.pt, metrics.csv, curves.png, config.yaml)")
+            f"{state.best_epoch}; run folder {run_dir} (best.pt, last.pt, metrics.csv, curves.png, config.yaml, "
+            "report.html)")
     final = ema.module if ema is not None else unwrap(model)
     return RunResult(run_dir, state.best_acc, state.best_epoch, len(history), history, final.eval(),
                      data.source.classes, stopped)
@@ -558,6 +565,48 @@ def _fit_to_time(budget: float, elapsed: float, history: list[dict], epoch: int,
         schedule.total_steps = planned * steps_per_epoch
         log(f"time limit: the run is shortened to {planned} epochs")
     return planned
+
+
+def _plot_samples(path: Path, batches: Batches, classes: list[str], mean: list[float], std: list[float]) -> None:
+    """samples.png: the first training batch after augmentation, de-normalised, as the model sees it."""
+    from .data.transforms import denormalize, to_rgb_array
+    from .plots import image_grid
+
+    try:
+        # Batches draws from its own (seed, epoch, step) generators; fork_rng makes sure that drawing this
+        # batch leaves the global RNG (dropout, mixup seeding) exactly as an unobserved run would have it.
+        with torch.random.fork_rng(devices=[] if batches.device.type == "cpu" else [batches.device]):
+            x, y, _ = next(iter(batches.epoch(1)))
+        shown = min(SAMPLE_GALLERY, len(y))
+        images = to_rgb_array(denormalize(x[:shown], mean, std))
+        image_grid(list(images), [classes[i] for i in y[:shown].tolist()], path, columns=8,
+                   suptitle="training batch after augmentation (de-normalised)")
+    except Exception as err:  # noqa: BLE001 - a plot must never end a training run
+        log(f"warning: could not draw samples.png: {err}")
+
+
+def _finish_run(run_dir: Path, data: PreparedData, device: torch.device, cfg: TrainConfig) -> None:
+    """best.pt on the validation split -> metrics.json, confusion matrix, galleries; then report.html.
+
+    Rank 0 only. Any failure is a warning: the run's checkpoints are already safe.
+    """
+    from .checkpoint import load_model
+    from .evaluation import write_evaluation
+    from .report import write_report
+
+    best = run_dir / "best.pt"
+    try:
+        if best.is_file():
+            model, meta = load_model(best, device=device)
+            metrics = write_evaluation(model, meta, data.val, data.source.splits[data.val_name], run_dir,
+                                       device=device, batch_size=max(256, cfg.batch_size * 2), amp=cfg.amp,
+                                       progress=False, extra={"checkpoint": str(best), "data": str(cfg.data),
+                                                              "split": data.val_name})
+            log(f"best.pt on {data.val_name}: accuracy {metrics['accuracy']:.4f}, macro F1 "
+                f"{metrics['macro_avg']['f1']:.4f} (metrics.json, confusion_matrix.png, predictions.png)")
+        log(f"report: {write_report(run_dir)}")
+    except Exception as err:  # noqa: BLE001 - figures must never end (or fail) a finished run
+        log(f"warning: could not write the end-of-run evaluation/report: {type(err).__name__}: {err}")
 
 
 def _plot_curves(run_dir: Path, history: list[dict]) -> None:

@@ -12,9 +12,13 @@ they would apply the same crop to every image; calling them per image costs a Py
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,6 +34,19 @@ def to_float_rgb(batch: torch.Tensor) -> torch.Tensor:
 def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """(x - mean) / std with mean/std shaped 1 x 3 x 1 x 1 on the batch's device."""
     return (batch - mean) / std
+
+
+def denormalize(batch: torch.Tensor, mean, std) -> torch.Tensor:
+    """Normalised float N x 3 x H x W (as the model sees it) -> uint8 N x 3 x H x W for viewing."""
+    mean_t, std_t = stats_tensor(mean, batch.device), stats_tensor(std, batch.device)
+    return (batch.float() * std_t + mean_t).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+
+
+def to_rgb_array(batch: torch.Tensor) -> np.ndarray:
+    """uint8 N x C x H x W tensor (C = 1 or 3) -> N x H x W x 3 numpy array, what image plots take."""
+    if batch.shape[1] == 1:
+        batch = batch.expand(-1, 3, -1, -1)
+    return batch.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 def stats_tensor(values, device: torch.device | str) -> torch.Tensor:

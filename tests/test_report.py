@@ -1,0 +1,159 @@
+"""Figures a run writes by itself and report.html: files, values, escaping, and a real browser opening it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import resnetlab
+from conftest import make_image
+from resnetlab.cli import main
+from resnetlab.data.loaders import Batches
+from resnetlab.data.transforms import denormalize
+from resnetlab.report import write_report
+
+# One class name needs escaping in HTML; one has an accent, one a space.
+CLASSES = {"blue sky": (40, 60, 230), "green léaf": (40, 200, 60), "red <b>&": (230, 40, 40)}
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _write_toy(root: Path) -> Path:
+    rng = np.random.default_rng(7)
+    for split, count in (("Train", 24), ("Val", 8)):
+        for name, colour in CLASSES.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                make_image(rng, colour).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict:
+    """A tiny finished run (3 classes, 16 px, width 0.25, 2 epochs) plus an evaluation inside its folder."""
+    base = tmp_path_factory.mktemp("report")
+    data = _write_toy(base / "toy")
+    result = resnetlab.train(data=str(data), out=str(base / "run"), epochs=2, img_size=16, width=0.25,
+                             batch_size=16, lr=0.05, progress=False, workers=1, cache_dir=str(base / "cache"))
+    assert main(["evaluate", str(result.best_checkpoint), str(data), "--out", str(result.run_dir / "eval-val"),
+                 "--no-progress", "--workers", "1"]) == 0
+    return {"dir": result.run_dir, "data": data, "result": result, "base": base}
+
+
+def test_a_run_writes_its_figures_and_report(run):
+    run_dir = run["dir"]
+    for name in ("curves.png", "samples.png", "predictions.png", "confusion_matrix.png", "confusion_matrix.csv",
+                 "misclassified.csv", "metrics.json", "report.html"):
+        assert (run_dir / name).is_file(), name
+        if name.endswith(".png"):
+            assert Image.open(run_dir / name).size[0] > 100, name
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    # train's metrics.json is best.pt on the validation split: the same accuracy training recorded for it
+    assert metrics["split"] == "val" and metrics["images"] == 24
+    assert metrics["accuracy"] == pytest.approx(run["result"].best_val_acc, abs=1e-6)
+    assert metrics["checkpoint"].endswith("best.pt") and set(metrics["per_class"]) == set(CLASSES)
+    assert (run_dir / "eval-val" / "predictions.png").is_file()
+
+
+def test_report_embeds_every_figure_and_the_values(run):
+    run_dir = run["dir"]
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]+)"', page)
+    embedded = {}
+    for data, alt in images:
+        embedded.setdefault(alt, []).append(data)
+    pngs = sorted(p.name for p in run_dir.glob("*.png"))
+    assert {"curves.png", "samples.png", "predictions.png", "confusion_matrix.png"} <= set(pngs)
+    for name in pngs:  # each figure embedded byte for byte
+        import base64
+
+        assert base64.b64encode((run_dir / name).read_bytes()).decode() in embedded.get(name, []), name
+    assert len(embedded["predictions.png"]) == 2  # the run's own evaluation and eval-val/
+    assert page.count("<img") == len(images)  # no image comes from anywhere but a data URI
+    for name in CLASSES:
+        assert name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in page
+    assert "red <b>&" not in page and "&lt;b&gt;" in page
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        best = max(float(r["val_acc"]) for r in csv.DictReader(handle))
+    assert f"{best:.4f}" in page
+    assert f"<td>{torch.__version__}</td>" in page
+    assert "resnet18" in page and "MACs per image" in page and "layer4.1" in page
+    assert "Evaluation: val split (eval-val/)" in page and "Per class" in page
+    assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', page)  # nothing fetched from the network
+    assert "<script" not in page and "<link" not in page
+
+
+def test_samples_are_denormalised_images(run):
+    sample = np.asarray(Image.open(run["dir"] / "samples.png").convert("RGB"))
+    assert sample.std() > 20  # a gallery of pictures, not a blank or saturated canvas
+    # denormalize is the exact inverse of what Batches does to a uint8 image (without augmentation)
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    x, _, _ = next(iter(Batches(images, torch.zeros(6, dtype=torch.int64), batch_size=6, device=torch.device("cpu"),
+                                mean=mean, std=std).epoch(0)))
+    back = denormalize(x, mean, std)
+    assert back.dtype == torch.uint8 and (back.int() - images.int()).abs().max() <= 1
+
+
+def test_report_of_a_partial_folder_leaves_pieces_out(tmp_path: Path, run):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(run["dir"] / "config.yaml", partial)
+    page = write_report(partial).read_text(encoding="utf-8")
+    assert "no metrics.json yet" in page and "no data_report.json" in page and "no checkpoint found" in page
+    assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_evaluate_outside_the_run_writes_its_own_report_and_cli_report(tmp_path: Path, run, capsys):
+    out = tmp_path / "elsewhere"
+    assert main(["evaluate", str(run["dir"] / "best.pt"), str(run["data"]), "--out", str(out), "--no-progress",
+                 "--workers", "1"]) == 0
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "evaluation folder" in page and "predictions.png" in page and "MACs per image" in page
+    target = tmp_path / "copy.html"
+    assert main(["report", str(run["dir"]), "--out", str(target)]) == 0
+    assert str(target) in capsys.readouterr().out and target.stat().st_size > 10_000
+    assert main(["summary", str(run["dir"] / "best.pt")]) == 0  # the checkpoint's own model and image size
+    printed = capsys.readouterr().out
+    assert "resnet18 at 16x16 px" in printed and "32x16x16" not in printed
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).is_file(),
+                    reason="Debian's chromium is not installed and could not be (`make browser` installs it with "
+                           "apt-get when root or passwordless sudo is available)")
+def test_report_opens_in_a_real_browser(run, tmp_path: Path):
+    from playwright.sync_api import sync_playwright
+
+    report = run["dir"] / "report.html"
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(report.as_uri())
+            page.wait_for_load_state("load")
+            widths = page.eval_on_selector_all("img", "images => images.map(i => [i.alt, i.complete, i.naturalWidth])")
+            screenshot = tmp_path / "report.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    assert len(widths) >= 5
+    assert all(complete and width > 0 for _, complete, width in widths), widths
+    assert errors == []
+    assert all(url.startswith(("file:", "data:")) for url in requests), requests  # works offline
+    assert screenshot.stat().st_size > 10_000
+    shutil.copy(screenshot, "/tmp/report_screenshot.png")  # for a human to look at
