@@ -132,3 +132,16 @@ def test_balance_and_dataset_norm(tmp_path: Path, capsys):
         assert saved["mean"] != [0.485, 0.456, 0.406] and all(0 < s < 1 for s in saved["std"])
     rows = list(csv.DictReader(open(tmp_path / "sampler" / "metrics.csv", encoding="utf-8")))
     assert len(rows) == 1
+
+
+def test_bare_state_dict_of_a_narrow_model_is_rebuilt(tmp_path: Path):
+    from resnetlab.checkpoint import load_model
+
+    spec = ModelSpec("resnet18", 3, stem="small", width=0.25)
+    original = build_model(spec).eval()
+    torch.save(original.state_dict(), tmp_path / "notebook.pth")
+    model, meta = load_model(tmp_path / "notebook.pth", arch="resnet18", classes=["a", "b", "c"], img_size=16)
+    assert meta.spec.width == 0.25 and meta.spec.stem == "small"
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), original(x))

@@ -131,8 +131,7 @@ def _from_bare_state_dict(path: Path, payload: dict, arch: str | None, classes: 
     stem = "small" if conv1 is not None and conv1.shape[-1] == 3 else "standard"
     head = "mlp" if "fc.0.weight" in state else "linear"
     hidden = int(state["fc.0.weight"].shape[0]) if head == "mlp" else 512
-    width = conv1.shape[0] / 64 if conv1 is not None and conv1.ndim == 4 else 1.0
-    spec = ModelSpec(arch, len(classes), head=head, hidden=hidden, stem=stem, width=width)
+    spec = _spec_that_fits(state, ModelSpec(arch, len(classes), head=head, hidden=hidden, stem=stem))
     model = build_model(spec)
     try:
         load_matching(model, state, str(path))
@@ -144,6 +143,24 @@ def _from_bare_state_dict(path: Path, payload: dict, arch: str | None, classes: 
     size = img_size or (32 if stem == "small" else 224)
     meta = ModelMeta(spec, list(classes), size, list(IMAGENET_MEAN), list(IMAGENET_STD), source=str(path))
     return model, meta
+
+
+def _spec_that_fits(state: dict[str, torch.Tensor], spec: ModelSpec) -> ModelSpec:
+    """The --width a bare state_dict was trained with: the stem keeps 64 channels whatever the width, so the
+    first block's width is read instead (x1 for basic blocks and bottlenecks; grouped ResNeXt blocks are wider)."""
+    first = state.get("layer1.0.conv1.weight")
+    if first is None:
+        return spec
+    for width in (1.0, first.shape[0] / 64, first.shape[0] / 128, first.shape[0] / 256):
+        if not 0.0625 <= width <= 4.0:
+            continue
+        candidate = ModelSpec(**{**spec.to_dict(), "width": width})
+        try:
+            if build_model(candidate).state_dict()["layer1.0.conv1.weight"].shape == first.shape:
+                return candidate
+        except ModelError:
+            continue
+    return spec
 
 
 def parse_classes(value: str | None) -> list[str] | None:

@@ -69,7 +69,9 @@ def image_grid(images: Sequence[np.ndarray | Image.Image], titles: Sequence[str]
         raise ValueError("image_grid needs at least one image")
     columns = max(1, min(columns, count))
     rows = (count + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows), squeeze=False)
+    # 2.4 in per row leaves room for a two-line title above each image
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.4 * rows + (0.4 if suptitle else 0)),
+                             squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= count:
