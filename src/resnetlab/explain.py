@@ -312,6 +312,7 @@ class _Item:
     source: str
     original: object  # a path for open_rgb, or an H x W x C uint8 array (built-in data sets)
     image: torch.Tensor  # uint8 C x S x S, the model's view
+    number: int  # position among the inputs (or rank among the mistakes): the overlay file's prefix
     true: int | None = None
 
 
@@ -399,7 +400,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
                 print(f"skipped {item.source}: {err.reason}", flush=True)
                 rows.append([item.source, "", true or "", "", "", "", err.reason])
                 continue
-            name = overlay_name(start + j, item.source, len(items))
+            name = overlay_name(item.number, item.source, len(items) + len(skipped))
             save_png(picture, out_dir / name, {
                 "source": item.source, "true": true or "", "predicted": label,
                 "probability": f"{float(confidence[j]):.6f}", "target": meta.classes[targets[j]],
@@ -442,7 +443,7 @@ def _file_items(classifier, inputs: Sequence[str], workers: int | None) -> tuple
         return [], []
     decoded = decode_split(SplitData("explain", np.zeros(len(files), dtype=np.int64), files),
                            classifier.meta.img_size, workers=workers, progress=False, use_cache=False)
-    items = [_Item(files[int(p)], files[int(p)], image) for p, image in zip(decoded.kept, decoded.images)]
+    items = [_Item(files[int(p)], files[int(p)], image, int(p)) for p, image in zip(decoded.kept, decoded.images)]
     return items, decoded.skipped
 
 
@@ -468,9 +469,9 @@ def _misclassified_items(classifier, data: str, split: str, limit: int, batch_si
     print(f"{split_name}: {len(decoded)} images, {int((predicted != decoded.labels).sum())} misclassified; "
           f"explaining the {len(wrong)} most confident mistake(s)", flush=True)
     items = []
-    for i in wrong.tolist():
+    for rank, i in enumerate(wrong.tolist()):
         position = int(decoded.kept[i])
         original = chosen.paths[position] if chosen.paths is not None else chosen.images[position]
         name = chosen.paths[position] if chosen.paths is not None else f"{split_name}_{position}"
-        items.append(_Item(name, original, decoded.images[i], int(decoded.labels[i])))
+        items.append(_Item(name, original, decoded.images[i], rank, int(decoded.labels[i])))
     return items, decoded.skipped, {"split": split_name}
