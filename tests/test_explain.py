@@ -195,6 +195,7 @@ def test_cli_explains_a_folder_at_original_sizes(corner_run, tmp_path, capsys):
     explained = [r for r in rows if r["overlay"]]
     assert len(explained) == 3 and len({r["overlay"] for r in explained}) == 3
     (broken,) = [r for r in rows if r["error"]]
+    assert rows[0] is broken  # input order: broken.png sorts first in the folder
     assert broken["path"].endswith("broken.png") and "not an image" in broken["error"]
     for row in explained:
         picture = Image.open(out / row["overlay"])

@@ -398,7 +398,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
                 picture = overlay(_original(item), cam)
             except ImageReadError as err:  # changed or removed since it was decoded
                 print(f"skipped {item.source}: {err.reason}", flush=True)
-                rows.append([item.source, "", true or "", "", "", "", err.reason])
+                rows.append((item.number, [item.source, "", true or "", "", "", "", err.reason]))
                 continue
             name = overlay_name(item.number, item.source, len(items) + len(skipped))
             save_png(picture, out_dir / name, {
@@ -406,14 +406,17 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
                 "probability": f"{float(confidence[j]):.6f}", "target": meta.classes[targets[j]],
                 "target_probability": f"{float(probabilities[j, targets[j]]):.6f}", "method": method,
                 "layer": layer_name, "checkpoint": str(checkpoint)})
-            rows.append([item.source, name, true or "", label, f"{float(confidence[j]):.6f}",
-                         meta.classes[targets[j]], ""])
+            rows.append((item.number, [item.source, name, true or "", label, f"{float(confidence[j]):.6f}",
+                                       meta.classes[targets[j]], ""]))
             if len(grid) < GRID_MAX:
                 picture.thumbnail((160, 160))
                 grid.append(picture)
                 grid_titles.append(_title(true, label, float(confidence[j])))
                 grid_colours.append("black" if true is None else ("green" if true == label else "red"))
-    rows += [[entry["path"], "", "", "", "", "", entry["reason"]] for entry in skipped]
+    # input order, as predict's CSV; a data set's unreadable files (no input position) come last
+    rows += [(entry.get("number", len(items) + len(skipped)), [entry["path"], "", "", "", "", "", entry["reason"]])
+             for entry in skipped]
+    rows = [row for _, row in sorted(rows, key=lambda pair: pair[0])]
 
     with open(out_dir / "explain.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -444,7 +447,8 @@ def _file_items(classifier, inputs: Sequence[str], workers: int | None) -> tuple
     decoded = decode_split(SplitData("explain", np.zeros(len(files), dtype=np.int64), files),
                            classifier.meta.img_size, workers=workers, progress=False, use_cache=False)
     items = [_Item(files[int(p)], files[int(p)], image, int(p)) for p, image in zip(decoded.kept, decoded.images)]
-    return items, decoded.skipped
+    position = {path: i for i, path in enumerate(files)}
+    return items, [{**entry, "number": position.get(entry["path"], len(files))} for entry in decoded.skipped]
 
 
 def _misclassified_items(classifier, data: str, split: str, limit: int, batch_size: int, workers: int | None,

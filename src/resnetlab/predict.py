@@ -128,6 +128,11 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
     header = ["path", "label", "confidence"] + [f"top{j}_{w}" for j in range(2, k + 1) for w in ("label", "prob")]
     header += ["cam", "error"] if cam else ["error"]
     cam_dir = Path(cam) if cam else None
+    if cam_dir and getattr(classifier, "model", None) is None:
+        from .config import ConfigError
+
+        raise ConfigError(f"--cam needs a PyTorch checkpoint (heat maps need gradients); {checkpoint} runs in "
+                          "onnxruntime")
     if cam_dir:
         cam_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
