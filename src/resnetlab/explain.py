@@ -364,10 +364,11 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
     layer_name = layer or next(n for n, m in model.named_modules() if m is layer_module)
 
     if misclassified:
-        items, skipped, note = _misclassified_items(classifier, misclassified, split, limit, batch_size, workers,
-                                                    data_root or ((payload or {}).get("config") or {}).get(
-                                                        "data_root"), (payload or {}).get("config") or {}, progress)
-        default_out = Path(checkpoint).parent / f"explain-misclassified-{note['split']}"
+        saved = (payload or {}).get("config") or {}  # the run's settings: its split fraction, seed, data root
+        items, skipped, split_name = _misclassified_items(classifier, misclassified, split, limit, batch_size,
+                                                          workers, data_root or saved.get("data_root"), saved,
+                                                          progress)
+        default_out = Path(checkpoint).parent / f"explain-misclassified-{split_name}"
     else:
         items, skipped = _file_items(classifier, inputs, workers)
         default_out = Path(checkpoint).parent / "explain"
@@ -452,7 +453,7 @@ def _file_items(classifier, inputs: Sequence[str], workers: int | None) -> tuple
 
 
 def _misclassified_items(classifier, data: str, split: str, limit: int, batch_size: int, workers: int | None,
-                         data_root: str | None, saved: dict, progress: bool) -> tuple[list[_Item], list[dict], dict]:
+                         data_root: str | None, saved: dict, progress: bool) -> tuple[list[_Item], list[dict], str]:
     """The ``limit`` most confident mistakes of the split, in that order (as evaluate's misclassified.csv)."""
     from .data.cache import decode_split
     from .data.sources import open_data
@@ -478,4 +479,4 @@ def _misclassified_items(classifier, data: str, split: str, limit: int, batch_si
         original = chosen.paths[position] if chosen.paths is not None else chosen.images[position]
         name = chosen.paths[position] if chosen.paths is not None else f"{split_name}_{position}"
         items.append(_Item(name, original, decoded.images[i], rank, int(decoded.labels[i])))
-    return items, decoded.skipped, {"split": split_name}
+    return items, decoded.skipped, split_name
