@@ -22,6 +22,8 @@ EPILOG = """Examples:
   resnetlab train --resume runs/my-run                 continue from runs/my-run/last.pt
   resnetlab evaluate runs/my-run/best.pt photos/ --split test
   resnetlab predict runs/my-run/best.pt new_photos/ --out predictions.csv --topk 3
+  resnetlab explain runs/my-run/best.pt photos/ --method gradcam++   heat maps in runs/my-run/explain/
+  resnetlab explain runs/my-run/best.pt --misclassified photos/ --limit 16
   resnetlab export runs/my-run/best.pt --format onnx --dynamic-batch   best.onnx + best.onnx.json
   resnetlab serve runs/my-run/best.pt                  web page and JSON API at http://127.0.0.1:8000
   resnetlab summary --model resnet50 --img-size 224    layer table, parameters, MACs and FLOPs
@@ -162,6 +164,9 @@ def _predict_parser(sub) -> None:
     predict.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     predict.add_argument("--out", default="predictions.csv", help="CSV path (default: predictions.csv)")
     predict.add_argument("--topk", type=int, default=3, help="labels per image (default: 3)")
+    predict.add_argument("--cam", default=None, metavar="DIR",
+                         help="also write a Grad-CAM overlay PNG of the predicted class per image into DIR and "
+                              "add its path as a 'cam' column (before 'error')")
     _common_model_flags(predict)
 
 
@@ -172,8 +177,60 @@ def _predict_run(args: argparse.Namespace) -> int:
     summary = predict_files(args.checkpoint, args.inputs, out=args.out, topk=args.topk, batch_size=args.batch_size,
                             device=args.device, workers=args.workers, arch=args.model,
                             classes=parse_classes(args.classes), img_size=args.img_size, progress=args.progress,
-                            tta=args.tta)
+                            tta=args.tta, cam=args.cam)
     return 0 if summary["predicted"] else 1
+
+
+def _explain_parser(sub) -> None:
+    explain = sub.add_parser(
+        "explain", help="Grad-CAM heat maps for images, folders or a split's most confident mistakes",
+        description="Heat maps of where the model looked (pytorch-grad-cam). Writes to --out one overlay PNG per "
+                    "image at its original size (NNNN_NAME.png; label, probability, target class and method in "
+                    "its PNG text), explain_grid.png ('true / predicted (p)' titles, first 64 images) and "
+                    "explain.csv (path,overlay,true,predicted,probability,target,error). Unreadable files are "
+                    "skipped and named.")
+    explain.add_argument("checkpoint", help="best.pt / last.pt of a run, or a bare state_dict file")
+    explain.add_argument("inputs", nargs="*", help="image files and/or folders (searched recursively)")
+    explain.add_argument("--misclassified", default=None, metavar="DATA",
+                         help="instead of INPUTS: the --limit most confident mistakes of --split of this data set "
+                              "(image folder, CSV or built-in name)")
+    explain.add_argument("--split", default="val", choices=("train", "val", "test"),
+                         help="split for --misclassified (default: val)")
+    explain.add_argument("--limit", type=int, default=16, help="mistakes to explain with --misclassified (default: 16)")
+    explain.add_argument("--method", default="gradcam", metavar="METHOD",
+                         help="gradcam (default), gradcam++, xgradcam, layercam, eigencam, scorecam or ablationcam "
+                              "(the last two run one forward pass per feature channel: slow)")
+    explain.add_argument("--layer", default=None,
+                         help="dotted module name, e.g. layer3.1 or layer4.-1 (default: the last block of the last "
+                              "stage)")
+    explain.add_argument("--target", default="pred",
+                         help="class whose evidence is shown: pred (default), true (needs --misclassified) or a "
+                              "class name")
+    explain.add_argument("--out", default=None, help="output folder (default: CHECKPOINT_DIR/explain, or "
+                                                     "CHECKPOINT_DIR/explain-misclassified-SPLIT)")
+    explain.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")
+    explain.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    # the backward pass keeps activations alive: smaller batches than predict's 256
+    explain.add_argument("--batch-size", type=int, default=32, help="images per CAM forward/backward pass "
+                                                                    "(default: 32)")
+    explain.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU cores)")
+    explain.add_argument("--model", default=None, help="architecture, only for a bare state_dict file")
+    explain.add_argument("--classes", default=None,
+                         help="class names for a bare state_dict: a file (one per line) or a comma list")
+    explain.add_argument("--img-size", type=int, default=None, help="image size, only for a bare state_dict")
+    explain.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+
+
+def _explain_run(args: argparse.Namespace) -> int:
+    from .checkpoint import parse_classes
+    from .explain import explain
+
+    summary = explain(args.checkpoint, args.inputs, misclassified=args.misclassified, split=args.split,
+                      limit=args.limit, method=args.method, layer=args.layer, target=args.target, out=args.out,
+                      batch_size=args.batch_size, device=args.device, workers=args.workers, data_root=args.data_root,
+                      arch=args.model, classes=parse_classes(args.classes), img_size=args.img_size,
+                      progress=args.progress)
+    return 0 if summary["explained"] or args.misclassified else 1
 
 
 def _check_parser(sub) -> None:
@@ -335,6 +392,7 @@ COMMANDS = {
     "lr-find": (_lr_find_parser, _lr_find_run),
     "evaluate": (_evaluate_parser, _evaluate_run),
     "predict": (_predict_parser, _predict_run),
+    "explain": (_explain_parser, _explain_run),
     "check": (_check_parser, _check_run),
     "export": (_export_parser, _export_run),
     "serve": (_serve_parser, _serve_run),

@@ -141,11 +141,8 @@ def _plot_predictions(path: Path, images: torch.Tensor, logits: torch.Tensor, ta
 def _plot_misclassified(model: nn.Module, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
                         meta: ModelMeta, path: Path, device: torch.device, limit: int = MISCLASSIFIED_GALLERY) -> None:
     """misclassified.png: the highest-loss mistakes with their Grad-CAM (resnetlab.explain draws it)."""
-    try:
-        from .explain import plot_misclassified
-    except ImportError as err:
-        print(f"misclassified.png needs resnetlab.explain ({err})", flush=True)
-        return
+    from .explain import plot_misclassified
+
     losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     wrong = torch.nonzero(logits.argmax(dim=1) != targets).flatten()
     if len(wrong) == 0:

@@ -2,7 +2,7 @@
 
     clf = resnetlab.load("runs/x/best.pt")
     clf.predict(["a.jpg", pil_image])[0].label
-    predict_files("runs/x/best.pt", ["photos/"], out="predictions.csv", topk=3)
+    predict_files("runs/x/best.pt", ["photos/"], out="predictions.csv", topk=3, cam="heatmaps/")
 """
 
 from __future__ import annotations
@@ -114,15 +114,27 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
 def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | Path = "predictions.csv",
                   topk: int = 3, batch_size: int = 256, device: str = "auto", workers: int | None = None,
                   arch: str | None = None, classes: list[str] | None = None, img_size: int | None = None,
-                  progress: bool = True, tta: str = "none") -> dict:
-    """Write one CSV row per input file; unreadable files get an ``error`` and the rest still run."""
+                  progress: bool = True, tta: str = "none", cam: str | Path | None = None) -> dict:
+    """Write one CSV row per input file; unreadable files get an ``error`` and the rest still run.
+
+    ``cam``: a folder that gets a Grad-CAM overlay PNG of the predicted class per image (explain.py), its path in
+    a ``cam`` column before ``error``.
+    """
     classifier = load(checkpoint, device=device, arch=arch, classes=classes, img_size=img_size, tta=tta)
     files = expand_inputs(inputs)
     if not files:
         raise ValueError("no input images found")
     k = max(1, min(topk, len(classifier.classes)))
     header = ["path", "label", "confidence"] + [f"top{j}_{w}" for j in range(2, k + 1) for w in ("label", "prob")]
-    header.append("error")
+    header += ["cam", "error"] if cam else ["error"]
+    cam_dir = Path(cam) if cam else None
+    if cam_dir and getattr(classifier, "model", None) is None:
+        from .config import ConfigError
+
+        raise ConfigError(f"--cam needs a PyTorch checkpoint (heat maps need gradients); {checkpoint} runs in "
+                          "onnxruntime")
+    if cam_dir:
+        cam_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
     out = Path(out)
     if out.parent != Path(""):
@@ -138,10 +150,18 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
             decoded = decode_split(SplitData("predict", np.zeros(len(chunk), dtype=np.int64), chunk),
                                    classifier.meta.img_size, workers=workers, progress=False, use_cache=False)
             predictions: dict[int, Prediction] = {}
+            overlays: dict[int, str] = {}
             for b in range(0, len(decoded), batch_size):
-                batch_predictions = classifier.to_predictions(classifier.logits(decoded.images[b:b + batch_size]), k)
+                batch = decoded.images[b:b + batch_size]
+                logits = classifier.logits(batch)
+                batch_predictions = classifier.to_predictions(logits, k)
                 for position, prediction in zip(decoded.kept[b:b + batch_size], batch_predictions):
                     predictions[int(position)] = prediction
+                if cam_dir:
+                    positions = [int(p) for p in decoded.kept[b:b + batch_size]]
+                    overlays.update(_write_cams(classifier, batch, logits.argmax(dim=1).tolist(), batch_predictions,
+                                                [chunk[p] for p in positions], [start + p for p in positions],
+                                                len(files), cam_dir))
             reasons = {s["path"]: s["reason"] for s in decoded.skipped}
             for i, path in enumerate(chunk):
                 if i in predictions:
@@ -149,7 +169,8 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
                     row = [path, p.label, f"{p.confidence:.6f}"]
                     for label, probability in p.top[1:]:
                         row += [label, f"{probability:.6f}"]
-                    writer.writerow(row + [""] * (len(header) - len(row)))
+                    row += [""] * (len(header) - len(row) - (2 if cam_dir else 1))
+                    writer.writerow(row + ([overlays.get(start + i, ""), ""] if cam_dir else [""]))
                     counts[p.label] = counts.get(p.label, 0) + 1
                 else:
                     failed += 1
@@ -158,5 +179,27 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
         bar.close()
     summary = {"images": len(files), "predicted": len(files) - failed, "failed": failed, "out": str(out),
                "per_label": counts}
-    print(f"predicted {summary['predicted']} of {len(files)} image(s), {failed} failed; wrote {out}", flush=True)
+    print(f"predicted {summary['predicted']} of {len(files)} image(s), {failed} failed; wrote {out}"
+          + (f" and heat maps in {cam_dir}" if cam_dir else ""), flush=True)
     return summary
+
+
+def _write_cams(classifier: Classifier, batch: torch.Tensor, targets: list[int], predictions: list[Prediction],
+                paths: list[str], numbers: list[int], total: int, cam_dir: Path) -> dict[int, str]:
+    """Overlay PNGs of the predicted class for one decoded batch (one batched CAM pass); file number -> path."""
+    from .data.images import ImageReadError, open_rgb
+    from .explain import cams_for_batch, overlay, overlay_name, save_png
+
+    written: dict[int, str] = {}
+    cams = cams_for_batch(classifier, batch, targets)  # forward/backward passes of 32 images
+    for cam, prediction, path, number in zip(cams, predictions, paths, numbers):
+        try:
+            picture = overlay(open_rgb(path), cam)
+        except ImageReadError:  # changed since it was decoded: the row keeps its prediction, no heat map
+            continue
+        file = cam_dir / overlay_name(number, path, total)
+        save_png(picture, file, {"source": path, "predicted": prediction.label,
+                                 "probability": f"{prediction.confidence:.6f}", "target": prediction.label,
+                                 "method": "gradcam"})
+        written[number] = str(file)
+    return written
