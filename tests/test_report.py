@@ -105,6 +105,20 @@ def test_samples_are_denormalised_images(run):
     assert back.dtype == torch.uint8 and (back.int() - images.int()).abs().max() <= 1
 
 
+def test_evaluation_never_keeps_an_earlier_runs_gallery(tmp_path: Path, run):
+    out = tmp_path / "again"
+    out.mkdir()
+    stale = Image.new("RGB", (8, 8), (255, 0, 255))
+    for name in ("predictions.png", "misclassified.png"):
+        stale.save(out / name)
+    old = (out / "misclassified.png").read_bytes()
+    assert main(["evaluate", str(run["dir"] / "best.pt"), str(run["data"]), "--out", str(out), "--no-progress",
+                 "--workers", "1"]) == 0
+    assert Image.open(out / "predictions.png").size[0] > 100  # redrawn
+    # no mistakes -> no misclassified.png at all; mistakes -> a new one: never the old bytes
+    assert not (out / "misclassified.png").is_file() or (out / "misclassified.png").read_bytes() != old
+
+
 def test_report_of_a_partial_folder_leaves_pieces_out(tmp_path: Path, run):
     partial = tmp_path / "partial"
     partial.mkdir()

@@ -27,6 +27,7 @@ from .plots import image_grid, plot_confusion_matrix
 
 PREDICTION_GALLERY = 24  # validation images in predictions.png
 MISCLASSIFIED_GALLERY = 16  # mistakes in misclassified.png
+GALLERIES = ("predictions.png", "misclassified.png")
 
 
 def select_split(source: DataSource, split: str) -> tuple[str, list[str]]:
@@ -103,6 +104,8 @@ def write_evaluation(model: nn.Module, meta: ModelMeta, decoded: DecodedSplit, s
                     "images_per_s": result.images_per_second})
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in GALLERIES:  # an earlier run's gallery must never sit beside these metrics
+        (out_dir / name).unlink(missing_ok=True)
     matrix = np.asarray(metrics.pop("confusion_matrix"))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
     with open(out_dir / "confusion_matrix.csv", "w", newline="", encoding="utf-8") as handle:

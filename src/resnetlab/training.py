@@ -333,7 +333,7 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
                           mean=data.mean, std=data.std, channels_last=True, rank=info.rank,
                           world_size=info.world_size)
     steps_per_epoch = train_batches.steps_per_epoch()
-    if info.is_main and not (run_dir / "samples.png").is_file():
+    if info.is_main and saved is None:  # a fresh run (or --exist-ok) redraws it; a resume keeps the first one
         _plot_samples(run_dir / "samples.png", train_batches, data.source.classes, data.mean, data.std)
     train_loss_fn = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()
