@@ -22,6 +22,7 @@ from resnetlab.explain import (
     plot_misclassified,
     resolve_layer,
 )
+from resnetlab.metrics import rank_mistakes
 from resnetlab.models import ModelSpec, TTAModel, build_model, set_backbone_trainable
 
 SIZE = 32
@@ -170,6 +171,9 @@ def test_plot_misclassified_shows_only_mistakes(tmp_path):
     logits = torch.tensor([[5.0, 0, 0], [0, 5, 0], [0, 0, 9], [1, 0, 0], [0, 3, 0], [0, 0, 1]])
     targets = torch.tensor([0, 1, 0, 1, 2, 2])  # 3 wrong: rows 2 (p high), 3, 4
     path = tmp_path / "misclassified.png"
+    assert rank_mistakes(logits, targets).tolist() == [2, 4, 3]  # most confident first: p 1.00, 0.91, 0.58
+    tied = torch.zeros(4, 3)  # equal confidence: the split's order, so every caller lists the same mistakes
+    assert rank_mistakes(tied, torch.tensor([1, 0, 2, 2])).tolist() == [0, 2, 3]
     shown = plot_misclassified(model, images, targets, logits, ["a", "b", "c"], [0.5] * 3, [0.25] * 3, path,
                                limit=2)
     assert shown == 2 and path.stat().st_size > 1000

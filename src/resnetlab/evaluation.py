@@ -21,7 +21,7 @@ from .data.loaders import Batches
 from .data.sources import DataError, DataSource, SplitData, open_data
 from .data.transforms import to_rgb_array
 from .engine import amp_dtype_for, resolve_device, run_epoch
-from .metrics import classification_metrics
+from .metrics import classification_metrics, rank_mistakes
 from .models import TTAModel
 from .plots import image_grid, plot_confusion_matrix
 
@@ -143,20 +143,15 @@ def _plot_predictions(path: Path, images: torch.Tensor, logits: torch.Tensor, ta
 
 def _plot_misclassified(model: nn.Module, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
                         meta: ModelMeta, path: Path, device: torch.device, limit: int = MISCLASSIFIED_GALLERY) -> None:
-    """misclassified.png: the highest-loss mistakes with their Grad-CAM (resnetlab.explain draws it)."""
+    """misclassified.png: the most confident mistakes with their Grad-CAM (resnetlab.explain draws it).
+
+    The whole split goes in (uint8, already in memory): only the ``limit`` shown get a Grad-CAM pass, and the
+    title can state the split's total number of mistakes.
+    """
     from .explain import plot_misclassified
 
-    losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-    wrong = torch.nonzero(logits.argmax(dim=1) != targets).flatten()
-    if len(wrong) == 0:
-        return
-    # only the worst few go to Grad-CAM: the whole split could be tens of thousands of images
-    wrong = wrong[losses[wrong].argsort(descending=True)][: 4 * limit]
-    chosen = images[wrong]
-    if chosen.shape[1] == 1:  # grey built-ins are stored with one channel
-        chosen = chosen.expand(-1, 3, -1, -1).contiguous()
-    plot_misclassified(model.to(memory_format=torch.contiguous_format), chosen, targets[wrong], logits[wrong],
-                       meta.classes, meta.mean, meta.std, path, limit=limit, device=device)
+    plot_misclassified(model, images, targets, logits, meta.classes, meta.mean, meta.std, path, limit=limit,
+                       device=device)
 
 
 def _write_eval_report(checkpoint: Path, out_dir: Path) -> Path | None:
@@ -176,10 +171,8 @@ def _write_eval_report(checkpoint: Path, out_dir: Path) -> Path | None:
 
 def _write_misclassified(path: Path, logits: torch.Tensor, targets: torch.Tensor, split: SplitData,
                          kept: np.ndarray, classes: list[str]) -> None:
-    probabilities = logits.softmax(dim=1)
-    confidence, predicted = probabilities.max(dim=1)
-    wrong = torch.nonzero(predicted != targets).flatten()
-    wrong = wrong[confidence[wrong].argsort(descending=True)]  # most confident mistakes first
+    confidence, predicted = logits.softmax(dim=1).max(dim=1)
+    wrong = rank_mistakes(logits, targets)  # most confident mistakes first
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "true", "predicted", "confidence"])

@@ -30,6 +30,7 @@ from torch import nn
 from .config import ConfigError
 from .data.images import ImageReadError, decode_image, open_rgb
 from .data.transforms import preprocess_batch, stats_tensor
+from .metrics import rank_mistakes
 from .models import TTAModel
 from .plots import image_grid
 
@@ -280,14 +281,14 @@ def plot_misclassified(model: nn.Module, images: torch.Tensor, targets: torch.Te
     """misclassified.png: the most confident mistakes (highest predicted probability, the order of
     misclassified.csv), each as image + heat map of the predicted class, titled 'true / predicted (p)'.
 
-    images: uint8 N x C x S x S (decoded split), targets N, logits N x K on CPU.
-    Returns how many mistakes are shown (0 -> no file written).
+    images: uint8 N x C x S x S (the decoded split), targets N, logits N x K on CPU; the title states how many
+    of the split's mistakes are shown. Returns how many are shown (0 -> no file written).
     """
     cam_class(method)
-    probabilities = logits.float().softmax(dim=1)
-    confidence, predicted = probabilities.max(dim=1)
-    wrong = torch.nonzero(predicted != targets.cpu()).flatten()
-    chosen = wrong[confidence[wrong].argsort(descending=True)][:max(0, limit)]
+    targets = targets.cpu()
+    confidence, predicted = logits.float().softmax(dim=1).max(dim=1)
+    wrong = rank_mistakes(logits, targets)
+    chosen = wrong[:max(0, limit)]
     if len(chosen) == 0:
         return 0
     device = device or next(model.parameters()).device
@@ -300,7 +301,8 @@ def plot_misclassified(model: nn.Module, images: torch.Tensor, targets: torch.Te
         titles += [_title(classes[int(targets[i])], classes[int(predicted[i])], float(confidence[i])), method]
         colours += ["red", "black"]
     image_grid(panels, titles, path, columns=8, title_colors=colours,
-               suptitle=f"Most confident mistakes: {len(chosen)} of {len(wrong)} (heat map: predicted class)")
+               suptitle=f"Most confident mistakes: {len(chosen)} of {len(wrong)} in the split "
+                        "(heat map: predicted class)")
     return len(chosen)
 
 
@@ -468,10 +470,9 @@ def _misclassified_items(classifier, data: str, split: str, limit: int, batch_si
     decoded = decode_split(chosen, classifier.meta.img_size, workers=workers, progress=progress)
     logits = torch.cat([classifier.logits(decoded.images[b:b + batch_size])
                         for b in range(0, len(decoded), batch_size)]) if len(decoded) else torch.zeros(0, 1)
-    confidence, predicted = logits.softmax(dim=1).max(dim=1) if len(decoded) else (torch.zeros(0), torch.zeros(0))
-    wrong = torch.nonzero(predicted != decoded.labels).flatten()
-    wrong = wrong[confidence[wrong].argsort(descending=True)][:limit]
-    print(f"{split_name}: {len(decoded)} images, {int((predicted != decoded.labels).sum())} misclassified; "
+    mistakes = rank_mistakes(logits, decoded.labels) if len(decoded) else torch.zeros(0, dtype=torch.int64)
+    wrong = mistakes[:limit]
+    print(f"{split_name}: {len(decoded)} images, {len(mistakes)} misclassified; "
           f"explaining the {len(wrong)} most confident mistake(s)", flush=True)
     items = []
     for rank, i in enumerate(wrong.tolist()):

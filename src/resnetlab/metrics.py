@@ -2,6 +2,7 @@
 
     report = classification_metrics(logits, targets, classes)
     report["accuracy"], report["per_class"]["cat"]["f1"]
+    wrong = rank_mistakes(logits, targets)   # misclassified positions, most confident first
 """
 
 from __future__ import annotations
@@ -40,3 +41,14 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes:
     result["confusion_matrix"] = confusion_matrix(truth, predicted, labels=labels).tolist()
     return result
 
+
+
+def rank_mistakes(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Positions (LongTensor) of the misclassified rows, the most confident prediction first.
+
+    The one order of misclassified.csv, misclassified.png and ``explain --misclassified``; ties keep the
+    split's order (stable sort), so every caller lists the same mistakes.
+    """
+    confidence, predicted = logits.float().softmax(dim=1).max(dim=1)
+    wrong = torch.nonzero(predicted != targets.to(predicted.device)).flatten()
+    return wrong[confidence[wrong].argsort(descending=True, stable=True)]

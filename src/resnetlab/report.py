@@ -27,7 +27,7 @@ KNOWN_FIGURES = {
     "samples.png": "A training batch as the model sees it (after augmentation, de-normalised)",
     "confusion_matrix.png": "Confusion matrix: counts and row-normalised (recall)",
     "predictions.png": "Validation images: predicted (probability) / true; mistakes in red",
-    "misclassified.png": "Highest-loss mistakes with Grad-CAM",
+    "misclassified.png": "The most confident mistakes, each beside its Grad-CAM heat map",
     "explain_grid.png": "Grad-CAM explanations",
     "lr_find.png": "Learning-rate range test",
 }
