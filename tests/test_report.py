@@ -119,6 +119,33 @@ def test_evaluation_never_keeps_an_earlier_runs_gallery(tmp_path: Path, run):
     assert not (out / "misclassified.png").is_file() or (out / "misclassified.png").read_bytes() != old
 
 
+def test_a_gallery_that_fails_costs_neither_the_metrics_nor_the_other_gallery(tmp_path: Path, capsys):
+    from resnetlab.checkpoint import ModelMeta
+    from resnetlab.data.cache import DecodedSplit
+    from resnetlab.data.sources import SplitData
+    from resnetlab.evaluation import _print_summary, write_evaluation
+    from resnetlab.models import ModelSpec
+
+    torch.manual_seed(0)
+    # no convolution anywhere: Grad-CAM has no layer to look at, so misclassified.png fails for real
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3)).eval()
+    images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(12) % 3
+    classes = ["a", "b", "c"]
+    meta = ModelMeta(ModelSpec("resnet18", 3), classes, 8, [0.5] * 3, [0.25] * 3)
+    split = SplitData("val", labels.numpy(), images=images.permute(0, 2, 3, 1).numpy())
+    metrics = write_evaluation(model, meta, DecodedSplit(images, labels, np.arange(12)), split, tmp_path,
+                               device=torch.device("cpu"), progress=False)
+    assert metrics["accuracy"] < 1.0  # there are mistakes to draw
+    printed = capsys.readouterr().out
+    assert f"could not draw {tmp_path / 'misclassified.png'}" in printed and "Conv2d" in printed
+    assert (tmp_path / "predictions.png").is_file() and (tmp_path / "metrics.json").is_file()
+    assert not (tmp_path / "misclassified.png").exists()
+    _print_summary(metrics, classes, tmp_path)
+    wrote = capsys.readouterr().out.strip().splitlines()[-1]
+    assert wrote.startswith("wrote ") and "predictions.png" in wrote and "misclassified.png" not in wrote
+
+
 def test_report_of_a_partial_folder_leaves_pieces_out(tmp_path: Path, run):
     partial = tmp_path / "partial"
     partial.mkdir()

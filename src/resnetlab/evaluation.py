@@ -28,6 +28,7 @@ from .plots import image_grid, plot_confusion_matrix
 PREDICTION_GALLERY = 24  # validation images in predictions.png
 MISCLASSIFIED_GALLERY = 16  # mistakes in misclassified.png
 GALLERIES = ("predictions.png", "misclassified.png")
+EVALUATION_FILES = ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "misclassified.csv", *GALLERIES)
 
 
 def select_split(source: DataSource, split: str) -> tuple[str, list[str]]:
@@ -117,13 +118,17 @@ def write_evaluation(model: nn.Module, meta: ModelMeta, decoded: DecodedSplit, s
     _write_misclassified(out_dir / "misclassified.csv", result.logits, result.targets, split, decoded.kept,
                          meta.classes)
     if figures:
-        try:  # a gallery that cannot be drawn must not lose the metrics above
-            _plot_predictions(out_dir / "predictions.png", decoded.images, result.logits, result.targets,
-                              meta.classes)
-            _plot_misclassified(model, decoded.images, result.logits, result.targets, meta,
-                                out_dir / "misclassified.png", device)
-        except Exception as err:  # noqa: BLE001
-            print(f"warning: could not draw the galleries in {out_dir}: {type(err).__name__}: {err}", flush=True)
+        # one try per gallery: a figure that cannot be drawn loses neither the metrics above nor the other one
+        for name, draw in (
+                ("predictions.png", lambda path: _plot_predictions(path, decoded.images, result.logits,
+                                                                   result.targets, meta.classes)),
+                ("misclassified.png", lambda path: _plot_misclassified(model, decoded.images, result.logits,
+                                                                       result.targets, meta, path, device))):
+            try:
+                draw(out_dir / name)
+            except Exception as err:  # noqa: BLE001
+                (out_dir / name).unlink(missing_ok=True)  # never half a figure
+                print(f"warning: could not draw {out_dir / name}: {type(err).__name__}: {err}", flush=True)
     return metrics
 
 
@@ -193,5 +198,6 @@ def _print_summary(metrics: dict, classes: list[str], out_dir: Path) -> None:
         print(f"{name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}")
     if metrics["skipped"]:
         print(f"skipped {len(metrics['skipped'])} unreadable image(s) (listed in metrics.json)")
-    print(f"wrote {out_dir}/metrics.json, confusion_matrix.csv, confusion_matrix.png, misclassified.csv, "
-          "predictions.png", flush=True)
+    # the galleries of an earlier run were removed before drawing, so what exists now was written now
+    written = [name for name in EVALUATION_FILES if (out_dir / name).is_file()]
+    print(f"wrote {out_dir}/{', '.join(written)}", flush=True)
