@@ -145,3 +145,20 @@ def test_bare_state_dict_of_a_narrow_model_is_rebuilt(tmp_path: Path):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(model(x), original(x))
+
+
+@pytest.mark.parametrize("width", [0.3, 0.1])
+def test_bare_state_dict_of_an_odd_width_is_rebuilt(tmp_path: Path, width: float):
+    from resnetlab.checkpoint import load_model
+
+    # 0.3 -> stages 19-38-77-154: the first block alone (19/64) would rebuild 76 channels in layer3
+    spec = ModelSpec("resnet18", 3, stem="small", width=width)
+    original = build_model(spec).eval()
+    torch.save(original.state_dict(), tmp_path / "notebook.pth")
+    model, meta = load_model(tmp_path / "notebook.pth", arch="resnet18", classes=["a", "b", "c"], img_size=16)
+    assert meta.spec.width == pytest.approx(width)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in
+                                                                   original.state_dict().items()}
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), original(x))

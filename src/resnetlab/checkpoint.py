@@ -146,20 +146,29 @@ def _from_bare_state_dict(path: Path, payload: dict, arch: str | None, classes: 
 
 
 def _spec_that_fits(state: dict[str, torch.Tensor], spec: ModelSpec) -> ModelSpec:
-    """The --width a bare state_dict was trained with: the stem keeps 64 channels whatever the width, so the
-    first block's width is read instead (x1 for basic blocks and bottlenecks; grouped ResNeXt blocks are wider)."""
-    first = state.get("layer1.0.conv1.weight")
-    if first is None:
+    """The --width a bare state_dict was trained with, read from the stage widths and checked against every key.
+
+    Stage widths are rounded per stage (``round(c * width)``), so one stage alone can mislead: with --width 0.3
+    the stages are 19-38-77-154 and 19/64 rebuilds 76 in layer3. Candidates come from the first block of
+    layer1 (x1 for basic blocks and bottlenecks, x2 / x4 for wider grouped blocks) and of layer4 (/512...),
+    each also rounded to two decimals (what a user types); the first whose every tensor shape matches wins.
+    """
+    sources = [(state.get("layer1.0.conv1.weight"), 64), (state.get("layer4.0.conv1.weight"), 512)]
+    raw = [int(weight.shape[0]) / (base * factor) for weight, base in sources if weight is not None
+           for factor in (1, 2, 4)]
+    if not raw:
         return spec
-    for width in (1.0, first.shape[0] / 64, first.shape[0] / 128, first.shape[0] / 256):
+    candidates = list(dict.fromkeys([1.0] + [w for value in raw for w in (round(value, 2), value)]))
+    for width in candidates:
         if not 0.0625 <= width <= 4.0:
             continue
         candidate = ModelSpec(**{**spec.to_dict(), "width": width})
         try:
-            if build_model(candidate).state_dict()["layer1.0.conv1.weight"].shape == first.shape:
-                return candidate
+            built = build_model(candidate).state_dict()
         except ModelError:
             continue
+        if all(key in state and state[key].shape == value.shape for key, value in built.items()):
+            return candidate
     return spec
 
 
