@@ -9,6 +9,7 @@ stops the run without overwriting the last good checkpoint, and ``--resume`` con
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import random
@@ -491,6 +492,10 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
         log(f"distributed: weights {'identical' if spread <= 1e-9 * max(1.0, sums[1]) else 'DIFFERENT'} across "
             f"{info.world_size} ranks (checksum {sums[0] / info.world_size:.6f})")
     if info.is_main and stopped in (None, "early-stop"):
+        # the evaluation decodes nothing new but needs room for its own batches and Grad-CAM's activations:
+        # drop the training batches (on the GPU when they fit there) and the optimizer's moments first
+        train_batches = val_batches = batches = None  # releases the tensors they hold
+        _release_training_memory(optimizer, device)
         _finish_run(run_dir, data, device, cfg)
     if stopped is None:
         log(f"done in {time.perf_counter() - started:.0f}s: best val acc {state.best_acc:.4f} at epoch "
@@ -583,6 +588,17 @@ def _plot_samples(path: Path, batches: Batches, classes: list[str], mean: list[f
                    suptitle="training batch after augmentation (de-normalised)")
     except Exception as err:  # noqa: BLE001 - a plot must never end a training run
         log(f"warning: could not draw samples.png: {err}")
+
+
+def _release_training_memory(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Free what only training needed (optimizer moments, cached GPU blocks); never fails a finished run."""
+    try:
+        optimizer.state.clear()  # last.pt already holds it; momentum/Adam moments are 1-2x the weights
+        gc.collect()  # the batches' tensors may sit in reference cycles (generators, closures)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    except Exception as err:  # noqa: BLE001 - the checkpoints are safe; the evaluation can still try
+        log(f"warning: could not release training memory before the end-of-run evaluation: {err}")
 
 
 def _finish_run(run_dir: Path, data: PreparedData, device: torch.device, cfg: TrainConfig) -> None:
