@@ -151,6 +151,16 @@ def test_bad_settings_fail_before_training_with_clear_messages(split_folders: Pa
     assert "could not download pretrained weights" in err and "Traceback" not in err
 
 
+def test_batch_sizes_below_one_are_refused_before_loading(split_folders: Path, tmp_path: Path, capsys):
+    missing = str(tmp_path / "never-loaded.pt")  # the count is checked first, so no checkpoint is needed
+    for verb, args in (("predict", [missing, str(split_folders / "Val")]),
+                       ("evaluate", [missing, str(split_folders)])):
+        for value in ("0", "-1"):
+            assert main([verb, *args, "--batch-size", value, "--no-progress"]) == 2, (verb, value)
+            err = capsys.readouterr().err
+            assert err.startswith(f"resnetlab {verb}: error: --batch-size must be at least 1, got {value}"), err
+
+
 def test_unknown_setting_suggests_the_right_name(split_folders: Path, tmp_path: Path, capsys):
     config = tmp_path / "typo.yaml"
     config.write_text("epocs: 3\n")

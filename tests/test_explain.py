@@ -234,7 +234,9 @@ def test_cli_errors_name_the_wrong_value(corner_run, tmp_path, capsys):
     for flags, expected in ((["--method", "gradkam"], "gradkam"), (["--layer", "layer7"], "layer7"),
                             (["--target", "zebra"], "zebra' is not pred, true or one of the model's classes: "
                                                     "blue patch, réd patch"),
-                            (["--target", "true"], "--misclassified")):
+                            (["--target", "true"], "--misclassified"),
+                            (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+                            (["--batch-size", "-4"], "--batch-size must be at least 1, got -4")):
         assert main(base + flags) == 2, flags
         err = capsys.readouterr().err
         assert err.startswith("resnetlab explain: error:") and expected in err, err

@@ -64,3 +64,8 @@ def test_cli_summary_flags_json_and_errors(tmp_path: Path, capsys):
     assert "either --model" in capsys.readouterr().err
     assert main(["summary", "--model", "resnet1800"]) == 2
     assert "unknown model" in capsys.readouterr().err
+    for flags, expected in ((["--depth", "0"], "--depth must be at least 1, got 0"),
+                            (["--img-size", "0"], "--img-size must be at least 1, got 0")):
+        assert main(["summary", "--model", "resnet18", *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith("resnetlab summary: error:") and expected in err and "Traceback" not in err

@@ -21,6 +21,12 @@ class ConfigError(ValueError):
     """A setting has a wrong name, type or value; the message says which and what is allowed."""
 
 
+def require_at_least(flag: str, value: int, minimum: int = 1) -> None:
+    """A count given on the command line or to the API (``--batch-size``, ``--depth``) that must be >= minimum."""
+    if value < minimum:
+        raise ConfigError(f"{flag} must be at least {minimum}, got {value}")
+
+
 def _opt(default: Any, help: str, choices: tuple | None = None, flag: str | None = None) -> Any:
     meta = {"help": help, "choices": choices, "flag": flag}
     if isinstance(default, (list, dict)):

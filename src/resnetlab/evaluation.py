@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoint import ModelMeta, load_model, read_checkpoint
+from .config import require_at_least
 from .data.cache import DecodedSplit, decode_split
 from .data.loaders import Batches
 from .data.sources import DataError, DataSource, SplitData, open_data
@@ -58,6 +59,7 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
              arch: str | None = None, classes: list[str] | None = None, img_size: int | None = None,
              cache_dir: str | None = None, amp: str = "auto", tta: str = "none", progress: bool = True) -> dict:
     """Metrics of ``checkpoint`` on ``split`` of ``data``; files are written to ``out``."""
+    require_at_least("--batch-size", batch_size)
     torch_device = resolve_device(device)
     payload = read_checkpoint(checkpoint) if Path(checkpoint).suffix != ".safetensors" else None
     model, meta = load_model(checkpoint, device=torch_device, arch=arch, classes=classes, img_size=img_size,

@@ -356,6 +356,8 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
         raise ExplainError("give image files/folders or --misclassified DATA (one of the two)")
     if limit < 1:
         raise ExplainError(f"--limit must be at least 1, got {limit}")
+    if batch_size < 1:
+        raise ExplainError(f"--batch-size must be at least 1, got {batch_size}")
     torch_device = resolve_device(device)
     payload = read_checkpoint(checkpoint) if Path(checkpoint).suffix != ".safetensors" else None
     model, meta = load_model(checkpoint, device=torch_device, arch=arch, classes=classes, img_size=img_size,

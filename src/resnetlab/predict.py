@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .checkpoint import ModelMeta, load_model
+from .config import ConfigError, require_at_least
 from .data.cache import decode_split
 from .data.images import decode_image, list_images
 from .data.sources import SplitData
@@ -120,6 +121,7 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
     ``cam``: a folder that gets a Grad-CAM overlay PNG of the predicted class per image (explain.py), its path in
     a ``cam`` column before ``error``.
     """
+    require_at_least("--batch-size", batch_size)  # before the model is loaded
     classifier = load(checkpoint, device=device, arch=arch, classes=classes, img_size=img_size, tta=tta)
     files = expand_inputs(inputs)
     if not files:
@@ -129,8 +131,6 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
     header += ["cam", "error"] if cam else ["error"]
     cam_dir = Path(cam) if cam else None
     if cam_dir and getattr(classifier, "model", None) is None:
-        from .config import ConfigError
-
         raise ConfigError(f"--cam needs a PyTorch checkpoint (heat maps need gradients); {checkpoint} runs in "
                           "onnxruntime")
     if cam_dir:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .config import require_at_least
 from .models import ModelSpec, build_model, resolve_stem
 
 DEFAULT_DEPTH = 2  # stem layers, each stage and its blocks, pooling, head
@@ -41,8 +42,8 @@ def summarize(model: nn.Module, img_size: int, device: torch.device | str = "cpu
     """Run one img_size x img_size image through ``model`` (in eval mode, restored after) and measure it."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    if depth < 1:
-        raise ValueError(f"summary depth must be at least 1, got {depth}")
+    require_at_least("--depth", depth)  # 0 would show no layer at all
+    require_at_least("--img-size", img_size)
     shown = [(name, module) for name, module in model.named_modules()
              if name and name.count(".") < depth]  # named_modules: parents before their children
     shapes: dict[str, tuple[int, ...]] = {}
