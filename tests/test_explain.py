@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import resnetlab
+from resnetlab import explain as explain_module
 from resnetlab.cli import main
 from resnetlab.data.images import decode_image
 from resnetlab.data.transforms import preprocess_batch, stats_tensor
@@ -182,7 +183,7 @@ def test_plot_misclassified_shows_only_mistakes(tmp_path):
     assert right == 0 and not (tmp_path / "none.png").exists()
 
 
-def test_cli_explains_a_folder_at_original_sizes(corner_run, tmp_path, capsys):
+def test_cli_explains_a_folder_at_original_sizes(corner_run, tmp_path, capsys, monkeypatch):
     checkpoint, data = corner_run
     inputs = tmp_path / "in"
     for folder in ("a", "b"):  # the same base name in two folders
@@ -210,6 +211,18 @@ def test_cli_explains_a_folder_at_original_sizes(corner_run, tmp_path, capsys):
     # numbered by position among the inputs (broken.png, wide.png, a/..., b/...): same base names stay apart
     assert sorted(r["overlay"] for r in explained) == ["0001_wide.png", "0002_cat phöto.png", "0003_cat phöto.png"]
     assert (out / "explain_grid.png").stat().st_size > 1000
+
+    # decoded in rounds of FILE_CHUNK files (bounded memory): numbering and CSV order do not depend on it
+    monkeypatch.setattr(explain_module, "FILE_CHUNK", 3)  # rounds of 3 + 1, the broken file in the first
+    chunked = tmp_path / "chunked"
+    assert main(["explain", str(checkpoint), str(inputs), "--out", str(chunked), "--no-progress", "--workers",
+                 "1", "--batch-size", "2"]) == 0
+    again = read_csv(chunked / "explain.csv")
+    columns = ["path", "overlay", "true", "predicted", "target", "error"]
+    assert [[r[c] for c in columns] for r in again] == [[r[c] for c in columns] for r in rows]
+    assert [float(r["probability"] or 0) for r in again] == pytest.approx([float(r["probability"] or 0) for r in rows],
+                                                                          abs=1e-4)
+    assert sorted(p.name for p in chunked.glob("0*.png")) == sorted(r["overlay"] for r in explained)
 
 
 def test_cli_explains_the_most_confident_mistakes(corner_run, tmp_path):

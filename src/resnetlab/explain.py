@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,7 @@ CAM_METHODS: dict[str, type] = {
 }
 TARGET_CHOICES = "pred, true or a class name"
 GRID_MAX = 64  # images in explain_grid.png; every image still gets its own overlay file
+FILE_CHUNK = 1024  # input files decoded per round (as predict): bounds memory on huge folders
 
 
 class ExplainError(ConfigError):
@@ -373,17 +374,57 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
                                                           workers, data_root or saved.get("data_root"), saved,
                                                           progress)
         default_out = Path(checkpoint).parent / f"explain-misclassified-{split_name}"
+        total = len(items) + len(skipped)
+        chunks: Iterator[tuple[list[_Item], list[dict]]] = iter([(items, skipped)])
     else:
-        items, skipped = _file_items(classifier, inputs, workers)
-        default_out = Path(checkpoint).parent / "explain"
-        if not items and not skipped:
+        from .predict import expand_inputs
+
+        files = expand_inputs(inputs)
+        if not files:
             raise DataError(f"no input images found in {', '.join(map(str, inputs))}")
+        default_out = Path(checkpoint).parent / "explain"
+        total = len(files)
+        chunks = _file_chunks(classifier, files, workers)  # decoded lazily, FILE_CHUNK files at a time
     out_dir = Path(out) if out else default_out
     out_dir.mkdir(parents=True, exist_ok=True)
-    for entry in skipped:
-        print(f"skipped {entry['path']}: {entry['reason']}", flush=True)
 
-    rows, grid, grid_titles, grid_colours = [], [], [], []
+    rows, grid, grid_titles, grid_colours, all_skipped = [], [], [], [], []
+    for items, skipped in chunks:
+        for entry in skipped:
+            print(f"skipped {entry['path']}: {entry['reason']}", flush=True)
+        all_skipped += skipped
+        _explain_chunk(classifier, items, total, out_dir, rows, (grid, grid_titles, grid_colours),
+                       chosen_target=chosen_target, method=method, layer=layer, layer_name=layer_name,
+                       batch_size=batch_size, checkpoint=str(checkpoint))
+    skipped = all_skipped
+    # input order, as predict's CSV; a data set's unreadable files (no input position) come last
+    rows += [(entry.get("number", total), [entry["path"], "", "", "", "", "", entry["reason"]]) for entry in skipped]
+    rows = [row for _, row in sorted(rows, key=lambda pair: pair[0])]
+
+    with open(out_dir / "explain.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "overlay", "true", "predicted", "probability", "target", "error"])
+        writer.writerows(rows)
+    explained = sum(1 for row in rows if row[1])
+    if grid:
+        image_grid(grid, grid_titles, out_dir / "explain_grid.png", columns=8, title_colors=grid_colours,
+                   suptitle=f"{method} on {layer_name}, target: {target}"
+                            + (f" (first {GRID_MAX} of {explained})" if explained > GRID_MAX else ""))
+    summary = {"images": total, "explained": explained, "skipped": skipped,
+               "out": str(out_dir), "method": method, "layer": layer_name}
+    written = "explain_grid.png, explain.csv" if grid else "explain.csv"
+    print(f"explained {explained} image(s) with {method} on {layer_name}, {len(skipped)} skipped; "
+          f"wrote {out_dir}/ ({written} and {explained} overlay PNG(s))", flush=True)
+    return summary
+
+
+def _explain_chunk(classifier, items: list[_Item], total: int, out_dir: Path, rows: list, grid: tuple[list, list, list],
+                   *, chosen_target: str | int, method: str, layer: str | None, layer_name: str, batch_size: int,
+                   checkpoint: str) -> None:
+    """Overlays of ``items`` (batched CAM passes) written to ``out_dir``; their CSV rows (keyed by input
+    position) go to ``rows`` and the first GRID_MAX thumbnails, titles and colours to ``grid``."""
+    meta = classifier.meta
+    grid_images, grid_titles, grid_colours = grid
     for start in range(0, len(items), batch_size):
         batch_items = items[start:start + batch_size]
         batch = torch.stack([item.image for item in batch_items])
@@ -405,7 +446,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
                 print(f"skipped {item.source}: {err.reason}", flush=True)
                 rows.append((item.number, [item.source, "", true or "", "", "", "", err.reason]))
                 continue
-            name = overlay_name(item.number, item.source, len(items) + len(skipped))
+            name = overlay_name(item.number, item.source, total)
             save_png(picture, out_dir / name, {
                 "source": item.source, "true": true or "", "predicted": label,
                 "probability": f"{float(confidence[j]):.6f}", "target": meta.classes[targets[j]],
@@ -413,47 +454,27 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
                 "layer": layer_name, "checkpoint": str(checkpoint)})
             rows.append((item.number, [item.source, name, true or "", label, f"{float(confidence[j]):.6f}",
                                        meta.classes[targets[j]], ""]))
-            if len(grid) < GRID_MAX:
+            if len(grid_images) < GRID_MAX:
                 picture.thumbnail((160, 160))
-                grid.append(picture)
+                grid_images.append(picture)
                 grid_titles.append(_title(true, label, float(confidence[j])))
                 grid_colours.append("black" if true is None else ("green" if true == label else "red"))
-    # input order, as predict's CSV; a data set's unreadable files (no input position) come last
-    rows += [(entry.get("number", len(items) + len(skipped)), [entry["path"], "", "", "", "", "", entry["reason"]])
-             for entry in skipped]
-    rows = [row for _, row in sorted(rows, key=lambda pair: pair[0])]
-
-    with open(out_dir / "explain.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "overlay", "true", "predicted", "probability", "target", "error"])
-        writer.writerows(rows)
-    explained = sum(1 for row in rows if row[1])
-    if grid:
-        image_grid(grid, grid_titles, out_dir / "explain_grid.png", columns=8, title_colors=grid_colours,
-                   suptitle=f"{method} on {layer_name}, target: {target}"
-                            + (f" (first {GRID_MAX} of {explained})" if explained > GRID_MAX else ""))
-    summary = {"images": len(items) + len(skipped), "explained": explained, "skipped": skipped,
-               "out": str(out_dir), "method": method, "layer": layer_name}
-    written = "explain_grid.png, explain.csv" if grid else "explain.csv"
-    print(f"explained {explained} image(s) with {method} on {layer_name}, {len(skipped)} skipped; "
-          f"wrote {out_dir}/ ({written} and {explained} overlay PNG(s))", flush=True)
-    return summary
 
 
-def _file_items(classifier, inputs: Sequence[str], workers: int | None) -> tuple[list[_Item], list[dict]]:
-    """Decode the files as predict does (same parallel decode, no disk cache); unreadable ones are listed."""
+def _file_chunks(classifier, files: list[str], workers: int | None) -> Iterator[tuple[list[_Item], list[dict]]]:
+    """(items, unreadable) per FILE_CHUNK files, decoded as predict does (same parallel decode, no disk cache);
+    numbers are positions among all the inputs, so names and CSV order do not depend on the chunking."""
     from .data.cache import decode_split
     from .data.sources import SplitData
-    from .predict import expand_inputs
 
-    files = expand_inputs(inputs)
-    if not files:
-        return [], []
-    decoded = decode_split(SplitData("explain", np.zeros(len(files), dtype=np.int64), files),
-                           classifier.meta.img_size, workers=workers, progress=False, use_cache=False)
-    items = [_Item(files[int(p)], files[int(p)], image, int(p)) for p, image in zip(decoded.kept, decoded.images)]
-    position = {path: i for i, path in enumerate(files)}
-    return items, [{**entry, "number": position.get(entry["path"], len(files))} for entry in decoded.skipped]
+    for start in range(0, len(files), FILE_CHUNK):
+        chunk = files[start:start + FILE_CHUNK]
+        decoded = decode_split(SplitData("explain", np.zeros(len(chunk), dtype=np.int64), chunk),
+                               classifier.meta.img_size, workers=workers, progress=False, use_cache=False)
+        items = [_Item(chunk[int(p)], chunk[int(p)], image, start + int(p))
+                 for p, image in zip(decoded.kept, decoded.images)]
+        position = {path: start + i for i, path in enumerate(chunk)}
+        yield items, [{**entry, "number": position.get(entry["path"], len(files))} for entry in decoded.skipped]
 
 
 def _misclassified_items(classifier, data: str, split: str, limit: int, batch_size: int, workers: int | None,
