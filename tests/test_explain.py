@@ -135,6 +135,19 @@ def test_every_method_gives_maps_in_unit_range(method):
     assert default_target_layer(model) is model.layer4[-1]  # AblationCAM swapped it out and back
 
 
+@pytest.mark.parametrize("method", ["scorecam", "ablationcam"])
+def test_no_progress_silences_the_librarys_per_channel_bars(method, capsys):
+    model = tiny_model()
+    x = torch.randn(1, 3, 16, 16)
+    compute_cams(model, x, [0], method=method)
+    assert "it/s" in capsys.readouterr().err  # grad-cam draws a bar by default...
+    quiet = compute_cams(model, x, [0], method=method, progress=False)
+    assert capsys.readouterr().err == ""  # ...and none with progress=False (explain --no-progress, serve)
+    assert quiet.shape == (1, 16, 16) and quiet.max() > 0
+    compute_cams(model, x, [0], method=method)
+    assert "it/s" in capsys.readouterr().err  # the library's own tqdm is back afterwards
+
+
 def test_default_and_named_layers():
     for arch in ("resnet18", "resnet50"):
         model = build_model(ModelSpec(arch, 4, width=0.25))

@@ -148,6 +148,19 @@ def test_explain_returns_a_png_or_a_clear_501(client):
     assert client.post("/explain").status_code == 422  # the file field is required
 
 
+@pytest.mark.skipif(not explain_available(), reason="resnetlab.explain (grad-cam) is not installed")
+def test_explain_serves_only_single_pass_methods(client):
+    # scorecam/ablationcam: one forward pass per channel on the model thread /predict waits on
+    for method in ("scorecam", "ablationcam", "gradkam"):
+        response = client.post("/explain", params={"method": method}, files=one("red.png", png_bytes(32)))
+        assert response.status_code == 422, method
+        detail = response.json()["detail"]
+        assert f"'{method}' is not served" in detail and "gradcam, gradcam++, xgradcam, layercam, eigencam" in detail
+    for method in ("gradcam++", "eigencam"):
+        response = client.post("/explain", params={"method": method}, files=one("red.png", png_bytes(32)))
+        assert response.status_code == 200 and Image.open(io.BytesIO(response.content)).format == "PNG", method
+
+
 def test_inference_queue_is_bounded_and_batches_waiting_requests(model):
     classifier, _ = model
     worker = InferenceWorker(classifier, max_batch=32, max_pending=2)

@@ -13,12 +13,16 @@ import csv
 import difflib
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import torch
+import tqdm
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from pytorch_grad_cam import AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, XGradCAM
@@ -117,11 +121,13 @@ def cam_class(method: str) -> type:
 
 # ---------------------------------------------------------------------- heat maps
 def compute_cams(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None = None, *,
-                 method: str = "gradcam", layer: str | None = None, batch_size: int = 32) -> np.ndarray:
+                 method: str = "gradcam", layer: str | None = None, batch_size: int = 32,
+                 progress: bool = True) -> np.ndarray:
     """x: normalised float N x 3 x S x S on the model's device; targets: class index per image (None = predicted).
 
     Returns N x S x S float32 in [0, 1]. Batched: one CAM object, forward passes of ``batch_size`` images.
     The model's train/eval mode, ``requires_grad`` flags and ``.grad`` tensors are as before afterwards.
+    ``progress=False`` silences the per-channel progress bars scorecam and ablationcam draw on stderr.
     """
     factory = cam_class(method)
     network = unwrap_network(model)
@@ -144,7 +150,8 @@ def compute_cams(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | Non
         for parameter in network.parameters():
             parameter.requires_grad_(False)
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
-            with _make_cam(factory, network, target_layer, batch_size) as cam:  # `with` releases the hooks
+            # leaving the `with` releases the CAM's hooks (and puts grad-cam's progress bars back)
+            with _library_bars(progress), _make_cam(factory, network, target_layer, batch_size) as cam:
                 for start in range(0, len(x), batch_size):
                     # a plain fp32 leaf even when x was made under inference_mode or autocast
                     batch = x[start:start + batch_size].detach().clone().float().requires_grad_(True)
@@ -163,6 +170,26 @@ def compute_cams(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | Non
     if done != len(x):  # the library's __exit__ swallows IndexError; never return half-filled maps silently
         raise RuntimeError(f"{method} stopped after {done} of {len(x)} images")
     return np.clip(result, 0.0, 1.0)
+
+
+@contextmanager
+def _library_bars(shown: bool) -> Iterator[None]:
+    """grad-cam's ScoreCAM and AblationCAM wrap their per-channel loops in ``tqdm.tqdm(...)`` with no switch:
+    with ``shown`` False their modules see a tqdm that is disabled, for the duration of the block only."""
+    if shown:
+        yield
+        return
+    from pytorch_grad_cam import ablation_cam, score_cam
+
+    quiet = SimpleNamespace(tqdm=partial(tqdm.tqdm, disable=True))
+    saved = [(module, module.tqdm) for module in (score_cam, ablation_cam)]
+    for module, _ in saved:
+        module.tqdm = quiet
+    try:
+        yield
+    finally:
+        for module, original in saved:
+            module.tqdm = original
 
 
 def _make_cam(factory: type, network: nn.Module, target_layer: nn.Module, batch_size: int):
@@ -234,7 +261,7 @@ def overlay_for_image(classifier, image: Image.Image, method: str = "gradcam") -
     batch = decode_image(rgb, classifier.meta.img_size)[None]  # 1 x 3 x S x S uint8
     probabilities = classifier.logits(batch).softmax(dim=1)[0]  # K, the same prediction as /predict
     predicted = int(probabilities.argmax())
-    cams = cams_for_batch(classifier, batch, [predicted], method=method)
+    cams = cams_for_batch(classifier, batch, [predicted], method=method, progress=False)  # a server: no bars
     result = overlay(rgb, cams[0])
     probability = float(probabilities[predicted])
     result.info.update({"predicted": classifier.classes[predicted], "probability": f"{probability:.6f}",
@@ -243,12 +270,13 @@ def overlay_for_image(classifier, image: Image.Image, method: str = "gradcam") -
 
 
 def cams_for_batch(classifier, batch_uint8: torch.Tensor, targets: Sequence[int] | None, *, method: str = "gradcam",
-                   layer: str | None = None, batch_size: int = 32) -> np.ndarray:
+                   layer: str | None = None, batch_size: int = 32, progress: bool = True) -> np.ndarray:
     """uint8 N x C x S x S decoded images -> N x S x S heat maps, with the classifier's own normalisation."""
     device = classifier.device
     x = preprocess_batch(batch_uint8.to(device), stats_tensor(classifier.meta.mean, device),
                          stats_tensor(classifier.meta.std, device), channels_last=True)
-    return compute_cams(classifier.model, x, targets, method=method, layer=layer, batch_size=batch_size)
+    return compute_cams(classifier.model, x, targets, method=method, layer=layer, batch_size=batch_size,
+                        progress=progress)
 
 
 def save_png(image: Image.Image, path: str | Path, text: dict[str, str]) -> None:
@@ -395,7 +423,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
         all_skipped += skipped
         _explain_chunk(classifier, items, total, out_dir, rows, (grid, grid_titles, grid_colours),
                        chosen_target=chosen_target, method=method, layer=layer, layer_name=layer_name,
-                       batch_size=batch_size, checkpoint=str(checkpoint))
+                       batch_size=batch_size, checkpoint=str(checkpoint), progress=progress)
     skipped = all_skipped
     # input order, as predict's CSV; a data set's unreadable files (no input position) come last
     rows += [(entry.get("number", total), [entry["path"], "", "", "", "", "", entry["reason"]]) for entry in skipped]
@@ -420,7 +448,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
 
 def _explain_chunk(classifier, items: list[_Item], total: int, out_dir: Path, rows: list, grid: tuple[list, list, list],
                    *, chosen_target: str | int, method: str, layer: str | None, layer_name: str, batch_size: int,
-                   checkpoint: str) -> None:
+                   checkpoint: str, progress: bool) -> None:
     """Overlays of ``items`` (batched CAM passes) written to ``out_dir``; their CSV rows (keyed by input
     position) go to ``rows`` and the first GRID_MAX thumbnails, titles and colours to ``grid``."""
     meta = classifier.meta
@@ -436,7 +464,8 @@ def _explain_chunk(classifier, items: list[_Item], total: int, out_dir: Path, ro
             targets = [int(item.true) for item in batch_items]
         else:
             targets = [int(chosen_target)] * len(batch_items)
-        cams = cams_for_batch(classifier, batch, targets, method=method, layer=layer, batch_size=batch_size)
+        cams = cams_for_batch(classifier, batch, targets, method=method, layer=layer, batch_size=batch_size,
+                              progress=progress)
         for j, (item, cam) in enumerate(zip(batch_items, cams)):
             true = meta.classes[item.true] if item.true is not None else None
             label = meta.classes[int(predicted[j])]

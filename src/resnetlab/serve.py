@@ -32,6 +32,9 @@ if TYPE_CHECKING:  # torch and PIL load when serving starts, so `resnetlab --hel
     from .predict import Classifier
 
 MB = 1024 * 1024
+# /explain runs on the single model thread that /predict waits on, so only methods costing one forward (and one
+# backward) pass; scorecam and ablationcam run one forward pass per feature channel (resnetlab explain has them)
+SERVED_CAM_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "eigencam")
 _STOP = ("stop", None, None)  # the worker's last job
 
 
@@ -357,11 +360,16 @@ def create_app(classifier: "Classifier", limits: ServeLimits | None = None):
               responses={200: {"content": {"image/png": {}}, "description": "the overlay image"}, **errors,
                          501: {"model": Error, "description": "explanations unavailable (no grad-cam, ONNX model)"}})
     async def explain_image(file: UploadFile = File(..., description="one image"),
-                            method: str = Query("gradcam", description="CAM method")) -> Response:
+                            method: str = Query("gradcam", description="CAM method: "
+                                                + ", ".join(SERVED_CAM_METHODS))) -> Response:
         if isinstance(explain, ImportError):
             raise HTTPException(501, f"explanations are not available in this installation ({explain})")
         if runtime != "pytorch":
             raise HTTPException(501, "explanations need a PyTorch checkpoint; this server runs an ONNX model")
+        if method not in SERVED_CAM_METHODS:
+            raise HTTPException(422, f"method '{method}' is not served; choose one of "
+                                     f"{', '.join(SERVED_CAM_METHODS)} (scorecam and ablationcam run one forward "
+                                     "pass per feature channel: use resnetlab explain for them)")
         _, image = await decode(file)
 
         def render() -> bytes:
