@@ -146,6 +146,32 @@ def test_a_gallery_that_fails_costs_neither_the_metrics_nor_the_other_gallery(tm
     assert wrote.startswith("wrote ") and "predictions.png" in wrote and "misclassified.png" not in wrote
 
 
+def test_hostile_folder_names_and_odd_files_still_give_a_valid_report(tmp_path: Path, run):
+    copy = tmp_path / "run"
+    shutil.copytree(run["dir"], copy)
+    hostile = copy / 'x" onmouseover="alert(1)'
+    hostile.mkdir()
+    metrics = json.loads((copy / "metrics.json").read_text(encoding="utf-8"))
+    (hostile / "metrics.json").write_text(json.dumps({**metrics, "images": "<i>24</i>"}), encoding="utf-8")
+    with open(copy / "metrics.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[-1]["val_acc"] = ""  # an interrupted write, a hand edit
+    with open(copy / "metrics.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (copy / "eval-val" / "metrics.json").write_text(json.dumps({**metrics, "accuracy": "high"}), encoding="utf-8")
+
+    page = write_report(copy).read_text(encoding="utf-8")
+    assert page.rstrip().endswith("</html>") and "onmouseover=\"" not in page and "<i>24</i>" not in page
+    assert 'id="evaluation-x--onmouseover--alert-1-"' in page  # slugified anchor
+    assert "x&quot; onmouseover=&quot;alert(1)/" in page and "&lt;i&gt;24&lt;/i&gt;" in page  # escaped text
+    assert "final val accuracy<b>n/a</b>" in page  # the empty cell, shown as such
+    # the broken evaluation (a string accuracy) becomes a note in its own section; the others are intact
+    assert "this section could not be built: ValueError" in page and "Evaluation: val split (this folder)" in page
+    assert "MACs per image" in page and page.count("<section") == page.count("</section>")
+
+
 def test_report_of_a_partial_folder_leaves_pieces_out(tmp_path: Path, run):
     partial = tmp_path / "partial"
     partial.mkdir()

@@ -14,7 +14,9 @@ import csv
 import json
 import os
 import platform
+import re
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -63,15 +65,18 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         raise ReportError(f"cannot write a report: {run_dir} is not a folder (expected a run folder such as "
                           "runs/NAME)")
     out = Path(out) if out else run_dir / "report.html"
-    sections = [_run_section(run_dir), _data_section(run_dir), _training_section(run_dir)]
+    sections = [_guarded("run", "Run", _run_section, run_dir), _guarded("data", "Data", _data_section, run_dir),
+                _guarded("training", "Training", _training_section, run_dir)]
     evaluations = _evaluation_folders(run_dir)
     if not evaluations:
         sections.append(_section("evaluation", "Evaluation", _note(
             "no metrics.json yet: train writes one at the end of a run; or run resnetlab evaluate")))
     for folder in evaluations:
-        sections.append(_evaluation_section(run_dir, folder))
-    sections += [_other_figures_section(run_dir), _model_section(run_dir, evaluations),
-                 _environment_section()]
+        sections.append(_guarded(_evaluation_anchor(run_dir, folder), f"Evaluation ({folder.name}/)",
+                                 _evaluation_section, run_dir, folder))
+    sections += [_guarded("figures", "Other figures", _other_figures_section, run_dir),
+                 _guarded("model", "Model", _model_section, run_dir, evaluations),
+                 _guarded("environment", "Environment", _environment_section)]
     sections = [s for s in sections if s]
     title = f"resnetlab report: {run_dir.resolve().name}"
     nav = " ".join(f'<a href="#{anchor}">{escape(name)}</a>' for anchor, name in _NAV if
@@ -92,8 +97,21 @@ _NAV = [("run", "Run"), ("data", "Data"), ("training", "Training"), ("evaluation
 
 
 # ---------------------------------------------------------------------- helpers
+def _guarded(anchor: str, title: str, build: Callable[..., str], *args) -> str:
+    """One section, or a note saying why it could not be built: a report never fails a run over one piece."""
+    try:
+        return build(*args)
+    except Exception as err:  # noqa: BLE001 - odd files from older versions, hand edits, partial writes
+        return _section(anchor, title, _note(f"this section could not be built: {type(err).__name__}: {err}"))
+
+
+def _slug(name: str) -> str:
+    """A folder name as an HTML id: letters, digits, '_' and '-' only (quotes and spaces would break out)."""
+    return re.sub(r"[^\w-]", "-", name)
+
+
 def _section(anchor: str, title: str, body: str) -> str:
-    return f'<section id="{anchor}">\n<h2>{escape(title)}</h2>\n{body}\n</section>'
+    return f'<section id="{escape(anchor)}">\n<h2>{escape(title)}</h2>\n{body}\n</section>'
 
 
 def _note(text: str) -> str:
@@ -115,6 +133,14 @@ def _fmt(value) -> str:  # noqa: ANN001 - any JSON value
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False)
     return "" if value is None else str(value)
+
+
+def _number(value, spec: str = ".4f") -> str:  # noqa: ANN001 - a float, or None for an empty CSV cell
+    return "n/a" if value is None else format(int(value) if spec == "d" else value, spec)
+
+
+def _whole(value) -> int | None:  # noqa: ANN001 - epochs are read as floats; an empty cell is None
+    return None if value is None else int(value)
 
 
 def _figure(path: Path, caption: str) -> str:
@@ -197,18 +223,18 @@ def _training_section(run_dir: Path) -> str:
                    if c in history[0]]
         final = history[-1]
         best = max(history, key=lambda r: r.get("val_acc") or -1.0)
-        body += (f'<div class="kpi">best val accuracy<b>{best["val_acc"]:.4f}</b></div>'
-                 f'<div class="kpi">at epoch<b>{int(best["epoch"])}</b></div>'
-                 f'<div class="kpi">final val accuracy<b>{final["val_acc"]:.4f}</b></div>'
+        body += (f'<div class="kpi">best val accuracy<b>{_number(best.get("val_acc"))}</b></div>'
+                 f'<div class="kpi">at epoch<b>{_number(best.get("epoch"), "d")}</b></div>'
+                 f'<div class="kpi">final val accuracy<b>{_number(final.get("val_acc"))}</b></div>'
                  f'<div class="kpi">epochs<b>{len(history)}</b></div>')
 
         def row(label: str, values: dict) -> list:
-            return [label, *[int(values[c]) if c == "epoch" else values[c] for c in columns]]
+            return [label, *[_whole(values[c]) if c == "epoch" else values[c] for c in columns]]
 
         body += _table(["", *columns], [row("final", final), row("best", best)],
                        numeric=set(range(1, len(columns) + 1)))
         body += (f"<details><summary>every epoch ({len(history)})</summary>"
-                 + _table(columns, [[int(r["epoch"]), *[r[c] for c in columns[1:]]] for r in history],
+                 + _table(columns, [[_whole(r["epoch"]), *[r[c] for c in columns[1:]]] for r in history],
                           numeric=set(range(len(columns)))) + "</details>")
     else:
         body += _note("no metrics.csv in this folder")
@@ -226,17 +252,21 @@ def _evaluation_folders(run_dir: Path) -> list[Path]:
     return found + sorted(p.parent for p in run_dir.glob("*/metrics.json"))
 
 
+def _evaluation_anchor(run_dir: Path, folder: Path) -> str:
+    return "evaluation" if folder == _evaluation_folders(run_dir)[0] else f"evaluation-{_slug(folder.name)}"
+
+
 def _evaluation_section(run_dir: Path, folder: Path) -> str:
     metrics = _read_json(folder / "metrics.json") or {}
     split = metrics.get("split", "?")
     where = "this folder" if folder == run_dir else f"{folder.name}/"
     title = f"Evaluation: {split} split ({where})"
-    anchor = "evaluation" if folder == _evaluation_folders(run_dir)[0] else f"evaluation-{folder.name}"
+    anchor = _evaluation_anchor(run_dir, folder)
     if not metrics:
         return _section(anchor, title, _note(f"{folder / 'metrics.json'} could not be read"))
     source = metrics.get("checkpoint", "")
     body = f"<p class=\"muted\">{escape(str(source))} on {escape(str(metrics.get('data', '')))}"
-    body += f", {metrics.get('images', '?')} images" + (f", TTA {escape(str(metrics['tta']))}"
+    body += f", {escape(str(metrics.get('images', '?')))} images" + (f", TTA {escape(str(metrics['tta']))}"
                                                         if metrics.get("tta") not in (None, "none") else "") + "</p>"
     kpis = [("accuracy", metrics.get("accuracy")), ("top-5 accuracy", metrics.get("top5_accuracy")),
             ("loss", metrics.get("loss")), ("macro F1", (metrics.get("macro_avg") or {}).get("f1")),
