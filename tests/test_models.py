@@ -162,3 +162,14 @@ def test_bare_state_dict_of_an_odd_width_is_rebuilt(tmp_path: Path, width: float
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(model(x), original(x))
+
+
+def test_unwrap_reaches_the_network_under_any_wrapper_nesting():
+    from resnetlab.checkpoint import unwrap
+    from resnetlab.models import TTAModel, backbone_frozen
+
+    network = build_model(ModelSpec("resnet18", 3, width=0.25))
+    wrapped = torch.compile(torch.nn.DataParallel(TTAModel(torch.nn.DataParallel(network), "flip")))
+    assert unwrap(wrapped) is network and unwrap(network) is network
+    set_backbone_trainable(network, False)
+    assert backbone_frozen(wrapped)  # read through every wrapper

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import ModelError, ModelSpec, build_model, load_matching, read_state_dict
+from .models import ModelError, ModelSpec, TTAModel, build_model, load_matching, read_state_dict
 
 FORMAT = "resnetlab-checkpoint"
 FORMAT_VERSION = 1
@@ -48,9 +48,17 @@ class ModelMeta:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The bare network under DDP and torch.compile wrappers, so saved keys carry no prefixes."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+    """The bare network under TTAModel, DataParallel / DistributedDataParallel and torch.compile wrappers, in
+    any nesting: saved keys carry no prefixes, and Grad-CAM hooks see the plain network's batches."""
+    while True:
+        if isinstance(model, TTAModel):  # its views would change the batch the CAM hooks see
+            model = model.model
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:

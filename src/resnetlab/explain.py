@@ -31,11 +31,11 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from .checkpoint import unwrap
 from .config import ConfigError
 from .data.images import ImageReadError, decode_image, open_rgb
-from .data.transforms import preprocess_batch, stats_tensor
+from .data.transforms import preprocess_batch, stats_tensor, to_rgb_array
 from .metrics import rank_mistakes
-from .models import TTAModel
 from .plots import image_grid
 
 CAM_METHODS: dict[str, type] = {
@@ -60,22 +60,9 @@ class ExplainError(ConfigError):
 
 
 # ---------------------------------------------------------------------- layers
-def unwrap_network(model: nn.Module) -> nn.Module:
-    """The plain network under TTAModel, DistributedDataParallel / DataParallel and torch.compile wrappers."""
-    while True:
-        if isinstance(model, TTAModel):  # its views would change the batch the CAM hooks see
-            model = model.model
-        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def default_target_layer(model: nn.Module) -> nn.Module:
     """The last block of the last stage (``layer4[-1]``): the finest map that still sees whole objects."""
-    network = unwrap_network(model)
+    network = unwrap(model)
     stage = getattr(network, "layer4", None)
     if isinstance(stage, nn.Sequential) and len(stage):
         return stage[-1]
@@ -92,7 +79,7 @@ def _default_layer_name(network: nn.Module) -> str:
 
 def resolve_layer(model: nn.Module, name: str | None) -> nn.Module:
     """A dotted module name ("layer3.1", "layer4.-1") of the unwrapped network, or the default layer for None."""
-    network = unwrap_network(model)
+    network = unwrap(model)
     if not name:
         return default_target_layer(network)
     module = network
@@ -130,7 +117,7 @@ def compute_cams(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | Non
     ``progress=False`` silences the per-channel progress bars scorecam and ablationcam draw on stderr.
     """
     factory = cam_class(method)
-    network = unwrap_network(model)
+    network = unwrap(model)
     target_layer = resolve_layer(network, layer)
     if targets is not None and len(targets) != len(x):
         raise ValueError(f"{len(targets)} targets for {len(x)} images")
@@ -294,12 +281,6 @@ def overlay_name(index: int, source: str, total: int) -> str:
     return f"{index:0{max(4, len(str(max(total - 1, 0))))}d}_{stem}.png"
 
 
-def _rgb_array(image: torch.Tensor) -> np.ndarray:
-    """uint8 C x S x S (C = 1 or 3) -> S x S x 3 uint8 array."""
-    array = image.permute(1, 2, 0).cpu().numpy()
-    return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
-
-
 def _title(true: str | None, predicted: str, probability: float) -> str:
     return f"{true} / {predicted} ({probability:.2f})" if true is not None else f"{predicted} ({probability:.2f})"
 
@@ -325,7 +306,7 @@ def plot_misclassified(model: nn.Module, images: torch.Tensor, targets: torch.Te
     cams = compute_cams(model, x, predicted[chosen].tolist(), method=method)
     panels, titles, colours = [], [], []
     for cam, i in zip(cams, chosen.tolist()):
-        picture = _rgb_array(images[i])
+        picture = to_rgb_array(images[i:i + 1])[0]  # S x S x 3, grey built-ins repeated to RGB
         panels += [picture, overlay(Image.fromarray(picture), cam)]
         titles += [_title(classes[int(targets[i])], classes[int(predicted[i])], float(confidence[i])), method]
         colours += ["red", "black"]
@@ -361,9 +342,9 @@ def _parse_target(target: str, classes: list[str], labelled: bool) -> str | int:
 
 
 def _original(item: _Item) -> Image.Image:
-    if isinstance(item.original, np.ndarray):
-        array = item.original if item.original.ndim == 3 else item.original[:, :, None]
-        return Image.fromarray(np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array)
+    if isinstance(item.original, np.ndarray):  # a built-in data set's H x W (x C) uint8 image
+        array = torch.from_numpy(item.original.reshape(*item.original.shape[:2], -1)).permute(2, 0, 1)
+        return Image.fromarray(to_rgb_array(array[None])[0])
     return open_rgb(item.original)
 
 

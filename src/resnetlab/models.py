@@ -107,9 +107,9 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
 
 
 def backbone_frozen(model: nn.Module) -> bool:
-    inner = getattr(model, "module", model)  # under DistributedDataParallel / torch.compile wrappers
-    inner = getattr(inner, "_orig_mod", inner)
-    return not any(p.requires_grad for p in inner.conv1.parameters())
+    from .checkpoint import unwrap  # checkpoint imports this module: imported here, at call time
+
+    return not any(p.requires_grad for p in unwrap(model).conv1.parameters())
 
 
 def train_mode(model: nn.Module) -> None:
