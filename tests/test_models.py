@@ -130,7 +130,7 @@ def test_balance_and_dataset_norm(tmp_path: Path, capsys):
         assert "red=5" in printed or "red=4" in printed, "class counts are printed at the start"
         saved = torch.load(tmp_path / balance / "best.pt", weights_only=True)
         assert saved["mean"] != [0.485, 0.456, 0.406] and all(0 < s < 1 for s in saved["std"])
-    rows = list(csv.DictReader(open(tmp_path / "sampler" / "metrics.csv", encoding="utf-8")))
+    rows = list(csv.DictReader((tmp_path / "sampler" / "metrics.csv").read_text(encoding="utf-8").splitlines()))
     assert len(rows) == 1
 
 
