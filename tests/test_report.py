@@ -172,6 +172,23 @@ def test_hostile_folder_names_and_odd_files_still_give_a_valid_report(tmp_path: 
     assert "MACs per image" in page and page.count("<section") == page.count("</section>")
 
 
+def test_report_shows_explain_grids_and_lr_find_where_the_verbs_write_them(tmp_path: Path, run):
+    import base64
+
+    copy = tmp_path / "run"
+    shutil.copytree(run["dir"], copy)
+    figures = {copy / "lr_find.png": (200, 30, 30), copy / "explain" / "explain_grid.png": (30, 200, 30),
+               copy / "explain-misclassified-val" / "explain_grid.png": (30, 30, 200)}
+    for path, colour in figures.items():  # what train --lr auto and resnetlab explain leave in a run folder
+        path.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (40, 20), colour).save(path)
+    page = write_report(copy).read_text(encoding="utf-8")
+    for path in figures:
+        assert base64.b64encode(path.read_bytes()).decode() in page, path
+    assert 'alt="explain/explain_grid.png"' in page and 'alt="explain-misclassified-val/explain_grid.png"' in page
+    assert "lr_find.png: Learning-rate range test" in page
+
+
 def test_report_of_a_partial_folder_leaves_pieces_out(tmp_path: Path, run):
     partial = tmp_path / "partial"
     partial.mkdir()

@@ -95,10 +95,13 @@ def _train_parser(sub) -> None:
     train = sub.add_parser("train", help="train a classifier on a folder, CSV or built-in data set",
                            description="Train a ResNet. Writes runs/NAME/: config.yaml, metrics.csv, best.pt, "
                                        "last.pt, curves.png, data_report.json (and split.csv when split for you), "
-                                       "samples.png (a training batch after augmentation); at the end best.pt "
-                                       "is evaluated on the validation split: metrics.json, "
+                                       "samples.png (a training batch after augmentation); when the run "
+                                       "finishes (last epoch, --time-limit or --early-stop) best.pt is "
+                                       "evaluated on the validation split: metrics.json, "
                                        "confusion_matrix.csv/.png, misclassified.csv, predictions.png, "
-                                       "misclassified.png (Grad-CAM), and report.html shows it all.")
+                                       "misclassified.png (Grad-CAM), and report.html shows it all. A run "
+                                       "stopped by Ctrl-C or --stop-after-steps writes these when resumed to "
+                                       "its end.")
     _add_train_flags(train)
 
 

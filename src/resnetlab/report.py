@@ -143,10 +143,12 @@ def _whole(value) -> int | None:  # noqa: ANN001 - epochs are read as floats; an
     return None if value is None else int(value)
 
 
-def _figure(path: Path, caption: str) -> str:
+def _figure(path: Path, caption: str, label: str | None = None) -> str:
+    """``label``: how the file is named in the page (default: its file name)."""
+    label = label or path.name
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(path.name)}">'
-            f"<figcaption>{escape(path.name)}: {escape(caption)}</figcaption></figure>")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(label)}">'
+            f"<figcaption>{escape(label)}: {escape(caption)}</figcaption></figure>")
 
 
 def _read_json(path: Path) -> dict | None:
@@ -295,14 +297,18 @@ def _evaluation_section(run_dir: Path, folder: Path) -> str:
 
 
 def _other_figures_section(run_dir: Path) -> str:
-    """Every other PNG of the run folder (explain grid, lr_find, anything added later)."""
+    """Every other PNG at the top of the run folder (lr_find.png from ``train --lr auto``, anything added later)
+    and the grid of each ``explain*/`` subfolder (``resnetlab explain`` writes to CHECKPOINT_DIR/explain*/)."""
     placed = {"curves.png", "samples.png"} | (set(EVALUATION_FIGURES) if (run_dir / "metrics.json").is_file()
                                               else set())
     others = sorted((p for p in run_dir.glob("*.png") if p.name not in placed),
                     key=lambda p: (list(KNOWN_FIGURES).index(p.name) if p.name in KNOWN_FIGURES else 99, p.name))
-    if not others:
-        return ""
     body = "".join(_figure(p, KNOWN_FIGURES.get(p.name, "")) for p in others)
+    for grid in sorted(run_dir.glob("explain*/explain_grid.png")):
+        body += _figure(grid, f"{KNOWN_FIGURES['explain_grid.png']} ({grid.parent.name}/explain.csv lists them)",
+                        label=f"{grid.parent.name}/{grid.name}")
+    if not body:
+        return ""
     return _section("figures", "Other figures", body)
 
 
