@@ -21,6 +21,7 @@ from resnetlab.explain import (
     compute_cams,
     default_target_layer,
     overlay,
+    overlay_name,
     plot_misclassified,
     resolve_layer,
 )
@@ -288,6 +289,20 @@ def test_cli_errors_name_the_wrong_value(corner_run, tmp_path, capsys):
         assert main(base + flags) == 2, flags
         err = capsys.readouterr().err
         assert err.startswith("resnetlab explain: error:") and expected in err, err
+    exported = tmp_path / "best.onnx"
+    exported.write_bytes(b"onnx")  # refused by its suffix, before it is read
+    assert main(["explain", str(exported), image, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resnetlab explain: error: explain needs a PyTorch checkpoint (heat maps need gradients)")
+
+
+def test_overlay_names_stay_under_the_file_name_limit_in_any_script():
+    for stem in ("𝒳" * 200, "猫" * 200, "a" * 300):  # 4, 3 and 1 byte(s) per character
+        name = overlay_name(12, f"/photos/{stem}.jpg", 100_000)
+        assert name.startswith("00012_") and name.endswith(".png"), name
+        assert len(name.encode("utf-8")) <= 255 and len(name[6:-4].encode("utf-8")) <= 120, name
+        assert name[6:-4] == stem[:len(name) - 10]  # whole characters only, cut at the end
+    assert overlay_name(3, "cat phöto.png", 10) == "0003_cat phöto.png"
 
 
 def test_predict_cam_writes_overlays_and_a_column(corner_run, tmp_path):

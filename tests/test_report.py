@@ -189,6 +189,15 @@ def test_report_shows_explain_grids_and_lr_find_where_the_verbs_write_them(tmp_p
     assert "lr_find.png: Learning-rate range test" in page
 
 
+def test_gallery_titles_with_dollar_signs_are_drawn_as_written(tmp_path: Path):
+    from resnetlab.plots import image_grid
+
+    # between two '$' matplotlib would parse mathtext, and an unknown command there fails the whole figure
+    titles = [r"cost $5 \notacommand and $10", "$a$ / b"]
+    image_grid([np.zeros((8, 8, 3), dtype=np.uint8)] * 2, titles, tmp_path / "grid.png", suptitle=titles[0])
+    assert Image.open(tmp_path / "grid.png").size[0] > 100
+
+
 def test_report_of_a_partial_folder_leaves_pieces_out(tmp_path: Path, run):
     partial = tmp_path / "partial"
     partial.mkdir()

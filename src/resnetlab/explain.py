@@ -274,10 +274,15 @@ def save_png(image: Image.Image, path: str | Path, text: dict[str, str]) -> None
     image.save(path, format="PNG", pnginfo=info)
 
 
+OVERLAY_STEM_BYTES = 120  # file names are limited to 255 bytes: 120 leave room for the number in any script
+
+
 def overlay_name(index: int, source: str, total: int) -> str:
-    """'0003_cat photo.png': a running number (unique even for equal base names) and the readable stem."""
+    """'0003_cat photo.png': a running number (unique even for equal base names) and the readable stem,
+    cut to OVERLAY_STEM_BYTES of UTF-8 (4 bytes a character in some scripts) at a character boundary."""
     stem = Path(source).stem if source else "image"
-    stem = re.sub(r"[^\w\- .()+]+", "_", stem).strip(" .")[:80] or "image"
+    stem = re.sub(r"[^\w\- .()+]+", "_", stem)
+    stem = stem.encode("utf-8")[:OVERLAY_STEM_BYTES].decode("utf-8", errors="ignore").strip(" .") or "image"
     return f"{index:0{max(4, len(str(max(total - 1, 0))))}d}_{stem}.png"
 
 
@@ -368,6 +373,9 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
         raise ExplainError(f"--limit must be at least 1, got {limit}")
     if batch_size < 1:
         raise ExplainError(f"--batch-size must be at least 1, got {batch_size}")
+    if Path(checkpoint).suffix.lower() == ".onnx":  # as predict --cam says it
+        raise ExplainError(f"explain needs a PyTorch checkpoint (heat maps need gradients); {checkpoint} is an "
+                           "exported ONNX model that runs in onnxruntime: use the .pt file it was exported from")
     torch_device = resolve_device(device)
     payload = read_checkpoint(checkpoint) if Path(checkpoint).suffix != ".safetensors" else None
     model, meta = load_model(checkpoint, device=torch_device, arch=arch, classes=classes, img_size=img_size,

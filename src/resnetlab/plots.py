@@ -78,9 +78,15 @@ def image_grid(images: Sequence[np.ndarray | Image.Image], titles: Sequence[str]
             continue
         ax.imshow(np.asarray(images[i]))
         color = title_colors[i] if title_colors is not None else "black"
-        ax.set_title(titles[i], fontsize=7, color=color)
+        ax.set_title(_literal(titles[i]), fontsize=7, color=color)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
+        fig.suptitle(_literal(suptitle), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _literal(text: str) -> str:
+    """Text shown as written: a '$' in a class name or path would start matplotlib's mathtext (and a stray
+    backslash between two of them fails the whole figure)."""
+    return text.replace("$", r"\$")
