@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
-DEMO_MINUTES ?= 6
+DEMO_MINUTES ?= 12
 
 .PHONY: install dev demo test lint bench clean browser
 

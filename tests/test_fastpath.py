@@ -48,7 +48,7 @@ def test_a_changed_file_makes_the_cache_stale(class_folders: Path, tmp_path: Pat
     assert torch.equal(after.images[1:], before.images[1:])
 
 
-@pytest.mark.parametrize("preset", ["light", "standard", "strong"])
+@pytest.mark.parametrize("preset", ["crop", "light", "standard", "strong"])
 def test_batch_augmentation_keeps_labels_aligned(preset: str):
     # each image is one flat colour that encodes its label: after any augmentation the dominant
     # colour of every image must still be its own label's colour
@@ -62,7 +62,7 @@ def test_batch_augmentation_keeps_labels_aligned(preset: str):
     for x, y, index in batches.epoch(1):
         assert torch.equal(y, labels[index])
         centre = x[:, :, size // 2 - 2:size // 2 + 2, size // 2 - 2:size // 2 + 2].mean(dim=(2, 3))  # N x 3
-        if preset == "light":  # geometry only: the centre keeps the exact colour
+        if preset in ("crop", "light"):  # geometry only: the centre keeps the exact colour
             nearest = torch.cdist(centre, palette.float() / 255).argmin(dim=1)
             assert torch.equal(nearest, y)
         elif preset == "standard":  # colour jitter scales channels: the strongest channel still names the class
@@ -85,6 +85,16 @@ def test_augmentation_really_changes_images_and_is_reproducible():
     assert torch.equal(x1, x2), "the same (seed, epoch, step) gives the same batch (exact resume)"
     assert not torch.equal(x1, x3), "another epoch draws other augmentations"
     assert not torch.equal(x1, images.float() / 255)
+
+
+def test_crop_preset_shifts_by_whole_pixels_without_rotation():
+    # crop = flip + whole-pixel shift: every output pixel is an input pixel (or zero padding), nothing is blended
+    images = torch.randint(1, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    x = BatchAugment("crop", 16)(images.float() / 255, torch.Generator().manual_seed(1))
+    values = torch.cat([(images.float() / 255).unique(), torch.zeros(1)])
+    distance = (x.reshape(-1, 1) - values.view(1, -1)).abs().min(dim=1).values
+    assert float(distance.max()) < 1e-3  # a rotation or half-pixel shift would blend neighbours (~1/255 or more)
+    assert not torch.equal(x, images.float() / 255)
 
 
 @pytest.mark.parametrize("amp", ["off", "bf16"])

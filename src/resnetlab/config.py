@@ -50,9 +50,10 @@ class TrainConfig:
     std: list[float] | None = _opt(None, "explicit per-channel std, e.g. 0.25,0.25,0.25 (overrides --norm)")
     balance: str = _opt("none", "imbalanced classes: none, weights (class-weighted loss) or sampler "
                                 "(class-balanced sampling)", ("none", "weights", "sampler"))
-    aug: str = _opt("light", "augmentation preset: none, light (flip, small rotation, padded crop), standard "
-                             "(+ random-resized-crop, colour jitter), strong (+ TrivialAugment, random erasing)",
-                    ("none", "light", "standard", "strong"))
+    aug: str = _opt("light", "augmentation preset: none, crop (flip, padded crop), light (crop + small rotation), "
+                             "standard (+ random-resized-crop, colour jitter), strong (+ TrivialAugment, random "
+                             "erasing)",
+                    ("none", "crop", "light", "standard", "strong"))
     hflip: bool = _opt(True, "allow horizontal flips in augmentation (turn off for digits and text)")
     cache_dir: str | None = _opt(None, "folder for decoded-image caches (default: ~/.cache/resnetlab)")
     # model

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUG_PRESETS = ("none", "light", "standard", "strong")
+AUG_PRESETS = ("none", "crop", "light", "standard", "strong")
 
 
 def to_float_rgb(batch: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,8 @@ def preprocess_batch(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
 class BatchAugment:
     """Per-image random augmentation of a float batch in [0, 1] (N x 3 x S x S), on its own device.
 
-    light: horizontal flip, rotation within +-10 degrees, shift by up to S/8 pixels (= crop with
+    crop: horizontal flip and a shift by up to S/8 pixels (a padded crop, as the fast CIFAR recipes use: short
+    schedules learn faster without rotation). light: crop + rotation within +-10 degrees (= crop with
     zero padding). standard: random-resized-crop (8-100 % of the area, aspect 3/4-4/3) instead of the
     shift, plus colour jitter (0.3). strong: standard + TrivialAugment per image + random erasing.
     """
@@ -98,8 +99,10 @@ class BatchAugment:
         sign = torch.ones(n, device=device)
         if self.hflip:
             sign = torch.where(torch.rand(n, generator=g, device=device) < 0.5, -sign, sign)
-        if self.preset == "light":
+        if self.preset in ("crop", "light"):
             angle = self._uniform(n, -10.0, 10.0, g, device) * (math.pi / 180)
+            if self.preset == "crop":  # drawn all the same, so both presets consume one random stream
+                angle = torch.zeros_like(angle)
             scale_x = scale_y = torch.ones(n, device=device)
             max_shift = 2.0 * max(1, self.size // 8) / self.size  # normalised coords span 2
             # whole-pixel shifts keep unrotated pixels exact under bilinear resampling
