@@ -32,7 +32,7 @@ demo: $(VENV)/.installed
 	fi; \
 	set -e; \
 	$(BIN)/resnetlab train $$DATA --recipe fast --time-limit $(DEMO_MINUTES)m --name demo --exist-ok; \
-	$(BIN)/resnetlab evaluate runs/demo/best.pt $$DATA --split test --out runs/demo/test; \
+	$(BIN)/resnetlab evaluate runs/demo/best.pt $$DATA --split test --tta flip --out runs/demo/test; \
 	echo; echo "Demo finished. Run folder: runs/demo (metrics.csv, curves.png, best.pt, last.pt, config.yaml)"; \
 	echo "Test-split evaluation: runs/demo/test (metrics.json, confusion_matrix.png/.csv, misclassified.csv)"; \
 	echo "Everything in one page: runs/demo/report.html (open it in a browser)"

@@ -12,6 +12,7 @@ Time is the sum of the epochs' wall time, training and test evaluation included;
     python benchmarks/time_to_accuracy.py                                  # fast preset, then plain
     python benchmarks/time_to_accuracy.py --recipe accurate --no-plain
     python benchmarks/time_to_accuracy.py --recipe fast --time-limit 10m --marks 0.90,0.92
+    python benchmarks/time_to_accuracy.py --from-run runs/bench-tta-fast/run-fast      # plain recipe only
 """
 
 from __future__ import annotations
@@ -53,6 +54,18 @@ def run_resnetlab(args) -> tuple[list[tuple[float, float]], TrainConfig, float]:
         elapsed += float(row["epoch_s"])
         curve.append((elapsed, float(row["val_acc"])))
     return curve, cfg, total - elapsed
+
+
+def read_run(run_dir: Path) -> tuple[list[tuple[float, float]], TrainConfig]:
+    """The curve and settings of a finished resnetlab run (its metrics.csv and config.yaml)."""
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    elapsed, curve = 0.0, []
+    for row in rows:
+        elapsed += float(row["epoch_s"])
+        curve.append((elapsed, float(row["val_acc"])))
+    values = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    return curve, TrainConfig.from_dict(values)
 
 
 def run_plain(args, cfg: TrainConfig, budget_s: float) -> list[tuple[float, float]]:
@@ -105,6 +118,8 @@ def main() -> None:
     parser.add_argument("--marks", default="0.90,0.92,0.93,0.94,0.95", help="accuracies to time")
     parser.add_argument("--plain", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the plain recipe for the same time (default: yes)")
+    parser.add_argument("--from-run", type=Path, default=None,
+                        help="take resnetlab's curve from this finished Fashion-MNIST run folder instead of training")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain recipe")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-time-to-accuracy"))
@@ -112,9 +127,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"load average before: {load_average()}", flush=True)
 
-    ours, cfg, setup_s = run_resnetlab(args)
+    if args.from_run:
+        ours, cfg = read_run(args.from_run)
+        print(f"resnetlab: curve of {args.from_run}")
+    else:
+        ours, cfg, setup_s = run_resnetlab(args)
+        print(f"resnetlab ({args.recipe}): {len(ours)} epochs in {ours[-1][0]:.0f}s of training (+{setup_s:.0f}s "
+              "set-up and end-of-run evaluation)")
     budget = ours[-1][0]
-    print(f"resnetlab ({args.recipe}): {len(ours)} epochs in {budget:.0f}s of training (+{setup_s:.0f}s set-up)")
     plain = run_plain(args, cfg, budget) if args.plain else []
 
     marks = [float(m) for m in args.marks.split(",")]

@@ -35,7 +35,7 @@ from resnetlab.data.loaders import Batches  # noqa: E402
 from resnetlab.data.sources import open_data  # noqa: E402
 from resnetlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment  # noqa: E402
 from resnetlab.engine import amp_dtype_for, resolve_device, run_epoch  # noqa: E402
-from resnetlab.models import ModelSpec, build_model  # noqa: E402
+from resnetlab.models import ModelSpec, build_model, first_stage_side  # noqa: E402
 
 
 def _model(args, device: torch.device, channels_last: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -70,7 +70,7 @@ def plain(args, root: Path, device: torch.device):
     return run
 
 
-def resnetlab_path(args, root: Path, device: torch.device, amp: str):
+def resnetlab_path(args, root: Path, device: torch.device, dtype: torch.dtype | None):
     """(b) resnetlab's training steps (its real loop and batches); returns (run, decode seconds, decode img/s)."""
     source = open_data(str(root))
     with tempfile.TemporaryDirectory() as cache:
@@ -82,21 +82,21 @@ def resnetlab_path(args, root: Path, device: torch.device, amp: str):
                       std=IMAGENET_STD, shuffle=True, augment=BatchAugment("light", args.img_size), drop_last=True,
                       channels_last=True)
     stream = (b for epoch in itertools.count() for b in batches.epoch(epoch))
-    return _stepper(model, optimizer, lambda count: itertools.islice(stream, count), device, amp), decode_s, \
+    return _stepper(model, optimizer, lambda count: itertools.islice(stream, count), device, dtype), decode_s, \
         len(decoded) / decode_s
 
 
-def ceiling(args, device: torch.device, amp: str):
+def ceiling(args, device: torch.device, dtype: torch.dtype | None):
     """(c) resnetlab's step on one batch already on the device: the compute-only upper bound."""
     model, optimizer = _model(args, device, channels_last=True)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
-    return _stepper(model, optimizer, lambda count: itertools.repeat((x, y, y), count), device, amp)
+    return _stepper(model, optimizer, lambda count: itertools.repeat((x, y, y), count), device, dtype)
 
 
-def _stepper(model, optimizer, batches, device: torch.device, amp: str):
-    dtype, loss = amp_dtype_for(amp, device), torch.nn.CrossEntropyLoss()
+def _stepper(model, optimizer, batches, device: torch.device, dtype: torch.dtype | None):
+    loss = torch.nn.CrossEntropyLoss()
 
     def run(count: int) -> float:
         return run_epoch(model, batches(count), criterion=loss, device=device, optimizer=optimizer, amp_dtype=dtype,
@@ -135,16 +135,21 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     root = fashion_mnist_folders(args.images, data_root=args.data_root)
-    amp_auto = amp_dtype_for("auto", device)
-    precision = "fp32" if amp_auto is None else str(amp_auto).removeprefix("torch.")
+    # what `--amp auto` picks for this model and image size (bf16 only where it is faster), and the other one
+    amp_auto = amp_dtype_for("auto", device, first_stage_side(ModelSpec(args.model, 10, stem=args.stem),
+                                                               args.img_size))
+    bf16_capable = amp_dtype_for("auto", device) is not None
+    name = lambda dtype: "fp32" if dtype is None else str(dtype).removeprefix("torch.")  # noqa: E731
+    precision = name(amp_auto)
     print(f"{args.model} width {args.width:g}, {args.stem} stem, {args.img_size} px, batch {args.batch_size}, "
           f"{args.steps} timed steps in {args.rounds} rounds, on {device} ({torch.get_num_threads()} threads); "
-          f"resnetlab precision: {precision}; load average before: {load_average()}")
+          f"resnetlab precision (--amp auto): {precision}; load average before: {load_average()}")
 
-    b_run, decode_s, decode_rate = resnetlab_path(args, root, device, "auto")
-    runs = {"a": plain(args, root, device), "b": b_run, "c": ceiling(args, device, "auto")}
-    if amp_auto is not None:
-        runs["fp32"] = ceiling(args, device, "off")
+    b_run, decode_s, decode_rate = resnetlab_path(args, root, device, amp_auto)
+    runs = {"a": plain(args, root, device), "b": b_run, "c": ceiling(args, device, amp_auto)}
+    other = (None if amp_auto is not None else torch.bfloat16) if bf16_capable else None
+    if bf16_capable:
+        runs["other"] = ceiling(args, device, other)
     rates = measure(runs, args)
     a, b, c = rates["a"], rates["b"], rates["c"]
     print_table(["path", "img/s", "vs plain (x/a)", "vs ceiling (x/c)"], [
@@ -155,11 +160,11 @@ def main() -> None:
     print(f"resnetlab's one-time decode: {args.images} PNGs in {decode_s:.1f}s ({decode_rate:.0f} img/s), then "
           "cached on disk; not counted above")
     print(f"b/a = {b / a:.2f}   b/c = {b / c:.2f}")
-    if amp_auto is not None:
-        fp32 = rates["fp32"]
-        print_table(["resnetlab step (compute only)", "img/s", "ratio"],
-                    [["fp32", fp32, 1.0], [precision, c, c / fp32]])
-        print(f"{precision}/fp32 = {c / fp32:.2f}")
+    if bf16_capable:
+        fp32, bf16 = (rates["other"], c) if amp_auto is not None else (c, rates["other"])
+        print_table(["resnetlab step (compute only)", "img/s", "ratio"], [["fp32", fp32, 1.0], ["bfloat16", bf16,
+                                                                                               bf16 / fp32]])
+        print(f"bfloat16/fp32 = {bf16 / fp32:.2f} (--amp auto chose {precision})")
     else:
         print("this device has no fast bf16: resnetlab trains in fp32 here (--amp bf16 forces it)")
     print(f"load average after: {load_average()}")

@@ -18,6 +18,7 @@ from resnetlab.data.loaders import Batches
 from resnetlab.data.sources import open_data
 from resnetlab.data.transforms import BatchAugment
 from resnetlab.engine import amp_dtype_for, cpu_has_native_bf16
+from resnetlab.models import ModelSpec, first_stage_side
 
 TINY = {"img_size": 16, "width": 0.25, "batch_size": 16, "progress": False, "workers": 1, "lr": 0.05}
 
@@ -109,6 +110,11 @@ def test_amp_auto_uses_bf16_only_where_the_cpu_has_it():
     expected = torch.bfloat16 if cpu_has_native_bf16() else None
     assert amp_dtype_for("auto", torch.device("cpu")) == expected
     assert amp_dtype_for("off", torch.device("cpu")) is None
+    # tiny first-stage maps (standard stem at 32 px: 8 x 8) train faster in fp32 on a CPU; large ones in bf16
+    assert amp_dtype_for("auto", torch.device("cpu"), first_stage_side(ModelSpec("resnet18", 2), 32)) is None
+    assert amp_dtype_for("auto", torch.device("cpu"),
+                         first_stage_side(ModelSpec("resnet18", 2, stem="small"), 28)) == expected
+    assert amp_dtype_for("bf16", torch.device("cpu"), 8) == torch.bfloat16  # an explicit choice is kept
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     if "amx_bf16" in flags.split() or " amx_bf16" in flags:
         assert cpu_has_native_bf16(), "an AMX CPU must train in bf16 by default"

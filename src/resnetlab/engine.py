@@ -87,8 +87,16 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
-    """Resolve --amp to an autocast dtype (None: fp32)."""
+CPU_BF16_MIN_SIDE = 16  # first-stage feature maps smaller than this run faster in fp32 on CPUs
+
+
+def amp_dtype_for(amp: str, device: torch.device, first_map_side: int | None = None) -> torch.dtype | None:
+    """Resolve --amp to an autocast dtype (None: fp32).
+
+    ``first_map_side``: the side of the first stage's feature maps (models.first_stage_side). On a CPU, bf16
+    pays off on large maps (small stem at 28 px: 2.4x fp32) but loses on tiny ones (standard stem at 32 px,
+    8 x 8 maps: 0.93x), where the casts cost more than the smaller matrix products save (benchmarks/README.md).
+    """
     if amp == "off":
         return None
     if amp == "bf16":
@@ -97,6 +105,8 @@ def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if first_map_side is not None and first_map_side < CPU_BF16_MIN_SIDE:
+        return None
     return torch.bfloat16 if cpu_has_native_bf16() else None
 
 

@@ -23,7 +23,7 @@ from .data.sources import DataError, DataSource, SplitData, open_data
 from .data.transforms import to_rgb_array
 from .engine import amp_dtype_for, resolve_device, run_epoch
 from .metrics import classification_metrics, rank_mistakes
-from .models import TTAModel
+from .models import TTAModel, first_stage_side
 from .plots import image_grid, plot_confusion_matrix
 
 PREDICTION_GALLERY = 24  # validation images in predictions.png
@@ -98,8 +98,9 @@ def write_evaluation(model: nn.Module, meta: ModelMeta, decoded: DecodedSplit, s
                       mean=meta.mean, std=meta.std, channels_last=True)
     network = TTAModel(model.to(memory_format=torch.channels_last), tta)
     split_name = (extra or {}).get("split", split.name)
+    amp_dtype = amp_dtype_for(amp, device, first_stage_side(meta.spec, meta.img_size))  # as training validated
     result = run_epoch(network, batches.epoch(0), criterion=nn.CrossEntropyLoss(),
-                       device=device, amp_dtype=amp_dtype_for(amp, device), total_steps=len(batches),
+                       device=device, amp_dtype=amp_dtype, total_steps=len(batches),
                        desc=f"evaluate {split_name}", progress=progress, keep_outputs=True)
     # batches are in order, so outputs line up with decoded.kept
     metrics = classification_metrics(result.logits, result.targets, meta.classes)

@@ -50,6 +50,11 @@ def resolve_stem(stem: str, img_size: int) -> str:
     return stem
 
 
+def first_stage_side(spec: ModelSpec, img_size: int) -> int:
+    """Side of the feature maps entering layer1: the small stem keeps the image size, the standard one /4."""
+    return img_size if spec.stem == "small" else max(1, img_size // 4)
+
+
 def check_arch(arch: str) -> None:
     if timm.is_model(arch):
         return

@@ -25,7 +25,7 @@ from .data.images import decode_image, list_images
 from .data.sources import SplitData
 from .data.transforms import preprocess_batch, stats_tensor
 from .engine import _autocast, amp_dtype_for, resolve_device
-from .models import TTAModel
+from .models import TTAModel, first_stage_side
 
 PREDICT_CHUNK = 1024  # files decoded per round: bounds memory on huge folders
 
@@ -45,7 +45,7 @@ class Classifier:
         self.model, self.meta, self.device = model.eval(), meta, device
         self.classes = meta.classes
         self._mean, self._std = stats_tensor(meta.mean, device), stats_tensor(meta.std, device)
-        self._amp_dtype = amp_dtype_for(amp, device)
+        self._amp_dtype = amp_dtype_for(amp, device, first_stage_side(meta.spec, meta.img_size))
 
     def _to_uint8(self, image: str | os.PathLike | Image.Image | torch.Tensor) -> torch.Tensor:
         if isinstance(image, torch.Tensor):  # C x H x W, uint8 or float in [0, 1]

@@ -43,7 +43,15 @@ from .distributed import (
     weights_checksum,
 )
 from .engine import EpochResult, EpochTotals, NonFiniteLossError, StopRequests, amp_dtype_for, run_epoch
-from .models import ModelSpec, build_model, count_parameters, load_pretrained, resolve_stem, set_backbone_trainable
+from .models import (
+    ModelSpec,
+    build_model,
+    count_parameters,
+    first_stage_side,
+    load_pretrained,
+    resolve_stem,
+    set_backbone_trainable,
+)
 from .runfiles import prepare_run_dir, read_history, write_history, write_json, write_split_csv
 
 SAMPLE_GALLERY = 32  # images of the first training batch in samples.png
@@ -355,7 +363,7 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
         warmup_steps = max(1, min(warmup_steps or int(0.25 * cfg.epochs * steps_per_epoch),
                                   int(0.5 * cfg.epochs * steps_per_epoch)))
     schedule = Schedule(cfg.sched, cfg.epochs * steps_per_epoch, warmup_steps, steps_per_epoch, cfg.step_size)
-    amp_dtype = amp_dtype_for(cfg.amp, device)
+    amp_dtype = amp_dtype_for(cfg.amp, device, first_stage_side(spec, data.img_size))
     state = TrainState(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
                        torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None)
     log(f"training on {device} ({'fp32' if amp_dtype is None else str(amp_dtype).replace('torch.', '')}), "
@@ -606,12 +614,12 @@ def _finish_run(run_dir: Path, data: PreparedData, device: torch.device, cfg: Tr
 
     Rank 0 only. Any failure is a warning: the run's checkpoints are already safe.
     """
-    from .checkpoint import load_model
-    from .evaluation import write_evaluation
-    from .report import write_report
-
     best = run_dir / "best.pt"
-    try:
+    try:  # the imports too: a broken optional dependency (grad-cam, matplotlib) must not fail the run either
+        from .checkpoint import load_model
+        from .evaluation import write_evaluation
+        from .report import write_report
+
         if best.is_file():
             model, meta = load_model(best, device=device)
             metrics = write_evaluation(model, meta, data.val, data.source.splits[data.val_name], run_dir,
