@@ -405,7 +405,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnetlab", description="Train, evaluate and predict with ResNet "
+    parser = argparse.ArgumentParser(prog="resnetlab", description="Train, evaluate, predict with and explain ResNet "
                                      "image classifiers on your own images.", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
