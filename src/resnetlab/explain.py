@@ -259,11 +259,8 @@ def overlay_for_image(classifier, image: Image.Image, method: str = "gradcam") -
 def cams_for_batch(classifier, batch_uint8: torch.Tensor, targets: Sequence[int] | None, *, method: str = "gradcam",
                    layer: str | None = None, batch_size: int = 32, progress: bool = True) -> np.ndarray:
     """uint8 N x C x S x S decoded images -> N x S x S heat maps, with the classifier's own normalisation."""
-    device = classifier.device
-    x = preprocess_batch(batch_uint8.to(device), stats_tensor(classifier.meta.mean, device),
-                         stats_tensor(classifier.meta.std, device), channels_last=True)
-    return compute_cams(classifier.model, x, targets, method=method, layer=layer, batch_size=batch_size,
-                        progress=progress)
+    return compute_cams(classifier.model, classifier.preprocess(batch_uint8), targets, method=method, layer=layer,
+                        batch_size=batch_size, progress=progress)
 
 
 def save_png(image: Image.Image, path: str | Path, text: dict[str, str]) -> None:

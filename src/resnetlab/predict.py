@@ -54,10 +54,14 @@ class Classifier:
             image = to_pil_image(image if image.dtype == torch.uint8 else image.clamp(0, 1))
         return decode_image(image, self.meta.img_size)
 
+    def preprocess(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 N x C x S x S (already decoded) -> the normalised float input on this classifier's device."""
+        return preprocess_batch(batch_uint8.to(self.device, non_blocking=True), self._mean, self._std,
+                                channels_last=True)
+
     def logits(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 N x 3 x S x S (already decoded) -> logits N x K, float32 on CPU."""
-        x = preprocess_batch(batch_uint8.to(self.device, non_blocking=True), self._mean, self._std,
-                             channels_last=True)
+        x = self.preprocess(batch_uint8)
         with torch.inference_mode(), _autocast(self.device, self._amp_dtype):
             return self.model(x).float().cpu()
 

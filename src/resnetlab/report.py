@@ -313,7 +313,8 @@ def _other_figures_section(run_dir: Path) -> str:
 
 
 def _model_section(run_dir: Path, evaluations: list[Path]) -> str:
-    from .summary import format_summary, human, summary_for_checkpoint
+    from .checkpoint import read_checkpoint
+    from .summary import format_summary, human, summary_for_payload
 
     candidates = [run_dir / "best.pt", run_dir / "last.pt"]
     for folder in evaluations:
@@ -324,12 +325,11 @@ def _model_section(run_dir: Path, evaluations: list[Path]) -> str:
     if checkpoint is None:
         return _section("model", "Model", _note("no checkpoint found: the model summary is left out"))
     try:
-        summary = summary_for_checkpoint(checkpoint)
+        payload = read_checkpoint(checkpoint)  # once: for a ResNet-50 that is ~100 MB
+        summary = summary_for_payload(payload, checkpoint)
     except Exception as err:  # noqa: BLE001 - a summary we cannot compute must not cost the whole report
         return _section("model", "Model", _note(f"could not summarise {checkpoint}: {type(err).__name__}: {err}"))
-    from .checkpoint import read_checkpoint
-
-    spec = read_checkpoint(checkpoint).get("model_spec", {})
+    spec = payload.get("model_spec", {})
     kpis = [("parameters", human(summary.total_params)), ("trainable", human(summary.trainable_params)),
             ("MACs per image", human(summary.macs)), ("FLOPs per image", human(summary.flops)),
             ("input", f"{summary.img_size}x{summary.img_size}")]
