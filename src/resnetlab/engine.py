@@ -74,7 +74,7 @@ def cpu_has_native_bf16() -> bool:
 
     torch's get_cpu_capability() stops at "AVX512" (it names the vector kernels it built, not bf16 or AMX
     support), so the CPU's own flags decide: on a Sapphire Rapids core AMX makes a ResNet-18 training step
-    about 2.2x faster than fp32 (benchmarks/README.md).
+    about 2.4x faster than fp32 (benchmarks/README.md).
     """
     capability = torch.backends.cpu.get_cpu_capability()
     if "AMX" in capability or "BF16" in capability:
