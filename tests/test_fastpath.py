@@ -12,6 +12,7 @@ from PIL import Image
 
 import resnetlab
 from conftest import TOY_CLASSES, write_class_folders
+from resnetlab.config import ConfigError, TrainConfig
 from resnetlab.data.cache import decode_split
 from resnetlab.data.images import decode_image
 from resnetlab.data.loaders import Batches
@@ -86,6 +87,26 @@ def test_augmentation_really_changes_images_and_is_reproducible():
     assert torch.equal(x1, x2), "the same (seed, epoch, step) gives the same batch (exact resume)"
     assert not torch.equal(x1, x3), "another epoch draws other augmentations"
     assert not torch.equal(x1, images.float() / 255)
+
+
+@pytest.mark.parametrize("preset", ["none", "crop"])
+def test_random_erasing_covers_a_box_of_some_images(preset: str):
+    images = torch.full((400, 3, 16, 16), 0.5)
+    x = BatchAugment(preset, 16, hflip=False, erase=0.3)(images.clone(), torch.Generator().manual_seed(2))
+    if preset == "crop":  # a shift pads with zeros: count only the noise-filled pixels (neither 0.5 nor 0)
+        changed = ((x - 0.5).abs() > 1e-6) & (x.abs() > 1e-6)
+    else:
+        changed = (x - 0.5).abs() > 1e-6
+    per_image = changed.any(dim=1).float().mean(dim=(1, 2))  # share of each image's pixels erased
+    erased = per_image > 0
+    assert 0.2 < float(erased.float().mean()) < 0.4  # about the probability asked for
+    assert float(per_image[erased].min()) >= 0.01 and float(per_image.max()) <= 0.3  # boxes of 2-25 % of the area
+    unchanged = BatchAugment("none", 16)(images.clone(), torch.Generator().manual_seed(2))
+    assert torch.equal(unchanged, images)
+    with pytest.raises(ValueError, match="random erasing probability must be within 0-1"):
+        BatchAugment("crop", 16, erase=1.5)
+    with pytest.raises(ConfigError, match="erase must be a probability"):
+        TrainConfig(data="x", erase=-0.1).validate()
 
 
 def test_crop_preset_shifts_by_whole_pixels_without_rotation():

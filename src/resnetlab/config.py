@@ -54,7 +54,13 @@ class TrainConfig:
                              "standard (+ random-resized-crop, colour jitter), strong (+ TrivialAugment, random "
                              "erasing)",
                     ("none", "crop", "light", "standard", "strong"))
+    erase: float = _opt(0.0, "random erasing probability on top of the --aug preset (a noise box of 2-25 percent of "
+                             "the image), e.g. 0.25; 0: off (strong: 0.25)")
     hflip: bool = _opt(True, "allow horizontal flips in augmentation (turn off for digits and text)")
+    loader: str = _opt("auto", "data path of the training split: memory (decode every image once into a cached "
+                        "uint8 array), stream (decode each batch from the files with DataLoader workers: sets larger "
+                        "than memory), auto (stream when the decoded split would take over half the free memory)",
+                        ("auto", "memory", "stream"))
     cache_dir: str | None = _opt(None, "folder for decoded-image caches (default: ~/.cache/resnetlab)")
     # model
     model: str = _opt("resnet18", "architecture: resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, "
@@ -170,6 +176,7 @@ class TrainConfig:
             (0.0625 <= self.width <= 4.0, f"width must be between 0.0625 and 4, got {self.width}"),
             (self.lr is None or self.lr == "auto" or (isinstance(self.lr, (int, float)) and self.lr > 0),
              f"lr must be > 0 or 'auto', got {self.lr}"),
+            (0.0 <= self.erase <= 1.0, f"erase must be a probability in [0, 1], got {self.erase}"),
             (0.0 <= self.ema < 1.0, f"ema decay must be in [0, 1), got {self.ema}"),
             (self.mixup >= 0 and self.cutmix >= 0, "mixup and cutmix alphas must be >= 0"),
             (0.0 <= self.mix_prob <= 1.0, f"mix_prob must be in [0, 1], got {self.mix_prob}"),

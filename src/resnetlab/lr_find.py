@@ -99,9 +99,8 @@ def lr_range_test(model: nn.Module, batches: Batches, *, criterion: nn.Module, d
 
 def find_lr(cfg: TrainConfig, out: Path) -> LrFindResult:
     """The lr-find verb: the data, model and optimizer ``train`` would use, swept; writes lr_find.png/.csv."""
-    from .data.transforms import BatchAugment
     from .engine import resolve_device
-    from .training import build_network, log, prepare_data
+    from .training import build_network, log, prepare_data, training_batches
 
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
@@ -109,9 +108,7 @@ def find_lr(cfg: TrainConfig, out: Path) -> LrFindResult:
     data = prepare_data(cfg, out)
     model, _ = build_network(cfg, len(data.source.classes), data.img_size)
     model = model.to(device, memory_format=torch.channels_last)
-    augment = BatchAugment(cfg.aug, data.img_size, hflip=cfg.hflip) if cfg.aug != "none" else None
-    batches = Batches(data.train.images, data.train.labels, batch_size=cfg.batch_size, device=device, mean=data.mean,
-                      std=data.std, shuffle=True, augment=augment, seed=cfg.seed, drop_last=True, channels_last=True)
+    batches = training_batches(data, cfg, device, drop_last=True)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     result = lr_range_test(model, batches, criterion=criterion, device=device, cfg=cfg, progress=cfg.progress)
     table, figure = result.write(out)

@@ -10,6 +10,7 @@ stops the run without overwriting the last good checkpoint, and ``--resume`` con
 from __future__ import annotations
 
 import gc
+import json
 import math
 import os
 import random
@@ -25,11 +26,12 @@ from torch import nn
 
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint, unwrap
 from .config import ConfigError, TrainConfig, parse_duration
-from .data.cache import DecodedSplit, channel_stats, decode_split
+from .data.cache import DecodedSplit, channel_stats, decode_split, default_workers
 from .data.check import inspect_data
 from .data.images import image_size
 from .data.loaders import Batches
-from .data.sources import DataError, DataSource, open_data
+from .data.sources import DataError, DataSource, SplitData, open_data
+from .data.stream import StreamBatches, choose_loader, decoded_bytes, streamed_split
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment
 from .distributed import (
     DistInfo,
@@ -152,9 +154,17 @@ def resolve_img_size(cfg: TrainConfig, source: DataSource) -> int:
     return int(min(224, max(32, round(float(np.median(sides)) / 8) * 8)))
 
 
-def resolve_norm(cfg: TrainConfig, train: DecodedSplit) -> tuple[list[float], list[float]]:
+NORM_SAMPLE = 5000  # images that estimate a streamed split's mean/std (a decoded split uses all of them)
+
+
+def resolve_norm(cfg: TrainConfig, train: DecodedSplit, split: SplitData | None = None, img_size: int = 0
+                 ) -> tuple[list[float], list[float]]:
     if cfg.mean is not None or cfg.std is not None:
         return list(cfg.mean or IMAGENET_MEAN), list(cfg.std or IMAGENET_STD)
+    if cfg.norm == "dataset" and train.images is None:  # streamed: estimate from an evenly spread sample
+        sample = split.subset(np.arange(0, len(split), max(1, len(split) // NORM_SAMPLE)))
+        return channel_stats(decode_split(sample, img_size, workers=cfg.workers, progress=False,
+                                          use_cache=False).images)
     if cfg.norm == "dataset":
         return channel_stats(train.images)
     if cfg.norm == "none":
@@ -176,8 +186,10 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None) 
     img_size = resolve_img_size(cfg, source)
     val_name = source.val_name
     log(f"data: {source.kind} at {source.location}; {len(source.classes)} classes; image size {img_size}px")
-    decoded = {name: decode_split(source.splits[name], img_size, cache_dir=cfg.cache_dir, workers=cfg.workers,
-                                  progress=cfg.progress) for name in ("train", val_name)}
+    loader = choose_loader(cfg.loader, source.splits["train"], img_size)
+    decoded = {name: streamed_split(source.splits[name]) if name == "train" and loader == "stream" else
+               decode_split(source.splits[name], img_size, cache_dir=cfg.cache_dir, workers=cfg.workers,
+                            progress=cfg.progress) for name in ("train", val_name)}
     if info.is_main:
         barrier(info)
     report = inspect_data(source, decoded, img_size)
@@ -201,12 +213,32 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None) 
         if problem["severity"] == "warning":
             log(f"warning: {problem['path'] + ': ' if problem['path'] else ''}{problem['reason']}")
     train = decoded["train"]
-    log(f"data path: decoded once into memory ({train.images.numel() / 2**20:.0f} MiB uint8"
-        + (f", cache {train.cache_file}" if train.cache_file else "") + "); batches augmented on the device")
+    if train.images is None:
+        log(f"data path: streamed: the training split ({decoded_bytes(len(train), img_size) / 2**30:.1f} GiB "
+            f"decoded; --loader {cfg.loader}) is decoded per batch from its files by "
+            f"{cfg.workers or default_workers()} DataLoader workers (PIL with JPEG draft scaling); validation "
+            "decoded once; batches augmented on the device")
+    else:
+        log(f"data path: decoded once into memory ({train.images.numel() / 2**20:.0f} MiB uint8"
+            + (f", cache {train.cache_file}" if train.cache_file else "") + "); batches augmented on the device")
     if info.is_main:
         write_split_csv(run_dir, source)
-    mean, std = resolve_norm(cfg, train)
+    mean, std = resolve_norm(cfg, train, source.splits["train"], img_size)
     return PreparedData(source, img_size, val_name, train, decoded[val_name], mean, std)
+
+
+def training_batches(data: PreparedData, cfg: TrainConfig, device: torch.device, *, drop_last: bool,
+                     sample_weights: torch.Tensor | None = None, rank: int = 0, world_size: int = 1) -> Batches:
+    """The training split's shuffled, augmented batches: slices of the decoded array, or streamed from files."""
+    augment = (BatchAugment(cfg.aug, data.img_size, hflip=cfg.hflip, erase=cfg.erase)
+               if cfg.aug != "none" or cfg.erase else None)
+    options = {"batch_size": cfg.batch_size, "device": device, "mean": data.mean, "std": data.std, "shuffle": True,
+               "augment": augment, "seed": cfg.seed, "drop_last": drop_last, "sample_weights": sample_weights,
+               "channels_last": True, "rank": rank, "world_size": world_size}
+    if data.train.images is None:
+        return StreamBatches(data.source.splits["train"], data.img_size, workers=cfg.workers or default_workers(),
+                             strict=cfg.strict, **options)
+    return Batches(data.train.images, data.train.labels, **options)
 
 
 def build_network(cfg: TrainConfig, num_classes: int, img_size: int, *, pretrained: bool = True
@@ -332,12 +364,8 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
         class_weights = (class_counts.sum() / (len(class_counts) * class_counts.clamp_min(1))).to(device)
     elif cfg.balance == "sampler":
         sample_weights = (1.0 / class_counts.clamp_min(1))[data.train.labels].double()
-    augment = BatchAugment(cfg.aug, data.img_size, hflip=cfg.hflip) if cfg.aug != "none" else None
-    train_batches = Batches(data.train.images, data.train.labels, batch_size=cfg.batch_size, device=device,
-                            mean=data.mean, std=data.std, shuffle=True, augment=augment, seed=cfg.seed,
-                            drop_last=len(data.train) > cfg.batch_size * info.world_size,
-                            sample_weights=sample_weights, channels_last=True, rank=info.rank,
-                            world_size=info.world_size)
+    train_batches = training_batches(data, cfg, device, drop_last=len(data.train) > cfg.batch_size * info.world_size,
+                                     sample_weights=sample_weights, rank=info.rank, world_size=info.world_size)
     val_batches = Batches(data.val.images, data.val.labels, batch_size=max(256, cfg.batch_size * 2), device=device,
                           mean=data.mean, std=data.std, channels_last=True, rank=info.rank,
                           world_size=info.world_size)
@@ -462,8 +490,9 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
                    "val_loss": val_result.loss, "val_acc": val_result.accuracy,
                    "lr": optimizer.param_groups[0]["lr"], "epoch_s": train_result.seconds + val_result.seconds,
                    "img_per_s": train_result.images_per_second}
-            if ema is not None:
-                row["raw_val_acc"] = validate(model).accuracy
+            if ema is not None:  # the raw weights' accuracy too, its time counted in the epoch's
+                raw = validate(model)
+                row["raw_val_acc"], row["epoch_s"] = raw.accuracy, row["epoch_s"] + raw.seconds
             history.append(row)
             if info.is_main:
                 write_history(run_dir, history)
@@ -499,6 +528,8 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
         spread = sums[1] / info.world_size - (sums[0] / info.world_size) ** 2
         log(f"distributed: weights {'identical' if spread <= 1e-9 * max(1.0, sums[1]) else 'DIFFERENT'} across "
             f"{info.world_size} ranks (checksum {sums[0] / info.world_size:.6f})")
+    if isinstance(train_batches, StreamBatches) and train_batches.skipped and info.is_main:
+        _report_streamed_skips(run_dir, train_batches.skipped_files())
     if info.is_main and stopped in (None, "early-stop"):
         # the evaluation decodes nothing new but needs room for its own batches and Grad-CAM's activations:
         # drop the training batches (on the GPU when they fit there) and the optimizer's moments first
@@ -512,6 +543,19 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
     final = ema.module if ema is not None else unwrap(model)
     return RunResult(run_dir, state.best_acc, state.best_epoch, len(history), history, final.eval(),
                      data.source.classes, stopped)
+
+
+def _report_streamed_skips(run_dir: Path, skipped: list[dict]) -> None:
+    """Streamed files are only read during training: their failures join data_report.json afterwards."""
+    report_file = run_dir / "data_report.json"
+    try:
+        report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else {}
+        report["skipped"] = report.get("skipped", []) + [dict(item, split="train") for item in skipped]
+        write_json(report_file, report)
+    except (OSError, ValueError) as err:
+        log(f"warning: could not update {report_file}: {err}")
+    log(f"skipped {len(skipped)} unreadable training image(s) while streaming, listed in {report_file} "
+        f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
 
 
 def _ema_state(ema) -> dict:  # noqa: ANN001 - timm's ModelEmaV3 or None

@@ -32,7 +32,7 @@ UNEXPECTED = "unexpected error: "  # failures that are not the file's fault are 
 
 @dataclass
 class DecodedSplit:
-    images: torch.Tensor  # uint8, N x C x S x S (C is 1 for grey built-ins, expanded to RGB per batch)
+    images: torch.Tensor | None  # uint8, N x C x S x S (C is 1 for grey built-ins); None: streamed (stream.py)
     labels: torch.Tensor  # int64, N
     kept: np.ndarray  # positions in the SplitData of the images that decoded
     skipped: list[dict] = field(default_factory=list)  # {"path", "reason"} of images that did not

@@ -73,21 +73,31 @@ class Batches:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yields (x: float N x 3 x S x S normalised, y: int64 N, index: positions in the split)."""
-        order = self._order(epoch)
-        steps = self.steps_per_epoch()
-        for step in range(start_step, steps):
-            index = order[step * self.batch_size:(step + 1) * self.batch_size]
+        for step, (x, y, index) in enumerate(self._uint8_batches(self._step_indices(epoch, start_step)),
+                                             start=start_step):
+            yield self._finish(x, epoch, step), y, index
+
+    def _step_indices(self, epoch: int, start_step: int) -> list[torch.Tensor]:
+        order, size = self._order(epoch), self.batch_size
+        return [order[step * size:(step + 1) * size] for step in range(start_step, self.steps_per_epoch())]
+
+    def _uint8_batches(self, indices: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(uint8 images, labels) on the device for each index batch: here, slices of the decoded array."""
+        for index in indices:
             device_index = index.to(self.images.device, non_blocking=True)
             x = self.images.index_select(0, device_index).to(self.device, non_blocking=True)
             y = self.labels.index_select(0, device_index).to(self.device, non_blocking=True)
-            x = to_float_rgb(x)
-            if self.augment is not None:
-                # each rank draws its own augmentation; single-process runs keep the (seed, epoch, step) stream
-                streams = (self.seed, epoch, step) if self.world_size == 1 else (self.seed, epoch, step, self.rank)
-                x = self.augment(x, _generator(self.device, *streams))
-            x = normalize(x, self.mean, self.std)
-            x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
             yield x, y, index
+
+    def _finish(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+        """uint8 batch -> augmented, normalised float batch; randomness from (seed, epoch, step[, rank])."""
+        x = to_float_rgb(x)
+        if self.augment is not None:
+            # each rank draws its own augmentation; single-process runs keep the (seed, epoch, step) stream
+            streams = (self.seed, epoch, step) if self.world_size == 1 else (self.seed, epoch, step, self.rank)
+            x = self.augment(x, _generator(self.device, *streams))
+        x = normalize(x, self.mean, self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
 
 def _fits_on_gpu(images: torch.Tensor, device: torch.device) -> bool:

@@ -66,13 +66,18 @@ class BatchAugment:
     crop: horizontal flip and a shift by up to S/8 pixels (a padded crop, as the fast CIFAR recipes use: short
     schedules learn faster without rotation). light: crop + rotation within +-10 degrees (= crop with
     zero padding). standard: random-resized-crop (8-100 % of the area, aspect 3/4-4/3) instead of the
-    shift, plus colour jitter (0.3). strong: standard + TrivialAugment per image + random erasing.
+    shift, plus colour jitter (0.3). strong: standard + TrivialAugment per image + random erasing (0.25).
+    ``erase``: random erasing (a box of 2-25 % of the image filled with noise) with this probability on top
+    of any preset, the regulariser of the best Fashion-MNIST entries (Zhong et al. 2017).
     """
 
-    def __init__(self, preset: str, size: int, *, hflip: bool = True):
+    def __init__(self, preset: str, size: int, *, hflip: bool = True, erase: float = 0.0):
         if preset not in AUG_PRESETS:
             raise ValueError(f"augmentation preset '{preset}' is not one of {', '.join(AUG_PRESETS)}")
+        if not 0.0 <= erase <= 1.0:
+            raise ValueError(f"random erasing probability must be within 0-1, got {erase}")
         self.preset, self.size, self.hflip = preset, size, hflip
+        self.erase = erase if erase or preset != "strong" else 0.25
         self._trivial = None
         if preset == "strong":
             from torchvision.transforms import v2
@@ -81,14 +86,14 @@ class BatchAugment:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.preset == "none":
-            return x
+            return self._random_erase(x, generator, probability=self.erase) if self.erase else x
         if self._trivial is not None:
             x = self._trivial_augment(x, generator)
         x = self._affine(x, generator)
         if self.preset in ("standard", "strong"):
             x = self._colour_jitter(x, generator, strength=0.3)
-        if self.preset == "strong":
-            x = self._random_erase(x, generator, probability=0.25)
+        if self.erase:
+            x = self._random_erase(x, generator, probability=self.erase)
         return x
 
     def _uniform(self, n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:

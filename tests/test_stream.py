@@ -1,0 +1,88 @@
+"""The streamed data path (sets larger than memory) gives the cached path's batches and survives bad files."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import resnetlab
+from conftest import write_class_folders
+from resnetlab.data.cache import decode_split
+from resnetlab.data.loaders import Batches
+from resnetlab.data.sources import DataError, open_data
+from resnetlab.data.stream import StreamBatches, choose_loader
+from resnetlab.data.transforms import BatchAugment
+
+CPU = torch.device("cpu")
+
+
+def _both(split, size: int, workers: int, **options) -> tuple[Batches, StreamBatches]:
+    decoded = decode_split(split, size, workers=1, progress=False, use_cache=False)
+    common = {"batch_size": 8, "device": CPU, "mean": [0.5] * 3, "std": [0.25] * 3, "seed": 7, **options}
+    return (Batches(decoded.images, decoded.labels, **common),
+            StreamBatches(split, size, workers=workers, **common))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streamed_batches_equal_the_cached_ones(class_folders: Path, workers: int):
+    split = open_data(str(class_folders)).splits["train"]
+    cached, streamed = _both(split, 16, workers, shuffle=True, augment=BatchAugment("crop", 16), drop_last=True)
+    assert len(streamed) == len(cached) == len(split) // 8
+    for (x1, y1, i1), (x2, y2, i2) in zip(cached.epoch(2), streamed.epoch(2), strict=True):
+        assert torch.equal(i1, i2) and torch.equal(y1, y2)
+        assert torch.equal(x1, x2)  # same pixels, same augmentation draw
+    # resume from step 3 of an epoch: the same batches as the full epoch's steps 3+
+    full = [i for _, _, i in streamed.epoch(5)]
+    resumed = [i for _, _, i in streamed.epoch(5, start_step=3)]
+    assert [i.tolist() for i in resumed] == [i.tolist() for i in full[3:]]
+
+
+def test_an_unreadable_file_is_left_out_of_its_batch_and_listed(class_folders: Path, capsys):
+    split = open_data(str(class_folders)).splits["train"]
+    broken = split.paths[5]
+    Path(broken).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    streamed = StreamBatches(split, 16, workers=1, batch_size=8, device=CPU, mean=[0.5] * 3, std=[0.25] * 3)
+    seen = torch.cat([i for _, _, i in streamed.epoch(0)])
+    assert 5 not in seen.tolist() and len(seen) == len(split) - 1
+    assert [entry["path"] for entry in streamed.skipped_files()] == [broken]
+    assert broken in capsys.readouterr().out
+    strict = StreamBatches(split, 16, workers=0, batch_size=8, device=CPU, mean=[0.5] * 3, std=[0.25] * 3,
+                           strict=True)
+    with pytest.raises(DataError, match=f"--strict: unreadable image {re.escape(broken)}: not an image"):
+        list(strict.epoch(0))
+
+
+def test_auto_streams_only_what_does_not_fit(class_folders: Path):
+    split = open_data(str(class_folders)).splits["train"]
+    size_needed = len(split) * 3 * 64 * 64
+    assert choose_loader("auto", split, 64, memory=100 * size_needed) == "memory"
+    assert choose_loader("auto", split, 64, memory=size_needed) == "stream"  # over half the free memory
+    assert choose_loader("memory", split, 64, memory=1) == "memory"
+    assert choose_loader("stream", split, 64, memory=1 << 40) == "stream"
+    arrays = open_data("digits").splits["train"]  # a built-in set arrives decoded: nothing to stream
+    assert choose_loader("stream", arrays, 64) == "memory"
+    with pytest.raises(ValueError, match="loader must be one of"):
+        choose_loader("disk", split, 64)
+
+
+def test_a_streamed_run_trains_and_reports_its_skipped_files(tmp_path: Path, capsys):
+    data = tmp_path / "toy"
+    write_class_folders(data / "train", 24, seed=5)
+    write_class_folders(data / "val", 8, seed=6)
+    broken = data / "train" / "red" / "img 003.png"
+    broken.write_bytes(b"GIF89a truncated")
+    result = resnetlab.train(data=str(data), out=str(tmp_path / "run"), epochs=3, loader="stream", norm="dataset",
+                             img_size=16, width=0.25, batch_size=16, progress=False, workers=2, lr=0.05, seed=1)
+    out = capsys.readouterr().out
+    assert "data path: streamed" in out and "2 DataLoader workers" in out
+    assert "skipped 1 unreadable training image(s) while streaming" in out and str(broken) in out
+    assert result.best_val_acc >= 0.9, out
+    report = json.loads((result.run_dir / "data_report.json").read_text(encoding="utf-8"))
+    assert [(entry["path"], entry["split"]) for entry in report["skipped"]] == [(str(broken), "train")]
+    assert (result.run_dir / "best.pt").is_file() and (result.run_dir / "report.html").is_file()
+    assert np.isfinite(result.history[-1]["train_loss"])
