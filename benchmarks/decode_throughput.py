@@ -4,7 +4,8 @@ On the 2,000 mixed-size JPEGs of ``predict_throughput.py`` (96-800 px), one proc
 square of --img-size (shorter side resized, centre crop): (a) PIL, full decode then resize (the plain
 recipe); (b) resnetlab's reader (``data/cache._decode_one``: PIL with JPEG draft scaling, so libjpeg-turbo
 decodes at 1/2-1/8 scale, plus a content hash); (c) torchvision.io.decode_jpeg (libjpeg-turbo) then a
-tensor resize and crop. The streamed loader and the decode-once cache both use (b).
+tensor resize and crop; (d) the streamed loader's reader (``data/stream.FileImages``), which picks (c) for a
+JPEG whose shorter side is under 4x the size and (b) otherwise. The decode-once cache uses (b).
 
     python benchmarks/decode_throughput.py                  # 64 px and 224 px
 """
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import load_average, print_table  # noqa: E402
 from predict_throughput import jpeg_folder  # noqa: E402
 from resnetlab.data.cache import _decode_one  # noqa: E402
+from resnetlab.data.stream import FileImages  # noqa: E402
 
 
 def pil_full(path: Path, size: int) -> None:
@@ -41,6 +43,11 @@ def torchvision_io(path: Path, size: int) -> None:
 
     image = decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
     F.center_crop(F.resize(image, size, antialias=True), [size, size])
+
+
+def stream_reader(path: Path, size: int) -> None:
+    index, result = FileImages([str(path)], size)[0]
+    assert not isinstance(result, str), result
 
 
 def rate(reader, files: list[Path], size: int) -> float:
@@ -62,11 +69,13 @@ def main() -> None:
     print(f"load average before: {load_average()}; {len(files)} JPEGs of 96-800 px")
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
-        plain, ours, tv = (rate(reader, files, size) for reader in (pil_full, resnetlab_reader, torchvision_io))
-        rows.append([f"{size} px", f"{plain:.0f}", f"{ours:.0f}", f"{tv:.0f}", f"{ours / plain:.2f}",
-                     f"{tv / plain:.2f}", f"{ours / tv:.2f}"])
-    print_table(["fit to", "(a) PIL full img/s", "(b) resnetlab img/s", "(c) torchvision.io img/s", "b/a", "c/a",
-                 "b/c"], rows, title="JPEG decode + fit, one process")
+        plain, ours, tv, streamed = (rate(reader, files, size) for reader in (pil_full, resnetlab_reader,
+                                                                              torchvision_io, stream_reader))
+        rows.append([f"{size} px", f"{plain:.0f}", f"{ours:.0f}", f"{tv:.0f}", f"{streamed:.0f}", f"{ours / plain:.2f}",
+                     f"{tv / plain:.2f}", f"{ours / tv:.2f}", f"{streamed / max(ours, tv):.2f}"])
+    print_table(["fit to", "(a) PIL full img/s", "(b) cache reader img/s", "(c) torchvision.io img/s",
+                 "(d) stream reader img/s", "b/a", "c/a", "b/c", "d/max(b,c)"], rows,
+                title="JPEG decode + fit, one process")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 All three train the same model with the same batch size and step count on the same PNG class folders
 (Fashion-MNIST, written by the script). (a) ImageFolder + PIL transforms + DataLoader workers + fp32;
 (b) resnetlab's own path: decode once (timed separately), batches augmented as tensors, channels_last,
-bf16 autocast where the hardware has it; (c) (b)'s step on one batch already in memory, no data path.
+bf16 autocast where the hardware has it; (b2) the same with ``--loader stream`` (files decoded per batch by
+DataLoader workers, the path for sets larger than memory); (c) (b)'s step on one batch already in memory, no data path.
 A second table compares resnetlab's step in fp32 and bf16 (the precision gain alone).
 
     python benchmarks/train_throughput.py                       # resnet18, 32 px, standard stem
@@ -33,6 +34,7 @@ from common import (  # noqa: E402
 from resnetlab.data.cache import decode_split  # noqa: E402
 from resnetlab.data.loaders import Batches  # noqa: E402
 from resnetlab.data.sources import open_data  # noqa: E402
+from resnetlab.data.stream import StreamBatches  # noqa: E402
 from resnetlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment  # noqa: E402
 from resnetlab.engine import amp_dtype_for, resolve_device, run_epoch  # noqa: E402
 from resnetlab.models import ModelSpec, build_model, first_stage_side  # noqa: E402
@@ -86,6 +88,17 @@ def resnetlab_path(args, root: Path, device: torch.device, dtype: torch.dtype | 
         len(decoded) / decode_s
 
 
+def streamed_path(args, root: Path, device: torch.device, dtype: torch.dtype | None):
+    """(b2) resnetlab with --loader stream: each batch decoded from the PNG files by DataLoader workers."""
+    source = open_data(str(root))
+    model, optimizer = _model(args, device, channels_last=True)
+    batches = StreamBatches(source.splits["train"], args.img_size, workers=args.workers, batch_size=args.batch_size,
+                            device=device, mean=IMAGENET_MEAN, std=IMAGENET_STD, shuffle=True,
+                            augment=BatchAugment("light", args.img_size), drop_last=True, channels_last=True)
+    stream = (b for epoch in itertools.count() for b in batches.epoch(epoch))
+    return _stepper(model, optimizer, lambda count: itertools.islice(stream, count), device, dtype)
+
+
 def ceiling(args, device: torch.device, dtype: torch.dtype | None):
     """(c) resnetlab's step on one batch already on the device: the compute-only upper bound."""
     model, optimizer = _model(args, device, channels_last=True)
@@ -129,7 +142,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; each path's best counts")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--images", type=int, default=6000, help="training images written as PNG")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain recipe")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (plain recipe and --loader stream)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-root", default=None, help="Fashion-MNIST files (default: Debian's location)")
     args = parser.parse_args()
@@ -146,7 +159,8 @@ def main() -> None:
           f"resnetlab precision (--amp auto): {precision}; load average before: {load_average()}")
 
     b_run, decode_s, decode_rate = resnetlab_path(args, root, device, amp_auto)
-    runs = {"a": plain(args, root, device), "b": b_run, "c": ceiling(args, device, amp_auto)}
+    runs = {"a": plain(args, root, device), "b": b_run, "b2": streamed_path(args, root, device, amp_auto),
+            "c": ceiling(args, device, amp_auto)}
     other = (None if amp_auto is not None else torch.bfloat16) if bf16_capable else None
     if bf16_capable:
         runs["other"] = ceiling(args, device, other)
@@ -155,6 +169,8 @@ def main() -> None:
     print_table(["path", "img/s", "vs plain (x/a)", "vs ceiling (x/c)"], [
         ["(a) plain recipe: ImageFolder + DataLoader, fp32", a, 1.0, a / c],
         [f"(b) resnetlab ({precision})", b, b / a, b / c],
+        [f"(b2) resnetlab --loader stream ({args.workers} workers, {precision})", rates["b2"], rates["b2"] / a,
+         rates["b2"] / c],
         [f"(c) compute-only ceiling ({precision})", c, c / a, 1.0],
     ])
     print(f"resnetlab's one-time decode: {args.images} PNGs in {decode_s:.1f}s ({decode_rate:.0f} img/s), then "

@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import resnetlab
 from conftest import write_class_folders
 from resnetlab.data.cache import decode_split
+from resnetlab.data.images import decode_image
 from resnetlab.data.loaders import Batches
 from resnetlab.data.sources import DataError, open_data
-from resnetlab.data.stream import StreamBatches, choose_loader
+from resnetlab.data.stream import FileImages, StreamBatches, choose_loader, jpeg_frame, torchvision_fit
 from resnetlab.data.transforms import BatchAugment
 
 CPU = torch.device("cpu")
@@ -86,3 +88,42 @@ def test_a_streamed_run_trains_and_reports_its_skipped_files(tmp_path: Path, cap
     assert [(entry["path"], entry["split"]) for entry in report["skipped"]] == [(str(broken), "train")]
     assert (result.run_dir / "best.pt").is_file() and (result.run_dir / "report.html").is_file()
     assert np.isfinite(result.history[-1]["train_loss"])
+
+
+def _photo(size: tuple[int, int], mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(8)
+    w, h = size
+    gradient = np.add.outer(np.linspace(0, 200, h), np.linspace(0, 55, w))  # smooth: JPEG keeps it well
+    rgb = np.stack([gradient, gradient[::-1], np.full((h, w), 90.0)], axis=2) + rng.normal(0, 2, (h, w, 3))
+    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).convert(mode)
+
+
+def test_torchvision_reads_jpegs_near_the_training_size_like_pil(tmp_path: Path):
+    path = tmp_path / "photo.jpg"
+    _photo((90, 60)).save(path, quality=95)
+    fitted = torchvision_fit(path.read_bytes(), 48)
+    assert fitted is not None and fitted.shape == (48, 48, 3) and fitted.dtype == np.uint8
+    reference = decode_image(path, 48).permute(1, 2, 0).numpy().astype(np.int16)
+    assert np.abs(fitted.astype(np.int16) - reference).mean() < 3  # same picture, same crop, same scale
+    # EXIF orientation 6 (rotate 90 degrees): applied by both readers
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = tmp_path / "rotated.jpg"
+    _photo((90, 60)).save(rotated, quality=95, exif=exif)
+    turned = torchvision_fit(rotated.read_bytes(), 48)
+    assert np.abs(turned.astype(np.int16) - decode_image(rotated, 48).permute(1, 2, 0).numpy()).mean() < 3
+    assert np.abs(turned.astype(np.int16) - fitted).mean() > 10  # and it did turn
+    # where PIL is faster or the only reader: None, and FileImages falls back to it
+    big, cmyk, png = tmp_path / "big.jpg", tmp_path / "cmyk.jpg", tmp_path / "flat.png"
+    _photo((400, 300)).save(big, quality=90)
+    _photo((90, 60), "CMYK").save(cmyk, quality=95)
+    _photo((90, 60)).save(png)
+    for file in (big, cmyk, png):
+        assert torchvision_fit(file.read_bytes(), 48) is None, file.name
+    assert torchvision_fit(b"\xff\xd8\xff truncated", 48) is None
+    assert jpeg_frame(path.read_bytes()) == (60, 90, 3) and jpeg_frame(cmyk.read_bytes())[2] == 4
+    assert jpeg_frame(png.read_bytes()) is None
+    images = FileImages([str(path), str(big), str(cmyk), str(png), str(tmp_path / "gone.jpg")], 48)
+    results = [images[i][1] for i in range(len(images))]
+    assert all(isinstance(r, np.ndarray) and r.shape == (48, 48, 3) for r in results[:4])
+    assert results[4] == "file not found"

@@ -46,7 +46,8 @@ def _flag_type(annotation: str):
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field; defaults are suppressed so recipe < YAML < flags merge cleanly."""
     parser.add_argument("data", nargs="?", help=TrainConfig.__dataclass_fields__["data"].metadata["help"])
-    parser.add_argument("--recipe", help="a preset: fast or accurate (shipped YAML files), or a YAML file path")
+    parser.add_argument("--recipe", help="a preset: fast (28-32 px sets, <10 min on 2 CPU cores), accurate (94.3%% "
+                        "Fashion-MNIST in 25 min on 2 CPU cores), photos (224 px, pretrained), or a YAML file path")
     parser.add_argument("--config", help="YAML file of settings (flags given on the command line win)")
     for f in fields(TrainConfig):
         if f.name == "data":

@@ -216,8 +216,8 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None) 
     if train.images is None:
         log(f"data path: streamed: the training split ({decoded_bytes(len(train), img_size) / 2**30:.1f} GiB "
             f"decoded; --loader {cfg.loader}) is decoded per batch from its files by "
-            f"{cfg.workers or default_workers()} DataLoader workers (PIL with JPEG draft scaling); validation "
-            "decoded once; batches augmented on the device")
+            f"{cfg.workers or default_workers()} DataLoader workers (torchvision.io or PIL, whichever is faster "
+            "for the file); validation decoded once; batches augmented on the device")
     else:
         log(f"data path: decoded once into memory ({train.images.numel() / 2**20:.0f} MiB uint8"
             + (f", cache {train.cache_file}" if train.cache_file else "") + "); batches augmented on the device")

@@ -96,8 +96,14 @@ def _cache_key(paths: list[str], size: int) -> str:
 def _decode_one(job: tuple[str, int]) -> tuple[np.ndarray, str, bool] | str:
     """Runs in a worker process: (H x W x 3 uint8 array, content digest, EXIF-rotated?), or why it failed."""
     path, size = job
+    return decode_bytes(path, None, size)
+
+
+def decode_bytes(path: str, data: bytes | None, size: int) -> tuple[np.ndarray, str, bool] | str:
+    """``_decode_one`` for a file whose content (``data``) may already be in memory."""
     try:
-        data = Path(path).read_bytes()  # read once: hashed for leakage checks, decoded from memory
+        if data is None:
+            data = Path(path).read_bytes()  # read once: hashed for leakage checks, decoded from memory
         image = open_rgb(path, draft_size=size, data=data)
         array = np.asarray(fit_square(image, size), dtype=np.uint8)
         return array, hashlib.blake2b(data, digest_size=16).hexdigest(), bool(image.info.get("exif_rotated"))

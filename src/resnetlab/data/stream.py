@@ -2,12 +2,15 @@
 
 The decode-once cache (``cache.py``) is the fast path, but it needs the whole split as uint8 at the training
 size in memory or on disk (ImageNet at 224 px: ~190 GB). Above a memory budget a split streams instead:
-each batch's files are decoded by ``torch.utils.data.DataLoader`` workers with the same reader as the cache,
-evaluation and prediction (PIL with JPEG draft scaling), so every path sees the same pixels; then augmented as
-tensors on the training device exactly as cached batches are. ``benchmarks/decode_throughput.py`` measured
-that reader against torchvision.io (libjpeg-turbo): 1.28x faster when fitting photos to 64 px (draft scaling
-decodes at 1/2-1/8 size), 0.60x at 224 px, where a full-size decode and a tensor resize win. Batch order and augmentation come from the same
-(seed, epoch, step) streams, so a resumed run replays an epoch exactly either way.
+each batch's files are decoded by ``torch.utils.data.DataLoader`` workers, then augmented as tensors on the
+training device exactly as cached batches are. The reader is whichever measured faster
+(``benchmarks/decode_throughput.py``, photos of 96-800 px): the cache's PIL reader with JPEG draft scaling
+(libjpeg-turbo decoding at 1/2-1/8 size) when a JPEG is at least 4x the training size, 1.28x torchvision.io at
+64 px; otherwise torchvision.io's decode_jpeg (libjpeg-turbo) plus a tensor resize, 1.66x PIL at 224 px.
+The two agree to within a grey level or so and a sub-pixel crop offset, well inside what augmentation moves;
+PNG and every other format, CMYK JPEGs and anything torchvision cannot read go through PIL.
+Batch order and augmentation come from the same (seed, epoch, step) streams, so a resumed run replays an
+epoch exactly either way.
 
     batches = StreamBatches(split, size=224, workers=8, batch_size=128, device=device, mean=m, std=s,
                             shuffle=True, augment=BatchAugment("standard", 224), seed=0)
@@ -18,14 +21,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as TF
 
-from .cache import DecodedSplit, _decode_one
+from .cache import DecodedSplit, decode_bytes
+from .images import MAX_IMAGE_PIXELS
 from .loaders import Batches
 from .sources import DataError, SplitData
+
+try:  # deprecated since torchvision 0.29 in favour of TorchCodec: without it every file goes through PIL
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:  # pragma: no cover - only on a torchvision that has removed it
+    decode_jpeg = None
 
 LOADERS = ("auto", "memory", "stream")
 MEMORY_SHARE = 0.5  # auto streams when the decoded split would take more than this share of available memory
@@ -67,6 +78,56 @@ def streamed_split(split: SplitData) -> DecodedSplit:
     return DecodedSplit(None, torch.from_numpy(np.asarray(split.labels, dtype=np.int64)), np.arange(len(split)))
 
 
+DRAFT_GAIN = 4  # a JPEG whose shorter side is at least this many times the target: PIL's draft decode wins
+
+
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame; C4/C8/CC are other segments
+
+
+def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
+    """(height, width, colour components) from a JPEG's start-of-frame segment, or None if it is not a JPEG.
+
+    Hand-written rather than PIL's Image.open because only these three numbers are needed and opening the file
+    with PIL costs about a quarter of decoding a small JPEG; the decoders still validate everything else."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    position = 2
+    while position + 9 < len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        length = int.from_bytes(data[position + 2:position + 4], "big")
+        if marker in _SOF_MARKERS:
+            height = int.from_bytes(data[position + 5:position + 7], "big")
+            width = int.from_bytes(data[position + 7:position + 9], "big")
+            return height, width, data[position + 9]
+        if marker == 0xDA or length < 2:  # image data before any frame header, or a broken length
+            return None
+        position += 2 + length
+    return None
+
+
+def torchvision_fit(data: bytes, size: int) -> np.ndarray | None:
+    """A JPEG that draft scaling cannot shrink much, decoded by torchvision.io and fitted (shorter side resized,
+    centre crop) as H x W x 3 uint8; None when PIL should read it (other formats, CMYK, large, unreadable)."""
+    frame = jpeg_frame(data) if decode_jpeg is not None else None
+    if frame is None:
+        return None
+    height, width, components = frame
+    if components not in (1, 3) or min(height, width) >= DRAFT_GAIN * size or height * width > MAX_IMAGE_PIXELS:
+        return None  # CMYK, large enough for draft scaling, or over the decompression-bomb limit: PIL's case
+    try:
+        image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                            apply_exif_orientation=True)
+    except Exception:  # noqa: BLE001 - PIL then reads the file and names what is wrong with it
+        return None
+    image = TF.center_crop(TF.resize(image, [size], antialias=True), [size, size])
+    return image.permute(1, 2, 0).numpy()
+
+
 class FileImages(Dataset):
     """Image ``i`` of a split, decoded and fitted to size x size: (i, uint8 H x W x 3 array or why it failed)."""
 
@@ -77,7 +138,16 @@ class FileImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | str]:
-        result = _decode_one((self.paths[i], self.size))
+        path, data = self.paths[i], None
+        if path.lower().endswith((".jpg", ".jpeg")):
+            try:
+                data = Path(path).read_bytes()
+            except OSError:
+                pass  # PIL's reader below says what is wrong with the file
+            array = torchvision_fit(data, self.size) if data else None
+            if array is not None:
+                return i, array
+        result = decode_bytes(path, data, self.size)
         return i, result if isinstance(result, str) else result[0]
 
 
