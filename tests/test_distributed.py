@@ -49,6 +49,21 @@ def test_two_processes_train_one_model(split_folders: Path, tmp_path: Path):
     assert not any(k.startswith("module.") for k in saved["model"])  # loads in a single process
 
 
+def test_two_processes_stream_their_shards_and_report_every_skipped_file(split_folders: Path, tmp_path: Path):
+    broken = sorted(str(path) for path in (split_folders / "Train").rglob("img 00[0-1].png"))  # 6 files
+    for path in broken:
+        Path(path).write_bytes(b"not an image")
+    run = tmp_path / "run"
+    process = _torchrun([str(split_folders), "--out", str(run), "--epochs", "2", "--loader", "stream", *TINY])
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output
+    assert "data path: streamed" in output and "weights identical across 2 ranks" in output
+    report = json.loads((run / "data_report.json").read_text(encoding="utf-8"))
+    # each rank met some of them in its shard, some in both epochs' shards: listed once each, by rank 0
+    assert sorted(entry["path"] for entry in report["skipped"]) == broken
+    assert {entry["split"] for entry in report["skipped"]} == {"train"}
+
+
 def test_resume_under_torchrun(split_folders: Path, tmp_path: Path):
     run = tmp_path / "run"
     first = _torchrun([str(split_folders), "--out", str(run), "--epochs", "3", "--stop-after-steps", "3", *TINY])

@@ -96,6 +96,15 @@ def from_main(value, info: DistInfo):  # noqa: ANN001, ANN201 - any picklable va
     return holder[0]
 
 
+def gather_lists(items: list, info: DistInfo) -> list:
+    """Every rank's list, concatenated in rank order, on every rank (e.g. the files each rank's shard skipped)."""
+    if not info.enabled:
+        return list(items)
+    gathered: list = [None] * info.world_size
+    dist.all_gather_object(gathered, list(items))
+    return [item for part in gathered for item in part]
+
+
 def sync_buffers(module: torch.nn.Module, info: DistInfo) -> None:
     """Copy rank 0's BatchNorm statistics to every rank: each rank's last step updated them on its own
     shard, and validation must score exactly the model that rank 0 saves."""

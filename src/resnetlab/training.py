@@ -38,6 +38,7 @@ from .distributed import (
     any_rank,
     barrier,
     from_main,
+    gather_lists,
     init_distributed,
     shutdown,
     sum_over_ranks,
@@ -214,10 +215,11 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None) 
             log(f"warning: {problem['path'] + ': ' if problem['path'] else ''}{problem['reason']}")
     train = decoded["train"]
     if train.images is None:
-        log(f"data path: streamed: the training split ({decoded_bytes(len(train), img_size) / 2**30:.1f} GiB "
-            f"decoded; --loader {cfg.loader}) is decoded per batch from its files by "
-            f"{cfg.workers or default_workers()} DataLoader workers (torchvision.io or PIL, whichever is faster "
-            "for the file); validation decoded once; batches augmented on the device")
+        size, workers = decoded_bytes(len(train), img_size), cfg.workers or default_workers()
+        size_text = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
+        log(f"data path: streamed: the training split ({size_text} decoded; --loader {cfg.loader}) is decoded per "
+            f"batch from its files by {workers} DataLoader worker{'s' if workers > 1 else ''} (torchvision.io or "
+            "PIL, whichever is faster for the file); validation decoded once; batches augmented on the device")
     else:
         log(f"data path: decoded once into memory ({train.images.numel() / 2**20:.0f} MiB uint8"
             + (f", cache {train.cache_file}" if train.cache_file else "") + "); batches augmented on the device")
@@ -528,8 +530,11 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
         spread = sums[1] / info.world_size - (sums[0] / info.world_size) ** 2
         log(f"distributed: weights {'identical' if spread <= 1e-9 * max(1.0, sums[1]) else 'DIFFERENT'} across "
             f"{info.world_size} ranks (checksum {sums[0] / info.world_size:.6f})")
-    if isinstance(train_batches, StreamBatches) and train_batches.skipped and info.is_main:
-        _report_streamed_skips(run_dir, train_batches.skipped_files())
+    if isinstance(train_batches, StreamBatches):  # every rank streamed its own shard: collect what each skipped
+        gathered = gather_lists(train_batches.skipped_files(), info)  # a file met by 2 ranks in 2 epochs: once
+        streamed_skips = list({entry["path"]: entry for entry in gathered}.values())
+        if streamed_skips and info.is_main:
+            _report_streamed_skips(run_dir, streamed_skips)
     if info.is_main and stopped in (None, "early-stop"):
         # the evaluation decodes nothing new but needs room for its own batches and Grad-CAM's activations:
         # drop the training batches (on the GPU when they fit there) and the optimizer's moments first
