@@ -86,3 +86,21 @@ def test_grad_clip_and_recipes(split_folders: Path, tmp_path: Path, capsys):
         TrainConfig.from_dict(dict(values, data="x"))  # every shipped preset is valid
     with pytest.raises(ConfigError, match="shipped recipes: accurate, fast, photos"):
         recipe_values("turbo")
+
+
+def test_time_limit_shortens_the_plan_and_fill_time_lengthens_it(split_folders: Path, tmp_path: Path, capsys):
+    short = resnetlab.train(data=str(split_folders), out=str(tmp_path / "short"), epochs=500, time_limit="3s", **TINY)
+    out = capsys.readouterr().out
+    assert 1 <= short.epochs_done < 500 and short.stopped is None
+    assert f"time limit: the run is shortened to {short.epochs_done} epochs" in out
+    assert sum(row["epoch_s"] for row in short.history) < 6  # within the limit, give or take one epoch's estimate
+
+    filled = resnetlab.train(data=str(split_folders), out=str(tmp_path / "fill"), epochs=2, time_limit="4s",
+                             fill_time=True, **TINY)
+    out = capsys.readouterr().out
+    assert filled.epochs_done > 2 and "time limit: the run is lengthened to" in out
+    # the one-cycle schedule was stretched to the new plan: annealed to ~0 at its end, not after epoch 2
+    lrs = [row["lr"] for row in filled.history]
+    assert lrs[1] > 0.5 * TINY["lr"] and lrs[-1] < 0.05 * TINY["lr"]
+    with pytest.raises(ConfigError, match="fill_time needs a time limit"):
+        TrainConfig(data="x", fill_time=True).validate()

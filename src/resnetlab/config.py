@@ -97,6 +97,8 @@ class TrainConfig:
     early_stop: int = _opt(0, "stop when val accuracy has not improved for N epochs (0: never)")
     time_limit: str | None = _opt(None, "stop after this wall time (e.g. 90s, 5m, 1h); the schedule is "
                                         "shortened to fit")
+    fill_time: bool = _opt(False, "with --time-limit: also lengthen the plan to as many epochs as fit in the time "
+                                  "(re-planned after every epoch; --epochs is the first plan)")
     # machine
     seed: int = _opt(0, "random seed (split, init, shuffling, augmentation)")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
@@ -193,6 +195,8 @@ class TrainConfig:
                 raise ConfigError(message)
         if self.time_limit is not None:
             parse_duration(self.time_limit)
+        elif self.fill_time:
+            raise ConfigError("fill_time needs a time limit to fill: add --time-limit, e.g. --time-limit 30m")
 
     @property
     def peak_lr(self) -> float:

@@ -10,6 +10,7 @@ stops the run without overwriting the last good checkpoint, and ``--resume`` con
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import math
 import os
@@ -61,7 +62,7 @@ SAMPLE_GALLERY = 32  # images of the first training batch in samples.png
 
 # Settings a resumed run may change; everything else comes from the run's saved config.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "progress", "time_limit", "early_stop", "cache_dir",
-                       "save_every", "stop_after_steps")
+                       "save_every", "stop_after_steps", "fill_time")
 
 
 @dataclass
@@ -433,8 +434,9 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
     planned_epochs, epoch, stopped = cfg.epochs, start_epoch - 1, None
     steps_run = 0  # optimizer steps in this invocation, for --stop-after-steps
 
+    epoch_ends = [time.perf_counter()]  # wall clock at the loop's start and after each epoch, saving included
     with StopRequests() as stop:
-        for epoch in range(start_epoch, cfg.epochs + 1):
+        for epoch in itertools.count(start_epoch):  # the plan may change with --time-limit
             if epoch > planned_epochs:
                 break
             if cfg.freeze_backbone and cfg.unfreeze_at == epoch and start_step == 0:
@@ -522,8 +524,10 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo) -> RunResult:
                 log(f"early stop: no val accuracy gain for {cfg.early_stop} epochs")
                 break
             if time_budget is not None:
-                planned_epochs = from_main(_fit_to_time(time_budget, time.perf_counter() - started, history, epoch,
-                                                        planned_epochs, schedule, steps_per_epoch), info)
+                epoch_ends.append(time.perf_counter())
+                planned_epochs = from_main(_fit_to_time(time_budget, epoch_ends[-1] - started, np.diff(epoch_ends),
+                                                        epoch, planned_epochs, schedule, steps_per_epoch,
+                                                        lengthen=cfg.fill_time), info)
                 schedule.total_steps = planned_epochs * steps_per_epoch
     if info.enabled:
         sums = sum_over_ranks([weights_checksum(model), weights_checksum(model) ** 2], info)
@@ -617,15 +621,17 @@ class _StopRun(Exception):
         self.epoch, self.step = epoch, step
 
 
-def _fit_to_time(budget: float, elapsed: float, history: list[dict], epoch: int, planned: int, schedule: Schedule,
-                 steps_per_epoch: int) -> int:
-    """Shrink the planned epoch count so the run ends inside ``budget`` seconds; the schedule follows."""
-    per_epoch = float(np.mean([r["epoch_s"] for r in history[-3:]]))
-    fits = epoch + int(max(0.0, budget - elapsed) // max(per_epoch, 1e-6))
-    if fits < planned:
-        planned = max(epoch, fits)
+def _fit_to_time(budget: float, elapsed: float, epoch_walls: np.ndarray, epoch: int, planned: int,
+                 schedule: Schedule, steps_per_epoch: int, *, lengthen: bool = False) -> int:
+    """Shrink the planned epoch count so the run ends inside ``budget`` seconds (``lengthen``: or grow it to fill
+    them); the schedule follows. Re-planned after every epoch from the last three epochs' wall times (checkpoints
+    and figures included, which the epochs' own timings leave out)."""
+    per_epoch = float(np.mean(epoch_walls[-3:]))
+    fits = max(epoch, epoch + int(max(0.0, budget - elapsed) // max(per_epoch, 1e-3)))
+    if fits < planned or (lengthen and fits > planned):
+        log(f"time limit: the run is {'shortened' if fits < planned else 'lengthened'} to {fits} epochs")
+        planned = fits
         schedule.total_steps = planned * steps_per_epoch
-        log(f"time limit: the run is shortened to {planned} epochs")
     return planned
 
 
