@@ -79,8 +79,6 @@ def streamed_split(split: SplitData) -> DecodedSplit:
 
 
 DRAFT_GAIN = 4  # a JPEG whose shorter side is at least this many times the target: PIL's draft decode wins
-
-
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame; C4/C8/CC are other segments
 
 
@@ -187,8 +185,8 @@ class StreamBatches(Batches):
                     self.skipped[position] = reason
                     print(f"warning: skipped unreadable image {self.split.describe(position)}: {reason}", flush=True)
             if len(positions) == 0:
-                raise DataError(f"every image of a batch was unreadable (first: "
-                                   f"{self.split.describe(failed[0][0])}: {failed[0][1]})")
+                first, reason = failed[0]
+                raise DataError(f"every image of a batch was unreadable, first {self.split.describe(first)}: {reason}")
             yield (images.to(self.device, non_blocking=True),
                    self.labels[positions].to(self.device, non_blocking=True), positions)
 
