@@ -2,7 +2,7 @@
 
 On the 2,000 mixed-size JPEGs of ``predict_throughput.py`` (96-800 px), one process each, fitted to a
 square of --img-size (shorter side resized, centre crop): (a) PIL, full decode then resize (the plain
-recipe); (b) resnetlab's reader (``data/cache._decode_one``: PIL with JPEG draft scaling, so libjpeg-turbo
+recipe); (b) resnetlab's reader (``data/cache.decode_bytes``: PIL with JPEG draft scaling, so libjpeg-turbo
 decodes at 1/2-1/8 scale, plus a content hash); (c) torchvision.io.decode_jpeg (libjpeg-turbo) then a
 tensor resize and crop; (d) the streamed loader's reader (``data/stream.FileImages``), which picks (c) for a
 JPEG whose shorter side is under 4x the size and (b) otherwise. The decode-once cache uses (b).
@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 sys.path.insert(0, str(Path(__file__).parent))
 from common import load_average, print_table  # noqa: E402
 from predict_throughput import jpeg_folder  # noqa: E402
-from resnetlab.data.cache import _decode_one  # noqa: E402
+from resnetlab.data.cache import decode_bytes  # noqa: E402
 from resnetlab.data.stream import FileImages  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def pil_full(path: Path, size: int) -> None:
 
 
 def resnetlab_reader(path: Path, size: int) -> None:
-    result = _decode_one((str(path), size))
+    result = decode_bytes(str(path), None, size)
     assert not isinstance(result, str), result
 
 
