@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from PIL import Image, ImageDraw
+
+from resnetlab.log import configure
+
+# What results depend on, pinned for every test and every process a test starts: the CPU (never a GPU that a
+# machine happens to have), no hub downloads, and fp32 under --amp auto (bf16 only where a test asks for it), so
+# accuracy thresholds mean the same on an AMX Xeon, an AVX512-BF16 EPYC and a CPU without bf16.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["RESNETLAB_CPU_BF16"] = "0"
+settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 # Class -> fill colour. Names have a space and an accent on purpose.
 TOY_CLASSES = {"blue sky": (40, 60, 230), "green léaf": (40, 200, 60), "red": (230, 40, 40)}
@@ -37,6 +51,12 @@ def write_class_folders(root: Path, per_class: int, seed: int = 0, ext: str = "p
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test session gets its own decode cache, so tests never see the user's cache."""
     monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _messages_on_stdout():
+    """resnetlab's log messages printed as the CLI prints them, so API calls and CLI runs read alike in capsys."""
+    configure(0)
 
 
 @pytest.fixture

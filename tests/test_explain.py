@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +13,12 @@ from PIL import Image
 
 import resnetlab
 from resnetlab import explain as explain_module
+from resnetlab.cam import CAM_METHODS, compute_cams, default_target_layer, overlay, overlay_name, resolve_layer
 from resnetlab.checkpoint import load_model
 from resnetlab.cli import main
 from resnetlab.data.images import decode_image
 from resnetlab.data.transforms import preprocess_batch, stats_tensor
-from resnetlab.explain import (
-    CAM_METHODS,
-    compute_cams,
-    default_target_layer,
-    overlay,
-    overlay_name,
-    plot_misclassified,
-    resolve_layer,
-)
+from resnetlab.evaluation import plot_misclassified
 from resnetlab.metrics import rank_mistakes
 from resnetlab.models import ModelSpec, TTAModel, build_model, set_backbone_trainable
 
@@ -159,9 +153,10 @@ def test_every_method_gives_maps_in_unit_range(method, corner_run):
 
 
 @pytest.mark.parametrize("method", ["scorecam", "ablationcam"])
-def test_no_progress_silences_the_librarys_per_channel_bars(method, capsys):
+def test_no_progress_silences_the_librarys_per_channel_bars(method, capsys, monkeypatch):
     model = tiny_model()
     x = torch.randn(1, 3, 16, 16)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # bars are drawn on a terminal only
     compute_cams(model, x, [0], method=method)
     assert "it/s" in capsys.readouterr().err  # grad-cam draws a bar by default...
     quiet = compute_cams(model, x, [0], method=method, progress=False)

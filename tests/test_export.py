@@ -16,8 +16,10 @@ from PIL import Image, ImageOps
 import resnetlab
 from conftest import TOY_CLASSES
 from resnetlab.checkpoint import load_model
+from resnetlab.classifier import load_onnx
 from resnetlab.cli import main
-from resnetlab.export import ExportError, export_model, load_onnx
+from resnetlab.errors import ExportError
+from resnetlab.export import export_model
 from serving import train_tiny
 
 TOLERANCE = 1e-4  # the bar for |onnxruntime - PyTorch|

@@ -127,7 +127,8 @@ def test_fp32_and_bf16_training_both_learn_the_toy_set(tmp_path: Path, amp: str)
     assert result.classes == sorted(TOY_CLASSES)
 
 
-def test_amp_auto_uses_bf16_only_where_the_cpu_has_it():
+def test_amp_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch):
+    monkeypatch.delenv("RESNETLAB_CPU_BF16", raising=False)  # conftest pins fp32; here the CPU's flags decide
     expected = torch.bfloat16 if cpu_has_native_bf16() else None
     assert amp_dtype_for("auto", torch.device("cpu")) == expected
     assert amp_dtype_for("off", torch.device("cpu")) is None
@@ -139,6 +140,9 @@ def test_amp_auto_uses_bf16_only_where_the_cpu_has_it():
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     if "amx_bf16" in flags.split() or " amx_bf16" in flags:
         assert cpu_has_native_bf16(), "an AMX CPU must train in bf16 by default"
+    for forced, dtype in (("0", None), ("1", torch.bfloat16)):  # the override, whatever the CPU
+        monkeypatch.setenv("RESNETLAB_CPU_BF16", forced)
+        assert amp_dtype_for("auto", torch.device("cpu"), 32) == dtype
 
 
 def test_decoded_images_are_what_the_model_sees(tmp_path: Path):

@@ -165,8 +165,7 @@ def test_bare_state_dict_of_an_odd_width_is_rebuilt(tmp_path: Path, width: float
 
 
 def test_unwrap_reaches_the_network_under_any_wrapper_nesting():
-    from resnetlab.checkpoint import unwrap
-    from resnetlab.models import TTAModel, backbone_frozen
+    from resnetlab.models import TTAModel, backbone_frozen, unwrap
 
     network = build_model(ModelSpec("resnet18", 3, width=0.25))
     wrapped = torch.compile(torch.nn.DataParallel(TTAModel(torch.nn.DataParallel(network), "flip")))

@@ -24,7 +24,7 @@ from serving import png_bytes, running_server, train_tiny
 
 def explain_available() -> bool:
     try:
-        from resnetlab.explain import overlay_for_image  # noqa: F401
+        from resnetlab.cam import overlay_for_image  # noqa: F401
     except ImportError:
         return False
     return True

@@ -8,30 +8,19 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-__all__ = ["train", "load", "evaluate", "predict_files", "TrainConfig", "__version__"]
+from importlib import import_module
+
+from ._version import __version__
+from .errors import ResnetlabError
+
+__all__ = ["train", "load", "evaluate", "predict_files", "TrainConfig", "ResnetlabError", "__version__"]
+
+# Loaded on first use, so `import resnetlab` and `resnetlab --help` stay fast (torch loads only when needed).
+_LAZY = {"train": "resnetlab.training", "load": "resnetlab.classifier", "predict_files": "resnetlab.predict",
+         "evaluate": "resnetlab.evaluation", "TrainConfig": "resnetlab.config"}
 
 
 def __getattr__(name: str):
-    # Lazy imports keep `resnetlab --help` fast: torch is loaded only when a verb needs it.
-    if name == "train":
-        from .training import train
-
-        return train
-    if name == "load":
-        from .predict import load
-
-        return load
-    if name == "predict_files":
-        from .predict import predict_files
-
-        return predict_files
-    if name == "evaluate":
-        from .evaluation import evaluate
-
-        return evaluate
-    if name == "TrainConfig":
-        from .config import TrainConfig
-
-        return TrainConfig
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'resnetlab' has no attribute {name!r}")

@@ -10,8 +10,6 @@ when the architecture and classes are given.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import ModelError, ModelSpec, TTAModel, build_model, load_matching, read_state_dict
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .errors import CheckpointError, ModelError
+from .fileio import atomic_open
+from .models import ModelSpec, build_model, load_matching, read_state_dict
 
 FORMAT = "resnetlab-checkpoint"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used; the message says why and which file."""
 
 
 @dataclass
@@ -47,34 +44,16 @@ class ModelMeta:
                 "mean": list(self.mean), "std": list(self.std)}
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare network under TTAModel, DataParallel / DistributedDataParallel and torch.compile wrappers, in
-    any nesting: saved keys carry no prefixes, and Grad-CAM hooks see the plain network's batches."""
-    while True:
-        if isinstance(model, TTAModel):  # its views would change the batch the CAM hooks see
-            model = model.model
-        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
-            model = model._orig_mod
-        else:
-            return model
+def describe_model(meta: ModelMeta, config: dict[str, Any]) -> dict[str, Any]:
+    """The part of every resnetlab checkpoint that ``load_model`` reads back, plus the run's settings (plain
+    values only, so ``weights_only=True`` loading accepts it). Weights and training state are added beside it."""
+    return {**meta.to_dict(), "config": dict(config)}
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a crash never leaves a half file."""
-    path = Path(path)
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            torch.save(payload, tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as handle:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, handle)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -146,8 +125,6 @@ def _from_bare_state_dict(path: Path, payload: dict, arch: str | None, classes: 
         model.load_state_dict(state, strict=True)
     except (ModelError, RuntimeError) as err:
         raise CheckpointError(f"{path} does not fit {arch} with {len(classes)} classes: {str(err)[:300]}") from None
-    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
     size = img_size or (32 if stem == "small" else 224)
     meta = ModelMeta(spec, list(classes), size, list(IMAGENET_MEAN), list(IMAGENET_STD), source=str(path))
     return model, meta

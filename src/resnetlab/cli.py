@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
-from importlib import resources
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig, load_yaml
+from ._version import __version__
+from .config import TrainConfig, add_train_flags, recipe_values
+from .errors import ModelError, ResnetlabError
+from .log import configure, logger
 
 EPILOG = """Examples:
   resnetlab train fashion-mnist --recipe fast          built-in data set, tuned preset
@@ -31,65 +32,33 @@ EPILOG = """Examples:
 """
 
 
-def _flag_type(annotation: str):
-    if annotation.startswith("float | str"):
-        return lambda text: text if text == "auto" else float(text)
-    if "list" in annotation:
-        return lambda text: [float(v) for v in text.split(",")]
-    if annotation.startswith("int"):
-        return int
-    if annotation.startswith("float"):
-        return float
-    return str
-
-
-def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field; defaults are suppressed so recipe < YAML < flags merge cleanly."""
-    parser.add_argument("data", nargs="?", help=TrainConfig.__dataclass_fields__["data"].metadata["help"])
-    parser.add_argument("--recipe", help="a preset: fast (28-32 px sets, <10 min on 2 CPU cores), accurate (94.3%% "
-                        "Fashion-MNIST in 25 min on 2 CPU cores), photos (224 px, pretrained), or a YAML file path")
-    parser.add_argument("--config", help="YAML file of settings (flags given on the command line win)")
-    for f in fields(TrainConfig):
-        if f.name == "data":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        meta = f.metadata
-        text = meta["help"] + (f" (default: {f.default})" if f.default is not None and f.default != "" else "")
-        if "bool" in str(f.type):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
-        else:
-            parser.add_argument(flag, type=_flag_type(str(f.type)), choices=meta.get("choices"),
-                                default=argparse.SUPPRESS, help=text, metavar=None if meta.get("choices") else
-                                f.name.upper())
-
-
-def recipe_values(name: str | None) -> dict:
-    if not name:
-        return {}
-    path = Path(name)
-    if path.is_file():
-        return load_yaml(path)
-    shipped = resources.files("resnetlab") / "recipes" / f"{name}.yaml"
-    if not shipped.is_file():
-        available = sorted(p.name.removesuffix(".yaml") for p in (resources.files("resnetlab") / "recipes").iterdir()
-                           if p.name.endswith(".yaml"))
-        raise ConfigError(f"unknown recipe '{name}'; shipped recipes: {', '.join(available)}, or give a YAML file")
-    with resources.as_file(shipped) as file:
-        return load_yaml(file)
-
-
-def _common_model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU cores)")
+def _checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    """The CHECKPOINT argument, and what rebuilds a bare state_dict saved from a notebook."""
+    parser.add_argument("checkpoint", help="best.pt / last.pt of a run, or a bare state_dict file")
     parser.add_argument("--model", default=None, help="architecture, only for a bare state_dict file")
     parser.add_argument("--classes", default=None,
                         help="class names for a bare state_dict: a file (one per line) or a comma list")
     parser.add_argument("--img-size", type=int, default=None, help="image size, only for a bare state_dict")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
-    parser.add_argument("--tta", default="none", choices=("none", "flip", "flip-crop"),
-                        help="test-time augmentation: average over mirrored (flip: 2 views) and also shifted "
-                             "(flip-crop: 10 views) images (default: none)")
+
+
+def _bare(args: argparse.Namespace) -> dict:
+    """The _checkpoint_flags values as keyword arguments of load/evaluate/predict_files/explain/export_model."""
+    from .checkpoint import parse_classes
+
+    return {"arch": args.model, "classes": parse_classes(args.classes), "img_size": args.img_size}
+
+
+def _common_model_flags(parser: argparse.ArgumentParser, *, batch_size: int = 256, tta: bool = True) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=batch_size,
+                        help=f"images per forward pass (default: {batch_size})")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU cores)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="progress bars (shown only when the output is a terminal)")
+    if tta:
+        parser.add_argument("--tta", default="none", choices=("none", "flip", "flip-crop"),
+                            help="test-time augmentation: average over mirrored (flip: 2 views) and also shifted "
+                                 "(flip-crop: 10 views) images (default: none)")
 
 
 def _train_parser(sub) -> None:
@@ -103,18 +72,26 @@ def _train_parser(sub) -> None:
                                        "misclassified.png (Grad-CAM), and report.html shows it all. A run "
                                        "stopped by Ctrl-C or --stop-after-steps writes these when resumed to "
                                        "its end.")
-    _add_train_flags(train)
+    add_train_flags(train)
 
 
 def _train_run(args: argparse.Namespace) -> int:
-    from .training import train
+    from .training import train  # every verb's module is imported when it runs: --help never loads torch
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "recipe", "config")}
     if getattr(args, "resume", None):  # the run's saved settings, changed only by the flags given now
-        result = train(**{k: v for k, v in overrides.items() if v is not None})
+        result = train(**{k: v for k, v in _train_flags(args).items() if v is not None})
     else:
-        result = train(TrainConfig.from_sources(args.config, overrides, base=recipe_values(args.recipe)))
+        result = train(_train_config(args))
     return 130 if result.stopped == "signal" else 0
+
+
+def _train_flags(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("command", "recipe", "config")}
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < --recipe < --config YAML < flags given on the command line."""
+    return TrainConfig.from_sources(args.config, _train_flags(args), base=recipe_values(args.recipe))
 
 
 def _lr_find_parser(sub) -> None:
@@ -123,14 +100,13 @@ def _lr_find_parser(sub) -> None:
                                         "rate rises from 1e-6 to 10; writes lr_find.png and lr_find.csv to --out "
                                         "(default runs/lr-find) and prints the suggested --lr. Takes the same "
                                         "options as train.")
-    _add_train_flags(finder)
+    add_train_flags(finder)
 
 
 def _lr_find_run(args: argparse.Namespace) -> int:
-    from .lr_find import find_lr
+    from .training.lr_find import find_lr
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "recipe", "config")}
-    config = TrainConfig.from_sources(args.config, overrides, base=recipe_values(args.recipe))
+    config = _train_config(args)
     find_lr(config, Path(config.out or "runs/lr-find"))
     return 0
 
@@ -142,7 +118,7 @@ def _evaluate_parser(sub) -> None:
                                           "refreshes the run's report.html when the checkpoint is in a run "
                                           "folder and --out is inside it (the default), else writes "
                                           "report.html into --out.")
-    evaluate.add_argument("checkpoint", help="best.pt / last.pt of a run, or a bare state_dict file")
+    _checkpoint_flags(evaluate)
     evaluate.add_argument("data", help="image folder, CSV or built-in name")
     evaluate.add_argument("--split", default="val", choices=("train", "val", "test"), help="default: val")
     evaluate.add_argument("--out", default=None, help="output folder (default: CHECKPOINT_DIR/eval-SPLIT)")
@@ -151,20 +127,18 @@ def _evaluate_parser(sub) -> None:
 
 
 def _evaluate_run(args: argparse.Namespace) -> int:
-    from .checkpoint import parse_classes
     from .evaluation import evaluate
 
     evaluate(args.checkpoint, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
-             device=args.device, workers=args.workers, data_root=args.data_root, arch=args.model,
-             classes=parse_classes(args.classes), img_size=args.img_size, progress=args.progress,
-             tta=args.tta)
+             device=args.device, workers=args.workers, data_root=args.data_root, progress=args.progress,
+             tta=args.tta, **_bare(args))
     return 0
 
 
 def _predict_parser(sub) -> None:
     predict = sub.add_parser("predict", help="top-k predictions for image files and folders, as CSV",
                              description="Writes a CSV: path,label,confidence,top2_label,top2_prob,...,error.")
-    predict.add_argument("checkpoint", help="best.pt / last.pt of a run, or a bare state_dict file")
+    _checkpoint_flags(predict)
     predict.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     predict.add_argument("--out", default="predictions.csv", help="CSV path (default: predictions.csv)")
     predict.add_argument("--topk", type=int, default=3, help="labels per image (default: 3)")
@@ -175,13 +149,11 @@ def _predict_parser(sub) -> None:
 
 
 def _predict_run(args: argparse.Namespace) -> int:
-    from .checkpoint import parse_classes
     from .predict import predict_files
 
     summary = predict_files(args.checkpoint, args.inputs, out=args.out, topk=args.topk, batch_size=args.batch_size,
-                            device=args.device, workers=args.workers, arch=args.model,
-                            classes=parse_classes(args.classes), img_size=args.img_size, progress=args.progress,
-                            tta=args.tta, cam=args.cam)
+                            device=args.device, workers=args.workers, progress=args.progress, tta=args.tta,
+                            cam=args.cam, **_bare(args))
     return 0 if summary["predicted"] else 1
 
 
@@ -193,7 +165,7 @@ def _explain_parser(sub) -> None:
                     "its PNG text), explain_grid.png ('true / predicted (p)' titles, first 64 images) and "
                     "explain.csv (path,overlay,true,predicted,probability,target,error). Unreadable files are "
                     "skipped and named.")
-    explain.add_argument("checkpoint", help="best.pt / last.pt of a run, or a bare state_dict file")
+    _checkpoint_flags(explain)
     explain.add_argument("inputs", nargs="*", help="image files and/or folders (searched recursively)")
     explain.add_argument("--misclassified", default=None, metavar="DATA",
                          help="instead of INPUTS: the --limit most confident mistakes of --split of this data set "
@@ -213,27 +185,17 @@ def _explain_parser(sub) -> None:
     explain.add_argument("--out", default=None, help="output folder (default: CHECKPOINT_DIR/explain, or "
                                                      "CHECKPOINT_DIR/explain-misclassified-SPLIT)")
     explain.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")
-    explain.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     # the backward pass keeps activations alive: smaller batches than predict's 256
-    explain.add_argument("--batch-size", type=int, default=32, help="images per CAM forward/backward pass "
-                                                                    "(default: 32)")
-    explain.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU cores)")
-    explain.add_argument("--model", default=None, help="architecture, only for a bare state_dict file")
-    explain.add_argument("--classes", default=None,
-                         help="class names for a bare state_dict: a file (one per line) or a comma list")
-    explain.add_argument("--img-size", type=int, default=None, help="image size, only for a bare state_dict")
-    explain.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    _common_model_flags(explain, batch_size=32, tta=False)
 
 
 def _explain_run(args: argparse.Namespace) -> int:
-    from .checkpoint import parse_classes
     from .explain import explain
 
     summary = explain(args.checkpoint, args.inputs, misclassified=args.misclassified, split=args.split,
                       limit=args.limit, method=args.method, layer=args.layer, target=args.target, out=args.out,
                       batch_size=args.batch_size, device=args.device, workers=args.workers, data_root=args.data_root,
-                      arch=args.model, classes=parse_classes(args.classes), img_size=args.img_size,
-                      progress=args.progress)
+                      progress=args.progress, **_bare(args))
     return 0 if summary["explained"] or args.misclassified else 1
 
 
@@ -256,14 +218,14 @@ def _check_parser(sub) -> None:
 
 def _check_run(args: argparse.Namespace) -> int:
     from .data.check import check_data, format_report
-    from .data.sources import open_data
-    from .runfiles import write_json
-    from .training import resolve_img_size
+    from .data.sources import default_img_size, open_data
+    from .fileio import write_json
+    from .log import progress_enabled
 
     source = open_data(args.data, val_split=args.val_split, seed=args.seed, data_root=args.data_root)
-    size = resolve_img_size(TrainConfig(data=args.data, img_size=args.img_size), source)
-    report = check_data(source, size, workers=args.workers, progress=args.progress)
-    print(format_report(report))
+    size = args.img_size or default_img_size(source)
+    report = check_data(source, size, workers=args.workers, progress=progress_enabled(args.progress))
+    print(format_report(report))  # the report is the command's output (stdout), not a log message
     if args.json:
         write_json(Path(args.json), report)
     return 1 if report["skipped"] else 0
@@ -274,25 +236,20 @@ def _export_parser(sub) -> None:
                             description="Writes FILE and FILE.json (classes, image size, mean/std, input layout). "
                                         "The model takes normalised float32 N x 3 x S x S RGB images and returns "
                                         "logits; the export is checked against PyTorch on random images.")
-    export.add_argument("checkpoint", help="best.pt / last.pt of a run, or a bare state_dict file")
+    _checkpoint_flags(export)
     export.add_argument("--format", required=True, choices=("onnx", "torchscript"), help="onnx or torchscript")
     export.add_argument("--out", default=None,
                         help="output file (default: the checkpoint's name with .onnx / .torchscript)")
     export.add_argument("--dynamic-batch", action="store_true",
                         help="ONNX: any batch size (default: batch 1); TorchScript always takes any batch size")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    export.add_argument("--model", default=None, help="architecture, only for a bare state_dict file")
-    export.add_argument("--classes", default=None,
-                        help="class names for a bare state_dict: a file (one per line) or a comma list")
-    export.add_argument("--img-size", type=int, default=None, help="image size, only for a bare state_dict")
 
 
 def _export_run(args: argparse.Namespace) -> int:
-    from .checkpoint import parse_classes
     from .export import export_model
 
     export_model(args.checkpoint, format=args.format, out=args.out, dynamic_batch=args.dynamic_batch,
-                 opset=args.opset, arch=args.model, classes=parse_classes(args.classes), img_size=args.img_size)
+                 opset=args.opset, **_bare(args))
     return 0
 
 
@@ -354,8 +311,7 @@ def _summary_parser(sub) -> None:
 
 
 def _summary_run(args: argparse.Namespace) -> int:
-    from .models import ModelError
-    from .runfiles import write_json
+    from .fileio import write_json
     from .summary import format_summary, summary_for_checkpoint, summary_for_spec
 
     if bool(args.checkpoint) == bool(args.model):
@@ -386,7 +342,7 @@ def _report_run(args: argparse.Namespace) -> int:
     from .report import write_report
 
     path = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
-    print(f"wrote {path}")
+    logger.info(f"wrote {path}")
     return 0
 
 
@@ -409,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnetlab", description="Train, evaluate, predict with and explain ResNet "
                                      "image classifiers on your own images.", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add_parser, _ in COMMANDS.values():
@@ -417,20 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
-    from .data.images import ImageReadError
-    from .data.sources import DataError
-    from .engine import NonFiniteLossError
-    from .export import ExportError
-    from .models import ModelError
-    from .report import ReportError
-    from .serve import ServeError
-
+    """Parse, run one verb, map its outcome to an exit code: 0 ok, 1 a run that failed its inputs (unreadable
+    images, nothing predicted), 2 an error in the settings or data (one line on stderr), 130 interrupted."""
     args = build_parser().parse_args(argv)
+    configure()
     try:
         return COMMANDS[args.command][1](args)
-    except (ConfigError, DataError, ModelError, CheckpointError, ImageReadError, NonFiniteLossError, ExportError,
-            ServeError, ReportError) as err:
+    except ResnetlabError as err:
         print(f"resnetlab {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,17 +8,17 @@ resolved values are written to ``config.yaml`` in the run folder.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A setting has a wrong name, type or value; the message says which and what is allowed."""
+from .errors import ConfigError
 
 
 def require_at_least(flag: str, value: int, minimum: int = 1) -> None:
@@ -230,3 +230,52 @@ def parse_duration(text: str | float | int) -> float:
         return float(text)
     except ValueError:
         raise ConfigError(f"time_limit {text!r} is not a duration like 90s, 5m or 1h") from None
+
+
+def recipe_values(name: str | None) -> dict:
+    """A shipped preset by name (recipes/NAME.yaml in the package) or a YAML file's settings; {} for None."""
+    if not name:
+        return {}
+    path = Path(name)
+    if path.is_file():
+        return load_yaml(path)
+    shipped = resources.files("resnetlab") / "recipes" / f"{name}.yaml"
+    if not shipped.is_file():
+        available = sorted(p.name.removesuffix(".yaml") for p in (resources.files("resnetlab") / "recipes").iterdir()
+                           if p.name.endswith(".yaml"))
+        raise ConfigError(f"unknown recipe '{name}'; shipped recipes: {', '.join(available)}, or give a YAML file")
+    with resources.as_file(shipped) as file:
+        return load_yaml(file)
+
+
+# ---------------------------------------------------------------------- command-line flags
+def _flag_type(annotation: str):
+    if annotation.startswith("float | str"):
+        return lambda text: text if text == "auto" else float(text)
+    if "list" in annotation:
+        return lambda text: [float(v) for v in text.split(",")]
+    if annotation.startswith("int"):
+        return int
+    if annotation.startswith("float"):
+        return float
+    return str
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; defaults are suppressed so recipe < YAML < flags merge cleanly."""
+    parser.add_argument("data", nargs="?", help=TrainConfig.__dataclass_fields__["data"].metadata["help"])
+    parser.add_argument("--recipe", help="a preset: fast (28-32 px sets, <10 min on 2 CPU cores), accurate (94.3%% "
+                        "Fashion-MNIST in 25 min on 2 CPU cores), photos (224 px, pretrained), or a YAML file path")
+    parser.add_argument("--config", help="YAML file of settings (flags given on the command line win)")
+    for f in fields(TrainConfig):
+        if f.name == "data":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        text = meta["help"] + (f" (default: {f.default})" if f.default is not None and f.default != "" else "")
+        if "bool" in str(f.type):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(flag, type=_flag_type(str(f.type)), choices=meta.get("choices"),
+                                default=argparse.SUPPRESS, help=text, metavar=None if meta.get("choices") else
+                                f.name.upper())

@@ -17,6 +17,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .engine import resolve_device
+
 # A collective that waits longer than this means a peer is gone: fail instead of hanging.
 COLLECTIVE_TIMEOUT = timedelta(minutes=int(os.environ.get("RESNETLAB_DIST_TIMEOUT_MIN", "10")))
 
@@ -43,8 +45,6 @@ def launched_by_torchrun() -> bool:
 
 def init_distributed(device_name: str) -> DistInfo:
     """Join the process group when started by torchrun; otherwise a single process on ``device_name``."""
-    from .engine import resolve_device
-
     if not launched_by_torchrun():
         return DistInfo(device=resolve_device(device_name))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,11 +22,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .errors import ConfigError, NonFiniteLossError
+from .log import logger, progress_enabled
 from .models import train_mode
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the epoch and step."""
 
 
 class EpochTotals:
@@ -63,19 +64,27 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available (torch.cuda.is_available() "
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available (torch.cuda.is_available() "
                          "is False); use --device cpu")
     return device
 
 
-@functools.cache
 def cpu_has_native_bf16() -> bool:
     """bf16 is only a speed-up on CPUs with AVX512-BF16 or AMX; elsewhere it is emulated and slower.
 
     torch's get_cpu_capability() stops at "AVX512" (it names the vector kernels it built, not bf16 or AMX
     support), so the CPU's own flags decide: on a Sapphire Rapids core AMX makes a ResNet-18 training step
-    about 2.4x faster than fp32 (benchmarks/README.md).
+    about 2.4x faster than fp32 (benchmarks/README.md). ``RESNETLAB_CPU_BF16=0`` (or ``1``) overrides the
+    detection, e.g. to get the same fp32 numbers on every host.
     """
+    forced = os.environ.get("RESNETLAB_CPU_BF16", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return _cpu_flags_have_bf16()
+
+
+@functools.cache
+def _cpu_flags_have_bf16() -> bool:
     capability = torch.backends.cpu.get_cpu_capability()
     if "AMX" in capability or "BF16" in capability:
         return True
@@ -110,7 +119,7 @@ def amp_dtype_for(amp: str, device: torch.device, first_map_side: int | None = N
     return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
+def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -135,14 +144,14 @@ def run_epoch(model: nn.Module, batches: Iterable, *, criterion: Callable, devic
         model.eval()
     totals = totals or EpochTotals(device)
     outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", disable=not progress,
+    bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", disable=not progress_enabled(progress),
                leave=False, dynamic_ncols=True)
     started = time.perf_counter() - totals.seconds
     step = start_step
     grad_context = contextlib.nullcontext() if training else torch.inference_mode()
     with grad_context:
         for step, (x, y, index) in enumerate(batches, start=start_step):
-            with _autocast(device, amp_dtype):
+            with autocast(device, amp_dtype):
                 logits = model(x)  # N x K
                 loss = criterion(logits.float(), y)
             if training:
@@ -211,30 +220,23 @@ class StopRequests:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequests:
-        import signal
-        import threading
-
         if threading.current_thread() is threading.main_thread():  # handlers only work in the main thread
             for number in (signal.SIGINT, signal.SIGTERM):
                 self._previous[number] = signal.signal(number, self._handle)
         return self
 
     def _handle(self, number: int, frame) -> None:  # noqa: ANN001 - signal API
-        import signal
-
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = number
         name = signal.Signals(number).name
-        print(f"\n{name}: stopping after this step and saving a resumable checkpoint "
-              "(press Ctrl-C again to exit at once)", flush=True)
+        logger.warning(f"{name}: stopping after this step and saving a resumable checkpoint "
+                       "(press Ctrl-C again to exit at once)")
 
     @property
     def requested(self) -> bool:
         return self.signal is not None
 
     def __exit__(self, *exc) -> None:
-        import signal
-
         for number, handler in self._previous.items():
             signal.signal(number, handler)

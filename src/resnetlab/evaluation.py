@@ -8,50 +8,34 @@ decoding, shared with training (which scores best.pt on the validation split at 
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
+from .cam import cam_class, caption, compute_cams, overlay
 from .checkpoint import ModelMeta, load_model, read_checkpoint
 from .config import require_at_least
 from .data.cache import DecodedSplit, decode_split
 from .data.loaders import Batches
-from .data.sources import DataError, DataSource, SplitData, open_data
-from .data.transforms import to_rgb_array
+from .data.sources import open_data
+from .data.splits import SplitData, relabel, select_split
+from .data.transforms import preprocess_batch, stats_tensor, to_rgb_array
 from .engine import amp_dtype_for, resolve_device, run_epoch
+from .errors import DataError
+from .fileio import atomic_open, write_json
+from .log import logger
 from .metrics import classification_metrics, rank_mistakes
 from .models import TTAModel, first_stage_side
 from .plots import image_grid, plot_confusion_matrix
+from .report import write_report
 
 PREDICTION_GALLERY = 24  # validation images in predictions.png
 MISCLASSIFIED_GALLERY = 16  # mistakes in misclassified.png
 GALLERIES = ("predictions.png", "misclassified.png")
 EVALUATION_FILES = ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "misclassified.csv", *GALLERIES)
-
-
-def select_split(source: DataSource, split: str) -> tuple[str, list[str]]:
-    """The split to use and notes; 'val' falls back to 'test' when that is what validated the run."""
-    notes = []
-    if split not in source.splits:
-        if split == "val" and "test" in source.splits:
-            notes.append("no val split in the data: using test, as training did for validation")
-            return "test", notes
-        raise DataError(f"split '{split}' is not in the data (available: {', '.join(source.splits)})")
-    return split, notes
-
-
-def relabel(split: SplitData, data_classes: list[str], model_classes: list[str], where: str) -> SplitData:
-    """Map the data's class indices onto the model's, by name; unknown classes are an error."""
-    index = {c: i for i, c in enumerate(model_classes)}
-    unknown = [c for c in data_classes if c not in index]
-    if unknown:
-        raise DataError(f"{where} has class(es) the model was not trained on: {', '.join(unknown[:10])} "
-                        f"(model classes: {', '.join(model_classes[:20])})")
-    mapping = np.asarray([index[c] for c in data_classes], dtype=np.int64)
-    return SplitData(split.name, mapping[split.labels], split.paths, split.images, split.origins)
 
 
 def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str | Path | None = None,
@@ -70,7 +54,7 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
                        data_root=data_root or saved.get("data_root"))
     split_name, notes = select_split(source, split)
     for note in notes:
-        print(note, flush=True)
+        logger.info(note)
     chosen = relabel(source.splits[split_name], source.classes, meta.classes, f"{data} ({split_name})")
     decoded = decode_split(chosen, meta.img_size, cache_dir=cache_dir, workers=workers, progress=progress)
     if len(decoded) == 0:
@@ -82,7 +66,7 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
     _print_summary(metrics, meta.classes, out_dir)
     report = _write_eval_report(Path(checkpoint), out_dir)
     if report is not None:
-        print(f"report: {report}", flush=True)
+        logger.info(f"report: {report}")
     return metrics
 
 
@@ -111,8 +95,8 @@ def write_evaluation(model: nn.Module, meta: ModelMeta, decoded: DecodedSplit, s
     for name in GALLERIES:  # an earlier run's gallery must never sit beside these metrics
         (out_dir / name).unlink(missing_ok=True)
     matrix = np.asarray(metrics.pop("confusion_matrix"))
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-    with open(out_dir / "confusion_matrix.csv", "w", newline="", encoding="utf-8") as handle:
+    write_json(out_dir / "metrics.json", metrics)
+    with atomic_open(out_dir / "confusion_matrix.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["true \\ predicted", *meta.classes])
         for name, row in zip(meta.classes, matrix):
@@ -131,7 +115,7 @@ def write_evaluation(model: nn.Module, meta: ModelMeta, decoded: DecodedSplit, s
                 draw(out_dir / name)
             except Exception as err:  # noqa: BLE001
                 (out_dir / name).unlink(missing_ok=True)  # never half a figure
-                print(f"warning: could not draw {out_dir / name}: {type(err).__name__}: {err}", flush=True)
+                logger.warning(f"could not draw {out_dir / name}: {type(err).__name__}: {err}")
     return metrics
 
 
@@ -151,29 +135,53 @@ def _plot_predictions(path: Path, images: torch.Tensor, logits: torch.Tensor, ta
 
 def _plot_misclassified(model: nn.Module, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
                         meta: ModelMeta, path: Path, device: torch.device, limit: int = MISCLASSIFIED_GALLERY) -> None:
-    """misclassified.png: the most confident mistakes with their Grad-CAM (resnetlab.explain draws it).
-
-    The whole split goes in (uint8, already in memory): only the ``limit`` shown get a Grad-CAM pass, and the
-    title can state the split's total number of mistakes.
-    """
-    from .explain import plot_misclassified
-
+    """The whole split goes in (uint8, already in memory): only the ``limit`` shown get a Grad-CAM pass, and the
+    title can state the split's total number of mistakes."""
     plot_misclassified(model, images, targets, logits, meta.classes, meta.mean, meta.std, path, limit=limit,
                        device=device)
+
+
+def plot_misclassified(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
+                       classes: list[str], mean: list[float], std: list[float], path: str | Path, *,
+                       limit: int = 16, method: str = "gradcam", device: torch.device | None = None) -> int:
+    """misclassified.png: the most confident mistakes (highest predicted probability, the order of
+    misclassified.csv), each as image + heat map of the predicted class, titled 'true / predicted (p)'.
+
+    images: uint8 N x C x S x S (the decoded split), targets N, logits N x K on CPU; the title states how many
+    of the split's mistakes are shown. Returns how many are shown (0 -> no file written).
+    """
+    cam_class(method)
+    targets = targets.cpu()
+    confidence, predicted = logits.float().softmax(dim=1).max(dim=1)
+    wrong = rank_mistakes(logits, targets)
+    chosen = wrong[:max(0, limit)]
+    if len(chosen) == 0:
+        return 0
+    device = device or next(model.parameters()).device
+    x = preprocess_batch(images[chosen].to(device), stats_tensor(mean, device), stats_tensor(std, device))
+    cams = compute_cams(model, x, predicted[chosen].tolist(), method=method)
+    panels, titles, colours = [], [], []
+    for cam, i in zip(cams, chosen.tolist()):
+        picture = to_rgb_array(images[i:i + 1])[0]  # S x S x 3, grey built-ins repeated to RGB
+        panels += [picture, overlay(Image.fromarray(picture), cam)]
+        titles += [caption(classes[int(targets[i])], classes[int(predicted[i])], float(confidence[i])), method]
+        colours += ["red", "black"]
+    image_grid(panels, titles, path, columns=8, title_colors=colours,
+               suptitle=f"Most confident mistakes: {len(chosen)} of {len(wrong)} in the split "
+                        "(heat map: predicted class)")
+    return len(chosen)
 
 
 def _write_eval_report(checkpoint: Path, out_dir: Path) -> Path | None:
     """After evaluate: refresh the run's report when the checkpoint lives in a run folder (config.yaml) and
     the evaluation was written inside it (it then appears there as a section); otherwise a report of the
     evaluation folder alone. A report failure never fails the evaluation."""
-    from .report import write_report
-
     run_dir = checkpoint.parent
     try:
         inside = (run_dir / "config.yaml").is_file() and out_dir.resolve().is_relative_to(run_dir.resolve())
         return write_report(run_dir if inside else out_dir)
     except Exception as err:  # noqa: BLE001 - metrics are already written; the report is a bonus
-        print(f"warning: could not write report.html: {err}", flush=True)
+        logger.warning(f"could not write report.html: {err}")
         return None
 
 
@@ -181,7 +189,7 @@ def _write_misclassified(path: Path, logits: torch.Tensor, targets: torch.Tensor
                          kept: np.ndarray, classes: list[str]) -> None:
     confidence, predicted = logits.softmax(dim=1).max(dim=1)
     wrong = rank_mistakes(logits, targets)  # most confident mistakes first
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "true", "predicted", "confidence"])
         for i in wrong.tolist():
@@ -193,14 +201,15 @@ def _print_summary(metrics: dict, classes: list[str], out_dir: Path) -> None:
     line = f"{metrics['split']}: {metrics['images']} images, accuracy {metrics['accuracy']:.4f}"
     if "top5_accuracy" in metrics:
         line += f", top-5 {metrics['top5_accuracy']:.4f}"
-    print(line + f", loss {metrics['loss']:.4f}, macro F1 {metrics['macro_avg']['f1']:.4f}", flush=True)
+    logger.info(line + f", loss {metrics['loss']:.4f}, macro F1 {metrics['macro_avg']['f1']:.4f}")
     width = max(len(c) for c in classes)
-    print(f"{'class':<{width}}  precision  recall     f1  support")
+    table = [f"{'class':<{width}}  precision  recall     f1  support"]
     for name in classes:
         m = metrics["per_class"][name]
-        print(f"{name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}")
+        table.append(f"{name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}")
+    logger.info("\n".join(table))
     if metrics["skipped"]:
-        print(f"skipped {len(metrics['skipped'])} unreadable image(s) (listed in metrics.json)")
+        logger.warning(f"skipped {len(metrics['skipped'])} unreadable image(s) (listed in metrics.json)")
     # the galleries of an earlier run were removed before drawing, so what exists now was written now
     written = [name for name in EVALUATION_FILES if (out_dir / name).is_file()]
-    print(f"wrote {out_dir}/{', '.join(written)}", flush=True)
+    logger.info(f"wrote {out_dir}/{', '.join(written)}")

@@ -8,6 +8,9 @@
 from __future__ import annotations
 
 import difflib
+import logging
+import os
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,12 +18,10 @@ import timm
 import torch
 from torch import nn
 
+from .errors import ModelError
+
 SMALL_STEM_MAX_SIZE = 64  # the auto stem is the small one at or below this image size
 _PREFIXES = ("module.", "_orig_mod.", "model.")
-
-
-class ModelError(ValueError):
-    """A model or weights file does not fit; the message says what differs."""
 
 
 @dataclass
@@ -112,8 +113,6 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
 
 
 def backbone_frozen(model: nn.Module) -> bool:
-    from .checkpoint import unwrap  # checkpoint imports this module: imported here, at call time
-
     return not any(p.requires_grad for p in unwrap(model).conv1.parameters())
 
 
@@ -168,8 +167,6 @@ def _short(err: Exception) -> str:
 def load_pretrained(model: nn.Module, source: str, spec: ModelSpec) -> list[str]:
     """Load ImageNet-style weights into ``model``; returns notes about what was re-initialised."""
     if source == "hub":
-        import logging
-
         quiet = [logging.getLogger(name) for name in ("huggingface_hub", "timm", "urllib3", "httpx")]
         levels = [logger.level for logger in quiet]
         for logger in quiet:  # the hub client logs each failed retry with a traceback; we report once
@@ -192,9 +189,6 @@ def load_pretrained(model: nn.Module, source: str, spec: ModelSpec) -> list[str]
 
 def _check_hub_reachable() -> None:
     """Fail in a second rather than after the hub client's ~50 s of retries when there is no network."""
-    import os
-    import socket
-
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise OSError("HF_HUB_OFFLINE is set")
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
@@ -270,3 +264,17 @@ class TTAModel(nn.Module):
         logits = self.model(torch.cat(views))  # (V*N) x K
         probabilities = logits.float().softmax(dim=1).view(len(views), x.shape[0], -1).mean(dim=0)
         return probabilities.clamp_min(1e-12).log()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare network under TTAModel, DataParallel / DistributedDataParallel and torch.compile wrappers, in
+    any nesting: saved keys carry no prefixes, and Grad-CAM hooks see the plain network's batches."""
+    while True:
+        if isinstance(model, TTAModel):  # its views would change the batch the CAM hooks see
+            model = model.model
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model

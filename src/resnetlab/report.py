@@ -21,7 +21,15 @@ from datetime import datetime
 from html import escape
 from pathlib import Path
 
+import timm
+import torch
 import yaml
+
+from ._version import __version__
+from .checkpoint import read_checkpoint
+from .errors import ReportError
+from .fileio import write_text
+from .summary import format_summary, human, summary_for_payload
 
 # Figures in the order a reader wants them; anything else a folder holds is shown after these.
 KNOWN_FIGURES = {
@@ -54,10 +62,6 @@ figcaption { font-size: .85rem; color: #556; } .note { color: #8a6d3b; font-styl
 """
 
 
-class ReportError(ValueError):
-    """The report cannot be built (no such folder); the message names it."""
-
-
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Build ``report.html`` (default ``run_dir/report.html``) from a run folder or an evaluation folder."""
     run_dir = Path(run_dir)
@@ -86,9 +90,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
             f"<style>{CSS}</style>\n</head>\n<body>\n<h1>{escape(title)}</h1>\n"
             f'<p class="muted">{escape(str(run_dir.resolve()))} &middot; generated {datetime.now():%Y-%m-%d %H:%M}'
             f"</p>\n<nav>{nav}</nav>\n" + "\n".join(sections) + "\n</body>\n</html>\n")
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)  # never a half-written report
+    write_text(out, page)  # atomic: never a half-written report
     return out
 
 
@@ -313,9 +315,6 @@ def _other_figures_section(run_dir: Path) -> str:
 
 
 def _model_section(run_dir: Path, evaluations: list[Path]) -> str:
-    from .checkpoint import read_checkpoint
-    from .summary import format_summary, human, summary_for_payload
-
     candidates = [run_dir / "best.pt", run_dir / "last.pt"]
     for folder in evaluations:
         checkpoint = (_read_json(folder / "metrics.json") or {}).get("checkpoint")
@@ -342,9 +341,6 @@ def _model_section(run_dir: Path, evaluations: list[Path]) -> str:
 
 
 def _environment_section() -> str:
-    import timm
-    import torch
-
     if torch.cuda.is_available():
         device = f"cuda: {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
     else:
@@ -352,7 +348,5 @@ def _environment_section() -> str:
     rows = [["python", sys.version.split()[0]], ["torch", torch.__version__], ["timm", timm.__version__],
             ["device", device], ["CPU cores", os.cpu_count()], ["platform", platform.platform()],
             ["generated", datetime.now().astimezone().isoformat(timespec="seconds")]]
-    from . import __version__
-
     rows.insert(0, ["resnetlab", __version__])
     return _section("environment", "Environment (where this report was generated)", _table(["", ""], rows))

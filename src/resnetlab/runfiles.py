@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import csv
-import json
 from datetime import datetime
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig
-from .data.sources import DataSource
+from .config import TrainConfig
+from .data.splits import DataSource
+from .errors import ConfigError
+from .fileio import atomic_open
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_s", "img_per_s"]
 
@@ -56,29 +57,21 @@ def read_history(run_dir: Path, up_to_epoch: int) -> list[dict]:
 
 def write_history(run_dir: Path, history: list[dict]) -> None:
     """Rewritten whole each epoch (temp file + rename), so it is never half-written."""
-    tmp = run_dir / "metrics.csv.tmp"
-    with open(tmp, "w", newline="") as handle:
+    with atomic_open(run_dir / "metrics.csv", "w", newline="") as handle:
         extra = [k for k in (history[0] if history else {}) if k not in METRIC_COLUMNS]  # e.g. raw_val_acc
         writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS + extra)
         writer.writeheader()
         for row in history:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    tmp.replace(run_dir / "metrics.csv")
 
 
 def write_split_csv(run_dir: Path, source: DataSource) -> None:
     """Which file went to which split, so a split made for the user can be reproduced or audited."""
     if any(s.paths is None for s in source.splits.values()):
         return
-    with open(run_dir / "split.csv", "w", newline="", encoding="utf-8") as handle:
+    with atomic_open(run_dir / "split.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "split"])
         for name, split in source.splits.items():
             for path, label in zip(split.paths, split.labels):
                 writer.writerow([path, source.classes[label], name])
-
-
-def write_json(path: Path, values: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(values, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)

@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .checkpoint import read_checkpoint
 from .config import require_at_least
+from .errors import CheckpointError
 from .models import ModelSpec, build_model, resolve_stem
 
 DEFAULT_DEPTH = 2  # stem layers, each stage and its blocks, pooling, head
@@ -82,16 +84,11 @@ def summary_for_spec(arch: str, num_classes: int = 1000, img_size: int = 224, *,
 
 def summary_for_checkpoint(path, depth: int = DEFAULT_DEPTH) -> ModelSummary:  # noqa: ANN001 - str or Path
     """The summary of a run's network, rebuilt from the spec and image size stored in its checkpoint."""
-    from .checkpoint import read_checkpoint
-
     return summary_for_payload(read_checkpoint(path), path, depth=depth)
 
 
 def summary_for_payload(payload: dict, path, depth: int = DEFAULT_DEPTH) -> ModelSummary:  # noqa: ANN001
     """The same from a checkpoint already read (``path`` only names it in errors): the report reads it once."""
-    from .checkpoint import CheckpointError
-    from .models import ModelSpec
-
     if "model_spec" not in payload or "img_size" not in payload:
         raise CheckpointError(f"{path} has no model_spec/img_size (a bare state_dict?); use --model instead")
     spec = ModelSpec.from_dict(payload["model_spec"])

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .sources import DataError, DataSource, SplitData, stratified_split
+from ..errors import DataError
+from .splits import DataSource, SplitData, stratified_split
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]

@@ -22,8 +22,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .images import ImageReadError, fit_square, open_rgb
-from .sources import SplitData
+from .._version import __version__
+from ..errors import ImageReadError
+from ..fileio import write_json
+from ..log import progress_enabled
+from .images import fit_square, open_rgb
+from .splits import SplitData
 
 CACHE_FORMAT = 1
 DEFAULT_CACHE_DIR = "~/.cache/resnetlab"
@@ -81,8 +85,6 @@ def _decoded(images: np.ndarray, split: SplitData, info: dict, cache_file: str |
 
 
 def _cache_key(paths: list[str], size: int) -> str:
-    from .. import __version__
-
     digest = hashlib.sha256(f"resnetlab-cache-{CACHE_FORMAT}-{__version__}-{size}".encode())
     for path in paths:
         try:
@@ -120,7 +122,7 @@ def _decode_files(paths: list[str], size: int, images: np.ndarray, workers: int,
     """Fills ``images`` in place; returns kept positions, (position, reason) skips, digests and rotations."""
     info: dict = {"kept": [], "skipped": [], "digests": [], "rotated": []}
     jobs = [(p, size) for p in paths]
-    bar = tqdm(total=len(paths), desc=f"decode {name}", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=len(paths), desc=f"decode {name}", unit="img", disable=not progress_enabled(progress), leave=False)
     if workers > 1 and len(paths) >= 64:
         with ProcessPoolExecutor(workers) as pool:
             results = pool.map(_decode_one, jobs, chunksize=max(1, min(256, len(paths) // (workers * 8))))
@@ -160,20 +162,18 @@ def _allocate(count: int, size: int, array_file: Path | None) -> tuple[np.ndarra
 
 
 def _finish_cache(images: np.ndarray, tmp_file: Path, info: dict, array_file: Path, meta_file: Path) -> str | None:
-    """Publish the cache entry atomically (rename); any OSError (full disk) only loses the cache."""
-    tmp_meta = meta_file.with_name(f"{meta_file.stem}.tmp{os.getpid()}.json")
+    """Publish the cache entry: the array renamed into place, then its index (written atomically), so a reader
+    never finds an index without its array; any OSError (full disk) only loses the cache."""
     try:
         if isinstance(images, np.memmap):
             images.flush()
         else:  # some images failed: the compacted array replaces the one decoded in place
             np.save(tmp_file, images)
-        tmp_meta.write_text(json.dumps({**info, "kept": info["kept"].tolist()}))
         os.replace(tmp_file, array_file)
-        os.replace(tmp_meta, meta_file)
+        write_json(meta_file, {**info, "kept": info["kept"].tolist()})
         return str(array_file)
     except OSError:
         tmp_file.unlink(missing_ok=True)
-        tmp_meta.unlink(missing_ok=True)
         return None
 
 

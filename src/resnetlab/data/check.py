@@ -14,7 +14,7 @@ from collections import defaultdict
 import numpy as np
 
 from .cache import DecodedSplit, decode_split
-from .sources import DataSource
+from .splits import DataSource
 
 IMBALANCE_WARNING_RATIO = 3.0  # largest / smallest class count above which we warn
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
+
+from ..errors import ImageReadError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Decompression-bomb guard (PIL's default): PIL raises DecompressionBombError above twice this many pixels.
@@ -26,17 +29,20 @@ EXIF_ORIENTATION = 0x0112
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class ImageReadError(Exception):
-    """An image could not be read; ``str()`` says which file and why."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
-
-
 def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """Files as given (whatever their extension) and image files found recursively in folders."""
+    files: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += [str(p) for p in list_images(path)]
+        else:
+            files.append(str(path))  # a missing or odd file still gets its row, with the error
+    return files
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

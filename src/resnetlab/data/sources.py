@@ -10,72 +10,21 @@ or already-decoded arrays, with integer labels.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .images import is_image_file, list_images
+from ..errors import DataError
+from . import builtin
+from .images import image_size, is_image_file, list_images
+from .splits import DataSource, SplitData, stratified_split
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
 
 
-class DataError(ValueError):
-    """The data cannot be used as given; the message names the file, line or folder at fault."""
-
-
-@dataclass
-class SplitData:
-    name: str
-    labels: np.ndarray  # int64, one per image
-    paths: list[str] | None = None  # file-backed splits
-    images: np.ndarray | None = None  # decoded splits (built-ins): uint8, N x H x W x C
-    origins: list[str] | None = None  # where each image was declared (CSV line), for messages
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, keep: np.ndarray) -> SplitData:
-        """The images at positions ``keep`` (bool mask or indices)."""
-        index = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep)
-        return SplitData(
-            self.name, self.labels[index],
-            [self.paths[i] for i in index] if self.paths is not None else None,
-            self.images[index] if self.images is not None else None,
-            [self.origins[i] for i in index] if self.origins is not None else None,
-        )
-
-    def describe(self, i: int) -> str:
-        """A human name for image ``i``: its path (and CSV line), or 'name[i]' for arrays."""
-        if self.paths is None:
-            return f"{self.name}[{i}]"
-        return self.paths[i] + (f" ({self.origins[i]})" if self.origins else "")
-
-
-@dataclass
-class DataSource:
-    classes: list[str]
-    splits: dict[str, SplitData]
-    kind: str  # "split folders", "class folders", "csv" or "built-in"
-    location: str
-    notes: list[str] = field(default_factory=list)
-    native_size: int | None = None  # built-ins: their image side in pixels
-
-    @property
-    def val_name(self) -> str:
-        """The split used for validation during training."""
-        return "val" if "val" in self.splits else "test"
-
-    def class_counts(self, split: str) -> dict[str, int]:
-        counts = np.bincount(self.splits[split].labels, minlength=len(self.classes))
-        return dict(zip(self.classes, (int(c) for c in counts)))
-
-
 def open_data(spec: str, *, val_split: float = 0.1, seed: int = 0, data_root: str | None = None) -> DataSource:
     """Recognise the layout of ``spec`` and list its images; raises DataError with the reason."""
-    from . import builtin
-
     path = Path(spec).expanduser()
     if not path.exists() and spec.lower() in builtin.BUILTIN_NAMES:
         return builtin.load_builtin(spec.lower(), data_root=data_root)
@@ -94,6 +43,19 @@ def open_data(spec: str, *, val_split: float = 0.1, seed: int = 0, data_root: st
         found = ", ".join(d.name for d in split_dirs.values())
         raise DataError(f"{path} has {found} but no train/ folder; add train/ or point at a class-folder tree")
     return _from_class_folders(path, val_split=val_split, seed=seed)
+
+
+def default_img_size(source: DataSource) -> int:
+    """The training size when none is given: a built-in's native side, else the median shorter side of up to
+    200 training images (rounded to 8, clamped to 32-224)."""
+    if source.native_size:
+        return max(16, source.native_size)
+    paths = source.splits["train"].paths or []
+    sample = paths[:: max(1, len(paths) // 200)][:200]
+    sides = [min(s) for s in (image_size(p) for p in sample) if s]
+    if not sides:
+        return 224
+    return int(min(224, max(32, round(float(np.median(sides)) / 8) * 8)))
 
 
 # ---------------------------------------------------------------------- folder layouts
@@ -156,28 +118,6 @@ def _from_class_folders(root: Path, *, val_split: float, seed: int) -> DataSourc
     train, val = stratified_split(everything, val_split, seed)
     notes.append(f"class folders only: stratified split, {val_split:.0%} for validation (seed {seed})")
     return DataSource(classes, {"train": train, "val": val}, "class folders", str(root), notes)
-
-
-def stratified_split(split: SplitData, val_fraction: float, seed: int) -> tuple[SplitData, SplitData]:
-    """Hold out ``val_fraction`` of every class (at least one image of each class with two or more).
-
-    Written by hand because scikit-learn's train_test_split refuses classes with a single image,
-    which small user folders often have.
-    """
-    rng = np.random.default_rng(seed)
-    is_val = np.zeros(len(split), dtype=bool)
-    for label in np.unique(split.labels):
-        members = np.flatnonzero(split.labels == label)
-        rng.shuffle(members)
-        count = int(round(len(members) * val_fraction))
-        if len(members) >= 2:
-            count = min(max(count, 1), len(members) - 1)
-        else:
-            count = 0
-        is_val[members[:count]] = True
-    train, val = split.subset(~is_val), split.subset(is_val)
-    train.name, val.name = "train", "val"
-    return train, val
 
 
 # ---------------------------------------------------------------------- CSV

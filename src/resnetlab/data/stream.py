@@ -28,10 +28,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from ..errors import DataError
+from ..log import logger
 from .cache import DecodedSplit, decode_bytes
 from .images import MAX_IMAGE_PIXELS
 from .loaders import Batches
-from .sources import DataError, SplitData
+from .splits import SplitData
 
 try:  # deprecated since torchvision 0.29 in favour of TorchCodec: without it every file goes through PIL
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -183,7 +185,7 @@ class StreamBatches(Batches):
                     raise DataError(f"--strict: unreadable image {self.split.describe(position)}: {reason}")
                 if position not in self.skipped:
                     self.skipped[position] = reason
-                    print(f"warning: skipped unreadable image {self.split.describe(position)}: {reason}", flush=True)
+                    logger.warning(f"skipped unreadable image {self.split.describe(position)}: {reason}")
             if len(positions) == 0:
                 first, reason = failed[0]
                 raise DataError(f"every image of a batch was unreadable, first {self.split.describe(first)}: {reason}")

@@ -18,9 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import TrainConfig
-from .data.loaders import Batches
-from .engine import EpochTotals, NonFiniteLossError, run_epoch
+from ..config import TrainConfig
+from ..data.loaders import Batches
+from ..engine import EpochTotals, resolve_device, run_epoch
+from ..errors import NonFiniteLossError
+from ..log import logger, progress_enabled
+from .data import prepare_data, training_batches
+from .setup import build_network, build_optimizer
 
 
 @dataclass
@@ -61,9 +65,8 @@ class _Diverged(Exception):
 def lr_range_test(model: nn.Module, batches: Batches, *, criterion: nn.Module, device: torch.device,
                   cfg: TrainConfig, start_lr: float = 1e-6, end_lr: float = 10.0, steps: int = 200,
                   progress: bool = True) -> LrFindResult:
-    """Train a copy of ``model`` with an exponentially rising LR; the original is not changed."""
-    from .training import build_optimizer  # the same optimizer and parameter groups as the real run
-
+    """Train a copy of ``model`` with an exponentially rising LR; the original is not changed (the optimizer and
+    parameter groups are the real run's)."""
     probe = copy.deepcopy(model)
     optimizer = build_optimizer(probe, cfg)
     for group in optimizer.param_groups:
@@ -99,9 +102,6 @@ def lr_range_test(model: nn.Module, batches: Batches, *, criterion: nn.Module, d
 
 def find_lr(cfg: TrainConfig, out: Path) -> LrFindResult:
     """The lr-find verb: the data, model and optimizer ``train`` would use, swept; writes lr_find.png/.csv."""
-    from .engine import resolve_device
-    from .training import build_network, log, prepare_data, training_batches
-
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -110,10 +110,11 @@ def find_lr(cfg: TrainConfig, out: Path) -> LrFindResult:
     model = model.to(device, memory_format=torch.channels_last)
     batches = training_batches(data, cfg, device, drop_last=True)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    result = lr_range_test(model, batches, criterion=criterion, device=device, cfg=cfg, progress=cfg.progress)
+    result = lr_range_test(model, batches, criterion=criterion, device=device, cfg=cfg,
+                           progress=progress_enabled(cfg.progress))
     table, figure = result.write(out)
-    log(f"suggested learning rate for {cfg.opt}: {result.suggestion:.3g} (steepest fall of the smoothed loss); "
-        f"wrote {figure} and {table}")
+    logger.info(f"suggested learning rate for {cfg.opt}: {result.suggestion:.3g} (steepest fall of the smoothed loss); "
+                f"wrote {figure} and {table}")
     return result
 
 

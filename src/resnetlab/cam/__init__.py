@@ -1,0 +1,44 @@
+"""Class activation maps (Grad-CAM family, from the grad-cam library): computed on a Classifier's network,
+drawn on the images. ``explain``, ``predict --cam``, evaluation's misclassified.png and serve's /explain use it.
+
+    cams = cams_for_batch(classifier, batch_uint8, targets=None)       # N x S x S in [0, 1]
+    picture = overlay_for_image(classifier, Image.open("cat.jpg"))   # RGB, the predicted class's heat map
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.images import decode_image, open_rgb
+from .compute import CAM_METHODS, cam_class, compute_cams, default_target_layer, resolve_layer
+from .overlay import caption, model_view_box, overlay, overlay_name, save_png
+
+__all__ = ["CAM_METHODS", "cam_class", "compute_cams", "default_target_layer", "resolve_layer", "caption",
+           "model_view_box", "overlay", "overlay_name", "save_png", "cams_for_batch", "overlay_for_image"]
+
+
+def cams_for_batch(classifier, batch_uint8: torch.Tensor, targets: Sequence[int] | None, *,  # noqa: ANN001
+                   method: str = "gradcam", layer: str | None = None, batch_size: int = 32,
+                   progress: bool = True) -> np.ndarray:
+    """uint8 N x C x S x S decoded images -> N x S x S heat maps, with the classifier's own normalisation."""
+    return compute_cams(classifier.model, classifier.preprocess(batch_uint8), targets, method=method, layer=layer,
+                        batch_size=batch_size, progress=progress)
+
+
+def overlay_for_image(classifier, image: Image.Image, method: str = "gradcam") -> Image.Image:
+    """The predicted class's heat map on ``image`` at its original size (what ``serve``'s /explain returns)."""
+    cam_class(method)  # an unknown method fails before any work
+    rgb = open_rgb(image)
+    batch = decode_image(rgb, classifier.meta.img_size)[None]  # 1 x 3 x S x S uint8
+    probabilities = classifier.logits(batch).softmax(dim=1)[0]  # K, the same prediction as /predict
+    predicted = int(probabilities.argmax())
+    cams = cams_for_batch(classifier, batch, [predicted], method=method, progress=False)  # a server: no bars
+    result = overlay(rgb, cams[0])
+    probability = float(probabilities[predicted])
+    result.info.update({"predicted": classifier.classes[predicted], "probability": f"{probability:.6f}",
+                        "method": method})
+    return result

@@ -1,0 +1,168 @@
+"""One ``Classifier`` over two backends, chosen when the file is loaded (as Ultralytics' AutoBackend does):
+a PyTorch checkpoint runs in torch, an exported ``.onnx`` file in onnxruntime. Both take the same decoded
+uint8 images and apply the same preprocessing, so predict, evaluate and serve never ask which one they have.
+
+    clf = load("runs/x/best.pt")              # or "runs/x/best.onnx"
+    clf.predict(["a.jpg", pil_image])[0].label
+    clf.runtime                               # "torch" or "onnxruntime"; clf.model is None for ONNX
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .checkpoint import ModelMeta, load_model
+from .data.images import decode_image
+from .data.transforms import preprocess_batch, stats_tensor
+from .engine import amp_dtype_for, autocast, resolve_device
+from .errors import ExportError
+from .models import ModelSpec, TTAModel, first_stage_side
+from .sidecar import METADATA_KEY, read_sidecar
+
+
+@dataclass
+class Prediction:
+    label: str
+    confidence: float
+    top: list[tuple[str, float]]  # (label, probability), best first
+    probabilities: np.ndarray  # one per class, in the model's class order
+
+
+class TorchBackend:
+    """A PyTorch network in eval mode on ``device`` (channels-last, optional autocast)."""
+
+    runtime = "torch"
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, amp_dtype: torch.dtype | None = None):
+        self.model, self.device, self.amp_dtype = model.eval(), device, amp_dtype
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised float N x 3 x S x S on ``device`` -> logits N x K, float32 on CPU."""
+        with torch.inference_mode(), autocast(self.device, self.amp_dtype):
+            return self.model(x).float().cpu()
+
+
+class OnnxBackend:
+    """An exported ONNX model in onnxruntime on the CPU; a fixed-batch export is run in chunks of its size."""
+
+    runtime = "onnxruntime"
+    model = None  # no torch module: no gradients, so no Grad-CAM
+    device = torch.device("cpu")
+
+    def __init__(self, session, path: Path):  # noqa: ANN001 - onnxruntime.InferenceSession
+        self.session, self.path = session, path
+        batch = session.get_inputs()[0].shape[0]
+        self._fixed_batch = batch if isinstance(batch, int) else None  # None: any batch size
+
+    def run_normalised(self, x: np.ndarray) -> np.ndarray:
+        """float32 N x 3 x S x S, already normalised -> logits N x K."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        step = self._fixed_batch or len(x)
+        return np.concatenate([self.session.run(["logits"], {"image": x[i:i + step]})[0]
+                               for i in range(0, len(x), max(step, 1))])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.run_normalised(x.numpy()))
+
+
+class Classifier:
+    """A trained model with its preprocessing: give it paths, PIL images or image tensors."""
+
+    def __init__(self, backend: TorchBackend | OnnxBackend, meta: ModelMeta):
+        self.backend, self.meta = backend, meta
+        self.classes = meta.classes
+        self.device = backend.device
+        self._mean, self._std = stats_tensor(meta.mean, self.device), stats_tensor(meta.std, self.device)
+
+    @property
+    def runtime(self) -> str:
+        return self.backend.runtime
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The PyTorch network (what Grad-CAM needs), or None for an exported runtime."""
+        return self.backend.model
+
+    def preprocess(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 N x C x S x S (already decoded) -> the normalised float input on this classifier's device."""
+        return preprocess_batch(batch_uint8.to(self.device, non_blocking=True), self._mean, self._std,
+                                channels_last=self.runtime == "torch")
+
+    def logits(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 N x 3 x S x S (already decoded) -> logits N x K, float32 on CPU."""
+        return self.backend(self.preprocess(batch_uint8))
+
+    def decode(self, image: str | os.PathLike | Image.Image | torch.Tensor) -> torch.Tensor:
+        """A path, PIL image or C x H x W tensor (uint8, or float in [0, 1]) -> uint8 3 x S x S."""
+        if isinstance(image, torch.Tensor):
+            from torchvision.transforms.functional import to_pil_image  # torchvision: loaded only for tensors
+
+            image = to_pil_image(image if image.dtype == torch.uint8 else image.clamp(0, 1))
+        return decode_image(image, self.meta.img_size)
+
+    def predict(self, images: Sequence | str | Image.Image | torch.Tensor, *, topk: int = 5,
+                batch_size: int = 64) -> list[Prediction]:
+        """One Prediction per image; a single image may be passed without a list."""
+        if isinstance(images, (str, os.PathLike, Image.Image, torch.Tensor)):
+            images = [images]
+        results: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([self.decode(image) for image in images[start:start + batch_size]])
+            results += self.to_predictions(self.logits(batch), topk)
+        return results
+
+    def to_predictions(self, logits: torch.Tensor, topk: int) -> list[Prediction]:
+        probabilities = logits.softmax(dim=1)
+        k = min(topk, len(self.classes))
+        top_p, top_i = probabilities.topk(k, dim=1)
+        return [Prediction(self.classes[int(i[0])], float(p[0]),
+                           [(self.classes[int(c)], float(q)) for c, q in zip(i, p)], row.numpy())
+                for p, i, row in zip(top_p, top_i, probabilities)]
+
+
+def from_model(model: torch.nn.Module, meta: ModelMeta, device: torch.device, *, amp: str = "off") -> Classifier:
+    """A torch-backed Classifier around an already-built network (channels-last on ``device``)."""
+    amp_dtype = amp_dtype_for(amp, device, first_stage_side(meta.spec, meta.img_size))
+    return Classifier(TorchBackend(model.to(device, memory_format=torch.channels_last), device, amp_dtype), meta)
+
+
+def load(path: str | Path, *, device: str = "auto", arch: str | None = None, classes: list[str] | None = None,
+         img_size: int | None = None, tta: str = "none", checkpoint: dict | None = None) -> Classifier:
+    """A Classifier from a resnetlab checkpoint (or a bare state_dict with ``arch`` and ``classes``), or from an
+    exported ``.onnx`` file (run in onnxruntime). ``tta`` (flip, flip-crop) averages flipped/shifted views."""
+    if Path(path).suffix.lower() == ".onnx":
+        if tta != "none":
+            raise ExportError("--tta needs a PyTorch checkpoint; exported ONNX models run as exported")
+        return load_onnx(path)
+    torch_device = resolve_device(device)
+    model, meta = load_model(path, device=torch_device, arch=arch, classes=classes, img_size=img_size,
+                             checkpoint=checkpoint)
+    return from_model(TTAModel(model, tta) if tta != "none" else model, meta, torch_device)
+
+
+def load_onnx(path: str | Path) -> Classifier:
+    """An onnxruntime-backed Classifier from ``model.onnx`` (metadata from ``model.onnx.json`` or the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"ONNX model not found: {path}")
+    try:
+        import onnxruntime as ort  # an optional extra: imported where it is needed
+    except ImportError:
+        raise ExportError("running an ONNX model needs onnxruntime: pip install 'resnetlab[export]'") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # honour OMP_NUM_THREADS like torch does
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        raise ExportError(f"cannot load ONNX model {path}: {str(err)[:300]}") from None
+    info = read_sidecar(path, session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
+    meta = ModelMeta(ModelSpec.from_dict(info["model_spec"]), list(info["classes"]), int(info["img_size"]),
+                     list(info["mean"]), list(info["std"]), source=str(path))
+    return Classifier(OnnxBackend(session, path), meta)

@@ -1,0 +1,105 @@
+"""The shapes every data source ends as: a ``DataSource`` of named ``SplitData`` (paths or arrays, int labels),
+and the operations on them that every verb shares (stratified hold-out, choosing and relabelling a split).
+
+    train, val = stratified_split(everything, 0.1, seed=0)
+    name, notes = select_split(source, "val")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import DataError
+
+
+@dataclass
+class SplitData:
+    name: str
+    labels: np.ndarray  # int64, one per image
+    paths: list[str] | None = None  # file-backed splits
+    images: np.ndarray | None = None  # decoded splits (built-ins): uint8, N x H x W x C
+    origins: list[str] | None = None  # where each image was declared (CSV line), for messages
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, keep: np.ndarray) -> SplitData:
+        """The images at positions ``keep`` (bool mask or indices)."""
+        index = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep)
+        return SplitData(
+            self.name, self.labels[index],
+            [self.paths[i] for i in index] if self.paths is not None else None,
+            self.images[index] if self.images is not None else None,
+            [self.origins[i] for i in index] if self.origins is not None else None,
+        )
+
+    def describe(self, i: int) -> str:
+        """A human name for image ``i``: its path (and CSV line), or 'name[i]' for arrays."""
+        if self.paths is None:
+            return f"{self.name}[{i}]"
+        return self.paths[i] + (f" ({self.origins[i]})" if self.origins else "")
+
+
+@dataclass
+class DataSource:
+    classes: list[str]
+    splits: dict[str, SplitData]
+    kind: str  # "split folders", "class folders", "csv" or "built-in"
+    location: str
+    notes: list[str] = field(default_factory=list)
+    native_size: int | None = None  # built-ins: their image side in pixels
+
+    @property
+    def val_name(self) -> str:
+        """The split used for validation during training."""
+        return "val" if "val" in self.splits else "test"
+
+    def class_counts(self, split: str) -> dict[str, int]:
+        counts = np.bincount(self.splits[split].labels, minlength=len(self.classes))
+        return dict(zip(self.classes, (int(c) for c in counts)))
+
+
+def stratified_split(split: SplitData, val_fraction: float, seed: int) -> tuple[SplitData, SplitData]:
+    """Hold out ``val_fraction`` of every class (at least one image of each class with two or more).
+
+    Written by hand because scikit-learn's train_test_split refuses classes with a single image,
+    which small user folders often have.
+    """
+    rng = np.random.default_rng(seed)
+    is_val = np.zeros(len(split), dtype=bool)
+    for label in np.unique(split.labels):
+        members = np.flatnonzero(split.labels == label)
+        rng.shuffle(members)
+        count = int(round(len(members) * val_fraction))
+        if len(members) >= 2:
+            count = min(max(count, 1), len(members) - 1)
+        else:
+            count = 0
+        is_val[members[:count]] = True
+    train, val = split.subset(~is_val), split.subset(is_val)
+    train.name, val.name = "train", "val"
+    return train, val
+
+
+def select_split(source: DataSource, split: str) -> tuple[str, list[str]]:
+    """The split to use and notes; 'val' falls back to 'test' when that is what validated the run."""
+    notes = []
+    if split not in source.splits:
+        if split == "val" and "test" in source.splits:
+            notes.append("no val split in the data: using test, as training did for validation")
+            return "test", notes
+        raise DataError(f"split '{split}' is not in the data (available: {', '.join(source.splits)})")
+    return split, notes
+
+
+def relabel(split: SplitData, data_classes: list[str], model_classes: list[str], where: str) -> SplitData:
+    """Map the data's class indices onto the model's, by name; unknown classes are an error."""
+    index = {c: i for i, c in enumerate(model_classes)}
+    unknown = [c for c in data_classes if c not in index]
+    if unknown:
+        raise DataError(f"{where} has class(es) the model was not trained on: {', '.join(unknown[:10])} "
+                        f"(model classes: {', '.join(model_classes[:20])})")
+    mapping = np.asarray([index[c] for c in data_classes], dtype=np.int64)
+    return SplitData(split.name, mapping[split.labels], split.paths, split.images, split.origins)

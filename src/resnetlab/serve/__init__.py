@@ -1,0 +1,67 @@
+"""Prediction service: a FastAPI app (JSON API + a web page) around one Classifier, run by uvicorn.
+
+Routes: ``GET /`` (page: drop an image, see the top-5 and the Grad-CAM heat map), ``GET /health``,
+``GET /classes``, ``POST /predict`` (multipart ``file`` or ``files``), ``POST /explain`` (overlay PNG),
+and FastAPI's ``/openapi.json`` and ``/docs``. Safe defaults for a laptop: loopback only, upload
+size, pixel-count and file-count limits, and a bounded queue in front of the model.
+
+    resnetlab serve runs/x/best.pt --port 8000          # then open http://127.0.0.1:8000
+    app = create_app(resnetlab.load("runs/x/best.pt"))    # for uvicorn, TestClient, or mounting
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from importlib import import_module
+from pathlib import Path
+
+from ..errors import ServeError
+from ..log import logger
+from .limits import MB, SERVED_CAM_METHODS, BodyLimit, ServeLimits, UploadTooLarge, decode_upload, too_large_message
+
+__all__ = ["serve", "create_app", "page_html", "ServeLimits", "MB", "SERVED_CAM_METHODS", "InferenceWorker",
+           "Busy", "decode_upload", "BodyLimit", "UploadTooLarge", "too_large_message", "ServeError"]
+
+# Loaded on first use: the CLI imports ServeLimits and MB from here while building its parser, and the
+# worker (torch) and the app (fastapi) must not load then.
+_LAZY = {"InferenceWorker": ".worker", "Busy": ".worker", "create_app": ".app", "page_html": ".app"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
+          limits: ServeLimits | None = None, max_connections: int = 128, log_level: str = "info") -> None:
+    """Load the model and serve it until Ctrl-C."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise ServeError("serving needs the 'serve' extra: pip install 'resnetlab[serve]'") from None
+    from ..classifier import load
+    from .app import create_app
+
+    if not 0 <= port <= 65535:
+        raise ServeError(f"--port {port} is not a TCP port (0-65535)")
+    classifier = load(checkpoint, device=device)
+    app = create_app(classifier, limits)
+    if not _is_loopback(host):
+        logger.warning(f"listening on {host}: anyone who can reach this machine can use the model "
+                       "(there is no authentication); the default --host 127.0.0.1 keeps it local")
+    shown = f"[{host}]" if ":" in host else host
+    logger.info(f"serving {Path(checkpoint).name} ({len(classifier.classes)} classes, {classifier.meta.img_size}px) "
+                f"at http://{shown}:{port}/  (API docs: /docs; Ctrl-C stops)")
+    # limit_concurrency: connections beyond it get 503 from uvicorn before any body is read
+    uvicorn.run(app, host=host, port=port, limit_concurrency=max_connections, log_level=log_level,
+                timeout_keep_alive=5)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

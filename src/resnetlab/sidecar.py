@@ -1,0 +1,62 @@
+"""The exported-model format's metadata, in one place: what ``export`` writes beside (and inside) an ONNX or
+TorchScript file, and what ``classifier.load`` reads back. A plain onnxruntime client needs only this JSON.
+
+    info = describe(meta, "onnx", dynamic_batch=True)   # -> FILE.json and the file's own metadata
+    text = read_sidecar(path, embedded)                  # JSON text from FILE.json, else from the file
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+from .errors import ExportError
+
+METADATA_KEY = "resnetlab"  # ONNX metadata_props key / TorchScript extra file holding the sidecar JSON
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``: the suffix keeps ONNX and TorchScript sidecars apart."""
+    return Path(str(model_path) + ".json")
+
+
+def describe(meta: Any, fmt: str, *, dynamic_batch: bool) -> dict[str, Any]:
+    """The sidecar of a ``checkpoint.ModelMeta``: everything besides the weights that turns an image into a label."""
+    s = meta.img_size
+    return {
+        "format": fmt,
+        "resnetlab_version": __version__,
+        "source_checkpoint": meta.source,
+        "classes": list(meta.classes),
+        "img_size": s,
+        "mean": list(meta.mean),
+        "std": list(meta.std),
+        "model_spec": meta.spec.to_dict(),
+        "input": {"name": "image", "layout": "NCHW", "channels": "RGB", "dtype": "float32",
+                  "shape": ["batch" if dynamic_batch else 1, 3, s, s],
+                  "preprocessing": f"RGB, EXIF rotation applied; shorter side resized to {s} px (bilinear) and "
+                                   f"centre-cropped to {s}x{s}; x = (pixel / 255 - mean) / std per channel"},
+        "output": {"name": "logits", "shape": ["batch" if dynamic_batch else 1, len(meta.classes)],
+                   "note": "raw logits in the order of 'classes'; apply softmax for probabilities"},
+    }
+
+
+def read_sidecar(path: Path, embedded: str | None) -> dict[str, Any]:
+    """The metadata of exported file ``path``: ``path.json`` when present, else the copy ``embedded`` in the file."""
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        text, where = sidecar.read_text(encoding="utf-8"), str(sidecar)
+    elif embedded is not None:
+        text, where = embedded, f"{path} metadata"
+    else:
+        raise ExportError(f"{path}: no sidecar {sidecar.name} and no '{METADATA_KEY}' metadata in the file; "
+                          "export it with `resnetlab export` or put the sidecar beside it")
+    try:
+        info = json.loads(text)
+        for key in ("classes", "img_size", "mean", "std", "model_spec"):
+            info[key]  # noqa: B018 - a KeyError names the missing key
+        return info
+    except (ValueError, KeyError, TypeError) as err:
+        raise ExportError(f"{where}: not a resnetlab sidecar ({type(err).__name__}: {err})") from None

@@ -1,0 +1,160 @@
+"""A run's data: open the source, decode (once, cached) or stream the training split, inspect it, choose the
+normalisation, and hand out training and validation batches.
+
+    data = prepare_data(cfg, run_dir, info)
+    batches = training_batches(data, cfg, device, drop_last=True)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..data.cache import DecodedSplit, channel_stats, decode_split, default_workers
+from ..data.check import inspect_data
+from ..data.loaders import Batches
+from ..data.sources import default_img_size, open_data
+from ..data.splits import DataSource, SplitData
+from ..data.stream import StreamBatches, choose_loader, decoded_bytes, streamed_split
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment
+from ..distributed import DistInfo, barrier
+from ..errors import DataError
+from ..fileio import write_json
+from ..log import logger, progress_enabled
+from ..runfiles import write_split_csv
+
+NORM_SAMPLE = 5000  # images that estimate a streamed split's mean/std (a decoded split uses all of them)
+
+
+@dataclass
+class PreparedData:
+    source: DataSource
+    img_size: int
+    val_name: str
+    train: DecodedSplit
+    val: DecodedSplit
+    mean: list[float]
+    std: list[float]
+
+
+def resolve_img_size(cfg: TrainConfig, source: DataSource) -> int:
+    return cfg.img_size or default_img_size(source)
+
+
+def resolve_norm(cfg: TrainConfig, train: DecodedSplit, split: SplitData | None = None, img_size: int = 0
+                 ) -> tuple[list[float], list[float]]:
+    if cfg.mean is not None or cfg.std is not None:
+        return list(cfg.mean or IMAGENET_MEAN), list(cfg.std or IMAGENET_STD)
+    if cfg.norm == "dataset" and train.images is None:  # streamed: estimate from an evenly spread sample
+        sample = split.subset(np.arange(0, len(split), max(1, len(split) // NORM_SAMPLE)))
+        return channel_stats(decode_split(sample, img_size, workers=cfg.workers, progress=False,
+                                          use_cache=False).images)
+    if cfg.norm == "dataset":
+        return channel_stats(train.images)
+    if cfg.norm == "none":
+        return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    return list(IMAGENET_MEAN), list(IMAGENET_STD)
+
+
+def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None) -> PreparedData:
+    """Open, decode (once, cached), inspect and report the training and validation splits.
+
+    Under torchrun rank 0 decodes and writes the cache first; the other ranks then read it.
+    """
+    info = info or DistInfo()
+    if not info.is_main:
+        barrier(info)
+    source = open_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, data_root=cfg.data_root)
+    for note in source.notes:
+        logger.info(note)
+    img_size = resolve_img_size(cfg, source)
+    logger.info(f"data: {source.kind} at {source.location}; {len(source.classes)} classes; image size {img_size}px")
+    loader = choose_loader(cfg.loader, source.splits["train"], img_size)
+    decoded = {name: streamed_split(source.splits[name]) if name == "train" and loader == "stream" else
+               decode_split(source.splits[name], img_size, cache_dir=cfg.cache_dir, workers=cfg.workers,
+                            progress=progress_enabled(cfg.progress)) for name in ("train", source.val_name)}
+    if info.is_main:
+        barrier(info)
+    report = inspect_data(source, decoded, img_size)
+    if info.is_main:
+        write_json(run_dir / "data_report.json", report)
+    _log_report(cfg, source, decoded, report, run_dir)
+    _log_data_path(cfg, decoded["train"], img_size)
+    if info.is_main:
+        write_split_csv(run_dir, source)
+    mean, std = resolve_norm(cfg, decoded["train"], source.splits["train"], img_size)
+    return PreparedData(source, img_size, source.val_name, decoded["train"], decoded[source.val_name], mean, std)
+
+
+def _log_report(cfg: TrainConfig, source: DataSource, decoded: dict[str, DecodedSplit], report: dict,
+                run_dir: Path) -> None:
+    """Counts per split and class; unreadable files and warnings named; an unusable split is an error."""
+    for name, split in decoded.items():
+        logger.info(f"  {name}: {len(split)} images; per class: "
+                    + ", ".join(f"{c}={n}" for c, n in report["counts"][name].items()))
+        if len(split) == 0:
+            first = split.skipped[0] if split.skipped else None
+            raise DataError(f"none of the {len(source.splits[name])} images of the {name} split could be read"
+                            + (f" (first: {first['path']}: {first['reason']})" if first else ""))
+    skipped = report["skipped"]
+    if skipped:
+        logger.warning(f"skipped {len(skipped)} unreadable image(s), listed in {run_dir / 'data_report.json'} "
+                       f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
+        if cfg.strict:
+            raise DataError(f"--strict: {len(skipped)} unreadable image(s), first {skipped[0]['path']}: "
+                            f"{skipped[0]['reason']} (all listed in {run_dir / 'data_report.json'})")
+    for problem in report["problems"]:
+        if problem["severity"] == "warning":
+            logger.warning(f"{problem['path'] + ': ' if problem['path'] else ''}{problem['reason']}")
+
+
+def _log_data_path(cfg: TrainConfig, train: DecodedSplit, img_size: int) -> None:
+    if train.images is None:
+        size, workers = decoded_bytes(len(train), img_size), cfg.workers or default_workers()
+        size_text = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
+        logger.info(f"data path: streamed: the training split ({size_text} decoded; --loader {cfg.loader}) is "
+                    f"decoded per batch from its files by {workers} DataLoader worker{'s' if workers > 1 else ''} "
+                    "(torchvision.io or PIL, whichever is faster for the file); validation decoded once; batches "
+                    "augmented on the device")
+    else:
+        logger.info(f"data path: decoded once into memory ({train.images.numel() / 2**20:.0f} MiB uint8"
+                    + (f", cache {train.cache_file}" if train.cache_file else "")
+                    + "); batches augmented on the device")
+
+
+def training_batches(data: PreparedData, cfg: TrainConfig, device: torch.device, *, drop_last: bool,
+                     sample_weights: torch.Tensor | None = None, rank: int = 0, world_size: int = 1) -> Batches:
+    """The training split's shuffled, augmented batches: slices of the decoded array, or streamed from files."""
+    augment = (BatchAugment(cfg.aug, data.img_size, hflip=cfg.hflip, erase=cfg.erase)
+               if cfg.aug != "none" or cfg.erase else None)
+    options = {"batch_size": cfg.batch_size, "device": device, "mean": data.mean, "std": data.std, "shuffle": True,
+               "augment": augment, "seed": cfg.seed, "drop_last": drop_last, "sample_weights": sample_weights,
+               "channels_last": True, "rank": rank, "world_size": world_size}
+    if data.train.images is None:
+        return StreamBatches(data.source.splits["train"], data.img_size, workers=cfg.workers or default_workers(),
+                             strict=cfg.strict, **options)
+    return Batches(data.train.images, data.train.labels, **options)
+
+
+def validation_batches(data: PreparedData, cfg: TrainConfig, device: torch.device, info: DistInfo) -> Batches:
+    """The validation split in order, each rank its shard; twice the training batch (no gradients kept)."""
+    return Batches(data.val.images, data.val.labels, batch_size=max(256, cfg.batch_size * 2), device=device,
+                   mean=data.mean, std=data.std, channels_last=True, rank=info.rank, world_size=info.world_size)
+
+
+def report_streamed_skips(run_dir: Path, skipped: list[dict]) -> None:
+    """Streamed files are only read during training: their failures join data_report.json afterwards."""
+    report_file = run_dir / "data_report.json"
+    try:
+        report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else {}
+        report["skipped"] = report.get("skipped", []) + [dict(item, split="train") for item in skipped]
+        write_json(report_file, report)
+    except (OSError, ValueError) as err:
+        logger.warning(f"could not update {report_file}: {err}")
+    logger.warning(f"skipped {len(skipped)} unreadable training image(s) while streaming, listed in {report_file} "
+                   f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")

@@ -1,0 +1,215 @@
+"""The epoch loop: train_one_epoch -> validate -> record -> checkpoint -> stop or re-plan, as plain functions
+over one ``Run`` (everything setup built). Nothing is lost: Ctrl-C/SIGTERM or --stop-after-steps saves a
+mid-epoch resumable last.pt, a NaN loss stops without overwriting the last good checkpoint.
+
+    stopped = fit(run, history, start_epoch=1, time_plan=None)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..data.loaders import Batches
+from ..distributed import DistInfo, any_rank, from_main, sum_over_ranks, sync_buffers
+from ..engine import EpochResult, EpochTotals, StopRequests, run_epoch
+from ..errors import NonFiniteLossError
+from ..log import logger, progress_enabled
+from ..models import set_backbone_trainable
+from ..runfiles import write_history
+from .finish import plot_curves
+from .schedule import Schedule, TimePlan
+from .setup import Objective, wrap
+from .state import TrainState, save
+
+
+@dataclass
+class Run:
+    """Everything one training run built before its first step."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    run_dir: Path
+    model: nn.Module  # the bare network
+    forward: nn.Module  # what the training steps call: DDP and/or torch.compile around ``model``
+    state: TrainState
+    schedule: Schedule
+    objective: Objective
+    train_batches: Batches
+    val_batches: Batches
+    amp_dtype: torch.dtype | None
+    meta: dict  # the checkpoint's description of the model (checkpoint.describe_model)
+    steps_run: int = 0  # optimizer steps in this invocation, for --stop-after-steps
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.train_batches.steps_per_epoch()
+
+
+class StopRun(Exception):
+    """A stop inside an epoch (signal or --stop-after-steps), after last.pt was saved at ``step``."""
+
+    def __init__(self, epoch: int, step: int):
+        super().__init__(f"stop at epoch {epoch}, step {step}")
+        self.epoch, self.step = epoch, step
+
+
+def mixed(batches: Iterator, mixer, seed: int, epoch: int, start_step: int, rank: int) -> Iterator:  # noqa: ANN001
+    """Mixup/cutmix on each batch; timm's Mixup draws from numpy's global RNG, so it is seeded per step
+    (from seed, epoch, step, rank) to keep resume exact."""
+    for step, (x, y, index) in enumerate(batches, start=start_step):
+        np.random.seed((seed * 1_000_003 + epoch * 10_007 + step * 101 + rank) % 2**32)
+        x, soft = mixer(x, y)
+        yield x, soft, index
+
+
+def combine(result: EpochResult, totals: EpochTotals, info: DistInfo) -> EpochResult:
+    """Loss and accuracy over all ranks' shards (sums of losses, hits and images, then divided)."""
+    if not info.enabled:
+        return result
+    loss_sum, correct, seen = sum_over_ranks([float(totals.loss_sum), float(totals.correct), totals.seen], info)
+    return EpochResult(loss_sum / max(seen, 1), correct / max(seen, 1), int(seen), result.seconds, result.steps)
+
+
+def train_one_epoch(run: Run, epoch: int, planned: int, stop: StopRequests, *, start_step: int = 0,
+                    partial: dict | None = None) -> EpochResult:
+    """One epoch of optimizer steps (from ``start_step`` when resuming mid-epoch); raises StopRun on a stop."""
+    cfg, info, state = run.cfg, run.info, run.state
+    totals = EpochTotals(run.device, partial)
+    steps = run.steps_per_epoch
+
+    def after_step(step: int) -> None:
+        run.steps_run += 1
+        if state.ema is not None:
+            state.ema.update(run.model, step=state.scheduler.last_epoch)
+        stop_now = any_rank(stop.requested, info) or bool(cfg.stop_after_steps
+                                                          and run.steps_run >= cfg.stop_after_steps)
+        if (stop_now or (cfg.save_every and step % cfg.save_every == 0)) and step < steps:
+            save(run.run_dir / "last.pt", {**run.meta, **state.payload(epoch - 1, step, totals)}, info)
+            if not stop_now:
+                logger.info(f"saved {run.run_dir / 'last.pt'} at epoch {epoch}, step {step}")
+        if stop_now and step < steps:
+            raise StopRun(epoch, step)
+
+    batches = run.train_batches.epoch(epoch, start_step)
+    if run.objective.mixer is not None:
+        batches = mixed(batches, run.objective.mixer, cfg.seed, epoch, start_step, info.rank)
+    try:
+        result = run_epoch(run.forward, batches, criterion=run.objective.train, device=run.device,
+                           optimizer=state.optimizer, scheduler=state.scheduler, scaler=state.scaler,
+                           amp_dtype=run.amp_dtype, total_steps=steps, start_step=start_step,
+                           desc=f"epoch {epoch}/{planned}", progress=progress_enabled(cfg.progress), epoch=epoch,
+                           totals=totals, on_step=after_step, grad_clip=cfg.grad_clip or None)
+    except NonFiniteLossError as err:
+        good = f"{run.run_dir / 'last.pt'} (epoch {epoch - 1})" if epoch > 1 else "none (first epoch)"
+        raise NonFiniteLossError(f"{err}. Last good checkpoint kept: {good}") from None
+    result = combine(result, totals, info)
+    sync_buffers(run.model, info)
+    return result
+
+
+def validate(run: Run, network: nn.Module, epoch: int) -> EpochResult:
+    """Loss and accuracy on the validation split, summed over every rank's shard."""
+    totals = EpochTotals(run.device)
+    # the bare module, not the DDP wrapper: ranks may have different numbers of validation batches
+    result = run_epoch(network, run.val_batches.epoch(0), criterion=run.objective.val, device=run.device,
+                       amp_dtype=run.amp_dtype, total_steps=len(run.val_batches), desc="  validate",
+                       progress=progress_enabled(run.cfg.progress) and run.info.is_main, epoch=epoch, totals=totals)
+    return combine(result, totals, run.info)
+
+
+def record(run: Run, history: list[dict], epoch: int, trained: EpochResult) -> dict:
+    """Validate (the EMA weights, and the raw ones too when averaging) and append the epoch's row to
+    metrics.csv; the validation time counts in the epoch's."""
+    scored = validate(run, run.state.validated, epoch)
+    row = {"epoch": epoch, "train_loss": trained.loss, "train_acc": trained.accuracy, "val_loss": scored.loss,
+           "val_acc": scored.accuracy, "lr": run.state.optimizer.param_groups[0]["lr"],
+           "epoch_s": trained.seconds + scored.seconds, "img_per_s": trained.images_per_second}
+    if run.state.ema is not None:
+        raw = validate(run, run.model, epoch)
+        row["raw_val_acc"], row["epoch_s"] = raw.accuracy, row["epoch_s"] + raw.seconds
+    history.append(row)
+    if run.info.is_main:
+        write_history(run.run_dir, history)
+    return row
+
+
+def checkpoint(run: Run, epoch: int, row: dict) -> bool:
+    """best.pt when validation improved, last.pt always; returns whether it improved."""
+    state = run.state
+    improved = row["val_acc"] > state.best_acc
+    if improved:
+        state.best_acc, state.best_epoch = row["val_acc"], epoch
+    metrics = {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
+    if improved:
+        save(run.run_dir / "best.pt", {**run.meta, "model": state.validated.state_dict(), "epoch": epoch,
+                                       "metrics": metrics}, run.info)
+    save(run.run_dir / "last.pt", {**run.meta, **state.payload(epoch), "metrics": metrics}, run.info)
+    return improved
+
+
+def _log_epoch(row: dict, planned: int, improved: bool) -> None:
+    logger.info(f"epoch {row['epoch']:3d}/{planned}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} "
+                f"| val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}{' *' if improved else ''} | "
+                f"{row['epoch_s']:.1f}s, {row['img_per_s']:.0f} img/s")
+
+
+def _stop_reason(run: Run, epoch: int, planned: int, stop: StopRequests) -> str | None:
+    """Why the run ends after ``epoch`` before its plan does: "signal", "steps", "early-stop", or None."""
+    cfg = run.cfg
+    if any_rank(stop.requested, run.info) or (cfg.stop_after_steps and run.steps_run >= cfg.stop_after_steps):
+        reason = "signal" if any_rank(stop.requested, run.info) else "steps"
+        if epoch < planned:
+            logger.info(f"stopped after epoch {epoch}; resume with: resnetlab train --resume {run.run_dir}")
+        return reason
+    if cfg.early_stop and epoch - run.state.best_epoch >= cfg.early_stop:
+        logger.info(f"early stop: no val accuracy gain for {cfg.early_stop} epochs")
+        return "early-stop"
+    return None
+
+
+def fit(run: Run, history: list[dict], *, start_epoch: int = 1, start_step: int = 0, partial: dict | None = None,
+        time_plan: TimePlan | None = None) -> str | None:
+    """Epochs from ``start_epoch`` to the plan's end; returns why it stopped early (None: the plan finished)."""
+    cfg, info = run.cfg, run.info
+    planned = cfg.epochs
+    if time_plan is not None:
+        time_plan.start_loop()
+    with StopRequests() as stop:
+        for epoch in itertools.count(start_epoch):  # the plan may change with --time-limit
+            if epoch > planned:
+                return None
+            if cfg.freeze_backbone and cfg.unfreeze_at == epoch and start_step == 0:
+                set_backbone_trainable(run.model, True)
+                run.forward = wrap(run.model, cfg, info)  # DDP registers trainable parameters when it wraps
+                logger.info(f"epoch {epoch}: backbone unfrozen")
+            try:
+                trained = train_one_epoch(run, epoch, planned, stop, start_step=start_step, partial=partial)
+            except StopRun as halt:
+                logger.info(f"stopped at epoch {epoch}, step {halt.step} of {run.steps_per_epoch}; saved "
+                            f"{run.run_dir / 'last.pt'}. Resume with: resnetlab train --resume {run.run_dir}")
+                return "signal" if any_rank(stop.requested, info) else "steps"
+            start_step, partial = 0, None
+            row = record(run, history, epoch, trained)
+            improved = checkpoint(run, epoch, row)
+            _log_epoch(row, planned, improved)
+            if info.is_main:
+                plot_curves(run.run_dir, history)
+            reason = _stop_reason(run, epoch, planned, stop)
+            if reason is not None:
+                return reason
+            if time_plan is not None:
+                planned = from_main(time_plan.after_epoch(epoch, planned), info)
+                run.schedule.total_steps = planned * run.steps_per_epoch
+    return None

@@ -1,0 +1,180 @@
+"""The train verb: set up (data, network, optimizer, schedule, state) -> fit (the epoch loop) -> finish
+(end-of-run evaluation and report). Started by torchrun, every process runs this and DDP keeps them in step.
+
+    result = train(TrainConfig(data="photos/", epochs=5))
+    result.run_dir, result.best_val_acc
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from ..checkpoint import ModelMeta, describe_model
+from ..config import TrainConfig, parse_duration
+from ..distributed import DistInfo, from_main, gather_lists, init_distributed, shutdown
+from ..engine import amp_dtype_for
+from ..fileio import write_text
+from ..log import logger, progress_enabled
+from ..models import count_parameters, first_stage_side, set_backbone_trainable
+from ..runfiles import prepare_run_dir, read_history
+from .data import PreparedData, prepare_data, report_streamed_skips, training_batches, validation_batches
+from .finish import check_replicas, finish_run, plot_samples, release_training_memory
+from .loop import Run, fit
+from .lr_find import lr_range_test
+from .schedule import TimePlan, make_schedule
+from .setup import build_ema, build_network, build_objective, build_optimizer, class_balance, wrap
+from .state import TrainState, resolve_config
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    best_val_acc: float
+    best_epoch: int
+    epochs_done: int
+    history: list[dict] = field(default_factory=list)
+    model: nn.Module | None = None  # the network as it was at the end, in eval mode
+    classes: list[str] = field(default_factory=list)
+    stopped: str | None = None  # why the run stopped before its last epoch: "signal", "steps", "early-stop"...
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.run_dir / "last.pt"
+
+
+def train(config: TrainConfig | None = None, *, clock: Callable[[], float] = time.perf_counter,
+          **settings: Any) -> RunResult:
+    """Train a classifier; ``settings`` are TrainConfig fields (``resnetlab.train(data=..., epochs=3)``).
+
+    ``clock`` (seconds) times the epochs for ``--time-limit``; tests pass a scripted one.
+    """
+    cfg, saved = resolve_config(config, settings)
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, saved, info, clock)
+    finally:
+        shutdown(info)
+
+
+def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo, clock: Callable[[], float]) -> RunResult:
+    run_dir = Path(from_main(str(prepare_run_dir(cfg)) if info.is_main else None, info))
+    started = time.perf_counter()
+    time_plan = TimePlan(parse_duration(cfg.time_limit), clock, lengthen=cfg.fill_time) if cfg.time_limit else None
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    data = prepare_data(cfg, run_dir, info)
+    run = _set_up(cfg, saved, info, run_dir, data)
+    history: list[dict] = []
+    start_epoch, start_step, partial = 1, 0, None
+    if saved is not None:
+        start_epoch, start_step, partial = _resume(run, saved)
+        history = read_history(run_dir, start_epoch - 1)
+    if info.is_main:
+        write_text(run_dir / "config.yaml", yaml.safe_dump(run.cfg.to_dict(), sort_keys=False, allow_unicode=True))
+    stopped = fit(run, history, start_epoch=start_epoch, start_step=start_step, partial=partial,
+                  time_plan=time_plan)
+    check_replicas(run.model, info)
+    _collect_streamed_skips(run)
+    if info.is_main and stopped in (None, "early-stop"):
+        # the evaluation decodes nothing new but needs room for its own batches and Grad-CAM's activations:
+        # drop the training batches (on the GPU when they fit there) and the optimizer's moments first
+        run.train_batches = run.val_batches = None
+        release_training_memory(run.state.optimizer, info.device)
+        finish_run(run_dir, data, info.device, run.cfg)
+    if stopped is None:
+        logger.info(f"done in {time.perf_counter() - started:.0f}s: best val acc {run.state.best_acc:.4f} at epoch "
+                    f"{run.state.best_epoch}; run folder {run_dir} (best.pt, last.pt, metrics.csv, curves.png, "
+                    "config.yaml, report.html)")
+    final = run.state.validated
+    return RunResult(run_dir, run.state.best_acc, run.state.best_epoch, len(history), history, final.eval(),
+                     data.source.classes, stopped)
+
+
+def _set_up(cfg: TrainConfig, saved: dict | None, info: DistInfo, run_dir: Path, data: PreparedData) -> Run:
+    """Network, batches, losses, optimizer, schedule, AMP, EMA and the resumable state, logged as built."""
+    device, classes = info.device, data.source.classes
+    model, spec = build_network(cfg, len(classes), data.img_size, pretrained=saved is None)
+    model = model.to(device, memory_format=torch.channels_last)
+    if cfg.sync_bn and info.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    total, trainable = count_parameters(model)
+    logger.info(f"model: {spec.arch}, {spec.stem} stem, {spec.head} head, width {spec.width:g}; {total / 1e6:.2f} M "
+                f"parameters ({trainable / 1e6:.2f} M trainable)")
+    class_weights, sample_weights = class_balance(cfg, data.train.labels, len(classes), device)
+    train_batches = training_batches(data, cfg, device, drop_last=len(data.train) > cfg.batch_size * info.world_size,
+                                     sample_weights=sample_weights, rank=info.rank, world_size=info.world_size)
+    if info.is_main and saved is None:  # a fresh run (or --exist-ok) redraws it; a resume keeps the first one
+        plot_samples(run_dir / "samples.png", train_batches, classes, data.mean, data.std)
+    objective = build_objective(cfg, len(classes), class_weights)
+    if cfg.lr == "auto" and saved is None:
+        cfg = _auto_lr(cfg, model, train_batches, objective.probe, run_dir, info)
+    optimizer = build_optimizer(model, cfg)
+    steps_per_epoch = train_batches.steps_per_epoch()
+    schedule = make_schedule(cfg, steps_per_epoch)
+    amp_dtype = amp_dtype_for(cfg.amp, device, first_stage_side(spec, data.img_size))
+    state = TrainState(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+                       torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None)
+    logger.info(f"training on {device} ({'fp32' if amp_dtype is None else str(amp_dtype).replace('torch.', '')}), "
+                f"{cfg.epochs} epochs x {steps_per_epoch} steps of {cfg.batch_size}; {cfg.opt} lr {cfg.peak_lr:g}, "
+                f"{cfg.sched} schedule; run folder {run_dir}")
+    if info.enabled:
+        logger.info(f"distributed: {info.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}); "
+                    f"--batch-size {cfg.batch_size} per process = global batch {cfg.batch_size * info.world_size}; "
+                    "the learning rate is used as given (no automatic scaling with the process count)")
+    forward = wrap(model, cfg, info)
+    state.ema = build_ema(cfg, model)
+    meta = describe_model(ModelMeta(spec, classes, data.img_size, data.mean, data.std), cfg.to_dict())
+    return Run(cfg, info, run_dir, model, forward, state, schedule, objective, train_batches,
+               validation_batches(data, cfg, device, info), amp_dtype, meta)
+
+
+def _resume(run: Run, saved: dict) -> tuple[int, int, dict | None]:
+    """Put the saved state back; returns (first epoch to run, steps already done in it, their running sums)."""
+    run.state.restore(saved)
+    run.schedule.total_steps = run.cfg.epochs * run.steps_per_epoch  # --epochs may have changed on resume
+    start_epoch, start_step = int(saved["epoch"]) + 1, int(saved.get("step") or 0)
+    cfg = run.cfg
+    if cfg.freeze_backbone and cfg.unfreeze_at and start_epoch > cfg.unfreeze_at:
+        set_backbone_trainable(run.model, True)
+    logger.info(f"resuming {run.run_dir} at epoch {start_epoch}" + (f", step {start_step}" if start_step else "")
+                + f" (best val acc so far {run.state.best_acc:.4f} at epoch {run.state.best_epoch})")
+    return start_epoch, start_step, saved.get("partial")
+
+
+def _auto_lr(cfg: TrainConfig, model: nn.Module, batches, criterion: nn.Module, run_dir: Path,  # noqa: ANN001
+             info: DistInfo) -> TrainConfig:
+    """--lr auto: a learning-rate range test on a copy of the model picks the peak LR (rank 0 decides)."""
+    suggestion = None
+    if info.is_main:
+        result = lr_range_test(model, batches, criterion=criterion, device=info.device, cfg=cfg,
+                               progress=progress_enabled(cfg.progress))
+        result.write(run_dir)
+        suggestion = result.suggestion
+        logger.info(f"--lr auto: the range test suggests {suggestion:.3g} (plot: {run_dir / 'lr_find.png'})")
+    return replace(cfg, lr=float(from_main(suggestion, info)))
+
+
+def _collect_streamed_skips(run: Run) -> None:
+    """Every rank streamed its own shard: collect what each skipped (a file met by 2 ranks in 2 epochs: once)."""
+    skipped_files = getattr(run.train_batches, "skipped_files", None)
+    if skipped_files is None:
+        return
+    gathered = gather_lists(skipped_files(), run.info)
+    streamed_skips = list({entry["path"]: entry for entry in gathered}.values())
+    if streamed_skips and run.info.is_main:
+        report_streamed_skips(run.run_dir, streamed_skips)

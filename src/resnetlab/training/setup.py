@@ -1,0 +1,99 @@
+"""What a run builds before its first step: the network, class balancing, the losses (and mixup), the optimizer,
+AMP, EMA and the module the steps call (DDP, torch.compile). Plain functions with explicit inputs.
+
+    model, spec = build_network(cfg, num_classes=10, img_size=32)
+    optimizer = build_optimizer(model, cfg)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import TrainConfig
+from ..distributed import DistInfo
+from ..log import logger
+from ..models import ModelSpec, build_model, load_pretrained, resolve_stem, set_backbone_trainable
+
+
+def build_network(cfg: TrainConfig, num_classes: int, img_size: int, *, pretrained: bool = True
+                  ) -> tuple[nn.Module, ModelSpec]:
+    """The model a run trains: architecture, stem, head, width, pretrained weights, frozen backbone."""
+    spec = ModelSpec(cfg.model, num_classes, cfg.head, cfg.hidden, cfg.dropout, resolve_stem(cfg.stem, img_size),
+                     cfg.width)
+    model = build_model(spec)
+    if cfg.pretrained and pretrained:
+        for note in load_pretrained(model, cfg.pretrained, spec):
+            logger.info(f"pretrained: {note}")
+    if cfg.freeze_backbone:
+        set_backbone_trainable(model, False)
+    return model, spec
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Weight decay on conv/linear weights only: decaying BatchNorm scales and biases only hurts."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.opt == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    optimizer_class = torch.optim.AdamW if cfg.opt == "adamw" else torch.optim.Adam
+    return optimizer_class(groups, lr=cfg.peak_lr, betas=(cfg.momentum, 0.999))
+
+
+def class_balance(cfg: TrainConfig, labels: torch.Tensor, num_classes: int, device: torch.device
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """--balance: (class weights for the loss, per-image sampling weights); at most one is set.
+
+    Both are inverse class frequencies: a class with half the images weighs (or is drawn) twice as much.
+    """
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    if cfg.balance == "weights":
+        return (counts.sum() / (len(counts) * counts.clamp_min(1))).to(device), None
+    if cfg.balance == "sampler":
+        return None, (1.0 / counts.clamp_min(1))[labels].double()
+    return None, None
+
+
+@dataclass
+class Objective:
+    """The losses a run uses: ``train`` (label smoothing, class weights; soft targets under mixup), ``val``
+    (plain cross-entropy), ``probe`` (what the LR range test trains with), and the mixup/cutmix ``mixer``."""
+
+    train: nn.Module
+    val: nn.Module
+    probe: nn.Module
+    mixer: Mixup | None = None
+
+
+def build_objective(cfg: TrainConfig, num_classes: int, class_weights: torch.Tensor | None) -> Objective:
+    smoothed = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
+    if not (cfg.mixup or cfg.cutmix):
+        return Objective(smoothed, nn.CrossEntropyLoss(), smoothed)
+    # soft targets: label smoothing moves into the mixer
+    mixer = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
+                  label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+    return Objective(SoftTargetCrossEntropy(), nn.CrossEntropyLoss(), nn.CrossEntropyLoss(), mixer)
+
+
+def build_ema(cfg: TrainConfig, model: nn.Module) -> ModelEmaV3 | None:
+    if not cfg.ema:
+        return None
+    logger.info(f"weights averaged with EMA decay {cfg.ema:g}; validation and best.pt use the averaged weights")
+    return ModelEmaV3(model, decay=cfg.ema, use_warmup=True)  # warm-up: early averages are not stale
+
+
+def wrap(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
+    """The module the training steps call: DDP across processes, optionally torch.compile'd."""
+    wrapped = model
+    if info.enabled:
+        device = info.device
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(wrapped) if cfg.compile else wrapped

@@ -1,0 +1,109 @@
+"""What a run must keep to continue bit-exactly: model, optimizer, schedule, scaler, RNG, EMA, best so far;
+and how a resumed run's settings are merged (only the settings a resume may change, and only those given).
+
+    state = TrainState(model, optimizer, scheduler, scaler)
+    save(run_dir / "last.pt", {**meta, **state.payload(epoch)}, info)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import read_checkpoint, save_checkpoint
+from ..config import TrainConfig
+from ..distributed import DistInfo
+from ..engine import EpochTotals
+from ..errors import CheckpointError, ConfigError
+from ..models import unwrap
+
+# Settings a resumed run may change; everything else comes from the run's saved config.
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "progress", "time_limit", "early_stop", "cache_dir",
+                       "save_every", "stop_after_steps", "fill_time")
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: Path, payload: dict, info: DistInfo) -> None:
+    """Rank 0 writes (atomically); a failure names the file and keeps the previous one."""
+    if not info.is_main:
+        return
+    try:
+        save_checkpoint(path, payload)
+    except OSError as err:  # full disk, vanished folder: the previous file is untouched (atomic rename)
+        raise CheckpointError(f"could not write {path}: {err.strerror or err}; the previous {path.name} (if any) "
+                              "is intact") from None
+
+
+@dataclass
+class TrainState:
+    """What a resumable checkpoint holds besides the model's description."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    ema: nn.Module | None = None  # timm's ModelEmaV3
+    best_acc: float = -1.0
+    best_epoch: int = 0
+
+    def payload(self, epoch: int, step: int = 0, totals: EpochTotals | None = None) -> dict:
+        """``epoch`` = last finished epoch; ``step`` > 0 marks steps already done in the next one."""
+        payload = {"model": unwrap(self.model).state_dict(), "epoch": epoch, "step": step,
+                   "partial": totals.to_dict() if totals is not None and step else None,
+                   "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                   "scaler": self.scaler.state_dict() if self.scaler is not None else None, "rng": rng_state(),
+                   "best_val_acc": self.best_acc, "best_epoch": self.best_epoch}
+        if self.ema is not None:
+            payload["ema"] = self.ema.module.state_dict()
+        return payload
+
+    def restore(self, saved: dict) -> None:
+        unwrap(self.model).load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None and saved.get("ema"):
+            self.ema.module.load_state_dict(saved["ema"])
+        restore_rng(saved["rng"])
+        self.best_acc, self.best_epoch = float(saved["best_val_acc"]), int(saved["best_epoch"])
+
+    @property
+    def validated(self) -> nn.Module:
+        """The weights validation scores and best.pt holds: the EMA average when there is one."""
+        return self.ema.module if self.ema is not None else unwrap(self.model)
+
+
+def resolve_config(config: TrainConfig | None, settings: dict) -> tuple[TrainConfig, dict | None]:
+    """The run's settings and, for --resume, its last.pt (read once)."""
+    cfg = config or TrainConfig.from_dict(settings)
+    if config is not None and settings:
+        cfg = TrainConfig.from_dict({**config.to_dict(), **settings})
+    if not cfg.resume:
+        if not cfg.data:
+            raise ConfigError("no data given: pass a folder, a CSV file or a built-in name")
+        return cfg, None
+    saved_state = read_checkpoint(Path(cfg.resume) / "last.pt")
+    # only settings the caller actually gave may override the saved ones (a default is not a wish)
+    defaults = TrainConfig().to_dict()
+    given = settings if config is None else {k: v for k, v in cfg.to_dict().items() if v != defaults[k]}
+    values = dict(saved_state["config"])
+    values.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES and v is not None})
+    values["resume"] = cfg.resume
+    return TrainConfig.from_dict(values), saved_state
