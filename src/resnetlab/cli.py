@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ._version import __version__
 from .config import TrainConfig, add_train_flags, recipe_values
-from .errors import ModelError, ResnetlabError
+from .errors import ConfigError, ResnetlabError
 from .log import configure, logger
 
 EPILOG = """Examples:
@@ -48,13 +48,17 @@ def _bare(args: argparse.Namespace) -> dict:
     return {"arch": args.model, "classes": parse_classes(args.classes), "img_size": args.img_size}
 
 
+def _decode_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU cores)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="progress bars (shown only when the output is a terminal)")
+
+
 def _common_model_flags(parser: argparse.ArgumentParser, *, batch_size: int = 256, tta: bool = True) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=batch_size,
                         help=f"images per forward pass (default: {batch_size})")
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU cores)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                        help="progress bars (shown only when the output is a terminal)")
+    _decode_flags(parser)
     if tta:
         parser.add_argument("--tta", default="none", choices=("none", "flip", "flip-crop"),
                             help="test-time augmentation: average over mirrored (flip: 2 views) and also shifted "
@@ -82,11 +86,11 @@ def _train_run(args: argparse.Namespace) -> int:
         result = train(**{k: v for k, v in _train_flags(args).items() if v is not None})
     else:
         result = train(_train_config(args))
-    return 130 if result.stopped == "signal" else 0
+    return 128 + result.stop_signal if result.stopped == "signal" and result.stop_signal else 0
 
 
 def _train_flags(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("command", "recipe", "config")}
+    return {k: v for k, v in vars(args).items() if k not in ("command", "recipe", "config", "quiet", "verbose")}
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
@@ -123,6 +127,9 @@ def _evaluate_parser(sub) -> None:
     evaluate.add_argument("--split", default="val", choices=("train", "val", "test"), help="default: val")
     evaluate.add_argument("--out", default=None, help="output folder (default: CHECKPOINT_DIR/eval-SPLIT)")
     evaluate.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")
+    evaluate.add_argument("--mlflow", nargs="?", const="auto", default=None, metavar="URI",
+                          help="also log the metrics (as SPLIT_accuracy, ...) to the MLflow run that trained the "
+                               "checkpoint (its URI is saved in the run folder; or give one)")
     _common_model_flags(evaluate)
 
 
@@ -131,7 +138,7 @@ def _evaluate_run(args: argparse.Namespace) -> int:
 
     evaluate(args.checkpoint, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
              device=args.device, workers=args.workers, data_root=args.data_root, progress=args.progress,
-             tta=args.tta, **_bare(args))
+             tta=args.tta, mlflow=args.mlflow, **_bare(args))
     return 0
 
 
@@ -142,6 +149,8 @@ def _predict_parser(sub) -> None:
     predict.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     predict.add_argument("--out", default="predictions.csv", help="CSV path (default: predictions.csv)")
     predict.add_argument("--topk", type=int, default=3, help="labels per image (default: 3)")
+    predict.add_argument("--allow-errors", action="store_true",
+                         help="exit 0 when some inputs could not be read (their rows carry the error); default: 1")
     predict.add_argument("--cam", default=None, metavar="DIR",
                          help="also write a Grad-CAM overlay PNG of the predicted class per image into DIR and "
                               "add its path as a 'cam' column (before 'error')")
@@ -154,7 +163,7 @@ def _predict_run(args: argparse.Namespace) -> int:
     summary = predict_files(args.checkpoint, args.inputs, out=args.out, topk=args.topk, batch_size=args.batch_size,
                             device=args.device, workers=args.workers, progress=args.progress, tta=args.tta,
                             cam=args.cam, **_bare(args))
-    return 0 if summary["predicted"] else 1
+    return 0 if summary["predicted"] and (not summary["failed"] or args.allow_errors) else 1
 
 
 def _explain_parser(sub) -> None:
@@ -212,8 +221,7 @@ def _check_parser(sub) -> None:
     check.add_argument("--seed", type=int, default=0, help="as for train (default: 0)")
     check.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")
     check.add_argument("--json", default=None, help="also write the full report to this JSON file")
-    check.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU cores)")
-    check.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    _decode_flags(check)
 
 
 def _check_run(args: argparse.Namespace) -> int:
@@ -254,7 +262,7 @@ def _export_run(args: argparse.Namespace) -> int:
 
 
 def _serve_parser(sub) -> None:
-    from .serve import MB, ServeLimits
+    from .serve import ServeLimits
 
     serve = sub.add_parser("serve", help="HTTP prediction service with a web page (FastAPI + uvicorn)",
                            description="Serves GET / (a page: drop an image, see the top-5 and the heat map), "
@@ -265,27 +273,13 @@ def _serve_parser(sub) -> None:
                        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 = every network)")
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    defaults = ServeLimits()
-    serve.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / MB,
-                       help=f"largest request body in MB (default: {defaults.max_upload_bytes / MB:g})")
-    serve.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
-                       help=f"largest image, width x height (default: {defaults.max_pixels:,})")
-    serve.add_argument("--max-files", type=int, default=defaults.max_files,
-                       help=f"images per /predict request (default: {defaults.max_files})")
-    serve.add_argument("--max-batch", type=int, default=defaults.max_batch,
-                       help=f"images per forward pass when requests are batched (default: {defaults.max_batch})")
-    serve.add_argument("--max-pending", type=int, default=defaults.max_pending,
-                       help=f"requests waiting for the model before new ones get 503 (default: {defaults.max_pending})")
-    serve.add_argument("--topk", type=int, default=defaults.topk, help="default labels per image (default: 5)")
+    ServeLimits.add_flags(serve)
 
 
 def _serve_run(args: argparse.Namespace) -> int:
-    from .serve import MB, ServeLimits, serve
+    from .serve import ServeLimits, serve
 
-    limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=args.max_pixels,
-                         max_files=args.max_files, max_batch=args.max_batch, max_pending=args.max_pending,
-                         topk=args.topk)
-    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, limits=limits)
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, limits=ServeLimits.from_flags(args))
     return 0
 
 
@@ -315,7 +309,7 @@ def _summary_run(args: argparse.Namespace) -> int:
     from .summary import format_summary, summary_for_checkpoint, summary_for_spec
 
     if bool(args.checkpoint) == bool(args.model):
-        raise ModelError("summary needs either --model ARCH or a CHECKPOINT (not both)")
+        raise ConfigError("summary needs either --model ARCH or a CHECKPOINT (not both)")
     if args.checkpoint:
         result = summary_for_checkpoint(args.checkpoint, depth=args.depth)
     else:
@@ -370,19 +364,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for add_parser, _ in COMMANDS.values():
         add_parser(sub)
+    for verb in sub.choices.values():  # on every verb, after its own flags: `resnetlab train DATA -q`
+        loudness = verb.add_mutually_exclusive_group()
+        loudness.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
+        loudness.add_argument("-v", "--verbose", action="store_true", help="also print debug messages")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, run one verb, map its outcome to an exit code: 0 ok, 1 a run that failed its inputs (unreadable
-    images, nothing predicted), 2 an error in the settings or data (one line on stderr), 130 interrupted."""
+    """Parse, run one verb, map its outcome to an exit code: 0 ok; 1 a failed run or bad data (a data, weights or
+    checkpoint problem, unreadable inputs); 2 a usage error (a flag or setting); 130 after Ctrl-C and 143 after
+    SIGTERM (a training run writes its resumable last.pt first). Errors are one line on stderr."""
     args = build_parser().parse_args(argv)
-    configure()
+    configure(-1 if args.quiet else 1 if args.verbose else 0)
     try:
         return COMMANDS[args.command][1](args)
     except ResnetlabError as err:
         print(f"resnetlab {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(err, ConfigError) else 1
     except KeyboardInterrupt:
         print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
         return 130

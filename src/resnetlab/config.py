@@ -27,8 +27,9 @@ def require_at_least(flag: str, value: int, minimum: int = 1) -> None:
         raise ConfigError(f"{flag} must be at least {minimum}, got {value}")
 
 
-def _opt(default: Any, help: str, choices: tuple | None = None, flag: str | None = None) -> Any:
-    meta = {"help": help, "choices": choices, "flag": flag}
+def _opt(default: Any, help: str, choices: tuple | None = None, const: str | None = None) -> Any:
+    """A setting: its default, help text and choices; ``const``: the value of the flag given without one."""
+    meta = {"help": help, "choices": choices, "const": const}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -94,7 +95,12 @@ class TrainConfig:
     mixup: float = _opt(0.0, "mixup alpha (0: off), e.g. 0.2")
     cutmix: float = _opt(0.0, "cutmix alpha (0: off), e.g. 1.0")
     mix_prob: float = _opt(1.0, "probability that a batch is mixed when --mixup/--cutmix are on")
-    early_stop: int = _opt(0, "stop when val accuracy has not improved for N epochs (0: never)")
+    accum_steps: int = _opt(1, "gradient accumulation: one optimizer step every N batches (an effective batch of "
+                               "N x --batch-size; the schedule counts optimizer steps)")
+    best_metric: str = _opt("val_acc", "the validation metric that picks best.pt and that --early-stop watches: "
+                                       "val_acc, val_loss (lower is better), macro_f1, top5",
+                            ("val_acc", "val_loss", "macro_f1", "top5"))
+    early_stop: int = _opt(0, "stop when the --best-metric has not improved for N epochs (0: never)")
     time_limit: str | None = _opt(None, "stop after this wall time (e.g. 90s, 5m, 1h); the schedule is "
                                         "shortened to fit")
     fill_time: bool = _opt(False, "with --time-limit: also lengthen the plan to as many epochs as fit in the time "
@@ -110,13 +116,18 @@ class TrainConfig:
     # safety
     strict: bool = _opt(False, "fail on the first unreadable image instead of skipping it")
     save_every: int = _opt(0, "also write a resumable last.pt every N steps inside an epoch (0: only per epoch)")
+    keep: int = _opt(0, "also keep epoch_NNN.pt (weights as best.pt) for the last N epochs (0: none)")
     stop_after_steps: int = _opt(0, "stop (resumably, like Ctrl-C) after N optimizer steps in this invocation")
     # outputs
     out: str | None = _opt(None, "run folder (default: runs/NAME)")
     name: str | None = _opt(None, "run name (default: MODEL-DATA-TIMESTAMP)")
     exist_ok: bool = _opt(False, "reuse an existing run folder (files are overwritten)")
     resume: str | None = _opt(None, "continue the run in this folder from its last.pt")
-    progress: bool = _opt(True, "show progress bars")
+    progress: bool = _opt(True, "show progress bars (only when the output is a terminal)")
+    # tracking (pip install 'resnetlab[track]')
+    tensorboard: bool = _opt(False, "write TensorBoard event files to RUN_DIR/tensorboard/ (tensorboard --logdir runs)")
+    mlflow: str | None = _opt(None, "log to MLflow: --mlflow alone uses $MLFLOW_TRACKING_URI, else a SQLite store in "
+                                    "RUN_DIR/mlruns; --mlflow URI for a server (http://HOST:PORT)", const="auto")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -188,6 +199,8 @@ class TrainConfig:
             (self.early_stop >= 0, f"early_stop must be >= 0, got {self.early_stop}"),
             (self.save_every >= 0, f"save_every must be >= 0, got {self.save_every}"),
             (self.stop_after_steps >= 0, f"stop_after_steps must be >= 0, got {self.stop_after_steps}"),
+            (self.accum_steps >= 1, f"accum_steps must be >= 1, got {self.accum_steps}"),
+            (self.keep >= 0, f"keep must be >= 0, got {self.keep}"),
             (self.std is None or all(s > 0 for s in self.std), f"std values must be > 0, got {self.std}"),
         ]
         for ok, message in checks:
@@ -275,6 +288,9 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         text = meta["help"] + (f" (default: {f.default})" if f.default is not None and f.default != "" else "")
         if "bool" in str(f.type):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        elif meta.get("const"):
+            parser.add_argument(flag, nargs="?", const=meta["const"], default=argparse.SUPPRESS, help=text,
+                                metavar="URI")
         else:
             parser.add_argument(flag, type=_flag_type(str(f.type)), choices=meta.get("choices"),
                                 default=argparse.SUPPRESS, help=text, metavar=None if meta.get("choices") else

@@ -60,8 +60,12 @@ class EpochResult:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """--device: "auto" is CUDA where there is a GPU, else Apple's MPS where it exists, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is available (torch.cuda.is_available() "
@@ -114,6 +118,8 @@ def amp_dtype_for(amp: str, device: torch.device, first_map_side: int | None = N
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type != "cpu":  # mps and others: fp32 unless asked (autocast support varies by backend and op)
+        return None
     if first_map_side is not None and first_map_side < CPU_BF16_MIN_SIDE:
         return None
     return torch.bfloat16 if cpu_has_native_bf16() else None
@@ -131,11 +137,13 @@ def run_epoch(model: nn.Module, batches: Iterable, *, criterion: Callable, devic
               total_steps: int | None = None, start_step: int = 0, desc: str = "", progress: bool = True,
               keep_outputs: bool = False, grad_clip: float | None = None, sync_every: int = 25,
               epoch: int = 0, totals: EpochTotals | None = None,
-              on_step: Callable[[int], None] | None = None) -> EpochResult:
+              on_step: Callable[[int], None] | None = None, accum_steps: int = 1) -> EpochResult:
     """One pass over ``batches``; trains when ``optimizer`` is given.
 
     ``totals`` carries the running sums (pass saved ones to continue an interrupted epoch);
-    ``on_step(step)`` runs after each step with the number of steps done in this epoch.
+    ``on_step(step)`` runs after each batch with the number of batches done in this epoch.
+    ``accum_steps``: one optimizer (and scheduler) step every that many batches, on the mean of their losses
+    (the last group of an epoch may be shorter; its mean is over its own batches).
     """
     training = optimizer is not None
     if training:
@@ -155,21 +163,8 @@ def run_epoch(model: nn.Module, batches: Iterable, *, criterion: Callable, devic
                 logits = model(x)  # N x K
                 loss = criterion(logits.float(), y)
             if training:
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    if grad_clip:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    if grad_clip:
-                        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                    optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
+                _train_step(model, loss, step, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                            grad_clip=grad_clip, accum_steps=accum_steps, total_steps=total_steps)
             n = y.shape[0]
             loss = loss.detach()
             # remember the first bad step on the device: exact, without a host sync per step
@@ -202,6 +197,36 @@ def run_epoch(model: nn.Module, batches: Iterable, *, criterion: Callable, devic
         result.targets = torch.cat([o[1] for o in outputs])
         result.indices = torch.cat([o[2] for o in outputs])
     return result
+
+
+def _train_step(model: nn.Module, loss: torch.Tensor, step: int, *, optimizer: torch.optim.Optimizer, scheduler,
+                scaler: torch.amp.GradScaler | None, grad_clip: float | None, accum_steps: int,
+                total_steps: int | None) -> None:
+    """Backward for batch ``step`` (0-based in the epoch); every ``accum_steps`` batches: clip, step, schedule."""
+    first = step - step % accum_steps  # the first batch of this step's group
+    group = accum_steps if not total_steps else min(accum_steps, total_steps - first)
+    if step == first:
+        optimizer.zero_grad(set_to_none=True)
+    scaled = loss / group if group > 1 else loss  # the group's mean loss, as one batch of group x B would give
+    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+    if step + 1 - first < group:
+        return  # gradients keep accumulating
+    if grad_clip:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+
+
+def optimizer_steps(batches: int, accum_steps: int) -> int:
+    """Optimizer steps in an epoch of ``batches`` batches (a last, shorter group still steps)."""
+    return -(-batches // max(1, accum_steps))
 
 
 def _check_finite(totals: EpochTotals, epoch: int) -> None:

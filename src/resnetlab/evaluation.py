@@ -31,6 +31,7 @@ from .metrics import classification_metrics, rank_mistakes
 from .models import TTAModel, first_stage_side
 from .plots import image_grid, plot_confusion_matrix
 from .report import write_report
+from .tracking import attach_evaluation
 
 PREDICTION_GALLERY = 24  # validation images in predictions.png
 MISCLASSIFIED_GALLERY = 16  # mistakes in misclassified.png
@@ -41,8 +42,10 @@ EVALUATION_FILES = ("metrics.json", "confusion_matrix.csv", "confusion_matrix.pn
 def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str | Path | None = None,
              batch_size: int = 256, device: str = "auto", workers: int | None = None, data_root: str | None = None,
              arch: str | None = None, classes: list[str] | None = None, img_size: int | None = None,
-             cache_dir: str | None = None, amp: str = "auto", tta: str = "none", progress: bool = True) -> dict:
-    """Metrics of ``checkpoint`` on ``split`` of ``data``; files are written to ``out``."""
+             cache_dir: str | None = None, amp: str = "auto", tta: str = "none", progress: bool = True,
+             mlflow: str | None = None) -> dict:
+    """Metrics of ``checkpoint`` on ``split`` of ``data``; files are written to ``out``. ``mlflow`` ("auto" or a
+    URI): the metrics are also logged, as SPLIT_NAME, to the MLflow run that trained the checkpoint."""
     require_at_least("--batch-size", batch_size)
     torch_device = resolve_device(device)
     payload = read_checkpoint(checkpoint) if Path(checkpoint).suffix != ".safetensors" else None
@@ -64,6 +67,8 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
                                amp=amp, tta=tta, progress=progress,
                                extra={"checkpoint": str(checkpoint), "data": str(data), "split": split_name})
     _print_summary(metrics, meta.classes, out_dir)
+    if mlflow is not None:
+        attach_evaluation(Path(checkpoint), mlflow, metrics, split_name)
     report = _write_eval_report(Path(checkpoint), out_dir)
     if report is not None:
         logger.info(f"report: {report}")

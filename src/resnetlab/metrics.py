@@ -18,6 +18,15 @@ def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> float:
     return float((top == targets.view(-1, 1)).any(dim=1).float().mean())
 
 
+def macro_f1(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> float:
+    """Macro-averaged F1 over all ``num_classes`` (a class never predicted nor present counts as 0)."""
+    if len(targets) == 0:
+        return 0.0
+    _, _, f1, _ = precision_recall_fscore_support(targets.numpy(), logits.argmax(dim=1).numpy(),
+                                                  labels=list(range(num_classes)), average="macro", zero_division=0)
+    return float(f1)
+
+
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
     """Accuracy, top-5 (with >= 5 classes), mean loss, per-class P/R/F1/support, macro and weighted averages."""
     predicted = logits.argmax(dim=1).numpy()
@@ -40,7 +49,6 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes:
         result[f"{average}_avg"] = {"precision": float(p), "recall": float(r), "f1": float(f)}
     result["confusion_matrix"] = confusion_matrix(truth, predicted, labels=labels).tolist()
     return result
-
 
 
 def rank_mistakes(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

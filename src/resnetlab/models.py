@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 
 SMALL_STEM_MAX_SIZE = 64  # the auto stem is the small one at or below this image size
 _PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -62,7 +62,7 @@ def check_arch(arch: str) -> None:
     candidates = timm.list_models("*res*")
     close = difflib.get_close_matches(arch, candidates, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ModelError(f"unknown model '{arch}'{hint} (see timm.list_models('resnet*'))")
+    raise ConfigError(f"unknown model '{arch}'{hint} (see timm.list_models('resnet*'))")
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
@@ -113,7 +113,9 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
 
 
 def backbone_frozen(model: nn.Module) -> bool:
-    return not any(p.requires_grad for p in unwrap(model).conv1.parameters())
+    """True when the stem's first conv does not train (--freeze-backbone); False for networks without one."""
+    stem = getattr(unwrap(model), "conv1", None)
+    return isinstance(stem, nn.Module) and not any(p.requires_grad for p in stem.parameters())
 
 
 def train_mode(model: nn.Module) -> None:

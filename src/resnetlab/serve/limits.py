@@ -9,6 +9,7 @@ limit (ASGI middleware) and the pixel-count check on uploaded images.
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 from dataclasses import dataclass
@@ -35,6 +36,27 @@ class ServeLimits:
     max_pending: int = 64  # requests waiting for the model; more get 503
     decode_threads: int = max(1, min(4, os.cpu_count() or 1))  # images decoded at once (each may be ~MP)
     topk: int = 5  # default labels per image
+
+    @staticmethod
+    def add_flags(parser: argparse.ArgumentParser) -> None:
+        """The `resnetlab serve` flags for these limits, with their defaults."""
+        d = ServeLimits()
+        parser.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / MB,
+                            help=f"largest request body in MB (default: {d.max_upload_bytes / MB:g})")
+        parser.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                            help=f"largest image, width x height (default: {d.max_pixels:,})")
+        parser.add_argument("--max-files", type=int, default=d.max_files,
+                            help=f"images per /predict request (default: {d.max_files})")
+        parser.add_argument("--max-batch", type=int, default=d.max_batch,
+                            help=f"images per forward pass when requests are batched (default: {d.max_batch})")
+        parser.add_argument("--max-pending", type=int, default=d.max_pending,
+                            help=f"requests waiting for the model before new ones get 503 (default: {d.max_pending})")
+        parser.add_argument("--topk", type=int, default=d.topk, help=f"default labels per image (default: {d.topk})")
+
+    @classmethod
+    def from_flags(cls, args: argparse.Namespace) -> ServeLimits:
+        return cls(max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=args.max_pixels,
+                   max_files=args.max_files, max_batch=args.max_batch, max_pending=args.max_pending, topk=args.topk)
 
 
 class UploadTooLarge(ValueError):

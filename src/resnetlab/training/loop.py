@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +18,14 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.loaders import Batches
-from ..distributed import DistInfo, any_rank, from_main, sum_over_ranks, sync_buffers
-from ..engine import EpochResult, EpochTotals, StopRequests, run_epoch
+from ..distributed import DistInfo, any_rank, from_main, gather_lists, sum_over_ranks, sync_buffers
+from ..engine import EpochResult, EpochTotals, StopRequests, optimizer_steps, run_epoch
 from ..errors import NonFiniteLossError
 from ..log import logger, progress_enabled
+from ..metrics import macro_f1, topk_accuracy
 from ..models import set_backbone_trainable
 from ..runfiles import write_history
+from ..tracking import Trackers
 from .finish import plot_curves
 from .schedule import Schedule, TimePlan
 from .setup import Objective, wrap
@@ -46,7 +48,9 @@ class Run:
     val_batches: Batches
     amp_dtype: torch.dtype | None
     meta: dict  # the checkpoint's description of the model (checkpoint.describe_model)
-    steps_run: int = 0  # optimizer steps in this invocation, for --stop-after-steps
+    trackers: Trackers = field(default_factory=Trackers)  # TensorBoard / MLflow, rank 0 only
+    steps_run: int = 0  # batches trained in this invocation, for --stop-after-steps
+    stop_signal: int | None = None  # the signal that stopped the run (SIGINT 2, SIGTERM 15)
 
     @property
     def device(self) -> torch.device:
@@ -54,7 +58,16 @@ class Run:
 
     @property
     def steps_per_epoch(self) -> int:
+        """Batches per epoch (what resume positions count)."""
         return self.train_batches.steps_per_epoch()
+
+    @property
+    def optimizer_steps_per_epoch(self) -> int:
+        """Optimizer (and schedule) steps per epoch: fewer than batches with --accum-steps."""
+        return optimizer_steps(self.steps_per_epoch, self.cfg.accum_steps)
+
+
+BEST_METRIC_COLUMNS = {"val_acc": "val_acc", "val_loss": "val_loss", "macro_f1": "val_f1", "top5": "val_top5"}
 
 
 class StopRun(Exception):
@@ -91,6 +104,8 @@ def train_one_epoch(run: Run, epoch: int, planned: int, stop: StopRequests, *, s
 
     def after_step(step: int) -> None:
         run.steps_run += 1
+        if step % cfg.accum_steps and step < steps:
+            return  # inside an accumulation group: no optimizer step yet, nothing to average, save or stop
         if state.ema is not None:
             state.ema.update(run.model, step=state.scheduler.last_epoch)
         stop_now = any_rank(stop.requested, info) or bool(cfg.stop_after_steps
@@ -110,7 +125,8 @@ def train_one_epoch(run: Run, epoch: int, planned: int, stop: StopRequests, *, s
                            optimizer=state.optimizer, scheduler=state.scheduler, scaler=state.scaler,
                            amp_dtype=run.amp_dtype, total_steps=steps, start_step=start_step,
                            desc=f"epoch {epoch}/{planned}", progress=progress_enabled(cfg.progress), epoch=epoch,
-                           totals=totals, on_step=after_step, grad_clip=cfg.grad_clip or None)
+                           totals=totals, on_step=after_step, grad_clip=cfg.grad_clip or None,
+                           accum_steps=cfg.accum_steps)
     except NonFiniteLossError as err:
         good = f"{run.run_dir / 'last.pt'} (epoch {epoch - 1})" if epoch > 1 else "none (first epoch)"
         raise NonFiniteLossError(f"{err}. Last good checkpoint kept: {good}") from None
@@ -119,25 +135,32 @@ def train_one_epoch(run: Run, epoch: int, planned: int, stop: StopRequests, *, s
     return result
 
 
-def validate(run: Run, network: nn.Module, epoch: int) -> EpochResult:
-    """Loss and accuracy on the validation split, summed over every rank's shard."""
+def validate(run: Run, network: nn.Module, epoch: int) -> tuple[EpochResult, dict[str, float]]:
+    """Loss and accuracy on the validation split, summed over every rank's shard, and the metrics that need
+    every prediction (macro F1; top-5 with >= 5 classes) from all ranks' outputs."""
     totals = EpochTotals(run.device)
     # the bare module, not the DDP wrapper: ranks may have different numbers of validation batches
     result = run_epoch(network, run.val_batches.epoch(0), criterion=run.objective.val, device=run.device,
                        amp_dtype=run.amp_dtype, total_steps=len(run.val_batches), desc="  validate",
-                       progress=progress_enabled(run.cfg.progress) and run.info.is_main, epoch=epoch, totals=totals)
-    return combine(result, totals, run.info)
+                       progress=progress_enabled(run.cfg.progress) and run.info.is_main, epoch=epoch, totals=totals,
+                       keep_outputs=True)
+    parts = gather_lists([(result.logits, result.targets)] if result.logits is not None else [], run.info)
+    logits, targets = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])  # N x K, N (all ranks)
+    extra = {"val_f1": macro_f1(logits, targets, logits.shape[1])}
+    if logits.shape[1] >= 5:
+        extra["val_top5"] = topk_accuracy(logits, targets, 5)
+    return combine(result, totals, run.info), extra
 
 
 def record(run: Run, history: list[dict], epoch: int, trained: EpochResult) -> dict:
     """Validate (the EMA weights, and the raw ones too when averaging) and append the epoch's row to
     metrics.csv; the validation time counts in the epoch's."""
-    scored = validate(run, run.state.validated, epoch)
+    scored, extra = validate(run, run.state.validated, epoch)
     row = {"epoch": epoch, "train_loss": trained.loss, "train_acc": trained.accuracy, "val_loss": scored.loss,
            "val_acc": scored.accuracy, "lr": run.state.optimizer.param_groups[0]["lr"],
-           "epoch_s": trained.seconds + scored.seconds, "img_per_s": trained.images_per_second}
+           "epoch_s": trained.seconds + scored.seconds, "img_per_s": trained.images_per_second, **extra}
     if run.state.ema is not None:
-        raw = validate(run, run.model, epoch)
+        raw, _ = validate(run, run.model, epoch)
         row["raw_val_acc"], row["epoch_s"] = raw.accuracy, row["epoch_s"] + raw.seconds
     history.append(row)
     if run.info.is_main:
@@ -145,17 +168,29 @@ def record(run: Run, history: list[dict], epoch: int, trained: EpochResult) -> d
     return row
 
 
+def score(row: dict, metric: str) -> float:
+    """The --best-metric of an epoch's row, as a number where higher is better."""
+    return -row["val_loss"] if metric == "val_loss" else float(row[BEST_METRIC_COLUMNS[metric]])
+
+
 def checkpoint(run: Run, epoch: int, row: dict) -> bool:
-    """best.pt when validation improved, last.pt always; returns whether it improved."""
-    state = run.state
-    improved = row["val_acc"] > state.best_acc
+    """best.pt when the --best-metric improved, last.pt always, epoch_NNN.pt with --keep; returns whether it
+    improved."""
+    state, cfg = run.state, run.cfg
+    improved = score(row, cfg.best_metric) > state.best_score
     if improved:
-        state.best_acc, state.best_epoch = row["val_acc"], epoch
-    metrics = {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
+        state.best_score, state.best_epoch = score(row, cfg.best_metric), epoch
+    metrics = {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "val_top5")
+               if k in row}
+    weights = {**run.meta, "model": state.validated.state_dict(), "epoch": epoch, "metrics": metrics}
     if improved:
-        save(run.run_dir / "best.pt", {**run.meta, "model": state.validated.state_dict(), "epoch": epoch,
-                                       "metrics": metrics}, run.info)
+        save(run.run_dir / "best.pt", weights, run.info)
     save(run.run_dir / "last.pt", {**run.meta, **state.payload(epoch), "metrics": metrics}, run.info)
+    if cfg.keep and run.info.is_main:
+        save(run.run_dir / f"epoch_{epoch:03d}.pt", weights, run.info)
+        kept = sorted(run.run_dir.glob("epoch_[0-9][0-9][0-9]*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        for old in kept[:-cfg.keep]:
+            old.unlink(missing_ok=True)
     return improved
 
 
@@ -174,7 +209,7 @@ def _stop_reason(run: Run, epoch: int, planned: int, stop: StopRequests) -> str 
             logger.info(f"stopped after epoch {epoch}; resume with: resnetlab train --resume {run.run_dir}")
         return reason
     if cfg.early_stop and epoch - run.state.best_epoch >= cfg.early_stop:
-        logger.info(f"early stop: no val accuracy gain for {cfg.early_stop} epochs")
+        logger.info(f"early stop: no {cfg.best_metric} gain for {cfg.early_stop} epochs")
         return "early-stop"
     return None
 
@@ -182,34 +217,42 @@ def _stop_reason(run: Run, epoch: int, planned: int, stop: StopRequests) -> str 
 def fit(run: Run, history: list[dict], *, start_epoch: int = 1, start_step: int = 0, partial: dict | None = None,
         time_plan: TimePlan | None = None) -> str | None:
     """Epochs from ``start_epoch`` to the plan's end; returns why it stopped early (None: the plan finished)."""
-    cfg, info = run.cfg, run.info
-    planned = cfg.epochs
     if time_plan is not None:
         time_plan.start_loop()
     with StopRequests() as stop:
-        for epoch in itertools.count(start_epoch):  # the plan may change with --time-limit
-            if epoch > planned:
-                return None
-            if cfg.freeze_backbone and cfg.unfreeze_at == epoch and start_step == 0:
-                set_backbone_trainable(run.model, True)
-                run.forward = wrap(run.model, cfg, info)  # DDP registers trainable parameters when it wraps
-                logger.info(f"epoch {epoch}: backbone unfrozen")
-            try:
-                trained = train_one_epoch(run, epoch, planned, stop, start_step=start_step, partial=partial)
-            except StopRun as halt:
-                logger.info(f"stopped at epoch {epoch}, step {halt.step} of {run.steps_per_epoch}; saved "
-                            f"{run.run_dir / 'last.pt'}. Resume with: resnetlab train --resume {run.run_dir}")
-                return "signal" if any_rank(stop.requested, info) else "steps"
-            start_step, partial = 0, None
-            row = record(run, history, epoch, trained)
-            improved = checkpoint(run, epoch, row)
-            _log_epoch(row, planned, improved)
-            if info.is_main:
-                plot_curves(run.run_dir, history)
-            reason = _stop_reason(run, epoch, planned, stop)
-            if reason is not None:
-                return reason
-            if time_plan is not None:
-                planned = from_main(time_plan.after_epoch(epoch, planned), info)
-                run.schedule.total_steps = planned * run.steps_per_epoch
+        reason = _epochs(run, history, stop, start_epoch, start_step, partial, time_plan)
+        run.stop_signal = stop.signal if reason == "signal" else None
+        return reason
+
+
+def _epochs(run: Run, history: list[dict], stop: StopRequests, start_epoch: int, start_step: int,
+            partial: dict | None, time_plan: TimePlan | None) -> str | None:
+    cfg, info = run.cfg, run.info
+    planned = cfg.epochs
+    for epoch in itertools.count(start_epoch):  # the plan may change with --time-limit
+        if epoch > planned:
+            return None
+        if cfg.freeze_backbone and cfg.unfreeze_at == epoch and start_step == 0:
+            set_backbone_trainable(run.model, True)
+            run.forward = wrap(run.model, cfg, info)  # DDP registers trainable parameters when it wraps
+            logger.info(f"epoch {epoch}: backbone unfrozen")
+        try:
+            trained = train_one_epoch(run, epoch, planned, stop, start_step=start_step, partial=partial)
+        except StopRun as halt:
+            logger.info(f"stopped at epoch {epoch}, step {halt.step} of {run.steps_per_epoch}; saved "
+                        f"{run.run_dir / 'last.pt'}. Resume with: resnetlab train --resume {run.run_dir}")
+            return "signal" if any_rank(stop.requested, info) else "steps"
+        start_step, partial = 0, None
+        row = record(run, history, epoch, trained)
+        improved = checkpoint(run, epoch, row)
+        _log_epoch(row, planned, improved)
+        run.trackers.log_epoch(row)
+        if info.is_main:
+            plot_curves(run.run_dir, history)
+        reason = _stop_reason(run, epoch, planned, stop)
+        if reason is not None:
+            return reason
+        if time_plan is not None:
+            planned = from_main(time_plan.after_epoch(epoch, planned), info)
+            run.schedule.total_steps = planned * run.optimizer_steps_per_epoch
     return None

@@ -22,14 +22,16 @@ from torch import nn
 from ..checkpoint import ModelMeta, describe_model
 from ..config import TrainConfig, parse_duration
 from ..distributed import DistInfo, from_main, gather_lists, init_distributed, shutdown
-from ..engine import amp_dtype_for
+from ..engine import amp_dtype_for, optimizer_steps
+from ..errors import ConfigError
 from ..fileio import write_text
 from ..log import logger, progress_enabled
 from ..models import count_parameters, first_stage_side, set_backbone_trainable
 from ..runfiles import prepare_run_dir, read_history
+from ..tracking import open_trackers
 from .data import PreparedData, prepare_data, report_streamed_skips, training_batches, validation_batches
 from .finish import check_replicas, finish_run, plot_samples, release_training_memory
-from .loop import Run, fit
+from .loop import BEST_METRIC_COLUMNS, Run, fit
 from .lr_find import lr_range_test
 from .schedule import TimePlan, make_schedule
 from .setup import build_ema, build_network, build_objective, build_optimizer, class_balance, wrap
@@ -46,6 +48,7 @@ class RunResult:
     model: nn.Module | None = None  # the network as it was at the end, in eval mode
     classes: list[str] = field(default_factory=list)
     stopped: str | None = None  # why the run stopped before its last epoch: "signal", "steps", "early-stop"...
+    stop_signal: int | None = None  # with stopped == "signal": its number (2 SIGINT, 15 SIGTERM)
 
     @property
     def best_checkpoint(self) -> Path:
@@ -86,28 +89,40 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo, clock: Callable
         history = read_history(run_dir, start_epoch - 1)
     if info.is_main:
         write_text(run_dir / "config.yaml", yaml.safe_dump(run.cfg.to_dict(), sort_keys=False, allow_unicode=True))
+    if info.is_main:
+        run.trackers = open_trackers(run.cfg, run_dir, resumed=saved is not None)
     stopped = fit(run, history, start_epoch=start_epoch, start_step=start_step, partial=partial,
                   time_plan=time_plan)
     check_replicas(run.model, info)
     _collect_streamed_skips(run)
+    best = next((row for row in history if row["epoch"] == run.state.best_epoch), {})
     if info.is_main and stopped in (None, "early-stop"):
         # the evaluation decodes nothing new but needs room for its own batches and Grad-CAM's activations:
         # drop the training batches (on the GPU when they fit there) and the optimizer's moments first
         run.train_batches = run.val_batches = None
         release_training_memory(run.state.optimizer, info.device)
         finish_run(run_dir, data, info.device, run.cfg)
+    run.trackers.finish(run_dir, {f"best_{k}": v for k, v in best.items() if k.startswith("val_")} | (
+        {"best_epoch": run.state.best_epoch} if best else {}), stopped=stopped)
     if stopped is None:
-        logger.info(f"done in {time.perf_counter() - started:.0f}s: best val acc {run.state.best_acc:.4f} at epoch "
-                    f"{run.state.best_epoch}; run folder {run_dir} (best.pt, last.pt, metrics.csv, curves.png, "
-                    "config.yaml, report.html)")
+        logger.info(f"done in {time.perf_counter() - started:.0f}s: best {run.cfg.best_metric} "
+                    f"{_best_text(best, run.cfg.best_metric)} at epoch {run.state.best_epoch}; run folder {run_dir} "
+                    "(best.pt, last.pt, metrics.csv, curves.png, config.yaml, report.html)")
     final = run.state.validated
-    return RunResult(run_dir, run.state.best_acc, run.state.best_epoch, len(history), history, final.eval(),
-                     data.source.classes, stopped)
+    return RunResult(run_dir, float(best.get("val_acc", -1.0)), run.state.best_epoch, len(history), history,
+                     final.eval(), data.source.classes, stopped, run.stop_signal)
+
+
+def _best_text(best: dict, metric: str) -> str:
+    column = BEST_METRIC_COLUMNS[metric]
+    return f"{best[column]:.4f}" if column in best else "n/a"
 
 
 def _set_up(cfg: TrainConfig, saved: dict | None, info: DistInfo, run_dir: Path, data: PreparedData) -> Run:
     """Network, batches, losses, optimizer, schedule, AMP, EMA and the resumable state, logged as built."""
     device, classes = info.device, data.source.classes
+    if cfg.best_metric == "top5" and len(classes) < 5:
+        raise ConfigError(f"--best-metric top5 needs at least 5 classes; this data has {len(classes)}")
     model, spec = build_network(cfg, len(classes), data.img_size, pretrained=saved is None)
     model = model.to(device, memory_format=torch.channels_last)
     if cfg.sync_bn and info.enabled:
@@ -125,12 +140,14 @@ def _set_up(cfg: TrainConfig, saved: dict | None, info: DistInfo, run_dir: Path,
         cfg = _auto_lr(cfg, model, train_batches, objective.probe, run_dir, info)
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = train_batches.steps_per_epoch()
-    schedule = make_schedule(cfg, steps_per_epoch)
+    schedule = make_schedule(cfg, optimizer_steps(steps_per_epoch, cfg.accum_steps))
     amp_dtype = amp_dtype_for(cfg.amp, device, first_stage_side(spec, data.img_size))
     state = TrainState(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
                        torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None)
     logger.info(f"training on {device} ({'fp32' if amp_dtype is None else str(amp_dtype).replace('torch.', '')}), "
-                f"{cfg.epochs} epochs x {steps_per_epoch} steps of {cfg.batch_size}; {cfg.opt} lr {cfg.peak_lr:g}, "
+                f"{cfg.epochs} epochs x {steps_per_epoch} steps of {cfg.batch_size}"
+                + (f" (an optimizer step every {cfg.accum_steps})" if cfg.accum_steps > 1 else "")
+                + f"; {cfg.opt} lr {cfg.peak_lr:g}, "
                 f"{cfg.sched} schedule; run folder {run_dir}")
     if info.enabled:
         logger.info(f"distributed: {info.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}); "
@@ -146,13 +163,13 @@ def _set_up(cfg: TrainConfig, saved: dict | None, info: DistInfo, run_dir: Path,
 def _resume(run: Run, saved: dict) -> tuple[int, int, dict | None]:
     """Put the saved state back; returns (first epoch to run, steps already done in it, their running sums)."""
     run.state.restore(saved)
-    run.schedule.total_steps = run.cfg.epochs * run.steps_per_epoch  # --epochs may have changed on resume
+    run.schedule.total_steps = run.cfg.epochs * run.optimizer_steps_per_epoch  # --epochs may change on resume
     start_epoch, start_step = int(saved["epoch"]) + 1, int(saved.get("step") or 0)
     cfg = run.cfg
     if cfg.freeze_backbone and cfg.unfreeze_at and start_epoch > cfg.unfreeze_at:
         set_backbone_trainable(run.model, True)
     logger.info(f"resuming {run.run_dir} at epoch {start_epoch}" + (f", step {start_step}" if start_step else "")
-                + f" (best val acc so far {run.state.best_acc:.4f} at epoch {run.state.best_epoch})")
+                + f" (best {cfg.best_metric} so far at epoch {run.state.best_epoch})")
     return start_epoch, start_step, saved.get("partial")
 
 

@@ -7,6 +7,7 @@ and how a resumed run's settings are merged (only the settings a resume may chan
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from ..models import unwrap
 
 # Settings a resumed run may change; everything else comes from the run's saved config.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "progress", "time_limit", "early_stop", "cache_dir",
-                       "save_every", "stop_after_steps", "fill_time")
+                       "save_every", "stop_after_steps", "fill_time", "keep", "tensorboard", "mlflow")
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,7 +60,7 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler | None
     ema: nn.Module | None = None  # timm's ModelEmaV3
-    best_acc: float = -1.0
+    best_score: float = -math.inf  # the --best-metric of the best epoch, higher is better (val_loss negated)
     best_epoch: int = 0
 
     def payload(self, epoch: int, step: int = 0, totals: EpochTotals | None = None) -> dict:
@@ -68,7 +69,7 @@ class TrainState:
                    "partial": totals.to_dict() if totals is not None and step else None,
                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                    "scaler": self.scaler.state_dict() if self.scaler is not None else None, "rng": rng_state(),
-                   "best_val_acc": self.best_acc, "best_epoch": self.best_epoch}
+                   "best_score": self.best_score, "best_epoch": self.best_epoch}
         if self.ema is not None:
             payload["ema"] = self.ema.module.state_dict()
         return payload
@@ -82,7 +83,8 @@ class TrainState:
         if self.ema is not None and saved.get("ema"):
             self.ema.module.load_state_dict(saved["ema"])
         restore_rng(saved["rng"])
-        self.best_acc, self.best_epoch = float(saved["best_val_acc"]), int(saved["best_epoch"])
+        self.best_score = float(saved.get("best_score", saved.get("best_val_acc", -math.inf)))
+        self.best_epoch = int(saved["best_epoch"])
 
     @property
     def validated(self) -> nn.Module:

@@ -1,0 +1,265 @@
+"""Experiment tracking: TensorBoard event files and MLflow runs, each optional (``pip install resnetlab[track]``)
+and failing soft: a tracker that cannot be reached or fails costs one warning and is switched off; the run and
+its own files go on. Rank 0 only (the trainer creates trackers on rank 0 alone).
+
+    trackers = open_trackers(cfg, run_dir, resumed=False)     # --tensorboard, --mlflow [URI]
+    trackers.log_epoch(row)                                    # every epoch's metrics, step = epoch
+    trackers.finish(run_dir)                                    # figures and files, then close
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+from PIL import Image
+
+from ._version import __version__
+from .config import TrainConfig
+from .fileio import write_json
+from .log import logger
+
+TRACKING_FILE = "tracking.json"  # in the run folder: the MLflow run to continue on --resume
+FIGURES = ("samples.png", "curves.png", "confusion_matrix.png", "predictions.png", "misclassified.png")
+ARTIFACTS = ("best.pt", "config.yaml", "metrics.csv", "report.html", "metrics.json", "data_report.json")
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "val_top5", "raw_val_acc", "lr",
+                 "img_per_s", "epoch_s")
+
+
+class _Soft:
+    """Every call guarded: the first failure is one warning, then the tracker is off."""
+
+    name = "tracker"
+
+    def __init__(self) -> None:
+        self.active = True
+
+    def _guard(self, action: str, function, *args: Any) -> Any:  # noqa: ANN001
+        if not self.active:
+            return None
+        try:
+            return function(*args)
+        except Exception as err:  # noqa: BLE001 - a tracker must never end a run
+            self.active = False
+            logger.warning(f"{self.name}: could not {action} ({type(err).__name__}: {str(err)[:300]}); "
+                           f"{self.name} logging is off for the rest of this run; the run and its files go on")
+            return None
+
+
+class TensorBoardTracker(_Soft):
+    """Event files under RUN_DIR/tensorboard/ (torch's SummaryWriter; needs the tensorboard package)."""
+
+    name = "tensorboard"
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig):
+        super().__init__()
+        self.writer, self.settings = None, _flat_settings(cfg)
+        self._guard("start", self._start, run_dir)
+
+    def _start(self, run_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # the optional extra: imported where it is needed
+
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.writer.add_text("settings", "\n".join(f"    {k}: {v}" for k, v in self.settings.items()))
+
+    def log_epoch(self, row: dict) -> None:
+        self._guard("log epoch metrics", self._log_epoch, row)
+
+    def _log_epoch(self, row: dict) -> None:
+        for key in EPOCH_METRICS:
+            if key in row and row[key] is not None:
+                self.writer.add_scalar(key, float(row[key]), global_step=int(row["epoch"]))
+        self.writer.flush()
+
+    def finish(self, run_dir: Path, final: dict | None) -> None:
+        self._guard("write figures and hparams", self._finish, run_dir, final or {})
+
+    def _finish(self, run_dir: Path, final: dict) -> None:
+        for name in FIGURES:
+            if (run_dir / name).is_file():
+                with Image.open(run_dir / name) as image:
+                    array = np.asarray(image.convert("RGB"))  # H x W x 3 uint8
+                self.writer.add_image(name.removesuffix(".png"), array, dataformats="HWC")
+        metrics = {f"hparam/{k}": float(v) for k, v in final.items() if isinstance(v, (int, float))}
+        self.writer.add_hparams(self.settings, metrics or {"hparam/best_val_acc": 0.0}, run_name=".")
+        self.writer.close()
+
+
+class MlflowTracker(_Soft):
+    """One MLflow run per resnetlab run (continued on --resume): parameters, per-epoch metrics, tags, artifacts."""
+
+    name = "mlflow"
+
+    def __init__(self, uri: str, run_id: str | None = None):
+        super().__init__()
+        self.uri, self.run_id, self.client = uri, run_id, None
+
+    @classmethod
+    def for_run(cls, run_dir: Path, cfg: TrainConfig, uri: str, resumed: bool) -> MlflowTracker:
+        """The MLflow run of a training run: a new one, or on --resume the one it started."""
+        tracker = cls(uri)
+        tracker._guard(f"reach the tracking server at {uri}", tracker._start, run_dir, cfg, resumed)
+        return tracker
+
+    def _connect(self) -> None:
+        _check_reachable(self.uri)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # a server gone mid-run: seconds, not minutes
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        from mlflow.tracking import MlflowClient  # the optional extra: imported where it is needed
+
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def _start(self, run_dir: Path, cfg: TrainConfig, resumed: bool) -> None:
+        self._connect()
+        saved = _read_tracking(run_dir)
+        if resumed and saved.get("mlflow_run_id") and saved.get("mlflow_uri") == self.uri:
+            self.run_id = saved["mlflow_run_id"]
+            self.client.update_run(self.run_id, status="RUNNING")
+            logger.info(f"mlflow: continuing run {self.run_id} at {self.uri}")
+            return
+        experiment = self.client.get_experiment_by_name("resnetlab")
+        # the default local store keeps its artifacts beside it (MLflow's own default is ./mlruns in the cwd)
+        local = (run_dir / "mlruns" / "artifacts").resolve().as_uri() if self.uri == _local_uri(run_dir) else None
+        experiment_id = (experiment.experiment_id if experiment else
+                         self.client.create_experiment("resnetlab", artifact_location=local))
+        tags = {"resnetlab.version": __version__, "model": cfg.model, "data": str(cfg.data),
+                "mlflow.runName": run_dir.name, "run_dir": str(run_dir.resolve())}
+        self.run_id = self.client.create_run(experiment_id, tags=tags).info.run_id
+        from mlflow.entities import Param
+
+        settings = list(_flat_settings(cfg).items())
+        for start in range(0, len(settings), 100):  # MLflow takes at most 100 params per batch
+            chunk = settings[start:start + 100]
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)[:500]) for k, v in chunk])
+        write_json(run_dir / TRACKING_FILE, {**saved, "mlflow_run_id": self.run_id, "mlflow_uri": self.uri})
+        logger.info(f"mlflow: run {self.run_id} in experiment 'resnetlab' at {self.uri}")
+
+    def log_epoch(self, row: dict) -> None:
+        self._guard("log epoch metrics", self._log_epoch, row)
+
+    def _log_epoch(self, row: dict) -> None:
+        from mlflow.entities import Metric
+
+        step, stamp = int(row["epoch"]), _now_ms()
+        metrics = [Metric(k, float(row[k]), stamp, step) for k in EPOCH_METRICS if row.get(k) is not None]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
+        self._guard("log metrics", self._log_metrics, values, step)
+
+    def _log_metrics(self, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        stamp = _now_ms()
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in values.items()])
+
+    def finish(self, run_dir: Path, final: dict | None, status: str = "FINISHED") -> None:
+        self._guard("upload the run's files", self._finish, run_dir, final or {}, status)
+
+    def _finish(self, run_dir: Path, final: dict, status: str) -> None:
+        if final:
+            self._log_metrics({f"final_{k}": v for k, v in final.items() if isinstance(v, (int, float))}, 0)
+        for name in ARTIFACTS + FIGURES:
+            if (run_dir / name).is_file():
+                self.client.log_artifact(self.run_id, str(run_dir / name))
+        self.client.set_terminated(self.run_id, status=status)
+
+
+class Trackers:
+    """The trackers a run asked for, called together; an empty list when none (or not rank 0)."""
+
+    def __init__(self, trackers: list | None = None):
+        self.trackers = trackers or []
+
+    def log_epoch(self, row: dict) -> None:
+        for tracker in self.trackers:
+            tracker.log_epoch(row)
+
+    def finish(self, run_dir: Path, final: dict | None = None, *, stopped: str | None = None) -> None:
+        for tracker in self.trackers:
+            if isinstance(tracker, MlflowTracker):
+                # a run stopped to be resumed stays open in MLflow ("KILLED" would hide that it continues)
+                tracker.finish(run_dir, final, status="FINISHED" if stopped in (None, "early-stop") else "KILLED")
+            else:
+                tracker.finish(run_dir, final)
+
+
+def open_trackers(cfg: TrainConfig, run_dir: Path, *, resumed: bool) -> Trackers:
+    trackers: list = []
+    if cfg.tensorboard:
+        trackers.append(TensorBoardTracker(run_dir, cfg))
+    if cfg.mlflow is not None:
+        trackers.append(MlflowTracker.for_run(run_dir, cfg, mlflow_uri(cfg.mlflow, run_dir), resumed))
+    return Trackers([t for t in trackers if t.active])
+
+
+def mlflow_uri(value: str, run_dir: Path) -> str:
+    """--mlflow with no URI ("auto"): $MLFLOW_TRACKING_URI, else a SQLite store in RUN_DIR/mlruns."""
+    if value and value != "auto":
+        return value
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    (run_dir / "mlruns").mkdir(parents=True, exist_ok=True)
+    return _local_uri(run_dir)
+
+
+def _local_uri(run_dir: Path) -> str:
+    """A SQLite store in RUN_DIR/mlruns (MLflow 3 deprecates the plain-folder store)."""
+    return f"sqlite:///{(run_dir / 'mlruns').resolve() / 'mlflow.db'}"
+
+
+def attach_evaluation(checkpoint: Path, uri: str | None, metrics: dict, split: str) -> None:
+    """evaluate --mlflow: the metrics of a split logged to the MLflow run that trained the checkpoint."""
+    run_dir = Path(checkpoint).parent
+    saved = _read_tracking(run_dir)
+    if not saved.get("mlflow_run_id"):
+        logger.warning(f"mlflow: {run_dir} has no {TRACKING_FILE} (trained without --mlflow): nothing to attach to")
+        return
+    tracker = MlflowTracker(uri if uri and uri != "auto" else saved.get("mlflow_uri"), saved["mlflow_run_id"])
+    values = {f"{split}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "images"}
+
+    def attach() -> None:
+        tracker._connect()
+        tracker._log_metrics(values, 0)
+        logger.info(f"mlflow: {split} metrics attached to run {tracker.run_id}")
+
+    tracker._guard(f"attach the evaluation to run {tracker.run_id}", attach)
+
+
+def _check_reachable(uri: str) -> None:
+    """Fail in seconds, not after the client's retries, when an http(s) tracking server is not there."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    with socket.create_connection((parsed.hostname or "127.0.0.1", port), timeout=3):
+        pass
+
+
+def _read_tracking(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / TRACKING_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _flat_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The run's settings as scalars (hparams and params take no lists or None)."""
+    flat = {}
+    for key, value in cfg.to_dict().items():
+        if value is None:
+            value = ""
+        elif isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,129 @@
+"""Experiment tracking against the real programs: TensorBoard events read back with tensorboard's own reader,
+MLflow through a real `mlflow server` (SQLite backend) started on 127.0.0.1 and read back with MLflow's client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import resnetlab
+from resnetlab.cli import main
+
+pytest.importorskip("mlflow", reason="the 'track' extra is not installed")
+pytest.importorskip("tensorboard", reason="the 'track' extra is not installed")
+
+from mlflow.tracking import MlflowClient  # noqa: E402
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer  # noqa: E402
+from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
+
+TINY = {"img_size": 16, "width": 0.25, "batch_size": 16, "progress": False, "workers": 1, "device": "cpu"}
+CLI_TINY = ["--img-size", "16", "--width", "0.25", "--batch-size", "16", "--no-progress", "--workers", "1"]
+SERVER_START_S = 180  # the server's first start creates its database; a loaded 2-core CI machine is slow
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on 127.0.0.1 with a SQLite backend; its process group is killed afterwards."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}",
+               "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"]
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(SERVER_START_S * 4):
+            if server.poll() is not None:
+                pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                MlflowClient(uri).search_experiments()
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.25)
+        else:
+            pytest.fail("mlflow server did not start")
+        yield uri
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_tensorboard_events_hold_metrics_hparams_and_figures(split_folders: Path, tmp_path: Path):
+    result = resnetlab.train(data=str(split_folders), out=str(tmp_path / "tb"), epochs=2, tensorboard=True, **TINY)
+    events = EventMultiplexer().AddRunsFromDirectory(str(result.run_dir / "tensorboard"))
+    events.Reload()
+    run = next(iter(events.Runs()))
+    scalars = events.Runs()[run]["scalars"]
+    for tag in ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "lr", "img_per_s"):
+        assert tag in scalars, tag
+    values = [(e.step, e.value) for e in events.Scalars(run, "val_acc")]
+    assert [step for step, _ in values] == [1, 2]
+    assert [round(v, 5) for _, v in values] == [round(row["val_acc"], 5) for row in result.history]
+    assert {"samples", "curves", "confusion_matrix"} <= set(events.Runs()[run]["images"])
+    content = events.PluginRunToTagToContent("hparams")[run]["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["model"].string_value == "resnet18" and hparams["epochs"].number_value == 2
+
+
+def test_mlflow_server_gets_params_metrics_tags_artifacts_and_a_resume_continues_the_run(
+        split_folders: Path, tmp_path: Path, mlflow_server: str):
+    out = tmp_path / "run"
+    assert main(["train", str(split_folders), "--out", str(out), "--epochs", "3", "--stop-after-steps", "4",
+                 "--mlflow", mlflow_server, *CLI_TINY]) == 0  # stopped, resumably, after epoch 1 (4 steps)
+    client = MlflowClient(mlflow_server)
+    run_id = yaml.safe_load((out / "tracking.json").read_text())["mlflow_run_id"]
+    first = client.get_run(run_id)
+    assert first.data.params["model"] == "resnet18" and first.data.params["epochs"] == "3"
+    assert first.data.tags["model"] == "resnet18" and first.data.tags["resnetlab.version"] == resnetlab.__version__
+    assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [1]
+    assert main(["train", "--resume", str(out), "--stop-after-steps", "0", "--mlflow", mlflow_server]) == 0
+    assert yaml.safe_load((out / "tracking.json").read_text())["mlflow_run_id"] == run_id  # the same run
+    history = client.get_metric_history(run_id, "val_acc")
+    assert [m.step for m in history] == [1, 2, 3]
+    finished = client.get_run(run_id)
+    assert finished.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"best.pt", "config.yaml", "metrics.csv", "report.html", "curves.png"} <= artifacts
+    assert main(["evaluate", str(out / "best.pt"), str(split_folders), "--out", str(out / "eval"), "--no-progress",
+                 "--mlflow"]) == 0  # the URI saved with the run
+    assert "val_accuracy" in client.get_run(run_id).data.metrics
+
+
+def test_a_tracker_that_is_down_costs_one_warning_and_nothing_else(split_folders: Path, tmp_path: Path, capsys):
+    closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    result = resnetlab.train(data=str(split_folders), out=str(tmp_path / "down"), epochs=1, mlflow=closed, **TINY)
+    out = capsys.readouterr().out
+    assert out.count("warning: mlflow: could not") == 1 and "the run and its files go on" in out
+    assert result.stopped is None and result.best_checkpoint.is_file() and (result.run_dir / "report.html").is_file()
+
+
+def test_mlflow_without_a_uri_writes_a_local_store_in_the_run_folder(split_folders: Path, tmp_path: Path,
+                                                                     monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # MLflow's own default would put artifacts in ./mlruns: it must not
+    result = resnetlab.train(data=str(split_folders), out=str(tmp_path / "local"), epochs=1, mlflow="auto", **TINY)
+    store = result.run_dir / "mlruns" / "mlflow.db"
+    assert store.is_file() and not (tmp_path / "mlruns").exists()
+    client = MlflowClient(f"sqlite:///{store}")
+    run = client.search_runs([client.get_experiment_by_name("resnetlab").experiment_id])[0]
+    assert "best.pt" in {a.path for a in client.list_artifacts(run.info.run_id)}
