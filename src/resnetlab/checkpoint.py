@@ -20,7 +20,7 @@ from torch import nn
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import CheckpointError, ModelError
 from .fileio import atomic_open
-from .models import ModelSpec, build_model, load_matching, read_state_dict
+from .models import ModelSpec, build_model, load_matching, read_state_dict, torch_load_failure
 
 FORMAT = "resnetlab-checkpoint"
 FORMAT_VERSION = 1
@@ -64,14 +64,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - pickle refusals, truncation and non-torch files
-        first = (str(err).strip().splitlines() or [""])[0]
-        if "Weights only load failed" in str(err) or "Unsupported global" in str(err):
-            reason = "it contains pickled Python objects, which resnetlab refuses to load (they can run code)"
-        elif isinstance(err, (EOFError, RuntimeError)) or "zip" in str(err).lower():
-            reason = f"the file is truncated or not a torch checkpoint ({first[:200]})"
-        else:
-            reason = f"{type(err).__name__}: {first[:200]}"
-        raise CheckpointError(f"cannot load {path}: {reason}") from None
+        raise CheckpointError(f"cannot load {path}: {torch_load_failure(path, err)}") from None
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu", arch: str | None = None,

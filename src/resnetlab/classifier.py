@@ -22,7 +22,7 @@ from .checkpoint import ModelMeta, load_model
 from .data.images import decode_image
 from .data.transforms import preprocess_batch, stats_tensor
 from .engine import amp_dtype_for, autocast, resolve_device
-from .errors import ExportError
+from .errors import ConfigError, ExportError
 from .models import ModelSpec, TTAModel, first_stage_side
 from .sidecar import METADATA_KEY, read_sidecar
 
@@ -139,7 +139,7 @@ def load(path: str | Path, *, device: str = "auto", arch: str | None = None, cla
     exported ``.onnx`` file (run in onnxruntime). ``tta`` (flip, flip-crop) averages flipped/shifted views."""
     if Path(path).suffix.lower() == ".onnx":
         if tta != "none":
-            raise ExportError("--tta needs a PyTorch checkpoint; exported ONNX models run as exported")
+            raise ConfigError("--tta needs a PyTorch checkpoint; exported ONNX models run as exported")
         return load_onnx(path)
     torch_device = resolve_device(device)
     model, meta = load_model(path, device=torch_device, arch=arch, classes=classes, img_size=img_size,

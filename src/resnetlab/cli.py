@@ -15,6 +15,7 @@ from ._version import __version__
 from .config import TrainConfig, add_train_flags, recipe_values
 from .errors import ConfigError, ResnetlabError
 from .log import configure, logger
+from .signals import Terminated, sigterm_as_exception
 
 EPILOG = """Examples:
   resnetlab train fashion-mnist --recipe fast          built-in data set, tuned preset
@@ -221,6 +222,7 @@ def _check_parser(sub) -> None:
     check.add_argument("--seed", type=int, default=0, help="as for train (default: 0)")
     check.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")
     check.add_argument("--json", default=None, help="also write the full report to this JSON file")
+    check.add_argument("--follow-links", action="store_true", help="as for train: follow folder links out of DATA")
     _decode_flags(check)
 
 
@@ -230,7 +232,8 @@ def _check_run(args: argparse.Namespace) -> int:
     from .fileio import write_json
     from .log import progress_enabled
 
-    source = open_data(args.data, val_split=args.val_split, seed=args.seed, data_root=args.data_root)
+    source = open_data(args.data, val_split=args.val_split, seed=args.seed, data_root=args.data_root,
+                       follow_links=args.follow_links)
     size = args.img_size or default_img_size(source)
     report = check_data(source, size, workers=args.workers, progress=progress_enabled(args.progress))
     print(format_report(report))  # the report is the command's output (stdout), not a log message
@@ -378,13 +381,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure(-1 if args.quiet else 1 if args.verbose else 0)
     try:
-        return COMMANDS[args.command][1](args)
+        with sigterm_as_exception():
+            return COMMANDS[args.command][1](args)
     except ResnetlabError as err:
         print(f"resnetlab {args.command}: error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 143 if isinstance(stop, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ class TrainConfig:
                         "than memory), auto (stream when the decoded split would take over half the free memory)",
                         ("auto", "memory", "stream"))
     cache_dir: str | None = _opt(None, "folder for decoded-image caches (default: ~/.cache/resnetlab)")
+    follow_links: bool = _opt(False, "follow folder links that lead outside the data folder (a link loop or a second "
+                                     "link to a folder is never followed)")
     # model
     model: str = _opt("resnet18", "architecture: resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, "
                                   "or any timm ResNet name")

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .errors import ConfigError, NonFiniteLossError
-from .log import logger, progress_enabled
+from .log import progress_enabled
 from .models import train_mode
 
 
@@ -234,34 +232,3 @@ def _check_finite(totals: EpochTotals, epoch: int) -> None:
     if bad_step >= 0:
         raise NonFiniteLossError(f"the loss became NaN or infinite at epoch {epoch}, step {bad_step}; "
                                  "try a lower --lr, gradient clipping, or --amp off")
-
-
-class StopRequests:
-    """Ctrl-C / SIGTERM during training: the first asks for a clean stop after the current step (the
-    caller saves a resumable checkpoint); a second Ctrl-C exits at once."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> StopRequests:
-        if threading.current_thread() is threading.main_thread():  # handlers only work in the main thread
-            for number in (signal.SIGINT, signal.SIGTERM):
-                self._previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def _handle(self, number: int, frame) -> None:  # noqa: ANN001 - signal API
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = number
-        name = signal.Signals(number).name
-        logger.warning(f"{name}: stopping after this step and saving a resumable checkpoint "
-                       "(press Ctrl-C again to exit at once)")
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    def __exit__(self, *exc) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)

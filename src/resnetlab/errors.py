@@ -43,6 +43,11 @@ class NonFiniteLossError(ResnetlabError, RuntimeError):
     """The loss became NaN or infinite; the message names the epoch and step."""
 
 
+class WriteError(ResnetlabError, OSError):
+    """A run file could not be written (a full disk, a vanished folder); the message names the file and the space
+    it needed, and the previous version of the file is intact (every write is atomic)."""
+
+
 class ExplainError(ConfigError):
     """A --method, --layer or --target value that does not fit the model; the message names it (serve: 422)."""
 

@@ -54,7 +54,7 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
     saved = (payload or {}).get("config") or {}
     # the same split as training saw: its val fraction and seed come from the checkpoint
     source = open_data(data, val_split=saved.get("val_split", 0.1), seed=saved.get("seed", 0),
-                       data_root=data_root or saved.get("data_root"))
+                       data_root=data_root or saved.get("data_root"), follow_links=bool(saved.get("follow_links")))
     split_name, notes = select_split(source, split)
     for note in notes:
         logger.info(note)

@@ -200,7 +200,8 @@ def _misclassified_items(classifier, data: str, split: str, limit: int, batch_si
                          data_root: str | None, saved: dict, progress: bool) -> tuple[list[_Item], list[dict], str]:
     """The ``limit`` most confident mistakes of the split, in that order (as evaluate's misclassified.csv)."""
     # the same split as training saw: its val fraction and seed come from the checkpoint
-    source = open_data(data, val_split=saved.get("val_split", 0.1), seed=saved.get("seed", 0), data_root=data_root)
+    source = open_data(data, val_split=saved.get("val_split", 0.1), seed=saved.get("seed", 0), data_root=data_root,
+                       follow_links=bool(saved.get("follow_links", False)))
     split_name, notes = select_split(source, split)
     for note in notes:
         logger.info(note)

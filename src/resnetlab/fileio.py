@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from .errors import WriteError
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: temp files get the permissions a plain open() would give
@@ -44,6 +47,23 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def write_failure(path: str | Path, err: BaseException, needed: int | None = None) -> WriteError:
+    """One clear line for a write that failed: which file, why, how much space it needed and how much is free."""
+    path = Path(path)
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    size = f"needs ~{needed / 2**20:.1f} MiB, " if needed else ""
+    reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:200]
+    try:
+        if needed and shutil.disk_usage(path.parent).free < needed and not getattr(err, "strerror", None):
+            reason = "No space left on device"  # torch's writer says only "unexpected pos ..."
+    except OSError:
+        pass
+    return WriteError(f"could not write {path}: {reason} ({size}{free}); the previous {path.name} (if any) is intact")
 
 
 def write_text(path: str | Path, text: str) -> None:

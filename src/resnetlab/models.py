@@ -141,7 +141,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - unpickling refusals and truncated files both land here
-        raise ModelError(f"cannot read weights from {path}: {_short(err)}") from None
+        reason = _short(err) if path.suffix == ".safetensors" else torch_load_failure(path, err)
+        raise ModelError(f"cannot read weights from {path}: {reason}") from None
     for key in ("model", "state_dict", "model_state_dict", "ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -149,6 +150,26 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path} does not hold a state dict of tensors")
     return {_strip_prefix(k): v for k, v in state.items()}
+
+
+def torch_load_failure(path: Path, err: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, from what the file is; never torch's advice to retry
+    with weights_only=False, which would run whatever code the file carries."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as read_error:
+        return f"cannot read it ({read_error.strerror or read_error})"
+    text = str(err)
+    refused = "Weights only load failed" in text or "Unsupported global" in text
+    if not head.startswith(b"PK\x03\x04") and not head.startswith(b"\x80"):
+        return (f"not a torch checkpoint: neither torch.save's zip format nor a pickle (it starts with bytes "
+                f"{head.hex(' ')})")
+    if refused:
+        return ("it holds pickled Python objects beyond tensors and plain values, which resnetlab refuses to load "
+                "(unpickling them can run code): save a state_dict of tensors, or use .safetensors")
+    first = next((line for line in text.strip().splitlines() if "weights_only" not in line), type(err).__name__)
+    return f"the file is truncated or damaged ({first.strip()[:200]})"
 
 
 def _strip_prefix(key: str) -> str:
@@ -166,8 +187,12 @@ def _short(err: Exception) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"[:400]
 
 
-def load_pretrained(model: nn.Module, source: str, spec: ModelSpec) -> list[str]:
-    """Load ImageNet-style weights into ``model``; returns notes about what was re-initialised."""
+def load_pretrained(model: nn.Module, source: str, spec: ModelSpec,
+                    state: dict[str, torch.Tensor] | None = None) -> list[str]:
+    """Load ImageNet-style weights into ``model``; returns notes about what was re-initialised. ``state``: the
+    file's tensors when the caller has read them already (``read_state_dict``)."""
+    if state is not None:
+        return load_matching(model, state, source)
     if source == "hub":
         quiet = [logging.getLogger(name) for name in ("huggingface_hub", "timm", "urllib3", "httpx")]
         levels = [logger.level for logger in quiet]

@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from .fileio import atomic_path  # noqa: E402
+
 
 def plot_curves(history: list[dict], path: str | Path) -> None:
     """Loss and accuracy per epoch, train vs validation, side by side."""
@@ -30,8 +32,7 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_confusion_matrix(matrix: np.ndarray, classes: list[str], path: str | Path) -> None:
@@ -56,8 +57,7 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: list[str], path: str | Pa
                     ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=font,
                             color="white" if values[i, j] > threshold else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def image_grid(images: Sequence[np.ndarray | Image.Image], titles: Sequence[str], path: str | Path, *,
@@ -82,11 +82,19 @@ def image_grid(images: Sequence[np.ndarray | Image.Image], titles: Sequence[str]
     if suptitle:
         fig.suptitle(_literal(suptitle), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _literal(text: str) -> str:
     """Text shown as written: a '$' in a class name or path would start matplotlib's mathtext (and a stray
     backslash between two of them fails the whole figure)."""
     return text.replace("$", r"\$")
+
+
+def _save(fig, path: str | Path) -> None:  # noqa: ANN001 - a matplotlib Figure
+    """PNG written atomically: a full disk leaves the previous figure (or none), never a 0-byte file."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)

@@ -7,13 +7,15 @@
 from __future__ import annotations
 
 import csv
+import io
 from datetime import datetime
 from pathlib import Path
 
 from .config import TrainConfig
 from .data.splits import DataSource
 from .errors import ConfigError
-from .fileio import atomic_open
+from .fileio import atomic_open, write_failure
+from .log import logger
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_s", "img_per_s"]
 
@@ -32,8 +34,10 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
         name = cfg.name or f"{cfg.model}-{data_name}-{datetime.now():%Y%m%d-%H%M%S}"
         run_dir = Path("runs") / name
     if run_dir.is_dir() and any(run_dir.iterdir()) and not cfg.exist_ok:
-        raise ConfigError(f"run folder {run_dir} already exists and is not empty; use --resume {run_dir} to "
-                          "continue it, --exist-ok to overwrite it, or another --name/--out")
+        if not _only_a_failed_start(run_dir):
+            raise ConfigError(f"run folder {run_dir} already exists and is not empty; use --resume {run_dir} to "
+                              "continue it, --exist-ok to overwrite it, or another --name/--out")
+        logger.info(f"reusing {run_dir}: an earlier start wrote no checkpoint there")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -42,6 +46,15 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
     except OSError as err:
         raise ConfigError(f"cannot write to run folder {run_dir}: {err.strerror or err}") from None
     return run_dir
+
+
+# what a run writes before its first checkpoint: a folder holding only these is a start that failed
+_FIRST_FILES = {"data_report.json", "split.csv", "samples.png", "config.yaml", "lr_find.png", "lr_find.csv",
+                "tracking.json", "mlruns", "tensorboard"}
+
+
+def _only_a_failed_start(run_dir: Path) -> bool:
+    return all(entry.name in _FIRST_FILES for entry in run_dir.iterdir())
 
 
 def read_history(run_dir: Path, up_to_epoch: int) -> list[dict]:
@@ -56,13 +69,18 @@ def read_history(run_dir: Path, up_to_epoch: int) -> list[dict]:
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:
-    """Rewritten whole each epoch (temp file + rename), so it is never half-written."""
-    with atomic_open(run_dir / "metrics.csv", "w", newline="") as handle:
-        extra = [k for k in (history[0] if history else {}) if k not in METRIC_COLUMNS]  # e.g. raw_val_acc
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS + extra)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    """Rewritten whole each epoch (temp file + rename), so it is never half-written; a failure is a WriteError."""
+    text = io.StringIO(newline="")
+    extra = [k for k in (history[0] if history else {}) if k not in METRIC_COLUMNS]  # e.g. raw_val_acc, val_f1
+    writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS + extra)
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    try:
+        with atomic_open(run_dir / "metrics.csv", "w", newline="") as handle:
+            handle.write(text.getvalue())
+    except OSError as err:
+        raise write_failure(run_dir / "metrics.csv", err, len(text.getvalue().encode())) from None
 
 
 def write_split_csv(run_dir: Path, source: DataSource) -> None:

@@ -10,9 +10,12 @@ list, sizes, modification times and image size, and reused until any of those ch
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +28,12 @@ from tqdm import tqdm
 from .._version import __version__
 from ..errors import ImageReadError
 from ..fileio import write_json
-from ..log import progress_enabled
-from .images import fit_square, open_rgb
+from ..log import logger, progress_enabled
+from ..signals import raise_if_terminated
+from .images import fit_square, open_rgb, read_regular
 from .splits import SplitData
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 DEFAULT_CACHE_DIR = "~/.cache/resnetlab"
 UNEXPECTED = "unexpected error: "  # failures that are not the file's fault are never cached
 
@@ -43,6 +47,7 @@ class DecodedSplit:
     cache_file: str | None = None
     digests: list[str] = field(default_factory=list)  # content hash per kept image (leakage checks)
     rotated: list[int] = field(default_factory=list)  # positions (in the SplitData) of EXIF-rotated files
+    huge: list[list[int]] = field(default_factory=list)  # [position, pixels] past PIL's warning limit (89 MP)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,7 +72,13 @@ def decode_split(split: SplitData, size: int, *, cache_dir: str | None = None, w
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt below
     out, tmp_file = _allocate(len(split.paths), size, array_file if use_cache else None)
-    info = _decode_files(split.paths, size, out, workers or default_workers(), progress, split.name)
+    try:
+        info = _decode_files(split.paths, size, out, workers or default_workers(), progress, split.name)
+    except BaseException:  # Ctrl-C, SIGTERM (the CLI raises it as an exception), anything: no temp array left
+        del out
+        if tmp_file is not None:
+            tmp_file.unlink(missing_ok=True)
+        raise
     kept = info["kept"]
     images = out if len(kept) == len(split.paths) else np.ascontiguousarray(out[kept])
     if tmp_file and any(reason.startswith(UNEXPECTED) for _, reason in info["skipped"]):
@@ -81,7 +92,7 @@ def _decoded(images: np.ndarray, split: SplitData, info: dict, cache_file: str |
     kept = np.asarray(info["kept"], dtype=np.int64)
     skipped = [{"path": split.describe(i), "reason": r} for i, r in info["skipped"]]
     return DecodedSplit(torch.from_numpy(images), torch.from_numpy(split.labels[kept]), kept, skipped, cache_file,
-                        list(info["digests"]), list(info["rotated"]))
+                        list(info["digests"]), list(info["rotated"]), [list(h) for h in info.get("huge", [])])
 
 
 def _cache_key(paths: list[str], size: int) -> str:
@@ -95,20 +106,22 @@ def _cache_key(paths: list[str], size: int) -> str:
     return digest.hexdigest()[:32]
 
 
-def _decode_one(job: tuple[str, int]) -> tuple[np.ndarray, str, bool] | str:
-    """Runs in a worker process: (H x W x 3 uint8 array, content digest, EXIF-rotated?), or why it failed."""
+def _decode_one(job: tuple[str, int]) -> tuple[np.ndarray, str, bool, int] | str:
+    """Runs in a worker process: (H x W x 3 uint8 array, content digest, EXIF-rotated?, pixels when past PIL's
+    warning limit else 0), or why it failed."""
     path, size = job
     return decode_bytes(path, None, size)
 
 
-def decode_bytes(path: str, data: bytes | None, size: int) -> tuple[np.ndarray, str, bool] | str:
+def decode_bytes(path: str, data: bytes | None, size: int) -> tuple[np.ndarray, str, bool, int] | str:
     """``_decode_one`` for a file whose content (``data``) may already be in memory."""
     try:
         if data is None:
-            data = Path(path).read_bytes()  # read once: hashed for leakage checks, decoded from memory
+            data = read_regular(path)  # read once: hashed for leakage checks, decoded from memory
         image = open_rgb(path, draft_size=size, data=data)
         array = np.asarray(fit_square(image, size), dtype=np.uint8)
-        return array, hashlib.blake2b(data, digest_size=16).hexdigest(), bool(image.info.get("exif_rotated"))
+        return (array, hashlib.blake2b(data, digest_size=16).hexdigest(), bool(image.info.get("exif_rotated")),
+                int(image.info.get("huge_pixels", 0)))
     except FileNotFoundError:
         return "file not found"
     except ImageReadError as err:
@@ -120,13 +133,18 @@ def decode_bytes(path: str, data: bytes | None, size: int) -> tuple[np.ndarray, 
 def _decode_files(paths: list[str], size: int, images: np.ndarray, workers: int, progress: bool, name: str
                   ) -> dict:
     """Fills ``images`` in place; returns kept positions, (position, reason) skips, digests and rotations."""
-    info: dict = {"kept": [], "skipped": [], "digests": [], "rotated": []}
+    info: dict = {"kept": [], "skipped": [], "digests": [], "rotated": [], "huge": []}
     jobs = [(p, size) for p in paths]
     bar = tqdm(total=len(paths), desc=f"decode {name}", unit="img", disable=not progress_enabled(progress), leave=False)
     if workers > 1 and len(paths) >= 64:
-        with ProcessPoolExecutor(workers) as pool:
+        pool = ProcessPoolExecutor(workers, initializer=_worker_start)
+        try:
             results = pool.map(_decode_one, jobs, chunksize=max(1, min(256, len(paths) // (workers * 8))))
             _collect(results, images, info, bar)
+        except BaseException:
+            _end_pool(pool)  # a stop ends the workers now, not after the queued work
+            raise
+        pool.shutdown()
     else:
         _collect(map(_decode_one, jobs), images, info, bar)
     bar.close()
@@ -134,31 +152,80 @@ def _decode_files(paths: list[str], size: int, images: np.ndarray, workers: int,
     return info
 
 
+def _worker_start() -> None:
+    """In each decode worker: Ctrl-C is the parent's to handle, and the worker dies with its parent (Linux), so no
+    stop of the parent, not even SIGKILL, leaves workers behind."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux/glibc: the parent's own clean-up still ends the workers
+        pass
+
+
+def _end_pool(pool: ProcessPoolExecutor) -> None:
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+
+
 def _collect(results, images: np.ndarray, info: dict, bar: tqdm) -> None:
     for i, result in enumerate(results):
+        raise_if_terminated()
         if isinstance(result, str):
             info["skipped"].append((i, result))
         else:
-            array, digest, rotated = result
+            array, digest, rotated, huge = result
             images[i] = array.transpose(2, 0, 1)
             info["kept"].append(i)
             info["digests"].append(digest)
             if rotated:
                 info["rotated"].append(i)
+            if huge:
+                info["huge"].append([i, huge])
         bar.update(1)
 
 
 def _allocate(count: int, size: int, array_file: Path | None) -> tuple[np.ndarray, Path | None]:
-    """Decode straight into a file-backed array when caching, so a large split is never held twice."""
+    """Decode straight into a file-backed array when caching, so a large split is never held twice.
+
+    The file's blocks are reserved before anything is written: a memory-mapped write to a sparse file on a full
+    disk is a SIGBUS that kills the process, a failed reservation is an OSError we can recover from.
+    """
     shape = (count, 3, size, size)
     if array_file is not None:
+        tmp_file = array_file.with_name(f"{array_file.stem}.tmp{os.getpid()}.npy")
         try:
             array_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp_file = array_file.with_name(f"{array_file.stem}.tmp{os.getpid()}.npy")
-            return np.lib.format.open_memmap(tmp_file, mode="w+", dtype=np.uint8, shape=shape), tmp_file
-        except OSError:
-            pass  # read-only or full cache folder: decode in memory, cache nothing
+            array = np.lib.format.open_memmap(tmp_file, mode="w+", dtype=np.uint8, shape=shape)
+            _reserve(tmp_file)
+            return array, tmp_file
+        except OSError as err:  # read-only or full cache folder: decode in memory, cache nothing
+            tmp_file.unlink(missing_ok=True)
+            logger.warning(f"cannot cache in {array_file.parent} ({err.strerror or err}; "
+                           f"{np.prod(shape) / 2**20:.0f} MiB needed): decoding into memory without a cache")
     return np.empty(shape, dtype=np.uint8), None
+
+
+def _reserve(path: Path) -> None:
+    """Allocate every block of ``path`` now (posix_fallocate; zeros written where the filesystem lacks it)."""
+    length = path.stat().st_size
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, length)  # not on macOS: AttributeError, zeros below
+            return
+        except AttributeError:
+            pass
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+        chunk = b"\0" * (16 * 2**20)
+        for _ in range(0, length, len(chunk)):
+            handle.write(chunk[:length - handle.tell()])
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _finish_cache(images: np.ndarray, tmp_file: Path, info: dict, array_file: Path, meta_file: Path) -> str | None:

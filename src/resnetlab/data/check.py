@@ -14,6 +14,7 @@ from collections import defaultdict
 import numpy as np
 
 from .cache import DecodedSplit, decode_split
+from .images import MAX_IMAGE_PIXELS
 from .splits import DataSource
 
 IMBALANCE_WARNING_RATIO = 3.0  # largest / smallest class count above which we warn
@@ -33,6 +34,11 @@ def inspect_data(source: DataSource, decoded: dict[str, DecodedSplit], img_size:
         for position in split.rotated:
             problems.append({"severity": "info", "split": name, "path": source.splits[name].describe(position),
                              "reason": "EXIF orientation tag: the rotation is applied"})
+        for position, pixels in split.huge:
+            problems.append({"severity": "warning", "split": name, "path": source.splits[name].describe(position),
+                             "reason": f"very large image ({pixels / 1e6:.0f} MP, over PIL's "
+                                       f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP warning limit): decoded, but slow and "
+                                       "memory-hungry; downscale it"})
     problems += _leakage(source, decoded)
     counts = {name: _counts(source.classes, split) for name, split in decoded.items()}
     if "train" in counts:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 
 from ..errors import ImageReadError
+from ..log import logger
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Decompression-bomb guard (PIL's default): PIL raises DecompressionBombError above twice this many pixels.
@@ -45,13 +48,63 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
     return files
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """All image files below ``folder``, recursively, in a stable (sorted) order; hidden files skipped."""
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(Path(root) / f for f in sorted(files) if is_image_file(f) and not f.startswith("."))
+def list_images(folder: str | os.PathLike, *, notes: list[str] | None = None, root: str | os.PathLike | None = None,
+                follow_links_out: bool = False, seen: set[str] | None = None) -> list[Path]:
+    """All image files below ``folder``, recursively, in a stable order (a folder's files, sorted, then its
+    sub-folders, sorted); hidden files and folders skipped.
+
+    Each real folder is read once, so a link loop (``up -> ..``, ``self -> .``) or a second link to a folder adds
+    nothing; a link that leads outside ``root`` (default: ``folder``) is not followed unless ``follow_links_out``;
+    only regular files are listed (a named pipe called x.jpg would block a reader forever). What was left out is
+    appended to ``notes`` ("warning: ..." lines), or logged as warnings when no list is given. ``seen``: real
+    folders not to enter (shared across calls; ``folder`` itself is always read and joins it).
+    """
+    base = os.path.realpath(root if root is not None else folder)
+    found: list[Path] = []
+    skipped: list[str] = []
+    seen = seen if seen is not None else set()
+
+    def walk(directory: str, top: bool = False) -> None:
+        real = os.path.realpath(directory)
+        if real in seen and not top:
+            skipped.append(f"{directory}: a link to a folder already read ({real}), not read again")
+            return
+        if not follow_links_out and os.path.commonpath([base, real]) != base:
+            skipped.append(f"{directory}: a link that leads outside {base} (to {real}), not followed")
+            return
+        seen.add(real)
+        with os.scandir(directory) as scan:
+            entries = sorted((e for e in scan if not e.name.startswith(".")), key=lambda e: e.name)
+        for entry in entries:
+            if not entry.is_dir() and is_image_file(entry.name):
+                if entry.is_file():
+                    found.append(Path(entry.path))
+                else:
+                    skipped.append(f"{entry.path}: not a regular file (a pipe, socket or device), not read")
+        for entry in entries:
+            if entry.is_dir():
+                walk(entry.path)
+
+    walk(os.fspath(folder), top=True)
+    for text in skipped:
+        if notes is None:
+            logger.warning(text)
+        else:
+            notes.append(f"warning: {text}")
     return found
+
+
+def read_regular(path: str | os.PathLike) -> bytes:
+    """A regular file's bytes; anything else (a FIFO, a device) is an ImageReadError instead of a read that blocks."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except OSError as err:
+        raise ImageReadError(path, f"cannot read: {err.strerror or err}") from None
+    if not stat.S_ISREG(mode):
+        raise ImageReadError(path, "not a regular file (a pipe, socket, device or folder)")
+    return Path(path).read_bytes()
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -85,16 +138,22 @@ def open_rgb(source: str | os.PathLike | Image.Image, *, draft_size: int | None 
         return to_rgb(ImageOps.exif_transpose(source))
     path = Path(source)
     try:
-        if (len(data) if data is not None else path.stat().st_size) == 0:
+        if data is None:
+            data = read_regular(path)
+        if len(data) == 0:
             raise ImageReadError(path, "empty file (0 bytes)")
-        with Image.open(io.BytesIO(data) if data is not None else path) as image:
-            if draft_size and image.format == "JPEG":
-                image.draft("RGB", (draft_size, draft_size))
-            image.load()
-            rotated = image.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1)
-            image = to_rgb(ImageOps.exif_transpose(image))
-            image.info["exif_rotated"] = rotated
-            return image
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                huge = image.width * image.height if caught else 0  # past PIL's warning limit, under its error limit
+                if draft_size and image.format == "JPEG":
+                    image.draft("RGB", (draft_size, draft_size))
+                image.load()
+                rotated = image.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1)
+                image = to_rgb(ImageOps.exif_transpose(image))
+        image.info["exif_rotated"] = rotated
+        image.info["huge_pixels"] = huge
+        return image
     except ImageReadError:
         raise
     except Image.DecompressionBombError as err:

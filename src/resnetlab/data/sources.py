@@ -9,7 +9,10 @@ or already-decoded arrays, with integer labels.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +26,12 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
                  "test": "test", "testing": "test"}
 
 
-def open_data(spec: str, *, val_split: float = 0.1, seed: int = 0, data_root: str | None = None) -> DataSource:
-    """Recognise the layout of ``spec`` and list its images; raises DataError with the reason."""
+def open_data(spec: str, *, val_split: float = 0.1, seed: int = 0, data_root: str | None = None,
+              follow_links: bool = False) -> DataSource:
+    """Recognise the layout of ``spec`` and list its images; raises DataError with the reason.
+
+    ``follow_links``: also follow folder links that lead outside ``spec`` (never twice into the same folder).
+    """
     path = Path(spec).expanduser()
     if not path.exists() and spec.lower() in builtin.BUILTIN_NAMES:
         return builtin.load_builtin(spec.lower(), data_root=data_root)
@@ -37,12 +44,14 @@ def open_data(spec: str, *, val_split: float = 0.1, seed: int = 0, data_root: st
         return _from_csv(path, val_split=val_split, seed=seed)
     split_dirs = {SPLIT_ALIASES[d.name.lower()]: d for d in sorted(path.iterdir())
                   if d.is_dir() and d.name.lower() in SPLIT_ALIASES}
+    parents = list(split_dirs.values()) or [path]
+    scan = _Scanner(path, follow_links, parents + [d for p in parents for d in p.iterdir() if d.is_dir()])
     if "train" in split_dirs:
-        return _from_split_folders(path, split_dirs, val_split=val_split, seed=seed)
+        return _from_split_folders(path, split_dirs, scan, val_split=val_split, seed=seed)
     if split_dirs:
         found = ", ".join(d.name for d in split_dirs.values())
         raise DataError(f"{path} has {found} but no train/ folder; add train/ or point at a class-folder tree")
-    return _from_class_folders(path, val_split=val_split, seed=seed)
+    return _from_class_folders(path, scan, val_split=val_split, seed=seed)
 
 
 def default_img_size(source: DataSource) -> int:
@@ -59,12 +68,27 @@ def default_img_size(source: DataSource) -> int:
 
 
 # ---------------------------------------------------------------------- folder layouts
-def _scan_class_folders(root: Path) -> dict[str, list[str]]:
-    """Class name -> image paths, one class per sub-folder (images found recursively)."""
-    found: dict[str, list[str]] = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found[folder.name] = [str(p) for p in list_images(folder)]
-    return found
+class _Scanner:
+    """Lists class folders under one data root: each real folder read once across all classes and splits (a link
+    into another class's folder adds nothing), no link out of the root unless ``follow_links``, and every folder
+    or file left out is a note."""
+
+    def __init__(self, root: Path, follow_links: bool, tops: list[Path]):
+        self.root, self.follow_links, self.notes = root, follow_links, []
+        # the data root, split folders and class folders are read as what they are, never through a link
+        self.seen = {os.path.realpath(path) for path in [root, *tops]}
+
+    def class_folders(self, parent: Path) -> dict[str, list[str]]:
+        """Class name -> image paths, one class per sub-folder (images found recursively)."""
+        found: dict[str, list[str]] = {}
+        hidden = sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name.startswith("."))
+        if hidden:
+            self.notes.append(f"warning: hidden folders in {parent} are not classes and were left out: "
+                              f"{', '.join(hidden)}")
+        for folder in sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            found[folder.name] = [str(p) for p in list_images(folder, notes=self.notes, root=self.root,
+                                                              follow_links_out=self.follow_links, seen=self.seen)]
+        return found
 
 
 def _labelled(found: dict[str, list[str]], classes: list[str], name: str, where: Path) -> SplitData:
@@ -93,14 +117,15 @@ def _classes_from(found: dict[str, list[str]], where: Path, notes: list[str]) ->
     return classes
 
 
-def _from_split_folders(root: Path, split_dirs: dict[str, Path], *, val_split: float, seed: int) -> DataSource:
-    notes: list[str] = []
-    train_found = _scan_class_folders(split_dirs["train"])
+def _from_split_folders(root: Path, split_dirs: dict[str, Path], scan: _Scanner, *, val_split: float,
+                        seed: int) -> DataSource:
+    notes: list[str] = scan.notes
+    train_found = scan.class_folders(split_dirs["train"])
     classes = _classes_from(train_found, split_dirs["train"], notes)
     splits = {"train": _labelled({c: train_found[c] for c in classes}, classes, "train", split_dirs["train"])}
     for name in ("val", "test"):
         if name in split_dirs:
-            found = {c: f for c, f in _scan_class_folders(split_dirs[name]).items() if f}
+            found = {c: f for c, f in scan.class_folders(split_dirs[name]).items() if f}
             splits[name] = _labelled(found, classes, name, split_dirs[name])
     if "val" not in splits and "test" in splits:
         notes.append(f"no val/ folder: {split_dirs['test'].name}/ serves as the validation split")
@@ -110,9 +135,9 @@ def _from_split_folders(root: Path, split_dirs: dict[str, Path], *, val_split: f
     return DataSource(classes, splits, "split folders", str(root), notes)
 
 
-def _from_class_folders(root: Path, *, val_split: float, seed: int) -> DataSource:
-    notes: list[str] = []
-    found = _scan_class_folders(root)
+def _from_class_folders(root: Path, scan: _Scanner, *, val_split: float, seed: int) -> DataSource:
+    notes: list[str] = scan.notes
+    found = scan.class_folders(root)
     classes = _classes_from(found, root, notes)
     everything = _labelled({c: found[c] for c in classes}, classes, "all", root)
     train, val = stratified_split(everything, val_split, seed)
@@ -121,10 +146,26 @@ def _from_class_folders(root: Path, *, val_split: float, seed: int) -> DataSourc
 
 
 # ---------------------------------------------------------------------- CSV
+_BOMS = [(codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")]  # UTF-32 LE first: it starts like UTF-16 LE
+
+
+def _read_csv_text(csv_path: Path) -> str:
+    """The CSV's text: UTF-8, or UTF-16/32 (and UTF-8) with a byte-order mark, as spreadsheets save them."""
+    data = csv_path.read_bytes()
+    encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DataError(f"{csv_path} line {line}: not valid {encoding} (byte {data[err.start]:#04x}); save the CSV "
+                        "as UTF-8 (or UTF-16/UTF-32 with a byte-order mark)") from None
+
+
 def _from_csv(csv_path: Path, *, val_split: float, seed: int) -> DataSource:
     base = csv_path.parent
     rows: list[tuple[str, str, str | None, int]] = []
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+    with io.StringIO(_read_csv_text(csv_path), newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:

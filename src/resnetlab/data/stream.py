@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from ..errors import DataError
+from ..errors import DataError, ImageReadError
 from ..log import logger
 from .cache import DecodedSplit, decode_bytes
-from .images import MAX_IMAGE_PIXELS
+from .images import MAX_IMAGE_PIXELS, read_regular
 from .loaders import Batches
 from .splits import SplitData
 
@@ -141,9 +140,9 @@ class FileImages(Dataset):
         path, data = self.paths[i], None
         if path.lower().endswith((".jpg", ".jpeg")):
             try:
-                data = Path(path).read_bytes()
-            except OSError:
-                pass  # PIL's reader below says what is wrong with the file
+                data = read_regular(path)  # never a blocking read of a pipe
+            except (OSError, ImageReadError):
+                pass  # decode_bytes below says what is wrong with the file
             array = torchvision_fit(data, self.size) if data else None
             if array is not None:
                 return i, array

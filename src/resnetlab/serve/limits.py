@@ -81,6 +81,9 @@ def decode_upload(name: str, data: bytes, size: int, max_pixels: int) -> tuple[t
     try:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
+    except Image.DecompressionBombError as err:  # over twice PIL's limit: PIL refuses to even open it
+        raise UploadTooLarge(f"{name}: {err}; this server accepts at most {max_pixels:,} pixels per image "
+                             "(--max-pixels)") from None
     except Exception:  # noqa: BLE001 - open_rgb below says precisely what is wrong
         width = height = 0
     if width * height > max_pixels:

@@ -61,15 +61,17 @@ def resolve_norm(cfg: TrainConfig, train: DecodedSplit, split: SplitData | None 
     return list(IMAGENET_MEAN), list(IMAGENET_STD)
 
 
-def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None) -> PreparedData:
-    """Open, decode (once, cached), inspect and report the training and validation splits.
-
-    Under torchrun rank 0 decodes and writes the cache first; the other ranks then read it.
+def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None, source: DataSource | None = None
+                 ) -> PreparedData:
+    """Open (unless ``source`` is given), decode (once, cached), inspect and report the training and validation
+    splits. Under torchrun rank 0 decodes and writes the cache first; the other ranks then read it.
     """
     info = info or DistInfo()
     if not info.is_main:
         barrier(info)
-    source = open_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, data_root=cfg.data_root)
+    if source is None:
+        source = open_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, data_root=cfg.data_root,
+                           follow_links=cfg.follow_links)
     for note in source.notes:
         logger.info(note)
     img_size = resolve_img_size(cfg, source)

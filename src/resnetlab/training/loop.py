@@ -19,12 +19,13 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.loaders import Batches
 from ..distributed import DistInfo, any_rank, from_main, gather_lists, sum_over_ranks, sync_buffers
-from ..engine import EpochResult, EpochTotals, StopRequests, optimizer_steps, run_epoch
+from ..engine import EpochResult, EpochTotals, optimizer_steps, run_epoch
 from ..errors import NonFiniteLossError
 from ..log import logger, progress_enabled
 from ..metrics import macro_f1, topk_accuracy
 from ..models import set_backbone_trainable
 from ..runfiles import write_history
+from ..signals import StopRequests
 from ..tracking import Trackers
 from .finish import plot_curves
 from .schedule import Schedule, TimePlan

@@ -23,7 +23,6 @@ from ..checkpoint import ModelMeta, describe_model
 from ..config import TrainConfig, parse_duration
 from ..distributed import DistInfo, from_main, gather_lists, init_distributed, shutdown
 from ..engine import amp_dtype_for, optimizer_steps
-from ..errors import ConfigError
 from ..fileio import write_text
 from ..log import logger, progress_enabled
 from ..models import count_parameters, first_stage_side, set_backbone_trainable
@@ -34,7 +33,7 @@ from .finish import check_replicas, finish_run, plot_samples, release_training_m
 from .loop import BEST_METRIC_COLUMNS, Run, fit
 from .lr_find import lr_range_test
 from .schedule import TimePlan, make_schedule
-from .setup import build_ema, build_network, build_objective, build_optimizer, class_balance, wrap
+from .setup import build_ema, build_network, build_objective, build_optimizer, check_inputs, class_balance, wrap
 from .state import TrainState, resolve_config
 
 
@@ -74,14 +73,15 @@ def train(config: TrainConfig | None = None, *, clock: Callable[[], float] = tim
 
 
 def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo, clock: Callable[[], float]) -> RunResult:
+    inputs = check_inputs(cfg) if saved is None else None  # before the run folder exists
     run_dir = Path(from_main(str(prepare_run_dir(cfg)) if info.is_main else None, info))
     started = time.perf_counter()
     time_plan = TimePlan(parse_duration(cfg.time_limit), clock, lengthen=cfg.fill_time) if cfg.time_limit else None
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    data = prepare_data(cfg, run_dir, info)
-    run = _set_up(cfg, saved, info, run_dir, data)
+    data = prepare_data(cfg, run_dir, info, inputs.source if inputs else None)
+    run = _set_up(cfg, saved, info, run_dir, data, inputs.weights if inputs else None)
     history: list[dict] = []
     start_epoch, start_step, partial = 1, 0, None
     if saved is not None:
@@ -91,8 +91,13 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo, clock: Callable
         write_text(run_dir / "config.yaml", yaml.safe_dump(run.cfg.to_dict(), sort_keys=False, allow_unicode=True))
     if info.is_main:
         run.trackers = open_trackers(run.cfg, run_dir, resumed=saved is not None)
-    stopped = fit(run, history, start_epoch=start_epoch, start_step=start_step, partial=partial,
-                  time_plan=time_plan)
+    try:
+        stopped = fit(run, history, start_epoch=start_epoch, start_step=start_step, partial=partial,
+                      time_plan=time_plan)
+    except KeyboardInterrupt:  # a second Ctrl-C: last.pt holds the last finished epoch (or saved step)
+        logger.warning(f"interrupted; {run_dir / 'last.pt'} holds the last saved state. Resume with: resnetlab "
+                       f"train --resume {run_dir}")
+        raise
     check_replicas(run.model, info)
     _collect_streamed_skips(run)
     best = next((row for row in history if row["epoch"] == run.state.best_epoch), {})
@@ -101,7 +106,12 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo, clock: Callable
         # drop the training batches (on the GPU when they fit there) and the optimizer's moments first
         run.train_batches = run.val_batches = None
         release_training_memory(run.state.optimizer, info.device)
-        finish_run(run_dir, data, info.device, run.cfg)
+        try:
+            finish_run(run_dir, data, info.device, run.cfg)
+        except KeyboardInterrupt:
+            logger.warning(f"interrupted during the end-of-run evaluation; training is complete ({run_dir / 'best.pt'}"
+                           f"). Finish with: resnetlab evaluate {run_dir / 'best.pt'} {run.cfg.data} --out {run_dir}")
+            raise
     run.trackers.finish(run_dir, {f"best_{k}": v for k, v in best.items() if k.startswith("val_")} | (
         {"best_epoch": run.state.best_epoch} if best else {}), stopped=stopped)
     if stopped is None:
@@ -118,12 +128,11 @@ def _best_text(best: dict, metric: str) -> str:
     return f"{best[column]:.4f}" if column in best else "n/a"
 
 
-def _set_up(cfg: TrainConfig, saved: dict | None, info: DistInfo, run_dir: Path, data: PreparedData) -> Run:
+def _set_up(cfg: TrainConfig, saved: dict | None, info: DistInfo, run_dir: Path, data: PreparedData,
+            weights: dict | None) -> Run:
     """Network, batches, losses, optimizer, schedule, AMP, EMA and the resumable state, logged as built."""
     device, classes = info.device, data.source.classes
-    if cfg.best_metric == "top5" and len(classes) < 5:
-        raise ConfigError(f"--best-metric top5 needs at least 5 classes; this data has {len(classes)}")
-    model, spec = build_network(cfg, len(classes), data.img_size, pretrained=saved is None)
+    model, spec = build_network(cfg, len(classes), data.img_size, pretrained=saved is None, weights=weights)
     model = model.to(device, memory_format=torch.channels_last)
     if cfg.sync_bn and info.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

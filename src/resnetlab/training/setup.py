@@ -17,23 +17,55 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainConfig
+from ..data.sources import open_data
+from ..data.splits import DataSource
 from ..distributed import DistInfo
+from ..errors import ConfigError
 from ..log import logger
-from ..models import ModelSpec, build_model, load_pretrained, resolve_stem, set_backbone_trainable
+from ..models import (
+    ModelSpec,
+    build_model,
+    check_arch,
+    load_pretrained,
+    read_state_dict,
+    resolve_stem,
+    set_backbone_trainable,
+)
 
 
-def build_network(cfg: TrainConfig, num_classes: int, img_size: int, *, pretrained: bool = True
-                  ) -> tuple[nn.Module, ModelSpec]:
-    """The model a run trains: architecture, stem, head, width, pretrained weights, frozen backbone."""
+def build_network(cfg: TrainConfig, num_classes: int, img_size: int, *, pretrained: bool = True,
+                  weights: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, ModelSpec]:
+    """The model a run trains: architecture, stem, head, width, pretrained weights (``weights``: the --pretrained
+    file's tensors, already read by check_inputs), frozen backbone."""
     spec = ModelSpec(cfg.model, num_classes, cfg.head, cfg.hidden, cfg.dropout, resolve_stem(cfg.stem, img_size),
                      cfg.width)
     model = build_model(spec)
     if cfg.pretrained and pretrained:
-        for note in load_pretrained(model, cfg.pretrained, spec):
+        for note in load_pretrained(model, cfg.pretrained, spec, weights):
             logger.info(f"pretrained: {note}")
     if cfg.freeze_backbone:
         set_backbone_trainable(model, False)
     return model, spec
+
+
+@dataclass
+class Inputs:
+    """What a fresh run checked before it created its run folder: the data source and the pretrained weights."""
+
+    source: DataSource
+    weights: dict[str, torch.Tensor] | None = None
+
+
+def check_inputs(cfg: TrainConfig) -> Inputs:
+    """Every input of a fresh run, checked before the run folder exists: the architecture, the --pretrained file
+    (read once, here) and the data's layout; a mistake leaves nothing behind that would refuse the same --out."""
+    check_arch(cfg.model)
+    source = open_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, data_root=cfg.data_root,
+                       follow_links=cfg.follow_links)
+    if cfg.best_metric == "top5" and len(source.classes) < 5:
+        raise ConfigError(f"--best-metric top5 needs at least 5 classes; this data has {len(source.classes)}")
+    weights = read_state_dict(cfg.pretrained) if cfg.pretrained and cfg.pretrained != "hub" else None
+    return Inputs(source, weights)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

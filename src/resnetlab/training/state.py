@@ -19,8 +19,10 @@ from ..checkpoint import read_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..distributed import DistInfo
 from ..engine import EpochTotals
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
+from ..fileio import write_failure
 from ..models import unwrap
+from ..signals import signals_deferred
 
 # Settings a resumed run may change; everything else comes from the run's saved config.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "progress", "time_limit", "early_stop", "cache_dir",
@@ -45,10 +47,21 @@ def save(path: Path, payload: dict, info: DistInfo) -> None:
     if not info.is_main:
         return
     try:
-        save_checkpoint(path, payload)
-    except OSError as err:  # full disk, vanished folder: the previous file is untouched (atomic rename)
-        raise CheckpointError(f"could not write {path}: {err.strerror or err}; the previous {path.name} (if any) "
-                              "is intact") from None
+        with signals_deferred():  # a second Ctrl-C lands after the file is whole
+            save_checkpoint(path, payload)
+    except (OSError, RuntimeError) as err:  # full disk, vanished folder (torch's writer raises RuntimeError)
+        raise write_failure(path, err, _tensor_bytes(payload)) from None
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Roughly what a payload takes on disk: the bytes of its tensors."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 @dataclass
