@@ -34,7 +34,7 @@ def __getattr__(name: str):
 
 
 def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          limits: ServeLimits | None = None, max_connections: int = 128, log_level: str = "info") -> None:
+          limits: ServeLimits | None = None, log_level: str = "info") -> None:
     """Load the model and serve it until Ctrl-C."""
     try:
         import uvicorn
@@ -42,10 +42,12 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
         raise ServeError("serving needs the 'serve' extra: pip install 'resnetlab[serve]'") from None
     from ..classifier import load
     from .app import create_app
+    from .protocol import server_config
 
     if not 0 <= port <= 65535:
         raise ServeError(f"--port {port} is not a TCP port (0-65535)")
     classifier = load(checkpoint, device=device)
+    limits = limits or ServeLimits()
     app = create_app(classifier, limits)
     if not _is_loopback(host):
         logger.warning(f"listening on {host}: anyone who can reach this machine can use the model "
@@ -53,9 +55,7 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
     shown = f"[{host}]" if ":" in host else host
     logger.info(f"serving {Path(checkpoint).name} ({len(classifier.classes)} classes, {classifier.meta.img_size}px) "
                 f"at http://{shown}:{port}/  (API docs: /docs; Ctrl-C stops)")
-    # limit_concurrency: connections beyond it get 503 from uvicorn before any body is read
-    uvicorn.run(app, host=host, port=port, limit_concurrency=max_connections, log_level=log_level,
-                timeout_keep_alive=5)
+    uvicorn.Server(server_config(app, host=host, port=port, limits=limits, log_level=log_level)).run()
 
 
 def _is_loopback(host: str) -> bool:

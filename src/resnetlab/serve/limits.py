@@ -36,6 +36,9 @@ class ServeLimits:
     max_pending: int = 64  # requests waiting for the model; more get 503
     decode_threads: int = max(1, min(4, os.cpu_count() or 1))  # images decoded at once (each may be ~MP)
     topk: int = 5  # default labels per image
+    max_connections: int = 128  # open connections; more get 503
+    max_connections_per_client: int = 32  # from one address: idle ones cannot starve the other clients
+    request_timeout_s: float = 15.0  # to send a whole request (headers and body); slower clients are cut off
 
     @staticmethod
     def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -52,11 +55,21 @@ class ServeLimits:
         parser.add_argument("--max-pending", type=int, default=d.max_pending,
                             help=f"requests waiting for the model before new ones get 503 (default: {d.max_pending})")
         parser.add_argument("--topk", type=int, default=d.topk, help=f"default labels per image (default: {d.topk})")
+        parser.add_argument("--max-connections", type=int, default=d.max_connections,
+                            help=f"open connections; more get 503 (default: {d.max_connections})")
+        parser.add_argument("--max-connections-per-client", type=int, default=d.max_connections_per_client,
+                            help="open connections from one address; more are closed at once "
+                                 f"(default: {d.max_connections_per_client})")
+        parser.add_argument("--request-timeout", type=float, default=d.request_timeout_s,
+                            help="seconds a client has to send a whole request, headers and body; idle and slow "
+                                 f"connections are closed (default: {d.request_timeout_s:g})")
 
     @classmethod
     def from_flags(cls, args: argparse.Namespace) -> ServeLimits:
         return cls(max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=args.max_pixels,
-                   max_files=args.max_files, max_batch=args.max_batch, max_pending=args.max_pending, topk=args.topk)
+                   max_files=args.max_files, max_batch=args.max_batch, max_pending=args.max_pending, topk=args.topk,
+                   max_connections=args.max_connections, max_connections_per_client=args.max_connections_per_client,
+                   request_timeout_s=args.request_timeout)
 
 
 class UploadTooLarge(ValueError):
