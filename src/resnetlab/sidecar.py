@@ -36,11 +36,32 @@ def describe(meta: Any, fmt: str, *, dynamic_batch: bool) -> dict[str, Any]:
         "model_spec": meta.spec.to_dict(),
         "input": {"name": "image", "layout": "NCHW", "channels": "RGB", "dtype": "float32",
                   "shape": ["batch" if dynamic_batch else 1, 3, s, s],
-                  "preprocessing": f"RGB, EXIF rotation applied; shorter side resized to {s} px (bilinear) and "
-                                   f"centre-cropped to {s}x{s}; x = (pixel / 255 - mean) / std per channel"},
+                  "preprocessing": "the steps under 'preprocessing', in order"},
+        "preprocessing": preprocessing_steps(s),
         "output": {"name": "logits", "shape": ["batch" if dynamic_batch else 1, len(meta.classes)],
                    "note": "raw logits in the order of 'classes'; apply softmax for probabilities"},
     }
+
+
+def preprocessing_steps(s: int) -> list[str]:
+    """What ``data.images.decode_image`` and ``Classifier.preprocess`` do, in order, so that a client with PIL,
+    numpy and onnxruntime alone gets the same input (tests/test_sidecar.py is such a client, on every image mode).
+    """
+    return [
+        f"open with PIL; a JPEG is decoded in draft mode: image.draft('RGB', ({s}, {s})) (libjpeg scales by 1/2, "
+        f"1/4 or 1/8 while decoding, both sides staying >= {s})",
+        "apply the EXIF orientation: PIL.ImageOps.exif_transpose(image)",
+        "modes I;16, I;16B, I;16L, I and F: scale linearly so the image's own minimum is 0 and maximum 255 "
+        "(a constant image becomes 0), as uint8 mode L",
+        "mode P with a 'transparency' entry: convert('RGBA')",
+        "modes RGBA, LA and PA: composite over white: paste image.convert('RGBA') on an RGB (255, 255, 255) "
+        "background with its alpha as the mask",
+        "every other mode: convert('RGB')",
+        f"centre-crop to the largest square of the shorter side, then resize to {s} x {s} with bilinear "
+        f"interpolation: PIL.ImageOps.fit(image, ({s}, {s}), method=Image.Resampling.BILINEAR) (crop first, "
+        "then resize)",
+        "x = (pixel / 255 - mean[c]) / std[c] per RGB channel c, float32, H x W x 3 -> 3 x H x W, batch first",
+    ]
 
 
 def read_sidecar(path: Path, embedded: str | None) -> dict[str, Any]:
