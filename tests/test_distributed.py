@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from processes import Process, children
 from resnetlab.cli import main
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
@@ -19,16 +19,17 @@ TINY = ["--img-size", "16", "--width", "0.25", "--batch-size", "16", "--no-progr
 pytestmark = pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun is not installed beside python")
 
 
-def _torchrun(args: list[str], **kwargs) -> subprocess.Popen:
+def _torchrun(args: list[str]) -> Process:
+    """torchrun in a session of its own; use it in a ``with`` block, which kills torchrun and both ranks."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     command = [TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "resnetlab", "train", *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kwargs)
+    return Process(command, env=env)
 
 
 def test_two_processes_train_one_model(split_folders: Path, tmp_path: Path):
     run = tmp_path / "run"
-    process = _torchrun([str(split_folders), "--out", str(run), "--epochs", "3", *TINY])
-    output = process.communicate(timeout=300)[0]
+    with _torchrun([str(split_folders), "--out", str(run), "--epochs", "3", *TINY]) as process:
+        output = process.communicate(timeout=300)
     assert process.returncode == 0, output
     assert "global batch 32" in output
     assert "weights identical across 2 ranks" in output
@@ -54,8 +55,8 @@ def test_two_processes_stream_their_shards_and_report_every_skipped_file(split_f
     for path in broken:
         Path(path).write_bytes(b"not an image")
     run = tmp_path / "run"
-    process = _torchrun([str(split_folders), "--out", str(run), "--epochs", "2", "--loader", "stream", *TINY])
-    output = process.communicate(timeout=300)[0]
+    with _torchrun([str(split_folders), "--out", str(run), "--epochs", "2", "--loader", "stream", *TINY]) as process:
+        output = process.communicate(timeout=300)
     assert process.returncode == 0, output
     assert "data path: streamed" in output and "weights identical across 2 ranks" in output
     report = json.loads((run / "data_report.json").read_text(encoding="utf-8"))
@@ -66,37 +67,24 @@ def test_two_processes_stream_their_shards_and_report_every_skipped_file(split_f
 
 def test_resume_under_torchrun(split_folders: Path, tmp_path: Path):
     run = tmp_path / "run"
-    first = _torchrun([str(split_folders), "--out", str(run), "--epochs", "3", "--stop-after-steps", "3", *TINY])
-    output = first.communicate(timeout=300)[0]
+    with _torchrun([str(split_folders), "--out", str(run), "--epochs", "3", "--stop-after-steps", "3",
+                    *TINY]) as first:
+        output = first.communicate(timeout=300)
     assert first.returncode == 0, output
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
-    second = _torchrun(["--resume", str(run), "--no-progress"])
-    output = second.communicate(timeout=300)[0]
+    with _torchrun(["--resume", str(run), "--no-progress"]) as second:
+        output = second.communicate(timeout=300)
     assert second.returncode == 0 and "resuming" in output, output
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 3
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the worker processes")
 def test_a_dead_rank_ends_the_job(split_folders: Path, tmp_path: Path):
-    process = _torchrun([str(split_folders), "--out", str(tmp_path / "run"), "--epochs", "500", *TINY])
-    for line in process.stdout:
-        if "epoch   1/500" in line:
-            break
-    workers = _children(process.pid)
-    assert len(workers) == 2
-    os.kill(max(workers), signal.SIGKILL)
-    output = process.communicate(timeout=180)[0]
+    with _torchrun([str(split_folders), "--out", str(tmp_path / "run"), "--epochs", "500", *TINY]) as process:
+        process.read_until("epoch   1/500", timeout=240)
+        workers = children(process.pid)
+        assert len(workers) == 2
+        os.kill(max(workers), signal.SIGKILL)
+        output = process.communicate(timeout=180)
     assert process.returncode != 0
     assert "Signals.SIGKILL" in output or "exitcode" in output

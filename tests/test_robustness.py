@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import struct
-import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -21,6 +20,7 @@ from PIL import Image
 
 import resnetlab
 from conftest import TOY_CLASSES, make_image, write_class_folders
+from processes import Process
 from resnetlab.checkpoint import save_checkpoint
 from resnetlab.cli import main
 from resnetlab.data.cache import decode_split
@@ -91,7 +91,7 @@ def test_imbalance_and_single_class(tmp_path: Path, capsys):
     write_class_folders(single, 2)
     for name in list(TOY_CLASSES)[1:]:
         shutil.rmtree(single / name)
-    assert main(["check", str(single), "--no-progress"]) == 2
+    assert main(["check", str(single), "--no-progress"]) == 1
     assert "only one class" in capsys.readouterr().err
 
 
@@ -101,7 +101,7 @@ def test_training_skips_bad_files_and_strict_refuses(messy: Path, tmp_path: Path
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert {Path(s["path"]).name for s in report["skipped"]} == {"zero.png", "page.jpg", "cut.jpg", "bomb.png"}
     assert "skipped 4 unreadable image(s)" in capsys.readouterr().out
-    assert main(["train", str(messy), "--strict", "--out", str(tmp_path / "strict"), *CLI_TINY]) == 2
+    assert main(["train", str(messy), "--strict", "--out", str(tmp_path / "strict"), *CLI_TINY]) == 1
     assert "--strict: 4 unreadable image(s)" in capsys.readouterr().err
 
 
@@ -160,29 +160,24 @@ def test_save_every_writes_mid_epoch_checkpoints(split_folders: Path, tmp_path: 
     assert "at epoch 1, step 2" in out and "step 4" not in out  # the epoch's end writes last.pt anyway
 
 
-def _start_training(args: list[str]) -> subprocess.Popen:
+# a start (python, torch, decoding the toy set) and one tiny epoch take seconds; these only bound a hang
+STARTED_S = 180
+
+
+def _start_training(args: list[str]) -> Process:
+    """``resnetlab train ARGS`` in a session of its own; use it in a ``with`` block, which kills its tree."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "resnetlab", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-
-
-def _read_until(process: subprocess.Popen, marker: str) -> str:
-    seen = ""
-    for line in process.stdout:
-        seen += line
-        if marker in line:
-            return seen
-    raise AssertionError(f"'{marker}' never printed:\n{seen}")
+    return Process([sys.executable, "-m", "resnetlab", "train", *args], env=env)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_a_resumable_checkpoint(split_folders: Path, tmp_path: Path, sig: int):
     run = tmp_path / "run"
-    process = _start_training([str(split_folders), "--out", str(run), "--epochs", "30", *CLI_TINY])
-    _read_until(process, "epoch   1/30")
-    process.send_signal(sig)
-    output = process.communicate(timeout=120)[0]
-    assert process.returncode == 130, output
+    with _start_training([str(split_folders), "--out", str(run), "--epochs", "30", *CLI_TINY]) as process:
+        process.read_until("epoch   1/30", timeout=STARTED_S)
+        process.send_signal(sig)
+        output = process.communicate(timeout=120)
+    assert process.returncode == 128 + sig, output  # 130 after Ctrl-C, 143 after SIGTERM
     assert f"Resume with: resnetlab train --resume {run}" in output or "resume with" in output
     saved = torch.load(run / "last.pt", weights_only=True)
     assert saved["epoch"] >= 1
@@ -192,20 +187,22 @@ def test_signal_saves_a_resumable_checkpoint(split_folders: Path, tmp_path: Path
 
 def test_second_ctrl_c_exits_at_once(split_folders: Path, tmp_path: Path):
     # large steps (~1 s each), so the second Ctrl-C lands while the first waits for the step to end
-    process = _start_training([str(split_folders), "--out", str(tmp_path / "run"), "--epochs", "30",
-                               "--img-size", "96", "--batch-size", "72", "--no-progress", "--workers", "1"])
-    _read_until(process, "epoch   1/30")
-    process.send_signal(signal.SIGINT)
-    _read_until(process, "stopping after this step")
-    process.send_signal(signal.SIGINT)
-    output = process.communicate(timeout=60)[0]
+    with _start_training([str(split_folders), "--out", str(tmp_path / "run"), "--epochs", "30", "--img-size", "96",
+                          "--batch-size", "72", "--no-progress", "--workers", "1"]) as process:
+        process.read_until("epoch   1/30", timeout=STARTED_S)
+        process.send_signal(signal.SIGINT)
+        process.read_until("stopping after this step", timeout=120)
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=60)
     assert process.returncode == 130 and "interrupted" in output, output
-    assert "resume with" not in output.lower()
+    # exits at once, yet says how to finish: last.pt holds the last finished epoch
+    assert f"resume with: resnetlab train --resume {tmp_path / 'run'}" in output.lower()
+    assert (tmp_path / "run" / "last.pt").is_file()
 
 
 def test_nan_loss_stops_with_epoch_and_step(split_folders: Path, tmp_path: Path, capsys):
     assert main(["train", str(split_folders), "--out", str(tmp_path / "nan"), "--lr", "1e12", "--opt", "sgd",
-                 "--epochs", "2", *CLI_TINY]) == 2
+                 "--epochs", "2", *CLI_TINY]) == 1
     err = capsys.readouterr().err
     assert "NaN or infinite at epoch 1, step" in err and "Last good checkpoint" in err
     assert not (tmp_path / "nan" / "last.pt").exists()
@@ -231,11 +228,11 @@ def test_crafted_pickle_is_refused_everywhere(split_folders: Path, tmp_path: Pat
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"model": _Evil(marker)}, evil)
-    assert main(["predict", str(evil), str(split_folders / "Val"), "--no-progress"]) == 2
+    assert main(["predict", str(evil), str(split_folders / "Val"), "--no-progress"]) == 1
     assert "refuses to load" in capsys.readouterr().err
-    assert main(["evaluate", str(evil), str(split_folders), "--no-progress"]) == 2
+    assert main(["evaluate", str(evil), str(split_folders), "--no-progress"]) == 1
     assert main(["train", str(split_folders), "--pretrained", str(evil), "--out", str(tmp_path / "p"),
-                 *CLI_TINY]) == 2
+                 *CLI_TINY]) == 1
     assert "cannot read weights" in capsys.readouterr().err
     assert not marker.exists()
 
@@ -249,15 +246,15 @@ def test_wrong_checkpoints_say_what_differs(split_folders: Path, tmp_path: Path,
     make_image(np.random.default_rng(0), (9, 9, 9)).save(other / "val" / "zebra" / "z.png")
     make_image(np.random.default_rng(0), (9, 9, 9)).save(other / "train" / "zebra.png")
     shutil.copytree(other / "val" / "zebra", other / "train" / "zebra")
-    assert main(["evaluate", str(result.best_checkpoint), str(other), "--no-progress"]) == 2
+    assert main(["evaluate", str(result.best_checkpoint), str(other), "--no-progress"]) == 1
     assert "not trained on: zebra" in capsys.readouterr().err
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(result.best_checkpoint.read_bytes()[:5000])
-    assert main(["predict", str(truncated), str(split_folders / "Val"), "--no-progress"]) == 2
+    assert main(["predict", str(truncated), str(split_folders / "Val"), "--no-progress"]) == 1
     assert "truncated" in capsys.readouterr().err
     import timm
 
     torch.save(timm.create_model("resnet34", num_classes=3).state_dict(), tmp_path / "r34.pth")
     assert main(["train", str(split_folders), "--pretrained", str(tmp_path / "r34.pth"), "--out",
-                 str(tmp_path / "wrong"), *CLI_TINY]) == 2
+                 str(tmp_path / "wrong"), *CLI_TINY]) == 1
     assert "another architecture" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -244,5 +245,122 @@ def test_serve_cli_defaults_are_safe():
 def test_serve_cli_reports_a_bad_checkpoint(tmp_path: Path, capsys):
     from resnetlab.cli import main
 
-    assert main(["serve", str(tmp_path / "missing.pt"), "--port", "0"]) == 2
+    assert main(["serve", str(tmp_path / "missing.pt"), "--port", "0"]) == 1
     assert "resnetlab serve: error: checkpoint not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- each ServeLimits limit, set small
+def image_bytes(width: int, height: int, *, noise: bool = False) -> bytes:
+    image = Image.effect_noise((width, height), 60).convert("RGB") if noise else Image.new("RGB", (width, height),
+                                                                                           (230, 40, 40))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def limited(model):
+    """A client of an app with the given limits: ``with limited(max_files=2) as client: ...``."""
+
+    @contextmanager
+    def make(**limits):
+        with TestClient(create_app(model[0], ServeLimits(**limits))) as test_client:
+            yield test_client
+
+    return make
+
+
+def test_the_upload_limit_is_the_one_configured(limited):
+    big = image_bytes(64, 64, noise=True)
+    assert len(big) > 4000 > len(png_bytes())
+    with limited(max_upload_bytes=4000) as client:
+        assert client.get("/health").json()["limits"]["max_upload_bytes"] == 4000
+        assert client.post("/predict", files=one("small.png", png_bytes())).status_code == 200
+        for route in ("/predict", "/explain"):  # the body limit is checked before any route
+            response = client.post(route, files=one("big.png", big))
+            assert response.status_code == 413, route
+            assert response.json()["detail"] == ("upload too large: the request body is over 4,000 bytes "
+                                                 "(0.00381 MB, --max-upload-mb)")
+        chunked = client.post("/predict", content=(big[i:i + 1000] for i in range(0, len(big), 1000)),
+                              headers={"content-type": "multipart/form-data; boundary=x"})
+        assert chunked.status_code == 413 and "--max-upload-mb" in chunked.json()["detail"]
+        # exactly at the limit is allowed through (to the form parser, which finds no image in it)
+        headers = {"content-type": "multipart/form-data; boundary=x"}
+        at_limit = client.post("/predict", content=b"-" * 4000, headers=headers)
+        assert at_limit.status_code != 413 and client.post("/predict", content=b"-" * 4001,
+                                                           headers=headers).status_code == 413
+        assert client.post("/predict", files=one("small.png", png_bytes())).status_code == 200  # still serving
+
+
+def test_the_pixel_limit_is_the_one_configured(limited):
+    with limited(max_pixels=300) as client:
+        assert client.get("/health").json()["limits"]["max_pixels"] == 300
+        for width, height in ((15, 20), (17, 17)):  # 300 (the limit itself) and 289 pixels pass
+            assert client.post("/predict", files=one("fine.png", image_bytes(width, height))).status_code == 200
+        response = client.post("/predict", files=[("files", ("ok.png", image_bytes(10, 10), "image/png")),
+                                                  ("files", ("wide.png", image_bytes(31, 10), "image/png"))])
+        assert response.status_code == 413
+        assert response.json()["detail"] == ("wide.png: 31 x 10 = 310 pixels; this server accepts at most 300 "
+                                             "pixels per image (--max-pixels)")
+        if explain_available():  # /explain decodes through the same check
+            response = client.post("/explain", files=one("big.png", image_bytes(20, 20)))
+            assert response.status_code == 413 and "(--max-pixels)" in response.json()["detail"]
+
+
+def test_the_file_count_limit_is_the_one_configured(limited):
+    def part(field: str, i: int) -> tuple:
+        return field, (f"{i}.png", png_bytes(), "image/png")
+
+    with limited(max_files=2) as client:
+        assert client.get("/health").json()["limits"]["max_files"] == 2
+        response = client.post("/predict", files=[part("files", 0), part("files", 1)])
+        assert response.status_code == 200 and len(response.json()["predictions"]) == 2
+        for parts in ([part("files", i) for i in range(3)], [part("file", 0), part("files", 1), part("files", 2)]):
+            response = client.post("/predict", files=parts)  # 'file' and 'files' count together
+            assert response.status_code == 413
+            assert response.json()["detail"] == ("too many images in one request; this server accepts at most 2 "
+                                                 "(--max-files)")
+
+
+def test_more_parts_than_the_form_parser_takes_is_a_413_naming_the_limit(client):
+    # Starlette stops at 1,000 files with a general 400; the app answers with the --max-files message instead
+    tiny = png_bytes(2)
+    response = client.post("/predict", files=[("files", (f"{i}.png", tiny, "image/png")) for i in range(1001)])
+    assert response.status_code == 413
+    assert response.json()["detail"] == "too many images in one request; this server accepts at most 16 (--max-files)"
+
+
+def test_a_full_queue_is_a_503_with_retry_after_on_every_model_route(model):
+    classifier, _ = model
+    app = create_app(classifier, ServeLimits(max_pending=2))
+    with TestClient(app) as client:
+        worker = app.state.worker
+        started, release = threading.Event(), threading.Event()
+        try:
+            worker.submit_call(lambda: (started.set(), release.wait(timeout=60)))
+            assert started.wait(timeout=60)  # the model's thread is busy
+            images = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+            waiting = [worker.submit_logits(images) for _ in range(2)]  # the queue is full
+            health = client.get("/health").json()  # answered without the model
+            assert health["queue"]["waiting"] == 2 and health["limits"]["max_pending"] == 2
+            routes = ["/predict"] + (["/explain"] if explain_available() else [])
+            for route in routes:
+                response = client.post(route, files=one("a.png", png_bytes(32)))
+                assert response.status_code == 503, route
+                assert response.headers["retry-after"] == "1"
+                assert response.json()["detail"] == "the model is busy (2 requests already waiting); retry shortly"
+        finally:
+            release.set()
+        assert [tuple(future.result(timeout=60).shape) for future in waiting] == [(1, 3), (1, 3)]
+        assert client.post("/predict", files=one("a.png", png_bytes())).status_code == 200  # served again
+
+
+def test_the_content_not_the_declared_type_decides_what_is_an_image(client):
+    response = client.post("/predict", files=one("lies.png", b"GIF? no, plain text", "image/png"))
+    assert response.status_code == 415
+    assert response.json()["detail"] == ("lies.png: not an image (unrecognised format) (expected a JPEG, PNG, WebP, "
+                                         "BMP, GIF or TIFF image)")
+    assert client.post("/predict", files=one("real.bin", png_bytes(), "text/plain")).status_code == 200
+    mixed = client.post("/predict", files=[("files", ("good.png", png_bytes(), "image/png")),
+                                           ("files", ("notes.txt", b"hello", "text/plain"))])
+    assert mixed.status_code == 415 and mixed.json()["detail"].startswith("notes.txt: not an image")

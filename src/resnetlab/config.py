@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -103,7 +104,7 @@ class TrainConfig:
                                        "val_acc, val_loss (lower is better), macro_f1, top5",
                             ("val_acc", "val_loss", "macro_f1", "top5"))
     early_stop: int = _opt(0, "stop when the --best-metric has not improved for N epochs (0: never)")
-    time_limit: str | None = _opt(None, "stop after this wall time (e.g. 90s, 5m, 1h); the schedule is "
+    time_limit: str | float | None = _opt(None, "stop after this wall time (e.g. 90s, 5m, 1h); the schedule is "
                                         "shortened to fit")
     fill_time: bool = _opt(False, "with --time-limit: also lengthen the plan to as many epochs as fit in the time "
                                   "(re-planned after every epoch; --epochs is the first plan)")
@@ -139,12 +140,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, origin: str = "settings") -> TrainConfig:
         """Build from a mapping, rejecting unknown keys with a 'did you mean'."""
-        known = cls.field_names()
-        for key in values:
-            if key.replace("-", "_") not in known:
-                close = difflib.get_close_matches(key.replace("-", "_"), known, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(f"unknown setting '{key}' in {origin}{hint}")
+        check_names(values, origin)
         cfg = cls(**{k.replace("-", "_"): v for k, v in values.items()})
         cfg.validate()
         return cfg
@@ -169,6 +165,7 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ConfigError(f"{f.name} = {value!r} is not one of: {', '.join(choices)}")
+            _check_type(f.name, str(f.type), value)
         if isinstance(self.lr, str) and self.lr != "auto":
             try:
                 self.lr = float(self.lr)
@@ -176,9 +173,12 @@ class TrainConfig:
                 raise ConfigError(f"lr must be a number or 'auto', got {self.lr!r}") from None
         for key in ("mean", "std"):
             value = getattr(self, key)
-            if isinstance(value, str):
-                value = [float(v) for v in value.split(",")]
-                setattr(self, key, value)
+            try:
+                value = [float(v) for v in (value.split(",") if isinstance(value, str) else value)] \
+                    if value is not None else None
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key} needs 3 numbers (R,G,B), got {getattr(self, key)!r}") from None
+            setattr(self, key, value)
             if value is not None and len(value) != 3:
                 raise ConfigError(f"{key} needs 3 values (R,G,B), got {value}")
         checks = [
@@ -220,6 +220,32 @@ class TrainConfig:
         return 0.1 if self.opt == "sgd" else 1e-3
 
 
+def check_names(values: dict[str, Any], origin: str) -> None:
+    """Unknown setting names are a ConfigError naming ``origin`` (a file, or "settings"), with a 'did you mean'."""
+    known = TrainConfig.field_names()
+    for key in values:
+        if key.replace("-", "_") not in known:
+            close = difflib.get_close_matches(key.replace("-", "_"), known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown setting '{key}' in {origin}{hint}")
+
+
+def _check_type(name: str, annotation: str, value: Any) -> None:
+    """A value of the wrong type (from YAML: ``epochs: ten``, ``epochs: null``) is a ConfigError naming the setting,
+    not a TypeError from the first comparison. Text where a number is expected is converted by ``validate``."""
+    if value is None:
+        if "None" not in annotation:
+            raise ConfigError(f"{name} needs a value, got null")
+        return
+    accepted = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "list[float]": (list, str)}
+    parts = [part.strip() for part in annotation.split("|") if part.strip() != "None"]
+    ok = any(isinstance(value, accepted.get(part, (object,))) and (part == "bool" or not isinstance(value, bool))
+             for part in parts)
+    if not ok:
+        kind = annotation.split(" | ")[0].replace("list[float]", "a list of numbers")
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -235,16 +261,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def parse_duration(text: str | float | int) -> float:
     """'90s', '5m', '1.5h' or a plain number of seconds -> seconds."""
-    if isinstance(text, (int, float)):
-        return float(text)
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        text = str(text)
+    if not isinstance(text, str):
+        raise ConfigError(f"time_limit {text!r} is not a duration like 90s, 5m or 1h")
     units = {"s": 1, "m": 60, "h": 3600}
     text = text.strip().lower()
     try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
+        seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
     except ValueError:
         raise ConfigError(f"time_limit {text!r} is not a duration like 90s, 5m or 1h") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"time_limit {text!r} is not a duration like 90s, 5m or 1h (it must be above zero)")
+    return seconds
 
 
 def recipe_values(name: str | None) -> dict:
@@ -253,7 +282,9 @@ def recipe_values(name: str | None) -> dict:
         return {}
     path = Path(name)
     if path.is_file():
-        return load_yaml(path)
+        values = load_yaml(path)
+        check_names(values, str(path))  # a typo is named in the recipe file, not in whatever comes after it
+        return values
     shipped = resources.files("resnetlab") / "recipes" / f"{name}.yaml"
     if not shipped.is_file():
         available = sorted(p.name.removesuffix(".yaml") for p in (resources.files("resnetlab") / "recipes").iterdir()

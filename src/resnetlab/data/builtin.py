@@ -89,9 +89,12 @@ def _mnist_like(name: str, root: Path) -> DataSource | None:
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     """CIFAR's python archives are pickles; allow only the numpy names they need, never arbitrary code."""
 
+    # _codecs.encode: how protocol 2 stores bytes written by Python 3 (it only turns a str into bytes);
+    # _frombuffer: how protocol 5 (Python 3.14's default) stores arrays. Neither can run code.
     _allowed = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar")}
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
 
     def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle API
         if (module, name) in self._allowed:
@@ -100,8 +103,15 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as handle:
-        return _ArrayOnlyUnpickler(io.BytesIO(handle.read()), encoding="latin1").load()
+    try:
+        with open(path, "rb") as handle:
+            return _ArrayOnlyUnpickler(io.BytesIO(handle.read()), encoding="latin1").load()
+    except pickle.UnpicklingError as err:
+        raise DataError(f"{path}: {err} (a CIFAR python batch holds only numpy arrays and lists)") from None
+    except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as err:
+        raise DataError(f"{path}: not a readable CIFAR python batch ({type(err).__name__}: {err})") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read it ({err.strerror or err})") from None
 
 
 def _cifar(name: str, root: Path) -> DataSource | None:
@@ -111,8 +121,17 @@ def _cifar(name: str, root: Path) -> DataSource | None:
                        if (d / ("train.bin" if fine else "data_batch_1.bin")).is_file()), None)
     if binary_dir is not None:
         def read_bin(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
-            raw = np.concatenate([np.fromfile(binary_dir / f, dtype=np.uint8) for f in files])
-            records = raw.reshape(-1, label_bytes + 3072)
+            parts = []
+            for file in files:
+                path = binary_dir / file
+                if not path.is_file():
+                    raise DataError(f"{path} is missing: {name} needs {', '.join(files)} in {binary_dir}")
+                part = np.fromfile(path, dtype=np.uint8)
+                if part.size % (label_bytes + 3072):
+                    raise DataError(f"{path} is truncated or not a {name} batch: {part.size} bytes is not a whole "
+                                    f"number of {label_bytes + 3072}-byte records")
+                parts.append(part)
+            records = np.concatenate(parts).reshape(-1, label_bytes + 3072)
             images = records[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
             return np.ascontiguousarray(images), records[:, label_bytes - 1]
 
@@ -129,7 +148,12 @@ def _cifar(name: str, root: Path) -> DataSource | None:
     key = "fine_labels" if fine else "labels"
 
     def read_py(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        missing = [f for f in files if not (py_dir / f).is_file()]
+        if missing:
+            raise DataError(f"{py_dir / missing[0]} is missing: {name} needs {', '.join(files)} in {py_dir}")
         batches = [_unpickle(py_dir / f) for f in files]
+        if not all(isinstance(b, dict) and "data" in b and key in b for b in batches):
+            raise DataError(f"{py_dir}: a batch without 'data' and '{key}' entries is not a {name} python batch")
         images = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         return np.ascontiguousarray(images), np.concatenate([np.asarray(b[key]) for b in batches])
 
