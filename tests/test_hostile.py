@@ -267,20 +267,18 @@ def test_an_image_too_large_for_pil_to_open_is_a_413_upload(tmp_path: Path):
     assert answer.status_code == 413 and "--max-pixels" in answer.json()["detail"]
 
 
-def test_idle_and_slow_connections_cannot_starve_the_service(tmp_path: Path):
-    """Raw sockets: 140 connections that never send a request (more than --max-connections), and one that sends
-    half its headers; every other client is still served once the request timeout has passed."""
-    import http.client
+@contextmanager
+def _guarded_server(tmp_path: Path, limits):  # noqa: ANN001 - a ServeLimits
+    """The real service (create_app + the guarded uvicorn protocol) on a free loopback port; yields the port."""
     import socket as sockets
 
     import uvicorn
 
-    from resnetlab.serve import ServeLimits, create_app
+    from resnetlab.serve import create_app
     from resnetlab.serve.protocol import server_config
-    from serving import png_bytes, train_tiny
+    from serving import train_tiny
 
     best, _ = train_tiny(tmp_path / "model")
-    limits = ServeLimits(request_timeout_s=1.0, max_connections=128, max_connections_per_client=200)
     listener = sockets.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(512)
@@ -289,61 +287,61 @@ def test_idle_and_slow_connections_cannot_starve_the_service(tmp_path: Path):
                                           port=port, limits=limits, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
-    idle: list = []
     try:
-        idle = [sockets.create_connection(("127.0.0.1", port), timeout=10) for _ in range(140)]
-        slow = sockets.create_connection(("127.0.0.1", port), timeout=10)
-        slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")  # and never the rest
-        idle.append(slow)
-        time.sleep(2.5)  # past the 1 s request timeout (an injected timeout: no assertion on how long it took)
-        assert all(conn.recv(1) == b"" for conn in idle)  # the server closed every one of them
-        client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n" \
-               b"Content-Type: image/png\r\n\r\n" + png_bytes() + b"\r\n--b--\r\n"
-        client.request("POST", "/predict", body, {"Content-Type": "multipart/form-data; boundary=b"})
-        answer = client.getresponse()
-        assert answer.status == 200 and b"predictions" in answer.read()
+        yield port
     finally:
-        for conn in idle:
-            conn.close()
         server.should_exit = True
         thread.join(timeout=60)
         listener.close()
+
+
+def test_idle_and_slow_connections_cannot_starve_the_service(tmp_path: Path):
+    """Raw sockets: 140 connections that never send a request (more than --max-connections), and one that sends
+    half its headers; every other client is still served once the request timeout has passed."""
+    import http.client
+    import socket as sockets
+
+    from resnetlab.serve import ServeLimits
+    from serving import png_bytes
+
+    limits = ServeLimits(request_timeout_s=1.0, max_connections=128, max_connections_per_client=200)
+    idle: list = []
+    with _guarded_server(tmp_path, limits) as port:
+        try:
+            idle = [sockets.create_connection(("127.0.0.1", port), timeout=10) for _ in range(140)]
+            slow = sockets.create_connection(("127.0.0.1", port), timeout=10)
+            slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+            idle.append(slow)
+            time.sleep(2.5)  # past the 1 s request timeout (an injected timeout: no assertion on how long it took)
+            assert all(conn.recv(1) == b"" for conn in idle)  # the server closed every one of them
+            client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n" \
+                   b"Content-Type: image/png\r\n\r\n" + png_bytes() + b"\r\n--b--\r\n"
+            client.request("POST", "/predict", body, {"Content-Type": "multipart/form-data; boundary=b"})
+            answer = client.getresponse()
+            assert answer.status == 200 and b"predictions" in answer.read()
+        finally:
+            for conn in idle:
+                conn.close()
 
 
 def test_one_client_cannot_hold_every_connection(tmp_path: Path):
     import socket as sockets
 
-    import uvicorn
+    from resnetlab.serve import ServeLimits
 
-    from resnetlab.serve import ServeLimits, create_app
-    from resnetlab.serve.protocol import server_config
-    from serving import train_tiny
-
-    best, _ = train_tiny(tmp_path / "model")
-    limits = ServeLimits(request_timeout_s=30.0, max_connections_per_client=4)
-    listener = sockets.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(server_config(create_app(resnetlab.load(best, device="cpu"), limits), host="127.0.0.1",
-                                          port=port, limits=limits, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
     conns: list = []
-    try:
-        conns = [sockets.create_connection(("127.0.0.1", port), timeout=10) for _ in range(6)]
-        closed = []
-        for conn in conns:
-            conn.settimeout(0.5)
-            try:
-                closed.append(conn.recv(1) == b"")
-            except TimeoutError:
-                closed.append(False)  # still open, waiting for its request
-        assert closed == [False] * 4 + [True] * 2  # the 5th and 6th from the same address are refused
-    finally:
-        for conn in conns:
-            conn.close()
-        server.should_exit = True
-        thread.join(timeout=60)
-        listener.close()
+    with _guarded_server(tmp_path, ServeLimits(request_timeout_s=30.0, max_connections_per_client=4)) as port:
+        try:
+            conns = [sockets.create_connection(("127.0.0.1", port), timeout=10) for _ in range(6)]
+            closed = []
+            for conn in conns:
+                conn.settimeout(0.5)
+                try:
+                    closed.append(conn.recv(1) == b"")
+                except TimeoutError:
+                    closed.append(False)  # still open, waiting for its request
+            assert closed == [False] * 4 + [True] * 2  # the 5th and 6th from the same address are refused
+        finally:
+            for conn in conns:
+                conn.close()
