@@ -56,8 +56,8 @@ class OnnxBackend:
     model = None  # no torch module: no gradients, so no Grad-CAM
     device = torch.device("cpu")
 
-    def __init__(self, session, path: Path):  # noqa: ANN001 - onnxruntime.InferenceSession
-        self.session, self.path = session, path
+    def __init__(self, session, path: Path, info: dict | None = None):  # noqa: ANN001 - onnxruntime.InferenceSession
+        self.session, self.path, self.info = session, path, info or {}  # info: the sidecar
         batch = session.get_inputs()[0].shape[0]
         self._fixed_batch = batch if isinstance(batch, int) else None  # None: any batch size
 
@@ -165,4 +165,4 @@ def load_onnx(path: str | Path) -> Classifier:
     info = read_sidecar(path, session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
     meta = ModelMeta(ModelSpec.from_dict(info["model_spec"]), list(info["classes"]), int(info["img_size"]),
                      list(info["mean"]), list(info["std"]), source=str(path))
-    return Classifier(OnnxBackend(session, path), meta)
+    return Classifier(OnnxBackend(session, path, info), meta)

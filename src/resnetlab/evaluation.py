@@ -8,6 +8,7 @@ decoding, shared with training (which scores best.pt on the validation split at 
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,14 @@ from torch import nn
 
 from .cam import cam_class, caption, compute_cams, overlay
 from .checkpoint import ModelMeta, load_model, read_checkpoint
+from .classifier import Classifier, load
 from .config import require_at_least
 from .data.cache import DecodedSplit, decode_split
 from .data.loaders import Batches
 from .data.sources import open_data
 from .data.splits import SplitData, relabel, select_split
 from .data.transforms import preprocess_batch, stats_tensor, to_rgb_array
-from .engine import amp_dtype_for, resolve_device, run_epoch
+from .engine import EpochResult, amp_dtype_for, resolve_device, run_epoch
 from .errors import DataError
 from .fileio import atomic_open, write_json
 from .log import logger
@@ -48,10 +50,15 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
     URI): the metrics are also logged, as SPLIT_NAME, to the MLflow run that trained the checkpoint."""
     require_at_least("--batch-size", batch_size)
     torch_device = resolve_device(device)
-    payload = read_checkpoint(checkpoint) if Path(checkpoint).suffix != ".safetensors" else None
-    model, meta = load_model(checkpoint, device=torch_device, arch=arch, classes=classes, img_size=img_size,
-                             checkpoint=payload)
-    saved = (payload or {}).get("config") or {}
+    exported = Path(checkpoint).suffix.lower() == ".onnx"
+    if exported:  # onnxruntime: the split settings travel in the sidecar
+        scorer = load(checkpoint, tta=tta)
+        model, meta, saved = None, scorer.meta, scorer.backend.info.get("training") or {}
+    else:
+        payload = read_checkpoint(checkpoint) if Path(checkpoint).suffix != ".safetensors" else None
+        model, meta = load_model(checkpoint, device=torch_device, arch=arch, classes=classes, img_size=img_size,
+                                 checkpoint=payload)
+        scorer, saved = None, (payload or {}).get("config") or {}
     # the same split as training saw: its val fraction and seed come from the checkpoint
     source = open_data(data, val_split=saved.get("val_split", 0.1), seed=saved.get("seed", 0),
                        data_root=data_root or saved.get("data_root"), follow_links=bool(saved.get("follow_links")))
@@ -64,7 +71,7 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
         raise DataError(f"no readable images in the {split_name} split of {data}")
     out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{split_name}"
     metrics = write_evaluation(model, meta, decoded, chosen, out_dir, device=torch_device, batch_size=batch_size,
-                               amp=amp, tta=tta, progress=progress,
+                               amp=amp, tta=tta, progress=progress, scorer=scorer,
                                extra={"checkpoint": str(checkpoint), "data": str(data), "split": split_name})
     _print_summary(metrics, meta.classes, out_dir)
     if mlflow is not None:
@@ -75,22 +82,27 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
     return metrics
 
 
-def write_evaluation(model: nn.Module, meta: ModelMeta, decoded: DecodedSplit, split: SplitData, out_dir: Path, *,
-                     device: torch.device, batch_size: int = 256, amp: str = "auto", tta: str = "none",
-                     progress: bool = True, extra: dict | None = None, figures: bool = True) -> dict:
-    """Score an already-built model on a decoded split and write the evaluation files into ``out_dir``.
+def write_evaluation(model: nn.Module | None, meta: ModelMeta, decoded: DecodedSplit, split: SplitData,
+                     out_dir: Path, *, device: torch.device, batch_size: int = 256, amp: str = "auto",
+                     tta: str = "none", progress: bool = True, extra: dict | None = None, figures: bool = True,
+                     scorer: Classifier | None = None) -> dict:
+    """Score an already-built model (or, without one, ``scorer``: an exported model's Classifier) on a decoded
+    split and write the evaluation files into ``out_dir``.
 
     metrics.json, confusion_matrix.csv/.png, misclassified.csv, and with ``figures`` predictions.png and
-    misclassified.png (Grad-CAM). Used by ``evaluate`` and by training at the end of a run (best.pt on val).
+    misclassified.png (Grad-CAM: PyTorch models only). Used by ``evaluate`` and by training at the end of a run.
     """
-    batches = Batches(decoded.images, decoded.labels, batch_size=batch_size, device=device,
-                      mean=meta.mean, std=meta.std, channels_last=True)
-    network = TTAModel(model.to(memory_format=torch.channels_last), tta)
     split_name = (extra or {}).get("split", split.name)
-    amp_dtype = amp_dtype_for(amp, device, first_stage_side(meta.spec, meta.img_size))  # as training validated
-    result = run_epoch(network, batches.epoch(0), criterion=nn.CrossEntropyLoss(),
-                       device=device, amp_dtype=amp_dtype, total_steps=len(batches),
-                       desc=f"evaluate {split_name}", progress=progress, keep_outputs=True)
+    if model is None:
+        result = _score_exported(scorer, decoded, batch_size)
+    else:
+        batches = Batches(decoded.images, decoded.labels, batch_size=batch_size, device=device,
+                          mean=meta.mean, std=meta.std, channels_last=True)
+        network = TTAModel(model.to(memory_format=torch.channels_last), tta)
+        amp_dtype = amp_dtype_for(amp, device, first_stage_side(meta.spec, meta.img_size))  # as training validated
+        result = run_epoch(network, batches.epoch(0), criterion=nn.CrossEntropyLoss(),
+                           device=device, amp_dtype=amp_dtype, total_steps=len(batches),
+                           desc=f"evaluate {split_name}", progress=progress, keep_outputs=True)
     # batches are in order, so outputs line up with decoded.kept
     metrics = classification_metrics(result.logits, result.targets, meta.classes)
     metrics.update({**(extra or {}), "split": split_name, "tta": tta, "skipped": decoded.skipped,
@@ -111,17 +123,29 @@ def write_evaluation(model: nn.Module, meta: ModelMeta, decoded: DecodedSplit, s
                          meta.classes)
     if figures:
         # one try per gallery: a figure that cannot be drawn loses neither the metrics above nor the other one
-        for name, draw in (
-                ("predictions.png", lambda path: _plot_predictions(path, decoded.images, result.logits,
-                                                                   result.targets, meta.classes)),
-                ("misclassified.png", lambda path: _plot_misclassified(model, decoded.images, result.logits,
-                                                                       result.targets, meta, path, device))):
+        galleries = [("predictions.png", lambda path: _plot_predictions(path, decoded.images, result.logits,
+                                                                        result.targets, meta.classes))]
+        if model is not None:  # Grad-CAM needs the PyTorch network's gradients
+            galleries.append(("misclassified.png", lambda path: _plot_misclassified(
+                model, decoded.images, result.logits, result.targets, meta, path, device)))
+        for name, draw in galleries:
             try:
                 draw(out_dir / name)
             except Exception as err:  # noqa: BLE001
                 (out_dir / name).unlink(missing_ok=True)  # never half a figure
                 logger.warning(f"could not draw {out_dir / name}: {type(err).__name__}: {err}")
     return metrics
+
+
+def _score_exported(scorer: Classifier, decoded: DecodedSplit, batch_size: int) -> EpochResult:
+    """Logits of an exported model (onnxruntime) on the decoded split, in order, as run_epoch reports them."""
+    started = time.perf_counter()
+    logits = torch.cat([scorer.logits(decoded.images[i:i + batch_size]) for i in range(0, len(decoded), batch_size)])
+    seconds = time.perf_counter() - started
+    loss = float(nn.functional.cross_entropy(logits, decoded.labels))
+    accuracy = float((logits.argmax(1) == decoded.labels).float().mean())
+    return EpochResult(loss, accuracy, len(decoded), seconds, -(-len(decoded) // batch_size), logits,
+                       decoded.labels, torch.arange(len(decoded)))
 
 
 def _plot_predictions(path: Path, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,

@@ -12,6 +12,8 @@ mean/std and the input layout, so a consumer needs nothing else.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import load_model
-from .classifier import load_onnx
-from .errors import ExportError
+from .checkpoint import load_model, read_checkpoint
+from .classifier import from_model, load_onnx
+from .config import require_at_least
+from .errors import ConfigError, ExportError
 from .fileio import write_text
 from .log import logger
+from .quantize import ExportData, quantize_int8
 from .sidecar import METADATA_KEY, describe, sidecar_path
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript"}
@@ -32,24 +36,66 @@ CHECK_TOLERANCE = 1e-4  # max |runtime - PyTorch| on logits accepted at export t
 
 def export_model(checkpoint: str | Path, *, format: str = "onnx", out: str | Path | None = None,
                  dynamic_batch: bool = False, opset: int | None = None, arch: str | None = None,
-                 classes: list[str] | None = None, img_size: int | None = None) -> dict[str, Any]:
-    """Write the model and its sidecar, then check the runtime's logits against PyTorch's on random images."""
+                 classes: list[str] | None = None, img_size: int | None = None, quantize: str | None = None,
+                 calib_images: int = 256, data: str | None = None, max_drop: float = 1.0, check: bool = True,
+                 workers: int | None = None) -> dict[str, Any]:
+    """Write the model and its sidecar: checked against PyTorch's logits on random images, and (``check``, when
+    the run's data is there; always for ``quantize="int8"``) against the original's accuracy on the validation
+    split. A drop of more than ``max_drop`` points refuses the export: nothing is written."""
     if format not in FORMATS:
-        raise ExportError(f"unknown export format '{format}'; expected one of {', '.join(FORMATS)}")
-    model, meta = load_model(checkpoint, device="cpu", arch=arch, classes=classes, img_size=img_size)
+        raise ConfigError(f"unknown export format '{format}'; expected one of {', '.join(FORMATS)}")
+    if quantize not in (None, "int8") or (quantize and format != "onnx"):
+        raise ConfigError(f"--quantize {quantize} is not available for {format}; use --format onnx --quantize int8")
+    require_at_least("--calib-images", calib_images)
+    payload = read_checkpoint(checkpoint) if Path(checkpoint).suffix != ".safetensors" else None
+    model, meta = load_model(checkpoint, device="cpu", arch=arch, classes=classes, img_size=img_size,
+                             checkpoint=payload)
     model = model.float().eval()
     out = Path(out) if out else Path(checkpoint).with_suffix(FORMATS[format])
-    if out.parent != Path(""):
-        out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    saved = (payload or {}).get("config") or {}
+    images = None
+    if quantize or (check and (data or saved.get("data"))):
+        images = ExportData.open(saved, data, meta.classes, meta.img_size, workers)
+    elif check:
+        logger.warning("no data to check the export's accuracy on (pass --data DATA); only its logits are compared")
     info = describe(meta, format, dynamic_batch=dynamic_batch or format == "torchscript")
+    # how the run split its data: evaluate on the exported file opens the same validation split
+    info["training"] = {k: saved[k] for k in ("data", "val_split", "seed", "data_root", "follow_links") if k in saved}
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as folder:  # gone on any failure
+        written = _write(model, meta, info, Path(folder) / out.name, format, dynamic_batch, opset)
+        if quantize:
+            info["quantization"] = {"type": "int8", "method": "onnxruntime static QDQ, per-channel int8 weights, "
+                                    "uint8 activations (min-max)", "calibration_images": calib_images}
+            quantized = Path(folder) / f"int8-{out.name}"
+            quantize_int8(written, quantized, images.calibration(calib_images), meta.mean, meta.std)
+            written = quantized
+            _embed(written, info)  # quantize_static keeps no metadata
+        if images is not None:
+            info["validation"] = _accuracy_check(model, meta, written, info, images, max_drop)
+        if format == "onnx":
+            _embed(written, info)
+        os.replace(written, out)
+    sidecar = sidecar_path(out)
+    write_text(sidecar, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    worst, sizes = info["check"]["max_abs_diff_logits"], info["check"]["batch_sizes"]
+    logger.info(f"exported {format}{' int8' if quantize else ''} to {out} (+ {sidecar.name}); max |{format} - "
+                f"PyTorch| on logits = {worst:.1e} for batch sizes {sizes}")
+    return {"path": str(out), "sidecar": str(sidecar), "format": format, "max_abs_diff": worst,
+            "batch_sizes": sizes, "validation": info.get("validation")}
+
+
+def _write(model: torch.nn.Module, meta, info: dict, path: Path, format: str, dynamic_batch: bool,  # noqa: ANN001
+           opset: int | None) -> Path:
+    """The fp32 file at ``path``, its logits checked against PyTorch's (``info["check"]``)."""
     # batch 1 for a fixed-size export; 2 when dynamic, so the exporter cannot specialise the batch dim to 1
     example = torch.randn(2 if dynamic_batch else 1, 3, meta.img_size, meta.img_size)
     if format == "onnx":
-        _export_onnx(model, example, out, info, dynamic_batch=dynamic_batch, opset=opset)
-        run = load_onnx(out).backend.run_normalised
+        _export_onnx(model, example, path, info, dynamic_batch=dynamic_batch, opset=opset)
+        run = load_onnx(path).backend.run_normalised
     else:
-        _export_torchscript(model, example, out, info)
-        traced = _load_torchscript(out)
+        _export_torchscript(model, example, path, info)
+        traced = _load_torchscript(path)
         run = lambda x: traced(torch.from_numpy(x)).detach().numpy()  # noqa: E731
     # check batch 1 always, and an odd batch size when the batch dimension is dynamic
     sizes = [1, 3] if info["input"]["shape"][0] == "batch" else [1]
@@ -61,21 +107,49 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", out: str | Pat
             expected = model(x).numpy()
         worst = max(worst, float(np.abs(run(x.numpy()) - expected).max()))
     if worst > CHECK_TOLERANCE:
-        raise ExportError(f"{out}: exported logits differ from PyTorch's by {worst:.2e} (> {CHECK_TOLERANCE}); "
-                          "the export is not faithful")
+        raise ExportError(f"exported logits differ from PyTorch's by {worst:.2e} (> {CHECK_TOLERANCE}); the export "
+                          "is not faithful; nothing was written")
     info["check"] = {"max_abs_diff_logits": worst, "batch_sizes": sizes, "tolerance": CHECK_TOLERANCE}
-    sidecar = sidecar_path(out)
-    write_text(sidecar, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-    logger.info(f"exported {format} to {out} (+ {sidecar.name}); max |{format} - PyTorch| on logits = {worst:.1e} "
-                f"for batch sizes {sizes}")
-    return {"path": str(out), "sidecar": str(sidecar), "format": format, "max_abs_diff": worst,
-            "batch_sizes": sizes}
+    return path
+
+
+def _accuracy_check(model: torch.nn.Module, meta, written: Path, info: dict, images: ExportData,  # noqa: ANN001
+                    max_drop: float) -> dict:
+    """The original and the exported model on the validation split, side by side; a drop over ``max_drop``
+    points is an ExportError (the caller's temp folder goes, so nothing is written)."""
+    original, count = images.accuracy(from_model(model, meta, torch.device("cpu")))
+    if info["format"] == "onnx":
+        exported, _ = images.accuracy(load_onnx(written))
+    else:
+        traced = _load_torchscript(written)
+        exported, _ = images.accuracy(from_model(traced, meta, torch.device("cpu")))
+    drop = 100.0 * (original - exported)
+    logger.info(f"validation accuracy on {count} images: PyTorch {original:.4f}, exported {exported:.4f} "
+                f"({drop:+.2f} points lost; --max-drop {max_drop:g})")
+    if drop > max_drop:
+        raise ExportError(f"the exported model loses {drop:.2f} accuracy points on the validation split "
+                          f"({original:.4f} -> {exported:.4f}), more than --max-drop {max_drop:g}; nothing was written")
+    return {"images": count, "accuracy_pytorch": original, "accuracy_exported": exported, "drop_points": drop}
+
+
+def _embed(path: Path, info: dict) -> None:
+    """The sidecar inside the ONNX file too (metadata_props), so the file alone is enough for load_onnx."""
+    import onnx
+
+    proto = onnx.load(path)
+    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps({k: v for k, v in info.items() if k != "check"},
+                                                      ensure_ascii=False)
+    onnx.save(proto, path)
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, out: Path, info: dict, *, dynamic_batch: bool,
                  opset: int | None) -> None:
     try:
-        import onnx
+        import onnx  # noqa: F401 - needed to embed the sidecar
         import onnxscript  # noqa: F401 - torch's dynamo exporter needs it
     except ImportError as err:
         raise ExportError(f"ONNX export needs the 'export' extra ({err.name} is missing): "
@@ -86,11 +160,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, out: Path, info:
                           external_data=False, dynamic_shapes=dynamic_shapes, opset_version=opset, verbose=False)
     except Exception as err:  # noqa: BLE001 - the exporter raises many types; say which model failed
         raise ExportError(f"ONNX export of {info['model_spec']['arch']} failed: {str(err)[:400]}") from None
-    # embed the sidecar too, so the .onnx file alone is enough for load_onnx
-    proto = onnx.load(out)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(info, ensure_ascii=False)
-    onnx.save(proto, out)
+    _embed(out, info)
 
 
 def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, out: Path, info: dict) -> None:

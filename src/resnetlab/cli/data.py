@@ -1,0 +1,92 @@
+"""The verbs that read a data set and train on it: train, lr-find, check."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import TrainConfig, add_train_flags, recipe_values
+from .flags import decode_flags
+
+
+def train_parser(sub) -> None:
+    train = sub.add_parser("train", help="train a classifier on a folder, CSV or built-in data set",
+                           description="Train a ResNet. Writes runs/NAME/: config.yaml, metrics.csv, best.pt, "
+                                       "last.pt, curves.png, data_report.json (and split.csv when split for you), "
+                                       "samples.png (a training batch after augmentation); when the run "
+                                       "finishes (last epoch, --time-limit or --early-stop) best.pt is "
+                                       "evaluated on the validation split: metrics.json, "
+                                       "confusion_matrix.csv/.png, misclassified.csv, predictions.png, "
+                                       "misclassified.png (Grad-CAM), and report.html shows it all. A run "
+                                       "stopped by Ctrl-C or --stop-after-steps writes these when resumed to "
+                                       "its end.")
+    add_train_flags(train)
+
+
+def train_run(args: argparse.Namespace) -> int:
+    from ..training import train  # every verb's module is imported when it runs: --help never loads torch
+
+    if getattr(args, "resume", None):  # the run's saved settings, changed only by the flags given now
+        result = train(**{k: v for k, v in train_flags(args).items() if v is not None})
+    else:
+        result = train(train_config(args))
+    return 128 + result.stop_signal if result.stopped == "signal" and result.stop_signal else 0
+
+
+def train_flags(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("command", "recipe", "config", "quiet", "verbose")}
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < --recipe < --config YAML < flags given on the command line."""
+    return TrainConfig.from_sources(args.config, train_flags(args), base=recipe_values(args.recipe))
+
+
+def lr_find_parser(sub) -> None:
+    finder = sub.add_parser("lr-find", help="learning-rate range test: plot loss against LR, suggest a value",
+                            description="Trains a copy of the model for a few hundred steps while the learning "
+                                        "rate rises from 1e-6 to 10; writes lr_find.png and lr_find.csv to --out "
+                                        "(default runs/lr-find) and prints the suggested --lr. Takes the same "
+                                        "options as train.")
+    add_train_flags(finder)
+
+
+def lr_find_run(args: argparse.Namespace) -> int:
+    from ..training.lr_find import find_lr
+
+    config = train_config(args)
+    find_lr(config, Path(config.out or "runs/lr-find"))
+    return 0
+
+
+def check_parser(sub) -> None:
+    check = sub.add_parser("check", help="report problems in a data set before training",
+                           description="Decodes every image once (filling the cache training reuses) and lists "
+                                       "per-class counts and every problem with its path and reason: unreadable, "
+                                       "truncated or non-image files, decompression bombs, EXIF rotation, the same "
+                                       "image in train and val/test, empty class folders, class imbalance. "
+                                       "Exit code 1 when there are unreadable files, 2 when the data is unusable.")
+    check.add_argument("data", help="image folder, CSV or built-in name")
+    check.add_argument("--img-size", type=int, default=None, help="decode size (default: what train would use)")
+    check.add_argument("--val-split", type=float, default=0.1, help="as for train (default: 0.1)")
+    check.add_argument("--seed", type=int, default=0, help="as for train (default: 0)")
+    check.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")
+    check.add_argument("--json", default=None, help="also write the full report to this JSON file")
+    check.add_argument("--follow-links", action="store_true", help="as for train: follow folder links out of DATA")
+    decode_flags(check)
+
+
+def check_run(args: argparse.Namespace) -> int:
+    from ..data.check import check_data, format_report
+    from ..data.sources import default_img_size, open_data
+    from ..fileio import write_json
+    from ..log import progress_enabled
+
+    source = open_data(args.data, val_split=args.val_split, seed=args.seed, data_root=args.data_root,
+                       follow_links=args.follow_links)
+    size = args.img_size or default_img_size(source)
+    report = check_data(source, size, workers=args.workers, progress=progress_enabled(args.progress))
+    print(format_report(report))  # the report is the command's output (stdout), not a log message
+    if args.json:
+        write_json(Path(args.json), report)
+    return 1 if report["skipped"] else 0

@@ -1,0 +1,218 @@
+"""The verbs that use a trained model: evaluate, predict, explain, export, serve, summary, report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..log import logger
+from .flags import bare, checkpoint_flags, common_model_flags
+
+
+def evaluate_parser(sub) -> None:
+    evaluate = sub.add_parser("evaluate", help="metrics of a checkpoint on a data split",
+                              description="Writes metrics.json, confusion_matrix.csv/.png, misclassified.csv, "
+                                          "predictions.png and misclassified.png (Grad-CAM) to --out. Then "
+                                          "refreshes the run's report.html when the checkpoint is in a run "
+                                          "folder and --out is inside it (the default), else writes "
+                                          "report.html into --out.")
+    checkpoint_flags(evaluate)
+    evaluate.add_argument("data", help="image folder, CSV or built-in name")
+    evaluate.add_argument("--split", default="val", choices=("train", "val", "test"), help="default: val")
+    evaluate.add_argument("--out", default=None, help="output folder (default: CHECKPOINT_DIR/eval-SPLIT)")
+    evaluate.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")
+    evaluate.add_argument("--mlflow", nargs="?", const="auto", default=None, metavar="URI",
+                          help="also log the metrics (as SPLIT_accuracy, ...) to the MLflow run that trained the "
+                               "checkpoint (its URI is saved in the run folder; or give one)")
+    common_model_flags(evaluate)
+
+
+def evaluate_run(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate
+
+    evaluate(args.checkpoint, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
+             device=args.device, workers=args.workers, data_root=args.data_root, progress=args.progress,
+             tta=args.tta, mlflow=args.mlflow, **bare(args))
+    return 0
+
+
+def predict_parser(sub) -> None:
+    predict = sub.add_parser("predict", help="top-k predictions for image files and folders, as CSV",
+                             description="Writes a CSV: path,label,confidence,top2_label,top2_prob,...,error.")
+    checkpoint_flags(predict)
+    predict.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    predict.add_argument("--out", default="predictions.csv", help="CSV path (default: predictions.csv)")
+    predict.add_argument("--topk", type=int, default=3, help="labels per image (default: 3)")
+    predict.add_argument("--allow-errors", action="store_true",
+                         help="exit 0 when some inputs could not be read (their rows carry the error); default: 1")
+    predict.add_argument("--cam", default=None, metavar="DIR",
+                         help="also write a Grad-CAM overlay PNG of the predicted class per image into DIR and "
+                              "add its path as a 'cam' column (before 'error')")
+    common_model_flags(predict)
+
+
+def predict_run(args: argparse.Namespace) -> int:
+    from ..predict import predict_files
+
+    summary = predict_files(args.checkpoint, args.inputs, out=args.out, topk=args.topk, batch_size=args.batch_size,
+                            device=args.device, workers=args.workers, progress=args.progress, tta=args.tta,
+                            cam=args.cam, **bare(args))
+    return 0 if summary["predicted"] and (not summary["failed"] or args.allow_errors) else 1
+
+
+def explain_parser(sub) -> None:
+    explain = sub.add_parser(
+        "explain", help="Grad-CAM heat maps for images, folders or a split's most confident mistakes",
+        description="Heat maps of where the model looked (pytorch-grad-cam). Writes to --out one overlay PNG per "
+                    "image at its original size (NNNN_NAME.png; label, probability, target class and method in "
+                    "its PNG text), explain_grid.png ('true / predicted (p)' titles, first 64 images) and "
+                    "explain.csv (path,overlay,true,predicted,probability,target,error). Unreadable files are "
+                    "skipped and named.")
+    checkpoint_flags(explain)
+    explain.add_argument("inputs", nargs="*", help="image files and/or folders (searched recursively)")
+    explain.add_argument("--misclassified", default=None, metavar="DATA",
+                         help="instead of INPUTS: the --limit most confident mistakes of --split of this data set "
+                              "(image folder, CSV or built-in name)")
+    explain.add_argument("--split", default="val", choices=("train", "val", "test"),
+                         help="split for --misclassified (default: val)")
+    explain.add_argument("--limit", type=int, default=16, help="mistakes to explain with --misclassified (default: 16)")
+    explain.add_argument("--method", default="gradcam", metavar="METHOD",
+                         help="gradcam (default), gradcam++, xgradcam, layercam, eigencam, scorecam or ablationcam "
+                              "(the last two run one forward pass per feature channel: slow)")
+    explain.add_argument("--layer", default=None,
+                         help="dotted module name, e.g. layer3.1 or layer4.-1 (default: the last block of the last "
+                              "stage)")
+    explain.add_argument("--target", default="pred",
+                         help="class whose evidence is shown: pred (default), true (needs --misclassified) or a "
+                              "class name")
+    explain.add_argument("--out", default=None, help="output folder (default: CHECKPOINT_DIR/explain, or "
+                                                     "CHECKPOINT_DIR/explain-misclassified-SPLIT)")
+    explain.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")
+    # the backward pass keeps activations alive: smaller batches than predict's 256
+    common_model_flags(explain, batch_size=32, tta=False)
+
+
+def explain_run(args: argparse.Namespace) -> int:
+    from ..explain import explain
+
+    summary = explain(args.checkpoint, args.inputs, misclassified=args.misclassified, split=args.split,
+                      limit=args.limit, method=args.method, layer=args.layer, target=args.target, out=args.out,
+                      batch_size=args.batch_size, device=args.device, workers=args.workers, data_root=args.data_root,
+                      progress=args.progress, **bare(args))
+    return 0 if summary["explained"] or args.misclassified else 1
+
+
+def export_parser(sub) -> None:
+    export = sub.add_parser("export", help="write the model as ONNX (fp32 or int8) or TorchScript, with a JSON sidecar",
+                            description="Writes FILE and FILE.json (classes, image size, mean/std, input layout, the "
+                                        "preprocessing steps). The model takes normalised float32 N x 3 x S x S RGB "
+                                        "images and returns logits; the export is checked against PyTorch on random "
+                                        "images and, when the run's data is there, by the accuracy of both on its "
+                                        "validation split (refused, nothing written, past --max-drop).")
+    checkpoint_flags(export)
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript"), help="onnx or torchscript")
+    export.add_argument("--out", default=None,
+                        help="output file (default: the checkpoint's name with .onnx / .torchscript)")
+    export.add_argument("--dynamic-batch", action="store_true",
+                        help="ONNX: any batch size (default: batch 1); TorchScript always takes any batch size")
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    export.add_argument("--quantize", choices=("int8",), default=None,
+                        help="ONNX: static int8 (onnxruntime QDQ, per-channel weights), calibrated on the run's "
+                             "training images")
+    export.add_argument("--calib-images", type=int, default=256,
+                        help="training images that calibrate --quantize int8, spread over every class (default: 256)")
+    export.add_argument("--data", default=None, help="the data set (default: the one the checkpoint was trained on)")
+    export.add_argument("--max-drop", type=float, default=1.0,
+                        help="refuse the export when it loses more validation accuracy points (default: 1.0)")
+    export.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                        help="compare validation accuracy before and after (default: on when the data is there)")
+    export.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU cores)")
+
+
+def export_run(args: argparse.Namespace) -> int:
+    from ..export import export_model
+
+    export_model(args.checkpoint, format=args.format, out=args.out, dynamic_batch=args.dynamic_batch,
+                 opset=args.opset, quantize=args.quantize, calib_images=args.calib_images, data=args.data,
+                 max_drop=args.max_drop, check=args.check, workers=args.workers, **bare(args))
+    return 0
+
+
+def serve_parser(sub) -> None:
+    from ..serve import ServeLimits
+
+    serve = sub.add_parser("serve", help="HTTP prediction service with a web page (FastAPI + uvicorn)",
+                           description="Serves GET / (a page: drop an image, see the top-5 and the heat map), "
+                                       "GET /health, GET /classes, POST /predict (multipart 'file' or 'files'), "
+                                       "POST /explain (Grad-CAM PNG) and the OpenAPI docs at /docs.")
+    serve.add_argument("checkpoint", help="best.pt / last.pt of a run, or an exported .onnx file")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 = every network)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ServeLimits.add_flags(serve)
+
+
+def serve_run(args: argparse.Namespace) -> int:
+    from ..serve import ServeLimits, serve
+
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, limits=ServeLimits.from_flags(args))
+    return 0
+
+
+def summary_parser(sub) -> None:
+    summary = sub.add_parser("summary", help="layer table, parameter count, MACs and FLOPs of a model",
+                             description="Prints a table of the network's layers (name, output shape, parameters), "
+                                         "the total and trainable parameters, and MACs/FLOPs for one image "
+                                         "(torch's flop counter; 1 MAC = 2 FLOPs). Give --model with the train "
+                                         "options, or a checkpoint (its model and image size are used).")
+    summary.add_argument("checkpoint", nargs="?", help="best.pt / last.pt of a run (instead of --model)")
+    summary.add_argument("--model", default=None, help="architecture, e.g. resnet18, resnet50")
+    summary.add_argument("--img-size", type=int, default=224, help="input image side in pixels (default: 224)")
+    summary.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default: 1000)")
+    summary.add_argument("--stem", default="auto", choices=("auto", "small", "standard"),
+                         help="as for train; auto = small at or below 64 px (default: auto)")
+    summary.add_argument("--width", type=float, default=1.0, help="channel multiplier, as for train (default: 1)")
+    summary.add_argument("--head", default="linear", choices=("linear", "mlp"), help="as for train (default: linear)")
+    summary.add_argument("--hidden", type=int, default=512, help="mlp head hidden units (default: 512)")
+    summary.add_argument("--depth", type=int, default=2,
+                         help="module nesting shown: 1 = stem, stages, pooling, head; 2 = also each block "
+                              "(default: 2)")
+    summary.add_argument("--json", default=None, help="also write the summary to this JSON file")
+
+
+def summary_run(args: argparse.Namespace) -> int:
+    from ..fileio import write_json
+    from ..summary import format_summary, summary_for_checkpoint, summary_for_spec
+
+    if bool(args.checkpoint) == bool(args.model):
+        raise ConfigError("summary needs either --model ARCH or a CHECKPOINT (not both)")
+    if args.checkpoint:
+        result = summary_for_checkpoint(args.checkpoint, depth=args.depth)
+    else:
+        result = summary_for_spec(args.model, args.num_classes, args.img_size, head=args.head, hidden=args.hidden,
+                                  stem=args.stem, width=args.width, depth=args.depth)
+    print(format_summary(result))
+    if args.json:
+        write_json(Path(args.json), result.to_dict())
+    return 0
+
+
+def report_parser(sub) -> None:
+    report = sub.add_parser("report", help="one self-contained report.html for a run folder",
+                            description="Builds report.html from what RUN_DIR holds: config, data summary, "
+                                        "curves, final and best metrics, per-class table, confusion matrix, "
+                                        "galleries, model summary, environment. Images are embedded, nothing is "
+                                        "fetched from the network: the file works offline and can be mailed. "
+                                        "train and evaluate write it by themselves.")
+    report.add_argument("run_dir", help="a run folder (runs/NAME) or an evaluation folder")
+    report.add_argument("--out", default=None, help="output file (default: RUN_DIR/report.html)")
+
+
+def report_run(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    path = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    logger.info(f"wrote {path}")
+    return 0
