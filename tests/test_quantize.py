@@ -73,3 +73,16 @@ def test_int8_needs_the_runs_images_and_fp32_exports_check_when_they_can(model, 
     assert "validation" not in json.loads((tmp_path / "c.torchscript.json").read_text(encoding="utf-8"))
     assert main(["export", str(best), "--format", "torchscript", "--quantize", "int8"]) == 2
     assert "--quantize int8 is not available for torchscript" in capsys.readouterr().err
+
+
+def test_serve_runtime_choice(model, tmp_path: Path):
+    from resnetlab.errors import ConfigError
+    from resnetlab.serve import _load_for
+
+    best, _ = model
+    assert _load_for(best, "auto", "cpu", tmp_path).runtime == "torch"  # keeps /explain
+    fast = _load_for(best, "onnxruntime", "cpu", tmp_path)  # exported for the server's lifetime
+    assert fast.runtime == "onnxruntime" and (tmp_path / "model.onnx").is_file()
+    assert _load_for(tmp_path / "model.onnx", "auto", "cpu", tmp_path).runtime == "onnxruntime"
+    with pytest.raises(ConfigError, match="runs in onnxruntime"):
+        _load_for(tmp_path / "model.onnx", "torch", "cpu", tmp_path)

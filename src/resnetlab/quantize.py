@@ -90,11 +90,14 @@ def quantize_int8(fp32: Path, out: Path, calibration: DecodedSplit, mean: list[f
     """Static QDQ int8 with per-channel weights, calibrated on ``calibration`` (uint8 images of the model's size)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static  # the optional 'export' extra
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fixed = onnx.load(fp32, load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0].dim_value
     if len(calibration) == 0:
         raise ExportError("no readable training images to calibrate the int8 model on")
     logger.info(f"int8: calibrating on {len(calibration)} training images")
     reader = _Calibration(calibration.images, mean, std, fixed or CALIBRATION_BATCH)  # a fixed-batch export: its size
-    quantize_static(str(fp32), str(out), reader, quant_format=QuantFormat.QDQ,
+    prepared = out.with_name(f"prepared-{out.name}")  # shapes inferred and the graph folded, as onnxruntime advises
+    quant_pre_process(str(fp32), str(prepared))
+    quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ,
                     per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)

@@ -151,13 +151,18 @@ def serve_parser(sub) -> None:
                        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 = every network)")
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    serve.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnxruntime"),
+                       help="auto: an .onnx file in onnxruntime, a checkpoint in torch (which also serves /explain); "
+                            "onnxruntime: a checkpoint is exported to ONNX for the server (faster on CPUs, no "
+                            "/explain) (default: auto)")
     ServeLimits.add_flags(serve)
 
 
 def serve_run(args: argparse.Namespace) -> int:
     from ..serve import ServeLimits, serve
 
-    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, limits=ServeLimits.from_flags(args))
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, limits=ServeLimits.from_flags(args),
+          runtime=args.runtime)
     return 0
 
 
