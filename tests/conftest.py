@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import settings
 from PIL import Image, ImageDraw
 
+import resnetlab
 from resnetlab.log import configure
 
 # What results depend on, pinned for every test and every process a test starts: the CPU (never a GPU that a
@@ -19,6 +24,11 @@ from resnetlab.log import configure
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["RESNETLAB_CPU_BF16"] = "0"
+# One compute thread per process (and per process a test starts), unless OMP_NUM_THREADS says otherwise: the tiny
+# models here are too small to gain from two, and on a 2-core machine that is shared, or busy with a server thread
+# or a second rank beside the test, two OpenMP threads waiting on each other make a training step 5-40x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 settings.register_profile("ci", derandomize=True, database=None, deadline=None)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
@@ -91,3 +101,82 @@ def csv_dataset(tmp_path: Path) -> Path:
         writer.writerow(["path", "label", "split"])
         writer.writerows(rows)
     return csv_path
+
+
+# One tiny trained run for the whole session: the tests that only need *a* checkpoint (evaluate, predict, export, serve,
+# report, explain, TTA) share it instead of each training their own. It is read-only: a test that writes into a run
+# folder (export beside best.pt, evaluate into it) works on ``trained_run.copy_to(tmp_path / ...)``.
+TRAINED_SETTINGS = {"epochs": 1, "img_size": 16, "width": 0.25, "batch_size": 16, "lr": 0.05, "progress": False,
+                    "workers": 1, "device": "cpu", "seed": 0}
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    run_dir: Path  # best.pt, last.pt, metrics.csv, config.yaml, report.html, ...: never write here
+    data: Path  # the toy set it was trained on: Train/<class>/..., Val/<class>/... (TOY_CLASSES)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    def copy_to(self, destination: Path) -> Path:
+        """A private copy of the run folder, for tests that write into it; returns ``destination``."""
+        shutil.copytree(self.run_dir, destination)
+        return destination
+
+
+_SESSION: dict = {}
+
+
+def _fingerprint(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_tmp(tmp_path_factory):
+    """Remembers the session's tmp_path_factory for ``trained_tiny_run`` (also called outside fixtures, by
+    serving.train_tiny); at the end, fails if any test changed the shared run or its data."""
+    _SESSION["factory"] = tmp_path_factory
+    yield
+    fingerprints = _SESSION.get("fingerprints", {})
+    _SESSION.clear()
+    changed = [name for name, (folder, before) in fingerprints.items() if _fingerprint(folder) != before]
+    assert not changed, f"a test wrote into the shared trained run's {changed}: copy it first (copy_to)"
+
+
+def trained_tiny_run() -> TrainedRun:
+    """The session's trained run, trained on first use: one epoch of a quarter-width ResNet-18 on 16 px toy images
+    (3 classes, 72 training and 24 validation images), seeded, on the CPU."""
+    if "trained" not in _SESSION:
+        root = _SESSION["factory"].mktemp("trained")
+        data = root / "toy"
+        write_class_folders(data / "Train", 24, seed=1)
+        write_class_folders(data / "Val", 8, seed=2)
+        result = resnetlab.train(data=str(data), out=str(root / "run"), cache_dir=str(root / "cache"),
+                                 **TRAINED_SETTINGS)
+        trained = TrainedRun(result.run_dir, data)
+        _SESSION["fingerprints"] = {"run folder": (trained.run_dir, _fingerprint(trained.run_dir)),
+                                    "data": (data, _fingerprint(data))}
+        _SESSION["trained"] = trained
+    return _SESSION["trained"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(_session_tmp) -> TrainedRun:
+    return trained_tiny_run()
+
+
+@pytest.fixture
+def no_figures(monkeypatch) -> list[Path]:
+    """Training without samples.png, curves.png and the end-of-run evaluation and report.html, which take a few
+    seconds of every tiny run on 2 cores: for tests about the training itself (test_report covers those files).
+    Returns the run folders whose end-of-run evaluation was called, in order."""
+    import resnetlab.training.loop
+    import resnetlab.training.run
+
+    finished: list[Path] = []
+    monkeypatch.setattr(resnetlab.training.run, "finish_run", lambda run_dir, *args, **kwargs: finished.append(run_dir))
+    monkeypatch.setattr(resnetlab.training.run, "plot_samples", lambda *args, **kwargs: None)
+    monkeypatch.setattr(resnetlab.training.loop, "plot_curves", lambda *args, **kwargs: None)
+    return finished

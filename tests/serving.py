@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -11,18 +12,15 @@ from pathlib import Path
 
 from PIL import Image
 
-import resnetlab
-from conftest import write_class_folders
+from conftest import trained_tiny_run
 
 
 def train_tiny(root: Path) -> tuple[Path, Path]:
-    """(best.pt, data folder): one epoch of a quarter-width ResNet-18 on 16 px toy images, a few seconds."""
-    data = root / "toy"
-    write_class_folders(data / "Train", 24, seed=1)
-    write_class_folders(data / "Val", 8, seed=2)
-    run = root / "run"
-    resnetlab.train(data=str(data), out=str(run), epochs=1, img_size=16, width=0.25, batch_size=16, lr=0.05,
-                    progress=False, workers=1, cache_dir=str(root / "cache"))
+    """(best.pt, data folder) in ``root``: private copies of the session's trained run (one epoch of a quarter-width
+    ResNet-18 on 16 px toy images, trained once per session: conftest.trained_tiny_run) and of its toy data."""
+    trained = trained_tiny_run()
+    run = trained.copy_to(root / "run")
+    data = shutil.copytree(trained.data, root / "toy")
     return run / "best.pt", data
 
 

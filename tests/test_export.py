@@ -20,17 +20,17 @@ from resnetlab.classifier import load_onnx
 from resnetlab.cli import main
 from resnetlab.errors import ExportError
 from resnetlab.export import export_model
-from serving import train_tiny
 
 TOLERANCE = 1e-4  # the issue's bar for |onnxruntime - PyTorch|
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> dict:
-    """One tiny model, exported once as dynamic-batch ONNX, batch-1 ONNX and TorchScript."""
+def exported(tmp_path_factory, trained_run) -> dict:
+    """The session's tiny model, exported once as dynamic-batch ONNX, batch-1 ONNX and TorchScript (into a copy of
+    its run folder: the default export path is beside best.pt)."""
     root = tmp_path_factory.mktemp("export")
-    checkpoint, data = train_tiny(root)
-    files = {"checkpoint": checkpoint, "data": data, "root": root}
+    checkpoint = trained_run.copy_to(root / "run") / "best.pt"
+    files = {"checkpoint": checkpoint, "data": trained_run.data, "root": root}
     files["dynamic"] = Path(export_model(checkpoint, format="onnx", dynamic_batch=True)["path"])
     files["fixed"] = Path(export_model(checkpoint, format="onnx", out=root / "fixed" / "b1.onnx")["path"])
     files["torchscript"] = Path(export_model(checkpoint, format="torchscript")["path"])
@@ -148,7 +148,7 @@ def test_cli_predict_runs_an_exported_onnx_file(exported, tmp_path, capsys):
     capsys.readouterr()
     broken = tmp_path / "broken.onnx"
     broken.write_text("not onnx")
-    assert main(["predict", str(broken), val, "--out", str(tmp_path / "x.csv"), "--no-progress"]) == 2
+    assert main(["predict", str(broken), val, "--out", str(tmp_path / "x.csv"), "--no-progress"]) == 1  # bad input
     assert "resnetlab predict: error: cannot load ONNX model" in capsys.readouterr().err
 
 
@@ -157,7 +157,7 @@ def test_cli_export_flags_and_errors(exported, tmp_path, capsys):
     assert main(["export", str(exported["checkpoint"]), "--format", "torchscript", "--out", str(out)]) == 0
     assert out.is_file() and Path(str(out) + ".json").is_file()
     assert "max |torchscript - PyTorch|" in capsys.readouterr().out
-    assert main(["export", str(tmp_path / "missing.pt"), "--format", "onnx"]) == 2
+    assert main(["export", str(tmp_path / "missing.pt"), "--format", "onnx"]) == 1  # bad input, not usage
     assert "resnetlab export: error: checkpoint not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", str(exported["checkpoint"]), "--format", "tflite"])

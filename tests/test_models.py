@@ -11,9 +11,13 @@ import torchvision
 from safetensors.torch import save_file
 
 import resnetlab
+import resnetlab.training.run
 from conftest import write_class_folders
 from resnetlab.cli import main
+from resnetlab.config import TrainConfig
+from resnetlab.data.loaders import Batches
 from resnetlab.models import ModelError, ModelSpec, build_model, load_pretrained, set_backbone_trainable
+from resnetlab.training.setup import class_balance
 
 TINY = {"img_size": 16, "width": 0.25, "batch_size": 16, "progress": False, "workers": 1, "lr": 0.05}
 
@@ -81,7 +85,7 @@ def test_pretrained_for_another_architecture_is_refused(tmp_path: Path):
         load_pretrained(build_model(spec), str(tmp_path / "missing.pth"), spec)
 
 
-def test_frozen_backbone_trains_only_the_head_then_unfreezes(tmp_path: Path):
+def test_frozen_backbone_trains_only_the_head_then_unfreezes(tmp_path: Path, no_figures):
     data = write_class_folders(tmp_path / "toy", 16, seed=5)
     weights = tmp_path / "start.safetensors"
     spec = ModelSpec("resnet18", 3, stem="small", width=0.25)
@@ -108,7 +112,7 @@ def test_set_backbone_trainable_leaves_the_mlp_head_trainable():
     assert trainable == {"fc.0.weight", "fc.0.bias", "fc.3.weight", "fc.3.bias"}
 
 
-def test_stem_is_small_at_64px_and_below(tmp_path: Path):
+def test_stem_is_small_at_64px_and_below(tmp_path: Path, no_figures):
     data = write_class_folders(tmp_path / "toy", 8, seed=2)
     for size, stem in ((16, "small"), (72, "standard")):
         settings = dict(TINY, img_size=size)
@@ -117,11 +121,48 @@ def test_stem_is_small_at_64px_and_below(tmp_path: Path):
         assert saved["model_spec"]["stem"] == stem
 
 
-def test_balance_and_dataset_norm(tmp_path: Path, capsys):
+def test_class_balance_is_inverse_frequency_and_the_sampler_draws_classes_evenly():
+    labels = torch.tensor([0] * 30 + [1] * 30 + [2] * 6)
+    cpu = torch.device("cpu")
+    weights, sampling = class_balance(TrainConfig(data="x", balance="weights"), labels, 3, cpu)
+    assert sampling is None
+    assert weights.tolist() == pytest.approx([66 / (3 * 30), 66 / (3 * 30), 66 / (3 * 6)])  # n / (K * count)
+    assert (weights * torch.tensor([30.0, 30.0, 6.0])).tolist() == pytest.approx([22.0] * 3)  # equal total weight
+    absent, _ = class_balance(TrainConfig(data="x", balance="weights"), labels, 4, cpu)  # a class with no image
+    assert torch.isfinite(absent).all()
+    no_weights, sampling = class_balance(TrainConfig(data="x", balance="sampler"), labels, 3, cpu)
+    assert no_weights is None and sampling.tolist() == pytest.approx([1 / 30] * 60 + [1 / 6] * 6)
+    assert class_balance(TrainConfig(data="x"), labels, 3, cpu) == (None, None)
+
+    images = torch.zeros(66, 3, 8, 8, dtype=torch.uint8)
+    batches = {name: Batches(images, labels, batch_size=11, device=cpu, mean=[0.5] * 3, std=[0.25] * 3, shuffle=True,
+                             sample_weights=weights_, seed=0) for name, weights_ in (("sampler", sampling),
+                                                                                      ("shuffle", None))}
+    share = {}
+    for name, source in batches.items():
+        drawn = torch.cat([y for epoch in range(1, 6) for _, y, _ in source.epoch(epoch)])
+        assert len(drawn) == 5 * 66
+        share[name] = (torch.bincount(drawn, minlength=3) / len(drawn)).tolist()
+    assert share["shuffle"] == pytest.approx([30 / 66, 30 / 66, 6 / 66])  # every image once an epoch
+    assert all(0.25 < s < 0.42 for s in share["sampler"]), share  # about a third each, the rare class included
+
+
+def test_balance_reaches_the_training_loss_and_batches_and_dataset_norm(tmp_path: Path, capsys, monkeypatch,
+                                                                        no_figures):
     root = tmp_path / "skewed"
     write_class_folders(root, 30, seed=1)
     for extra in sorted((root / "red").iterdir())[6:]:
         extra.unlink()  # red: 6 images, the others 30
+    seen: dict[str, dict] = {}
+    build_objective = resnetlab.training.run.build_objective
+
+    def recording_objective(cfg, num_classes, class_weights):  # noqa: ANN001, ANN202
+        objective = build_objective(cfg, num_classes, class_weights)
+        record = seen[cfg.balance] = {"weights": class_weights, "labels": [], "loss": objective.train}
+        objective.train = lambda logits, y: record["labels"].append(y) or record["loss"](logits, y)
+        return objective
+
+    monkeypatch.setattr(resnetlab.training.run, "build_objective", recording_objective)
     for balance in ("weights", "sampler"):
         assert main(["train", str(root), "--balance", balance, "--norm", "dataset", "--epochs", "1", "--out",
                      str(tmp_path / balance), "--img-size", "16", "--width", "0.25", "--batch-size", "16",
@@ -130,6 +171,16 @@ def test_balance_and_dataset_norm(tmp_path: Path, capsys):
         assert "red=5" in printed or "red=4" in printed, "class counts are printed at the start"
         saved = torch.load(tmp_path / balance / "best.pt", weights_only=True)
         assert saved["mean"] != [0.485, 0.456, 0.406] and all(0 < s < 1 for s in saved["std"])
+    with open(tmp_path / "weights" / "split.csv", newline="", encoding="utf-8") as handle:
+        train = [row["label"] for row in csv.DictReader(handle) if row["split"] == "train"]
+    counts = torch.tensor([float(train.count(name)) for name in ("blue sky", "green léaf", "red")])
+    weights = seen["weights"]["weights"]  # the training loss weighs each class by its inverse frequency
+    assert weights.tolist() == pytest.approx((counts.sum() / (3 * counts)).tolist())
+    assert torch.equal(seen["weights"]["loss"].weight, weights)
+    assert seen["sampler"]["weights"] is None and seen["sampler"]["loss"].weight is None
+    # the sampler draws the rare class about as often as the others: far more than its 1 image in 11
+    drawn = torch.bincount(torch.cat(seen["sampler"]["labels"]), minlength=3)
+    assert drawn[2] > 2 * counts[2] * drawn.sum() / counts.sum(), (drawn, counts)
     rows = list(csv.DictReader((tmp_path / "sampler" / "metrics.csv").read_text(encoding="utf-8").splitlines()))
     assert len(rows) == 1
 

@@ -198,13 +198,14 @@ def test_gallery_titles_with_dollar_signs_are_drawn_as_written(tmp_path: Path):
     assert Image.open(tmp_path / "grid.png").size[0] > 100
 
 
-def test_report_of_a_partial_folder_leaves_pieces_out(tmp_path: Path, run):
+def test_report_of_a_partial_folder_leaves_pieces_out(tmp_path: Path, run, capsys):
     partial = tmp_path / "partial"
     partial.mkdir()
     shutil.copy(run["dir"] / "config.yaml", partial)
     page = write_report(partial).read_text(encoding="utf-8")
     assert "no metrics.json yet" in page and "no data_report.json" in page and "no checkpoint found" in page
-    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert main(["report", str(tmp_path / "missing")]) == 1  # bad input, not a usage error
+    assert f"{tmp_path / 'missing'} is not a folder" in capsys.readouterr().err
 
 
 def test_evaluate_outside_the_run_writes_its_own_report_and_cli_report(tmp_path: Path, run, capsys):

@@ -204,11 +204,14 @@ def _log_epoch(row: dict, planned: int, improved: bool) -> None:
 def _stop_reason(run: Run, epoch: int, planned: int, stop: StopRequests) -> str | None:
     """Why the run ends after ``epoch`` before its plan does: "signal", "steps", "early-stop", or None."""
     cfg = run.cfg
-    if any_rank(stop.requested, run.info) or (cfg.stop_after_steps and run.steps_run >= cfg.stop_after_steps):
-        reason = "signal" if any_rank(stop.requested, run.info) else "steps"
-        if epoch < planned:
-            logger.info(f"stopped after epoch {epoch}; resume with: resnetlab train --resume {run.run_dir}")
-        return reason
+    signalled = any_rank(stop.requested, run.info)
+    if signalled and epoch >= planned:  # the plan is complete; only the end-of-run evaluation is skipped
+        logger.info(f"stopped after the last epoch: training is complete; finish with: resnetlab evaluate "
+                    f"{run.run_dir / 'best.pt'} {cfg.data} --out {run.run_dir}")
+        return "signal"
+    if signalled or (cfg.stop_after_steps and run.steps_run >= cfg.stop_after_steps and epoch < planned):
+        logger.info(f"stopped after epoch {epoch}; resume with: resnetlab train --resume {run.run_dir}")
+        return "signal" if signalled else "steps"
     if cfg.early_stop and epoch - run.state.best_epoch >= cfg.early_stop:
         logger.info(f"early stop: no {cfg.best_metric} gain for {cfg.early_stop} epochs")
         return "early-stop"

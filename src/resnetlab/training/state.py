@@ -120,5 +120,6 @@ def resolve_config(config: TrainConfig | None, settings: dict) -> tuple[TrainCon
     given = settings if config is None else {k: v for k, v in cfg.to_dict().items() if v != defaults[k]}
     values = dict(saved_state["config"])
     values.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES and v is not None})
+    values["stop_after_steps"] = given.get("stop_after_steps") or 0  # "in this invocation": never carried over
     values["resume"] = cfg.resume
     return TrainConfig.from_dict(values), saved_state
