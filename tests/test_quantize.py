@@ -55,7 +55,7 @@ def test_an_export_that_loses_too_much_accuracy_writes_nothing(model, tmp_path: 
                      max_drop=-101.0)  # a drop is at least -100 points: always refused
     assert list(folder.iterdir()) == []  # no model, no sidecar, no temp folder
     assert main(["export", str(best), "--format", "onnx", "--out", str(folder / "m.onnx"), "--data", str(data),
-                 "--max-drop", "-101"]) == 1
+                 "--max-drop", "-101"]) == 1  # fp32 too: the same check, the same refusal
     assert "nothing was written" in capsys.readouterr().err and list(folder.iterdir()) == []
 
 

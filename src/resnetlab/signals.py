@@ -87,6 +87,7 @@ class StopRequests:
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.aborted: int | None = None  # the second signal: exit at once
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequests:
@@ -97,7 +98,8 @@ class StopRequests:
 
     def _handle(self, number: int, frame) -> None:  # noqa: ANN001 - signal API
         if self.signal is not None:
-            raise Terminated if number == signal.SIGTERM else KeyboardInterrupt
+            self.aborted = number  # remembered: the exception below may land where Python swallows it
+            self.raise_if_aborted()
         self.signal = number
         name = signal.Signals(number).name
         logger.warning(f"{name}: stopping after this step and saving a resumable checkpoint "
@@ -106,6 +108,11 @@ class StopRequests:
     @property
     def requested(self) -> bool:
         return self.signal is not None
+
+    def raise_if_aborted(self) -> None:
+        """The second signal's exception, again: training calls this after every step."""
+        if self.aborted is not None:
+            raise Terminated if self.aborted == signal.SIGTERM else KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
         for number, handler in self._previous.items():

@@ -104,6 +104,7 @@ def train_one_epoch(run: Run, epoch: int, planned: int, stop: StopRequests, *, s
     steps = run.steps_per_epoch
 
     def after_step(step: int) -> None:
+        stop.raise_if_aborted()
         run.steps_run += 1
         if step % cfg.accum_steps and step < steps:
             return  # inside an accumulation group: no optimizer step yet, nothing to average, save or stop
@@ -253,6 +254,7 @@ def _epochs(run: Run, history: list[dict], stop: StopRequests, start_epoch: int,
         run.trackers.log_epoch(row)
         if info.is_main:
             plot_curves(run.run_dir, history)
+        stop.raise_if_aborted()
         reason = _stop_reason(run, epoch, planned, stop)
         if reason is not None:
             return reason
