@@ -26,12 +26,20 @@ def _torchrun(args: list[str]) -> Process:
     return Process(command, env=env)
 
 
-def test_two_processes_train_one_model(split_folders: Path, tmp_path: Path):
+def test_two_processes_train_one_model_and_resume_it(split_folders: Path, tmp_path: Path):
+    """A run stopped after its first epoch and resumed under torchrun: one model, written by rank 0 alone, whose
+    sharded validation equals a single-process evaluation of the saved checkpoint."""
     run = tmp_path / "run"
-    with _torchrun([str(split_folders), "--out", str(run), "--epochs", "3", *TINY]) as process:
-        output = process.communicate(timeout=300)
-    assert process.returncode == 0, output
+    with _torchrun([str(split_folders), "--out", str(run), "--epochs", "3", "--stop-after-steps", "3",
+                    *TINY]) as first:
+        output = first.communicate(timeout=300)
+    assert first.returncode == 0, output
     assert "global batch 32" in output
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    with _torchrun(["--resume", str(run), "--no-progress"]) as second:
+        output = second.communicate(timeout=300)
+    assert second.returncode == 0 and "resuming" in output, output
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 3
     assert "weights identical across 2 ranks" in output
     assert output.count("epoch   3/3") == 1  # only rank 0 prints
     # one run folder, written by rank 0 alone: the run's files once each, nothing per rank, no temp files left
@@ -63,19 +71,6 @@ def test_two_processes_stream_their_shards_and_report_every_skipped_file(split_f
     # each rank met some of them in its shard, some in both epochs' shards: listed once each, by rank 0
     assert sorted(entry["path"] for entry in report["skipped"]) == broken
     assert {entry["split"] for entry in report["skipped"]} == {"train"}
-
-
-def test_resume_under_torchrun(split_folders: Path, tmp_path: Path):
-    run = tmp_path / "run"
-    with _torchrun([str(split_folders), "--out", str(run), "--epochs", "3", "--stop-after-steps", "3",
-                    *TINY]) as first:
-        output = first.communicate(timeout=300)
-    assert first.returncode == 0, output
-    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
-    with _torchrun(["--resume", str(run), "--no-progress"]) as second:
-        output = second.communicate(timeout=300)
-    assert second.returncode == 0 and "resuming" in output, output
-    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 3
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the worker processes")

@@ -136,7 +136,7 @@ def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "last.pt", weights_only=True)["model"]
 
 
-def test_resume_is_bitwise_exact_after_an_epoch_and_mid_epoch(split_folders: Path, tmp_path: Path):
+def test_resume_is_bitwise_exact_after_an_epoch_and_mid_epoch(split_folders: Path, tmp_path: Path, no_figures):
     settings_ = dict(TINY, epochs=4, head="mlp", hidden=16, dropout=0.3, seed=3)  # dropout: the RNG must resume
     whole = resnetlab.train(data=str(split_folders), out=str(tmp_path / "whole"), **settings_)
     steps_per_epoch = 72 // 16
@@ -154,7 +154,7 @@ def test_resume_is_bitwise_exact_after_an_epoch_and_mid_epoch(split_folders: Pat
         assert resumed.history[2]["train_loss"] == pytest.approx(whole.history[2]["train_loss"], rel=1e-9)
 
 
-def test_save_every_writes_mid_epoch_checkpoints(split_folders: Path, tmp_path: Path, capsys):
+def test_save_every_writes_mid_epoch_checkpoints(split_folders: Path, tmp_path: Path, capsys, no_figures):
     resnetlab.train(data=str(split_folders), out=str(tmp_path / "r"), epochs=1, save_every=2, **TINY)
     out = capsys.readouterr().out
     assert "at epoch 1, step 2" in out and "step 4" not in out  # the epoch's end writes last.pt anyway
