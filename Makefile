@@ -58,6 +58,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/train_throughput.py --stem small --img-size 28
 	$(BIN)/python benchmarks/predict_throughput.py
+	$(BIN)/python benchmarks/runtime_throughput.py
 	$(BIN)/python benchmarks/time_to_accuracy.py --recipe fast
 
 clean:
