@@ -184,8 +184,9 @@ class Trackers:
     def finish(self, run_dir: Path, final: dict | None = None, *, stopped: str | None = None) -> None:
         for tracker in self.trackers:
             if isinstance(tracker, MlflowTracker):
-                # a run stopped to be resumed stays open in MLflow ("KILLED" would hide that it continues)
-                tracker.finish(run_dir, final, status="FINISHED" if stopped in (None, "early-stop") else "KILLED")
+                # KILLED: stopped to be resumed (the resume sets it RUNNING again); FAILED: ended by an error
+                status = {None: "FINISHED", "early-stop": "FINISHED", "failed": "FAILED"}.get(stopped, "KILLED")
+                tracker.finish(run_dir, final, status=status)
             else:
                 tracker.finish(run_dir, final)
 

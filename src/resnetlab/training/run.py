@@ -89,7 +89,6 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo, clock: Callable
         history = read_history(run_dir, start_epoch - 1)
     if info.is_main:
         write_text(run_dir / "config.yaml", yaml.safe_dump(run.cfg.to_dict(), sort_keys=False, allow_unicode=True))
-    if info.is_main:
         run.trackers = open_trackers(run.cfg, run_dir, resumed=saved is not None)
     try:
         stopped = fit(run, history, start_epoch=start_epoch, start_step=start_step, partial=partial,
@@ -97,6 +96,10 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo, clock: Callable
     except KeyboardInterrupt:  # a second Ctrl-C: last.pt holds the last finished epoch (or saved step)
         logger.warning(f"interrupted; {run_dir / 'last.pt'} holds the last saved state. Resume with: resnetlab "
                        f"train --resume {run_dir}")
+        run.trackers.finish(run_dir, stopped="signal")
+        raise
+    except Exception:  # a full disk, a NaN loss...: the tracker's run is marked failed, the error goes on
+        run.trackers.finish(run_dir, stopped="failed")
         raise
     check_replicas(run.model, info)
     _collect_streamed_skips(run)
