@@ -80,7 +80,8 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", out: str | Pat
     write_text(sidecar, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     worst, sizes = info["check"]["max_abs_diff_logits"], info["check"]["batch_sizes"]
     logger.info(f"exported {format}{' int8' if quantize else ''} to {out} (+ {sidecar.name}); max |{format} - "
-                f"PyTorch| on logits = {worst:.1e} for batch sizes {sizes}")
+                f"PyTorch| on logits = {worst:.1e} for batch sizes {sizes}"
+                + (" (the fp32 graph, before quantisation)" if quantize else ""))
     return {"path": str(out), "sidecar": str(sidecar), "format": format, "max_abs_diff": worst,
             "batch_sizes": sizes, "validation": info.get("validation")}
 
