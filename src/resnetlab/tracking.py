@@ -150,9 +150,6 @@ class MlflowTracker(_Soft):
         metrics = [Metric(k, float(row[k]), stamp, step) for k in EPOCH_METRICS if row.get(k) is not None]
         self.client.log_batch(self.run_id, metrics=metrics)
 
-    def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
-        self._guard("log metrics", self._log_metrics, values, step)
-
     def _log_metrics(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 

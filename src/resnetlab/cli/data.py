@@ -65,7 +65,8 @@ def check_parser(sub) -> None:
                                        "per-class counts and every problem with its path and reason: unreadable, "
                                        "truncated or non-image files, decompression bombs, EXIF rotation, the same "
                                        "image in train and val/test, empty class folders, class imbalance. "
-                                       "Exit code 1 when there are unreadable files, 2 when the data is unusable.")
+                                       "Exit code 1 when there are unreadable files or the data is unusable, 2 "
+                                       "for a usage error.")
     check.add_argument("data", help="image folder, CSV or built-in name")
     check.add_argument("--img-size", type=int, default=None, help="decode size (default: what train would use)")
     check.add_argument("--val-split", type=float, default=0.1, help="as for train (default: 0.1)")

@@ -42,10 +42,6 @@ class PreparedData:
     std: list[float]
 
 
-def resolve_img_size(cfg: TrainConfig, source: DataSource) -> int:
-    return cfg.img_size or default_img_size(source)
-
-
 def resolve_norm(cfg: TrainConfig, train: DecodedSplit, split: SplitData | None = None, img_size: int = 0
                  ) -> tuple[list[float], list[float]]:
     if cfg.mean is not None or cfg.std is not None:
@@ -74,7 +70,7 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None, 
                            follow_links=cfg.follow_links)
     for note in source.notes:
         logger.info(note)
-    img_size = resolve_img_size(cfg, source)
+    img_size = cfg.img_size or default_img_size(source)
     logger.info(f"data: {source.kind} at {source.location}; {len(source.classes)} classes; image size {img_size}px")
     loader = choose_loader(cfg.loader, source.splits["train"], img_size)
     decoded = {name: streamed_split(source.splits[name]) if name == "train" and loader == "stream" else
