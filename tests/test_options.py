@@ -125,4 +125,4 @@ def test_a_log_file_gets_lines_not_progress_bars(split_folders: Path, tmp_path: 
     text = log.read_text(encoding="utf-8")
     assert done.returncode == 0, text[-2000:]
     assert "\r" not in text and "it/s" not in text and "img/s" not in text  # no bars: the output is not a terminal
-    assert "blue sky" in text and "problems" in text.lower()
+    assert "blue sky" in text and ("no problems found" in text or "warning(s):" in text)  # toy shapes: near-dups

@@ -4,6 +4,7 @@ steps gets the same probabilities as resnetlab itself, on every image mode."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,10 @@ ort = pytest.importorskip("onnxruntime")
 def plain_client_input(path: Path, sidecar: dict) -> np.ndarray:
     """The sidecar's 'preprocessing' steps, one by one, without resnetlab."""
     s, mean, std = sidecar["img_size"], np.asarray(sidecar["mean"]), np.asarray(sidecar["std"])
+    scale = int(math.floor(s / sidecar["crop_pct"]))
     with Image.open(path) as opened:
         if opened.format == "JPEG":
-            opened.draft("RGB", (s, s))
+            opened.draft("RGB", (scale, scale))
         opened.load()
         image = ImageOps.exif_transpose(opened)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -39,7 +41,12 @@ def plain_client_input(path: Path, sidecar: dict) -> np.ndarray:
         image = background
     else:
         image = image.convert("RGB")
-    image = ImageOps.fit(image, (s, s), method=Image.Resampling.BILINEAR)
+    w, h = image.size
+    size = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
+    if size != image.size:
+        image = image.resize(size, getattr(Image.Resampling, sidecar["interpolation"].upper()))
+    left, top = int(round((size[0] - s) / 2)), int(round((size[1] - s) / 2))
+    image = image.crop((left, top, left + s, top + s))
     x = (np.asarray(image, dtype=np.float32) / 255 - mean) / std
     return x.transpose(2, 0, 1).astype(np.float32)
 

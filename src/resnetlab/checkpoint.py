@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .data.images import Crop
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import CheckpointError, ModelError
 from .fileio import atomic_open
@@ -38,10 +39,17 @@ class ModelMeta:
     epoch: int | None = None
     metrics: dict = field(default_factory=dict)
     source: str = ""
+    crop_pct: float = 1.0  # the evaluation crop (data.images.Crop); checkpoints before 0.3 used the whole square
+    interpolation: str = "bilinear"
+
+    @property
+    def crop(self) -> Crop:
+        return Crop(self.crop_pct, self.interpolation)
 
     def to_dict(self) -> dict:
         return {"model_spec": self.spec.to_dict(), "classes": list(self.classes), "img_size": self.img_size,
-                "mean": list(self.mean), "std": list(self.std)}
+                "mean": list(self.mean), "std": list(self.std), "crop_pct": self.crop_pct,
+                "interpolation": self.interpolation}
 
 
 def describe_model(meta: ModelMeta, config: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +87,8 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", arch: st
     if payload.get("format") == FORMAT:
         meta = ModelMeta(ModelSpec.from_dict(payload["model_spec"]), list(payload["classes"]),
                          int(payload["img_size"]), list(payload["mean"]), list(payload["std"]),
-                         payload.get("epoch"), dict(payload.get("metrics") or {}), str(path))
+                         payload.get("epoch"), dict(payload.get("metrics") or {}), str(path),
+                         float(payload.get("crop_pct", 1.0)), str(payload.get("interpolation", "bilinear")))
         model = build_model(meta.spec)
         try:
             model.load_state_dict(payload["model"])

@@ -4,6 +4,7 @@ uint8 images and apply the same preprocessing, so predict, evaluate and serve ne
 
     clf = load("runs/x/best.pt")              # or "runs/x/best.onnx"
     clf.predict(["a.jpg", pil_image])[0].label
+    clf.embed(["a.jpg"])                      # N x D pooled backbone features (torch only)
     clf.runtime                               # "torch" or "onnxruntime"; clf.model is None for ONNX
 """
 
@@ -22,8 +23,8 @@ from .checkpoint import ModelMeta, load_model
 from .data.images import decode_image
 from .data.transforms import preprocess_batch, stats_tensor
 from .engine import amp_dtype_for, autocast, resolve_device
-from .errors import ConfigError, ExportError
-from .models import ModelSpec, TTAModel, first_stage_side
+from .errors import ConfigError, ExportError, ModelError
+from .models import ModelSpec, TTAModel, first_stage_side, unwrap
 from .sidecar import METADATA_KEY, read_sidecar
 
 
@@ -105,7 +106,7 @@ class Classifier:
             from torchvision.transforms.functional import to_pil_image  # torchvision: loaded only for tensors
 
             image = to_pil_image(image if image.dtype == torch.uint8 else image.clamp(0, 1))
-        return decode_image(image, self.meta.img_size)
+        return decode_image(image, self.meta.img_size, self.meta.crop)
 
     def predict(self, images: Sequence | str | Image.Image | torch.Tensor, *, topk: int = 5,
                 batch_size: int = 64) -> list[Prediction]:
@@ -117,6 +118,32 @@ class Classifier:
             batch = torch.stack([self.decode(image) for image in images[start:start + batch_size]])
             results += self.to_predictions(self.logits(batch), topk)
         return results
+
+    def features(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 N x 3 x S x S (already decoded) -> pooled backbone features N x D (what the head receives), float32
+        on CPU. A TTA wrapper is looked through: the features are those of the plain view."""
+        network = self._network()
+        with torch.inference_mode(), autocast(self.device, self.backend.amp_dtype):
+            pooled = network.forward_head(network.forward_features(self.preprocess(batch_uint8)), pre_logits=True)
+        return pooled.float().cpu()
+
+    def embed(self, images: Sequence | str | Image.Image | torch.Tensor, *, batch_size: int = 64,
+              normalize: bool = False) -> np.ndarray:
+        """Pooled backbone features, N x D float32, of the same inputs and preprocessing as ``predict``;
+        ``normalize``: each row scaled to L2 norm 1."""
+        if isinstance(images, (str, os.PathLike, Image.Image, torch.Tensor)):
+            images = [images]
+        network = self._network()  # an ONNX model fails here, before any image is decoded
+        chunks = [self.features(torch.stack([self.decode(image) for image in images[start:start + batch_size]]))
+                  for start in range(0, len(images), batch_size)]
+        features = torch.cat(chunks) if chunks else torch.zeros(0, network.num_features)
+        return (torch.nn.functional.normalize(features, dim=1) if normalize else features).numpy()
+
+    def _network(self) -> torch.nn.Module:
+        if self.model is None:
+            raise ModelError(f"embeddings need the PyTorch checkpoint; {self.meta.source or 'this model'} runs in "
+                             f"{self.runtime}, which gives logits only")
+        return unwrap(self.model)
 
     def to_predictions(self, logits: torch.Tensor, topk: int) -> list[Prediction]:
         probabilities = logits.softmax(dim=1)
@@ -164,5 +191,7 @@ def load_onnx(path: str | Path) -> Classifier:
         raise ExportError(f"cannot load ONNX model {path}: {str(err)[:300]}") from None
     info = read_sidecar(path, session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
     meta = ModelMeta(ModelSpec.from_dict(info["model_spec"]), list(info["classes"]), int(info["img_size"]),
-                     list(info["mean"]), list(info["std"]), source=str(path))
+                     list(info["mean"]), list(info["std"]), source=str(path),
+                     crop_pct=float(info.get("crop_pct", 1.0)),
+                     interpolation=str(info.get("interpolation", "bilinear")))
     return Classifier(OnnxBackend(session, path, info), meta)

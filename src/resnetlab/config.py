@@ -64,6 +64,15 @@ class TrainConfig:
                         "than memory), auto (stream when the decoded split would take over half the free memory)",
                         ("auto", "memory", "stream"))
     cache_dir: str | None = _opt(None, "folder for decoded-image caches (default: ~/.cache/resnetlab)")
+    cache_layout: str = _opt("auto", "how the training split is decoded: whole (each whole image, any aspect ratio, "
+                                     "letterboxed at 1.5x the training size, so random-resized-crop sees all of it), "
+                                     "square (its centre square at the training size), auto (whole above 64 px)",
+                             ("auto", "whole", "square"))
+    crop_pct: float | None = _opt(None, "evaluation crop: resize the shorter side to img-size / crop-pct, then "
+                                        "centre-crop img-size (timm/torchvision); default: the timm weights' value "
+                                        "with --pretrained, 0.875 above 64 px, 1.0 (no crop) at 64 px and below")
+    interpolation: str | None = _opt(None, "resize filter of the evaluation crop: bilinear or bicubic (default: the "
+                                           "timm weights' with --pretrained, else bilinear)", ("bilinear", "bicubic"))
     follow_links: bool = _opt(False, "follow folder links that lead outside the data folder (a link loop or a second "
                                      "link to a folder is never followed)")
     # model
@@ -79,6 +88,9 @@ class TrainConfig:
                              "fewer FLOPs, for small data sets on CPUs)")
     freeze_backbone: bool = _opt(False, "train only the head")
     unfreeze_at: int | None = _opt(None, "epoch (1-based) at which a frozen backbone starts training")
+    feature_views: int = _opt(1, "while the backbone is frozen, train the head on pooled features computed once per "
+                                 "image: 1 = one unaugmented view, K > 1 = K augmented views (epoch e uses view "
+                                 "e mod K); 0 = the plain frozen loop (every epoch runs the backbone)")
     # optimisation
     epochs: int = _opt(10, "number of epochs")
     batch_size: int = _opt(128, "images per step (per process)")
@@ -163,7 +175,7 @@ class TrainConfig:
         for f in fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
-            if choices and value not in choices:
+            if choices and value not in choices and not (value is None and f.default is None):
                 raise ConfigError(f"{f.name} = {value!r} is not one of: {', '.join(choices)}")
             _check_type(f.name, str(f.type), value)
         if isinstance(self.lr, str) and self.lr != "auto":
@@ -199,6 +211,9 @@ class TrainConfig:
             (not (self.mixup or self.cutmix) or self.batch_size % 2 == 0,
              f"mixup/cutmix need an even batch_size, got {self.batch_size}"),
             (self.early_stop >= 0, f"early_stop must be >= 0, got {self.early_stop}"),
+            (self.crop_pct is None or 0.1 <= self.crop_pct <= 1.0,
+             f"crop_pct must be within 0.1-1, got {self.crop_pct}"),
+            (self.feature_views >= 0, f"feature_views must be >= 0, got {self.feature_views}"),
             (self.save_every >= 0, f"save_every must be >= 0, got {self.save_every}"),
             (self.stop_after_steps >= 0, f"stop_after_steps must be >= 0, got {self.stop_after_steps}"),
             (self.accum_steps >= 1, f"accum_steps must be >= 1, got {self.accum_steps}"),

@@ -66,7 +66,8 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
     for note in notes:
         logger.info(note)
     chosen = relabel(source.splits[split_name], source.classes, meta.classes, f"{data} ({split_name})")
-    decoded = decode_split(chosen, meta.img_size, cache_dir=cache_dir, workers=workers, progress=progress)
+    decoded = decode_split(chosen, meta.img_size, crop=meta.crop, cache_dir=cache_dir, workers=workers,
+                           progress=progress)
     if len(decoded) == 0:
         raise DataError(f"no readable images in the {split_name} split of {data}")
     out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{split_name}"

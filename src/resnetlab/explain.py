@@ -189,7 +189,8 @@ def _file_chunks(classifier, files: list[str], workers: int | None) -> Iterator[
     for start in range(0, len(files), FILE_CHUNK):
         chunk = files[start:start + FILE_CHUNK]
         decoded = decode_split(SplitData("explain", np.zeros(len(chunk), dtype=np.int64), chunk),
-                               classifier.meta.img_size, workers=workers, progress=False, use_cache=False)
+                               classifier.meta.img_size, crop=classifier.meta.crop, workers=workers, progress=False,
+                               use_cache=False)
         items = [_Item(chunk[int(p)], chunk[int(p)], image, start + int(p))
                  for p, image in zip(decoded.kept, decoded.images)]
         position = {path: start + i for i, path in enumerate(chunk)}
@@ -206,7 +207,8 @@ def _misclassified_items(classifier, data: str, split: str, limit: int, batch_si
     for note in notes:
         logger.info(note)
     chosen = relabel(source.splits[split_name], source.classes, classifier.classes, f"{data} ({split_name})")
-    decoded = decode_split(chosen, classifier.meta.img_size, workers=workers, progress=progress)
+    decoded = decode_split(chosen, classifier.meta.img_size, crop=classifier.meta.crop, workers=workers,
+                           progress=progress)
     logits = torch.cat([classifier.logits(decoded.images[b:b + batch_size])
                         for b in range(0, len(decoded), batch_size)]) if len(decoded) else torch.zeros(0, 1)
     mistakes = rank_mistakes(logits, decoded.labels) if len(decoded) else torch.zeros(0, dtype=torch.int64)

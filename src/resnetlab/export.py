@@ -56,7 +56,7 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", out: str | Pat
     saved = (payload or {}).get("config") or {}
     images = None
     if quantize or (check and (data or saved.get("data"))):
-        images = ExportData.open(saved, data, meta.classes, meta.img_size, workers)
+        images = ExportData.open(saved, data, meta.classes, meta.img_size, workers, meta.crop)
     elif check:
         logger.warning("no data to check the export's accuracy on (pass --data DATA); only its logits are compared")
     info = describe(meta, format, dynamic_batch=dynamic_batch or format == "torchscript")

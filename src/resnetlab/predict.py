@@ -62,7 +62,8 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
             chunk = files[start:start + PREDICT_CHUNK]
             # the same parallel decode as training, without the disk cache
             decoded = decode_split(SplitData("predict", np.zeros(len(chunk), dtype=np.int64), chunk),
-                                   classifier.meta.img_size, workers=workers, progress=False, use_cache=False)
+                                   classifier.meta.img_size, crop=classifier.meta.crop, workers=workers,
+                                   progress=False, use_cache=False)
             predictions: dict[int, Prediction] = {}
             overlays: dict[int, str] = {}
             for b in range(0, len(decoded), batch_size):

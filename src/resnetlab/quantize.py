@@ -18,6 +18,7 @@ import torch
 
 from .classifier import Classifier
 from .data.cache import DecodedSplit, decode_split
+from .data.images import Crop
 from .data.sources import open_data
 from .data.splits import DataSource, SplitData, relabel, select_split
 from .data.transforms import preprocess_batch, stats_tensor
@@ -35,10 +36,11 @@ class ExportData:
     classes: list[str]  # the model's, in its order
     img_size: int
     workers: int | None = None
+    crop: Crop = Crop()  # the model's evaluation crop: calibration and the accuracy check see what it will see
 
     @classmethod
     def open(cls, saved_config: dict, data: str | None, classes: list[str], img_size: int,
-             workers: int | None = None) -> ExportData:
+             workers: int | None = None, crop: Crop = Crop()) -> ExportData:
         spec = data or saved_config.get("data")
         if not spec:
             raise ExportError("this export needs the run's images (int8 calibration, the accuracy check): the "
@@ -46,7 +48,7 @@ class ExportData:
         source = open_data(str(spec), val_split=saved_config.get("val_split", 0.1), seed=saved_config.get("seed", 0),
                            data_root=saved_config.get("data_root"),
                            follow_links=bool(saved_config.get("follow_links", False)))
-        return cls(source, classes, img_size, workers)
+        return cls(source, classes, img_size, workers, crop)
 
     def _split(self, name: str) -> SplitData:
         """A split of the data with the model's class indices ('val' falls back to 'test', as in training)."""
@@ -59,11 +61,11 @@ class ExportData:
         train = train.subset(np.argsort(train.labels, kind="stable"))
         if len(train) > count:
             train = train.subset(np.linspace(0, len(train) - 1, count).round().astype(np.int64))
-        return decode_split(train, self.img_size, workers=self.workers, progress=False)
+        return decode_split(train, self.img_size, crop=self.crop, workers=self.workers, progress=False)
 
     def accuracy(self, classifier: Classifier, batch_size: int = 256) -> tuple[float, int]:
         """(accuracy, images) of ``classifier`` on the validation split."""
-        val = decode_split(self._split("val"), self.img_size, workers=self.workers, progress=False)
+        val = decode_split(self._split("val"), self.img_size, crop=self.crop, workers=self.workers, progress=False)
         if len(val) == 0:
             raise ExportError("the validation split has no readable images: the accuracy check cannot run")
         hits = sum(int((classifier.logits(val.images[i:i + batch_size]).argmax(1) == val.labels[i:i + batch_size])

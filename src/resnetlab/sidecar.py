@@ -8,6 +8,7 @@ TorchScript file, and what ``classifier.load`` reads back. A plain onnxruntime c
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,25 +32,28 @@ def describe(meta: Any, fmt: str, *, dynamic_batch: bool) -> dict[str, Any]:
         "source_checkpoint": meta.source,
         "classes": list(meta.classes),
         "img_size": s,
+        "crop_pct": meta.crop_pct,
+        "interpolation": meta.interpolation,
         "mean": list(meta.mean),
         "std": list(meta.std),
         "model_spec": meta.spec.to_dict(),
         "input": {"name": "image", "layout": "NCHW", "channels": "RGB", "dtype": "float32",
                   "shape": ["batch" if dynamic_batch else 1, 3, s, s],
                   "preprocessing": "the steps under 'preprocessing', in order"},
-        "preprocessing": preprocessing_steps(s),
+        "preprocessing": preprocessing_steps(s, meta.crop_pct, meta.interpolation),
         "output": {"name": "logits", "shape": ["batch" if dynamic_batch else 1, len(meta.classes)],
                    "note": "raw logits in the order of 'classes'; apply softmax for probabilities"},
     }
 
 
-def preprocessing_steps(s: int) -> list[str]:
+def preprocessing_steps(s: int, crop_pct: float = 1.0, interpolation: str = "bilinear") -> list[str]:
     """What ``data.images.decode_image`` and ``Classifier.preprocess`` do, in order, so that a client with PIL,
     numpy and onnxruntime alone gets the same input (tests/test_sidecar.py is such a client, on every image mode).
     """
+    scale = int(math.floor(s / crop_pct))
     return [
-        f"open with PIL; a JPEG is decoded in draft mode: image.draft('RGB', ({s}, {s})) (libjpeg scales by 1/2, "
-        f"1/4 or 1/8 while decoding, both sides staying >= {s})",
+        f"open with PIL; a JPEG is decoded in draft mode: image.draft('RGB', ({scale}, {scale})) (libjpeg scales by "
+        f"1/2, 1/4 or 1/8 while decoding, both sides staying >= {scale})",
         "apply the EXIF orientation: PIL.ImageOps.exif_transpose(image)",
         "modes I;16, I;16B, I;16L, I and F: scale linearly so the image's own minimum is 0 and maximum 255 "
         "(a constant image becomes 0), as uint8 mode L",
@@ -57,9 +61,11 @@ def preprocessing_steps(s: int) -> list[str]:
         "modes RGBA, LA and PA: composite over white: paste image.convert('RGBA') on an RGB (255, 255, 255) "
         "background with its alpha as the mask",
         "every other mode: convert('RGB')",
-        f"centre-crop to the largest square of the shorter side, then resize to {s} x {s} with bilinear "
-        f"interpolation: PIL.ImageOps.fit(image, ({s}, {s}), method=Image.Resampling.BILINEAR) (crop first, "
-        "then resize)",
+        f"resize (aspect kept) so the shorter side is {scale} = floor({s} / crop_pct {crop_pct:g}), the longer side "
+        f"int({scale} * longer / shorter), with PIL's {interpolation} filter: "
+        f"image.resize((w, h), Image.Resampling.{interpolation.upper()}) (torchvision's Resize({scale}))",
+        f"centre-crop {s} x {s}: left = int(round((w - {s}) / 2)), top = int(round((h - {s}) / 2)) "
+        f"(torchvision's CenterCrop({s}))",
         "x = (pixel / 255 - mean[c]) / std[c] per RGB channel c, float32, H x W x 3 -> 3 x H x W, batch first",
     ]
 

@@ -16,6 +16,8 @@ from ..log import configure
 from ..signals import Terminated, sigterm_as_exception
 from .data import check_parser, check_run, lr_find_parser, lr_find_run, train_parser, train_run
 from .models import (
+    embed_parser,
+    embed_run,
     evaluate_parser,
     evaluate_run,
     explain_parser,
@@ -39,6 +41,8 @@ EPILOG = """Examples:
   resnetlab train --resume runs/my-run                 continue from runs/my-run/last.pt
   resnetlab evaluate runs/my-run/best.pt photos/ --split test
   resnetlab predict runs/my-run/best.pt new_photos/ --out predictions.csv --topk 3
+  resnetlab embed runs/my-run/best.pt photos/ --out embeddings.npz   pooled features, paths and labels
+  resnetlab embed --model resnet50 --pretrained resnet50.safetensors photos/ --out embeddings.csv --l2-normalize
   resnetlab explain runs/my-run/best.pt photos/ --method gradcam++   heat maps in runs/my-run/explain/
   resnetlab explain runs/my-run/best.pt --misclassified photos/ --limit 16
   resnetlab export runs/my-run/best.pt --format onnx --dynamic-batch   best.onnx + best.onnx.json
@@ -54,6 +58,7 @@ COMMANDS = {
     "lr-find": (lr_find_parser, lr_find_run),
     "evaluate": (evaluate_parser, evaluate_run),
     "predict": (predict_parser, predict_run),
+    "embed": (embed_parser, embed_run),
     "explain": (explain_parser, explain_run),
     "check": (check_parser, check_run),
     "export": (export_parser, export_run),

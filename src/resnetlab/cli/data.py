@@ -64,9 +64,10 @@ def check_parser(sub) -> None:
                            description="Decodes every image once (filling the cache training reuses) and lists "
                                        "per-class counts and every problem with its path and reason: unreadable, "
                                        "truncated or non-image files, decompression bombs, EXIF rotation, the same "
-                                       "image in train and val/test, empty class folders, class imbalance. "
-                                       "Exit code 1 when there are unreadable files or the data is unusable, 2 "
-                                       "for a usage error.")
+                                       "image in train and val/test, empty class folders, class imbalance, and "
+                                       "near-duplicates across splits (resized, re-encoded, slightly cropped or "
+                                       "grey copies, found by perceptual hash). Exit code 1 when there are "
+                                       "unreadable files or the data is unusable, 2 for a usage error.")
     check.add_argument("data", help="image folder, CSV or built-in name")
     check.add_argument("--img-size", type=int, default=None, help="decode size (default: what train would use)")
     check.add_argument("--val-split", type=float, default=0.1, help="as for train (default: 0.1)")
@@ -74,11 +75,29 @@ def check_parser(sub) -> None:
     check.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")
     check.add_argument("--json", default=None, help="also write the full report to this JSON file")
     check.add_argument("--follow-links", action="store_true", help="as for train: follow folder links out of DATA")
+    check.add_argument("--near-dup-distance", type=_hash_bits, default=None, metavar="BITS",
+                       help="report two images in different splits (train/val, train/test, val/test) as "
+                            "near-duplicates when their 128-bit perceptual hashes (pHash + dHash) differ in at most "
+                            "BITS bits (0-128; default: 20, which finds resized, JPEG re-encoded, grey and 5%% "
+                            "cropped copies while distinct photos measured 34 or more apart)")
+    check.add_argument("--no-near-dups", action="store_true",
+                       help="skip the near-duplicate search (it reads and hashes every image a second time)")
     decode_flags(check)
+
+
+def _hash_bits(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 128:
+        raise argparse.ArgumentTypeError(f"expected a whole number of bits from 0 to 128, got '{text}'")
+    return value
 
 
 def check_run(args: argparse.Namespace) -> int:
     from ..data.check import check_data, format_report
+    from ..data.duplicates import DEFAULT_DISTANCE
     from ..data.sources import default_img_size, open_data
     from ..fileio import write_json
     from ..log import progress_enabled
@@ -86,7 +105,9 @@ def check_run(args: argparse.Namespace) -> int:
     source = open_data(args.data, val_split=args.val_split, seed=args.seed, data_root=args.data_root,
                        follow_links=args.follow_links)
     size = args.img_size or default_img_size(source)
-    report = check_data(source, size, workers=args.workers, progress=progress_enabled(args.progress))
+    distance = DEFAULT_DISTANCE if args.near_dup_distance is None else args.near_dup_distance
+    report = check_data(source, size, workers=args.workers, progress=progress_enabled(args.progress),
+                        near_dup_distance=None if args.no_near_dups else distance)
     print(format_report(report))  # the report is the command's output (stdout), not a log message
     if args.json:
         write_json(Path(args.json), report)

@@ -1,4 +1,4 @@
-"""The verbs that use a trained model: evaluate, predict, explain, export, serve, summary, report."""
+"""The verbs that use a trained model: evaluate, predict, embed, explain, export, serve, summary, report."""
 
 from __future__ import annotations
 
@@ -59,6 +59,52 @@ def predict_run(args: argparse.Namespace) -> int:
                             device=args.device, workers=args.workers, progress=args.progress, tta=args.tta,
                             cam=args.cam, **bare(args))
     return 0 if summary["predicted"] and (not summary["failed"] or args.allow_errors) else 1
+
+
+def embed_parser(sub) -> None:
+    embed = sub.add_parser("embed", help="pooled backbone features of image files and folders (.npz, .csv, .parquet)",
+                           description="Writes --out with one row per readable image: its path, its label (the "
+                                       "class sub-folder of an input folder; '' when unknown) and the global-average-"
+                                       "pooled backbone features that the classifier head receives. .npz: arrays "
+                                       "paths, labels, features (N x D), model, source, img_size; .csv and .parquet: "
+                                       "columns path, label, f0..fD-1. Unreadable files are skipped and named.")
+    embed.add_argument("checkpoint", nargs="?", help="best.pt / last.pt of a run (or --model with --pretrained)")
+    embed.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    embed.add_argument("--model", default=None, help="instead of CHECKPOINT: a timm architecture, e.g. resnet50")
+    embed.add_argument("--pretrained", default=None, metavar="FILE",
+                       help="the --model weights: a local .pth or .safetensors file (nothing is downloaded)")
+    embed.add_argument("--img-size", type=int, default=None, help="image side in pixels with --model (default: 224)")
+    embed.add_argument("--out", default="embeddings.npz",
+                       help="output file; its extension picks the format: .npz, .csv or .parquet (needs pyarrow) "
+                            "(default: embeddings.npz)")
+    embed.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"), help="feature precision (default: fp32)")
+    embed.add_argument("--l2-normalize", action="store_true",
+                       help="scale each row to L2 norm 1 (then a dot product is the cosine similarity)")
+    embed.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    embed.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    embed.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU cores, at most 8)")
+    embed.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                       help="progress bar (shown only when the output is a terminal)")
+
+
+def embed_run(args: argparse.Namespace) -> int:
+    from ..embed import embed_files
+
+    positionals = ([args.checkpoint] if args.checkpoint else []) + args.inputs
+    if args.model or args.pretrained:
+        if not (args.model and args.pretrained):
+            raise ConfigError("--model and --pretrained go together: a timm architecture and its local weights file")
+        if Path(positionals[0]).suffix.lower() in (".pt", ".pth", ".safetensors", ".onnx"):
+            raise ConfigError(f"give either a CHECKPOINT ({positionals[0]}) or --model with --pretrained, not both")
+        checkpoint, inputs = None, positionals
+    elif len(positionals) < 2:
+        raise ConfigError("embed needs a CHECKPOINT and at least one input (or --model NAME --pretrained FILE)")
+    else:
+        checkpoint, inputs = positionals[0], positionals[1:]
+    embed_files(checkpoint, inputs, out=args.out, arch=args.model, pretrained=args.pretrained, img_size=args.img_size,
+                dtype=args.dtype, normalize=args.l2_normalize, batch_size=args.batch_size, device=args.device,
+                workers=args.workers, progress=args.progress)
+    return 0
 
 
 def explain_parser(sub) -> None:

@@ -2,10 +2,16 @@
 
 Per-epoch JPEG/PNG decoding is the main cost of the plain ImageFolder recipe on small images, so
 files are decoded a single time (in parallel), stored as a memory-mapped ``.npy`` keyed by the file
-list, sizes, modification times and image size, and reused until any of those change.
+list, sizes, modification times and the layout, and reused until any of those change.
 
-    decoded = decode_split(source.splits["train"], size=32, cache_dir="~/.cache/resnetlab")
-    decoded.images.shape   # torch.Size([N, 3, 32, 32]), dtype uint8
+Two layouts: ``square`` stores what evaluation feeds the model (the eval crop at the training size, see
+``images.Crop``); ``whole`` stores each whole picture letterboxed in a square whose side is 1.5x the training
+size (``images.letterbox``; 224 px training: 336 x 336, 339 KB per colour image, 113 KB per grey one) with its
+content height and width, so training's random-resized-crop samples from all of the picture, as timm's and
+torchvision's do from the file. A split whose images are all grey is stored with one channel.
+
+    decoded = decode_split(source.splits["train"], size=224, layout="whole")
+    decoded.images.shape, decoded.content   # (N, 3, 336, 336) uint8, (N, 2) content heights and widths
 """
 
 from __future__ import annotations
@@ -30,17 +36,18 @@ from ..errors import ImageReadError
 from ..fileio import write_json
 from ..log import logger, progress_enabled
 from ..signals import raise_if_terminated
-from .images import fit_square, open_rgb, read_regular
+from .images import WHOLE_SCALE, Crop, eval_crop, is_grey, letterbox, open_rgb, read_regular
 from .splits import SplitData
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
+LAYOUTS = ("square", "whole")
 DEFAULT_CACHE_DIR = "~/.cache/resnetlab"
 UNEXPECTED = "unexpected error: "  # failures that are not the file's fault are never cached
 
 
 @dataclass
 class DecodedSplit:
-    images: torch.Tensor | None  # uint8, N x C x S x S (C is 1 for grey built-ins); None: streamed (stream.py)
+    images: torch.Tensor | None  # uint8, N x C x S x S (C is 1 for grey data); None: streamed (stream.py)
     labels: torch.Tensor  # int64, N
     kept: np.ndarray  # positions in the SplitData of the images that decoded
     skipped: list[dict] = field(default_factory=list)  # {"path", "reason"} of images that did not
@@ -48,6 +55,7 @@ class DecodedSplit:
     digests: list[str] = field(default_factory=list)  # content hash per kept image (leakage checks)
     rotated: list[int] = field(default_factory=list)  # positions (in the SplitData) of EXIF-rotated files
     huge: list[list[int]] = field(default_factory=list)  # [position, pixels] past PIL's warning limit (89 MP)
+    content: torch.Tensor | None = None  # whole layout: int64 N x 2, each image's height and width in its square
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -57,30 +65,39 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def decode_split(split: SplitData, size: int, *, cache_dir: str | None = None, workers: int | None = None,
-                 progress: bool = True, use_cache: bool = True) -> DecodedSplit:
-    """Decode every image of ``split`` at ``size`` x ``size``; unreadable files are skipped and listed."""
+def storage_side(size: int, layout: str) -> int:
+    """The side of the squares a split is stored in: the training size, or 1.5x it for whole images."""
+    return int(round(size * WHOLE_SCALE)) if layout == "whole" else size
+
+
+def decode_split(split: SplitData, size: int, *, crop: Crop = Crop(), layout: str = "square",
+                 cache_dir: str | None = None, workers: int | None = None, progress: bool = True,
+                 use_cache: bool = True) -> DecodedSplit:
+    """Decode every image of ``split`` (the eval ``crop`` at ``size`` x ``size``, or the whole picture with
+    ``layout="whole"``); unreadable files are skipped and listed. Built-in sets arrive decoded: resized only."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"cache layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if split.images is not None:
         return DecodedSplit(_resize_array(split.images, size), torch.from_numpy(split.labels),
                             np.arange(len(split)))
     cache_root = Path(cache_dir or os.environ.get("RESNETLAB_CACHE", DEFAULT_CACHE_DIR)).expanduser()
-    key = _cache_key(split.paths, size)
+    job = (size, crop.pct, crop.interpolation, layout)
+    key = _cache_key(split.paths, "-".join(map(str, job)))
     array_file, meta_file = cache_root / f"{key}.npy", cache_root / f"{key}.json"
     if use_cache and array_file.is_file() and meta_file.is_file():
         try:
             return _load_cached(array_file, meta_file, split)
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt below
-    out, tmp_file = _allocate(len(split.paths), size, array_file if use_cache else None)
+    out, tmp_file = _allocate(len(split.paths), storage_side(size, layout), array_file if use_cache else None)
     try:
-        info = _decode_files(split.paths, size, out, workers or default_workers(), progress, split.name)
+        info = _decode_files(split.paths, job, out, workers or default_workers(), progress, split.name)
     except BaseException:  # Ctrl-C, SIGTERM (the CLI raises it as an exception), anything: no temp array left
         del out
         if tmp_file is not None:
             tmp_file.unlink(missing_ok=True)
         raise
-    kept = info["kept"]
-    images = out if len(kept) == len(split.paths) else np.ascontiguousarray(out[kept])
+    images = _compact(out, info, len(split.paths))
     if tmp_file and any(reason.startswith(UNEXPECTED) for _, reason in info["skipped"]):
         tmp_file.unlink(missing_ok=True)
         tmp_file = None
@@ -88,15 +105,25 @@ def decode_split(split: SplitData, size: int, *, cache_dir: str | None = None, w
     return _decoded(images, split, info, cache_file)
 
 
+def _compact(out: np.ndarray, info: dict, count: int) -> np.ndarray:
+    """The decoded array without the images that failed, and with one channel when every image is grey."""
+    kept, grey = info["kept"], bool(len(info["kept"])) and info["colour"] == 0
+    if grey:
+        return np.ascontiguousarray(out[:, :1] if len(kept) == count else out[kept, :1])
+    return out if len(kept) == count else np.ascontiguousarray(out[kept])
+
+
 def _decoded(images: np.ndarray, split: SplitData, info: dict, cache_file: str | None) -> DecodedSplit:
     kept = np.asarray(info["kept"], dtype=np.int64)
     skipped = [{"path": split.describe(i), "reason": r} for i, r in info["skipped"]]
+    content = torch.tensor(info["content"], dtype=torch.int64).view(-1, 2) if info.get("content") else None
     return DecodedSplit(torch.from_numpy(images), torch.from_numpy(split.labels[kept]), kept, skipped, cache_file,
-                        list(info["digests"]), list(info["rotated"]), [list(h) for h in info.get("huge", [])])
+                        list(info["digests"]), list(info["rotated"]), [list(h) for h in info.get("huge", [])],
+                        content)
 
 
-def _cache_key(paths: list[str], size: int) -> str:
-    digest = hashlib.sha256(f"resnetlab-cache-{CACHE_FORMAT}-{__version__}-{size}".encode())
+def _cache_key(paths: list[str], layout: str) -> str:
+    digest = hashlib.sha256(f"resnetlab-cache-{CACHE_FORMAT}-{__version__}-{layout}".encode())
     for path in paths:
         try:
             stat = os.stat(path)
@@ -106,22 +133,32 @@ def _cache_key(paths: list[str], size: int) -> str:
     return digest.hexdigest()[:32]
 
 
-def _decode_one(job: tuple[str, int]) -> tuple[np.ndarray, str, bool, int] | str:
-    """Runs in a worker process: (H x W x 3 uint8 array, content digest, EXIF-rotated?, pixels when past PIL's
-    warning limit else 0), or why it failed."""
-    path, size = job
-    return decode_bytes(path, None, size)
+Decoded = tuple  # (H x W x 3 uint8 array, content digest, EXIF-rotated?, pixels past PIL's warning limit or 0,
+#                  (content height, content width) for whole images else None, grey?)
 
 
-def decode_bytes(path: str, data: bytes | None, size: int) -> tuple[np.ndarray, str, bool, int] | str:
-    """``_decode_one`` for a file whose content (``data``) may already be in memory."""
+def _decode_one(job: tuple) -> Decoded | str:
+    path, size, pct, interpolation, layout = job
+    return decode_bytes(path, None, size, Crop(pct, interpolation), layout)
+
+
+def decode_bytes(path: str, data: bytes | None, size: int, crop: Crop = Crop(), layout: str = "square"
+                 ) -> Decoded | str:
+    """One file as the cache stores it (runs in a worker process), or why it failed. ``data``: the file's
+    content when it is already in memory."""
     try:
         if data is None:
             data = read_regular(path)  # read once: hashed for leakage checks, decoded from memory
-        image = open_rgb(path, draft_size=size, data=data)
-        array = np.asarray(fit_square(image, size), dtype=np.uint8)
+        if layout == "whole":
+            side = storage_side(size, layout)
+            image = open_rgb(path, data=data, draft_longer=side)
+            array, height, width = letterbox(image, side)
+            content = (height, width)
+        else:
+            image = open_rgb(path, draft_size=crop.scale_size(size), data=data)
+            array, content = np.asarray(eval_crop(image, size, crop), dtype=np.uint8), None
         return (array, hashlib.blake2b(data, digest_size=16).hexdigest(), bool(image.info.get("exif_rotated")),
-                int(image.info.get("huge_pixels", 0)))
+                int(image.info.get("huge_pixels", 0)), content, is_grey(array))
     except FileNotFoundError:
         return "file not found"
     except ImageReadError as err:
@@ -130,11 +167,12 @@ def decode_bytes(path: str, data: bytes | None, size: int) -> tuple[np.ndarray, 
         return f"{UNEXPECTED}{type(err).__name__}: {err}"
 
 
-def _decode_files(paths: list[str], size: int, images: np.ndarray, workers: int, progress: bool, name: str
+def _decode_files(paths: list[str], job: tuple, images: np.ndarray, workers: int, progress: bool, name: str
                   ) -> dict:
-    """Fills ``images`` in place; returns kept positions, (position, reason) skips, digests and rotations."""
-    info: dict = {"kept": [], "skipped": [], "digests": [], "rotated": [], "huge": []}
-    jobs = [(p, size) for p in paths]
+    """Fills ``images`` in place; returns kept positions, (position, reason) skips, digests, rotations, content
+    sizes and the number of colour images."""
+    info: dict = {"kept": [], "skipped": [], "digests": [], "rotated": [], "huge": [], "content": [], "colour": 0}
+    jobs = [(p, *job) for p in paths]
     bar = tqdm(total=len(paths), desc=f"decode {name}", unit="img", disable=not progress_enabled(progress), leave=False)
     if workers > 1 and len(paths) >= 64:
         pool = ProcessPoolExecutor(workers, initializer=_worker_start)
@@ -149,6 +187,8 @@ def _decode_files(paths: list[str], size: int, images: np.ndarray, workers: int,
         _collect(map(_decode_one, jobs), images, info, bar)
     bar.close()
     info["kept"] = np.asarray(info["kept"], dtype=np.int64)
+    if not any(info["content"]):
+        info["content"] = []
     return info
 
 
@@ -177,10 +217,12 @@ def _collect(results, images: np.ndarray, info: dict, bar: tqdm) -> None:
         if isinstance(result, str):
             info["skipped"].append((i, result))
         else:
-            array, digest, rotated, huge = result
+            array, digest, rotated, huge, content, grey = result
             images[i] = array.transpose(2, 0, 1)
             info["kept"].append(i)
             info["digests"].append(digest)
+            info["content"].append(list(content) if content else None)
+            info["colour"] += not grey
             if rotated:
                 info["rotated"].append(i)
             if huge:
@@ -266,18 +308,27 @@ def _resize_array(images: np.ndarray, size: int) -> torch.Tensor:
     return out
 
 
-def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (fractions of 255) of a uint8 N x C x H x W tensor, in chunks."""
+def channel_stats(images: torch.Tensor, content: torch.Tensor | None = None) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (fractions of 255) of a uint8 N x C x H x W tensor, in chunks; with ``content``
+    (whole images in letterboxed squares) over each image's own pixels only, never the padding."""
     channels = images.shape[1]
     total = torch.zeros(channels, dtype=torch.float64)
     total_sq = torch.zeros(channels, dtype=torch.float64)
-    for start in range(0, images.shape[0], 2048):
-        chunk = images[start:start + 2048].to(torch.float64) / 255.0
-        total += chunk.sum(dim=(0, 2, 3))
-        total_sq += (chunk * chunk).sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    count = 0
+    if content is not None:
+        for image, (height, width) in zip(images, content.tolist()):
+            pixels = image[:, :height, :width].to(torch.float64) / 255.0
+            total += pixels.sum(dim=(1, 2))
+            total_sq += (pixels * pixels).sum(dim=(1, 2))
+            count += height * width
+    else:
+        for start in range(0, images.shape[0], 2048):
+            chunk = images[start:start + 2048].to(torch.float64) / 255.0
+            total += chunk.sum(dim=(0, 2, 3))
+            total_sq += (chunk * chunk).sum(dim=(0, 2, 3))
+        count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / max(count, 1)
+    std = (total_sq / max(count, 1) - mean * mean).clamp_min(1e-12).sqrt()
     if channels == 1:
         mean, std = mean.repeat(3), std.repeat(3)
     return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]

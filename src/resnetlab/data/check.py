@@ -88,11 +88,20 @@ def _imbalance(counts: dict[str, int]) -> list[dict]:
 
 
 def check_data(source: DataSource, img_size: int, *, cache_dir: str | None = None, workers: int | None = None,
-               progress: bool = True) -> dict:
-    """Decode every split (filling the cache that training will reuse) and inspect it."""
+               progress: bool = True, near_dup_distance: int | None = None) -> dict:
+    """Decode every split (filling the cache that training will reuse) and inspect it; with ``near_dup_distance``
+    (bits of 128) also search for near-duplicates across splits (``duplicates.near_duplicates``)."""
     decoded = {name: decode_split(split, img_size, cache_dir=cache_dir, workers=workers, progress=progress)
                for name, split in source.splits.items()}
-    return inspect_data(source, decoded, img_size)
+    report = inspect_data(source, decoded, img_size)
+    if near_dup_distance is not None:
+        from .duplicates import HASH_BITS, near_duplicates  # imagehash and scipy: only when searching
+
+        digests = {name: dict(zip(split.kept.tolist(), split.digests)) for name, split in decoded.items()}
+        report["problems"] += near_duplicates(source, near_dup_distance, digests=digests, workers=workers,
+                                              progress=progress)
+        report["near_duplicates"] = {"max_distance": near_dup_distance, "hash_bits": HASH_BITS}
+    return report
 
 
 def format_report(report: dict, limit: int = 50) -> str:

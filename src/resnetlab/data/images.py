@@ -3,22 +3,26 @@
 This is the single definition of the eval preprocessing on the file side: training caches,
 evaluation, prediction and explanation all call ``decode_image``.
 
-    tensor = decode_image("cat.jpg", size=224)   # uint8, 3 x 224 x 224
+    tensor = decode_image("cat.jpg", size=224, crop=Crop(0.875))   # uint8, 3 x 224 x 224: the eval crop
+    array, h, w = letterbox(open_rgb("cat.jpg"), 336)                # the whole picture, for training
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import stat
 import struct
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
+from torchvision.transforms.v2 import functional as TF
 
 from ..errors import ImageReadError
 from ..log import logger
@@ -126,13 +130,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def open_rgb(source: str | os.PathLike | Image.Image, *, draft_size: int | None = None,
-             data: bytes | None = None) -> Image.Image:
+             data: bytes | None = None, draft_longer: int | None = None) -> Image.Image:
     """Open and fully decode an image as RGB with EXIF orientation applied (``info["exif_rotated"]`` says so).
 
     ``data`` is the file's content when the caller has already read it.
 
     ``draft_size`` lets the JPEG decoder downscale by 1/2, 1/4 or 1/8 while decoding (libjpeg's DCT
-    scaling), which is several times faster than decoding full size and resizing afterwards.
+    scaling), which is several times faster than decoding full size and resizing afterwards; both sides stay
+    >= ``draft_size``. ``draft_longer``: the same, keeping the aspect ratio with the longer side >= it.
     """
     if isinstance(source, Image.Image):
         return to_rgb(ImageOps.exif_transpose(source))
@@ -148,6 +153,9 @@ def open_rgb(source: str | os.PathLike | Image.Image, *, draft_size: int | None 
                 huge = image.width * image.height if caught else 0  # past PIL's warning limit, under its error limit
                 if draft_size and image.format == "JPEG":
                     image.draft("RGB", (draft_size, draft_size))
+                elif draft_longer and image.format == "JPEG":
+                    scale = draft_longer / max(image.size)
+                    image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
                 image.load()
                 rotated = image.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1)
                 image = to_rgb(ImageOps.exif_transpose(image))
@@ -169,11 +177,56 @@ def open_rgb(source: str | os.PathLike | Image.Image, *, draft_size: int | None 
         raise ImageReadError(path, f"corrupt image data ({type(err).__name__}: {err})") from None
 
 
+INTERPOLATIONS = {"bilinear": TF.InterpolationMode.BILINEAR, "bicubic": TF.InterpolationMode.BICUBIC}
+WHOLE_SCALE = 1.5  # a whole-image cache keeps the longer side at this multiple of the training size
+SMALL_SIZE = 64  # training sizes up to this keep the centre-square cache (the fast path of small images)
+
+
+@dataclass(frozen=True)
+class Crop:
+    """The standard evaluation crop (timm's and torchvision's): resize the shorter side to floor(size / pct) with
+    ``interpolation``, then centre-crop size x size. pct 1.0 is the whole centre square."""
+
+    pct: float = 1.0
+    interpolation: str = "bilinear"
+
+    def scale_size(self, size: int) -> int:
+        return int(math.floor(size / self.pct))  # timm's transforms_imagenet_eval rounds down too
+
+
+def eval_crop(image: Image.Image, size: int, crop: Crop = Crop()) -> Image.Image:
+    """``crop`` applied to a PIL image with torchvision's own resize and centre-crop (what timm calls), so the
+    pixels equal ``timm.data.create_transform``'s for the same settings."""
+    mode = INTERPOLATIONS[crop.interpolation]
+    return TF.center_crop(TF.resize(image, [crop.scale_size(size)], interpolation=mode), [size, size])
+
+
 def fit_square(image: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` and centre-crop a square: no distortion, nothing padded."""
-    if image.size == (size, size):
-        return image
-    return ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
+    """The whole centre square at size x size (eval_crop with a crop fraction of 1.0, bilinear)."""
+    return eval_crop(image, size)
+
+
+def letterbox(image: Image.Image, side: int) -> tuple[np.ndarray, int, int]:
+    """The whole image resized (aspect kept) so its longer side is ``side``, at the top-left of a side x side
+    uint8 array: (H x W x 3 array, content height, content width). The row and column past the content repeat
+    its edge, so bilinear sampling at the border never blends in the padding."""
+    width, height = image.size
+    scale = side / max(width, height)
+    new_w, new_h = max(1, min(side, round(width * scale))), max(1, min(side, round(height * scale)))
+    if (new_w, new_h) != image.size:
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    out = np.zeros((side, side, 3), dtype=np.uint8)
+    out[:new_h, :new_w] = np.asarray(image, dtype=np.uint8)
+    if new_w < side:
+        out[:new_h, new_w] = out[:new_h, new_w - 1]
+    if new_h < side:
+        out[new_h, :min(side, new_w + 1)] = out[new_h - 1, :min(side, new_w + 1)]
+    return out, new_h, new_w
+
+
+def is_grey(array: np.ndarray) -> bool:
+    """True when an H x W x 3 image has three equal channels (stored as one)."""
+    return bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
 
 
 def pil_to_uint8(image: Image.Image) -> torch.Tensor:
@@ -181,9 +234,9 @@ def pil_to_uint8(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-def decode_image(source: str | os.PathLike | Image.Image, size: int) -> torch.Tensor:
+def decode_image(source: str | os.PathLike | Image.Image, size: int, crop: Crop = Crop()) -> torch.Tensor:
     """File or PIL image -> uint8 tensor 3 x size x size, the model's view of it before normalisation."""
-    return pil_to_uint8(fit_square(open_rgb(source, draft_size=size), size))
+    return pil_to_uint8(eval_crop(open_rgb(source, draft_size=crop.scale_size(size)), size, crop))
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int] | None:

@@ -10,11 +10,12 @@ that is what makes resume exact and keeps data-parallel ranks on disjoint shards
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import torch
 
-from .transforms import BatchAugment, normalize, stats_tensor, to_float_rgb
+from .transforms import BatchAugment, normalize, rgb, stats_tensor
 
 
 def _generator(device: torch.device, *seeds: int) -> torch.Generator:
@@ -34,7 +35,8 @@ class Batches:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, device: torch.device,
                  mean, std, shuffle: bool = False, augment: BatchAugment | None = None, seed: int = 0,
                  drop_last: bool = False, sample_weights: torch.Tensor | None = None, rank: int = 0,
-                 world_size: int = 1, channels_last: bool = False, keep_on_device: bool | None = None):
+                 world_size: int = 1, channels_last: bool = False, keep_on_device: bool | None = None,
+                 content: torch.Tensor | None = None):
         self.device = torch.device(device)
         if keep_on_device is None:
             keep_on_device = self.device.type == "cuda" and _fits_on_gpu(images, self.device)
@@ -43,6 +45,9 @@ class Batches:
         elif self.device.type == "cuda":
             images = images if images.is_pinned() else _try_pin(images)
         self.images, self.labels = images, labels
+        self.content = content  # whole images: N x 2 content sizes in their letterboxed squares (cache.py)
+        if content is not None and augment is None:
+            raise ValueError("whole images (content sizes given) need a BatchAugment to take their crops")
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         self.drop_last, self.sample_weights = drop_last, sample_weights
         self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
@@ -64,6 +69,15 @@ class Batches:
             order = order[self.rank::self.world_size]  # evaluation: no padding, so no image counts twice
         return order
 
+    def in_order(self, augment: BatchAugment | None, batch_size: int, *, seed: int) -> Batches:
+        """The same images in the split's order, all of them once, each batch augmented by ``augment`` (one pass
+        over the data, e.g. to compute features); randomness from (seed, epoch, step) as usual."""
+        ordered = copy.copy(self)
+        ordered.augment, ordered.batch_size, ordered.seed = augment, batch_size, seed
+        ordered.shuffle, ordered.drop_last, ordered.sample_weights = False, False, None
+        ordered.rank, ordered.world_size = 0, 1
+        return ordered
+
     def steps_per_epoch(self) -> int:
         n = len(self._order(0))
         return n // self.batch_size if self.drop_last and n >= self.batch_size else -(-n // self.batch_size)
@@ -73,30 +87,31 @@ class Batches:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yields (x: float N x 3 x S x S normalised, y: int64 N, index: positions in the split)."""
-        for step, (x, y, index) in enumerate(self._uint8_batches(self._step_indices(epoch, start_step)),
-                                             start=start_step):
-            yield self._finish(x, epoch, step), y, index
+        for step, (x, y, index, content) in enumerate(self._uint8_batches(self.step_indices(epoch, start_step)),
+                                                      start=start_step):
+            yield self._finish(x, epoch, step, content), y, index
 
-    def _step_indices(self, epoch: int, start_step: int) -> list[torch.Tensor]:
+    def step_indices(self, epoch: int, start_step: int) -> list[torch.Tensor]:
         order, size = self._order(epoch), self.batch_size
         return [order[step * size:(step + 1) * size] for step in range(start_step, self.steps_per_epoch())]
 
-    def _uint8_batches(self, indices: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(uint8 images, labels) on the device for each index batch: here, slices of the decoded array."""
+    def _uint8_batches(self, indices: list[torch.Tensor]) -> Iterator[tuple]:
+        """(uint8 images, labels, positions, content sizes or None) on the device for each index batch: here,
+        slices of the decoded array."""
         for index in indices:
             device_index = index.to(self.images.device, non_blocking=True)
             x = self.images.index_select(0, device_index).to(self.device, non_blocking=True)
             y = self.labels.index_select(0, device_index).to(self.device, non_blocking=True)
-            yield x, y, index
+            yield x, y, index, None if self.content is None else self.content[index]
 
-    def _finish(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+    def _finish(self, x: torch.Tensor, epoch: int, step: int, content: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 batch -> augmented, normalised float batch; randomness from (seed, epoch, step[, rank])."""
-        x = to_float_rgb(x)
+        x = x.float().div_(255.0)
         if self.augment is not None:
             # each rank draws its own augmentation; single-process runs keep the (seed, epoch, step) stream
             streams = (self.seed, epoch, step) if self.world_size == 1 else (self.seed, epoch, step, self.rank)
-            x = self.augment(x, _generator(self.device, *streams))
-        x = normalize(x, self.mean, self.std)
+            x = self.augment(x, _generator(self.device, *streams), content)
+        x = normalize(rgb(x), self.mean, self.std)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
 

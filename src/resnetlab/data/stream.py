@@ -43,8 +43,9 @@ LOADERS = ("auto", "memory", "stream")
 MEMORY_SHARE = 0.5  # auto streams when the decoded split would take more than this share of available memory
 
 
-def decoded_bytes(count: int, size: int) -> int:
-    return count * 3 * size * size
+def decoded_bytes(count: int, side: int) -> int:
+    """Bytes of ``count`` colour images stored in side x side squares (cache.storage_side)."""
+    return count * 3 * side * side
 
 
 def available_memory() -> int:
@@ -128,16 +129,20 @@ def torchvision_fit(data: bytes, size: int) -> np.ndarray | None:
 
 
 class FileImages(Dataset):
-    """Image ``i`` of a split, decoded and fitted to size x size: (i, uint8 H x W x 3 array or why it failed)."""
+    """Image ``i`` of a split as the cache would store it: (i, uint8 H x W x 3 array or why it failed, the whole
+    image's content height and width in its letterboxed square, or None for the centre-square layout)."""
 
-    def __init__(self, paths: list[str], size: int):
-        self.paths, self.size = paths, size
+    def __init__(self, paths: list[str], size: int, layout: str = "square"):
+        self.paths, self.size, self.layout = paths, size, layout
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray | str]:
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | str, tuple[int, int] | None]:
         path, data = self.paths[i], None
+        if self.layout == "whole":
+            result = decode_bytes(path, None, self.size, layout="whole")
+            return (i, result, None) if isinstance(result, str) else (i, result[0], result[4])
         if path.lower().endswith((".jpg", ".jpeg")):
             try:
                 data = read_regular(path)  # never a blocking read of a pipe
@@ -145,40 +150,42 @@ class FileImages(Dataset):
                 pass  # decode_bytes below says what is wrong with the file
             array = torchvision_fit(data, self.size) if data else None
             if array is not None:
-                return i, array
+                return i, array, None
         result = decode_bytes(path, data, self.size)
-        return i, result if isinstance(result, str) else result[0]
+        return i, result if isinstance(result, str) else result[0], None
 
 
-def _collate(items: list[tuple[int, np.ndarray | str]]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
-    """The readable images as one uint8 N x 3 x S x S tensor, their positions, and (position, reason) failures."""
-    good = [(i, array) for i, array in items if not isinstance(array, str)]
-    failed = [(i, reason) for i, reason in items if isinstance(reason, str)]
+def _collate(items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]], torch.Tensor | None]:
+    """The readable images as one uint8 N x 3 x S x S tensor, their positions, (position, reason) failures and
+    the whole images' content sizes (N x 2, or None)."""
+    good = [(i, array, content) for i, array, content in items if not isinstance(array, str)]
+    failed = [(i, reason) for i, reason, _ in items if isinstance(reason, str)]
     if not good:
-        return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), failed
-    images = torch.from_numpy(np.stack([array for _, array in good])).permute(0, 3, 1, 2).contiguous()
-    return images, torch.tensor([i for i, _ in good], dtype=torch.int64), failed
+        return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), failed, None
+    images = torch.from_numpy(np.stack([array for _, array, _ in good])).permute(0, 3, 1, 2).contiguous()
+    content = torch.tensor([c for _, _, c in good], dtype=torch.int64) if good[0][2] is not None else None
+    return images, torch.tensor([i for i, _, _ in good], dtype=torch.int64), failed, content
 
 
 class StreamBatches(Batches):
     """Batches of a file-backed split decoded per batch by DataLoader workers (same interface as Batches)."""
 
     def __init__(self, split: SplitData, size: int, *, workers: int, batch_size: int, device: torch.device,
-                 mean, std, strict: bool = False, **options):
+                 mean, std, strict: bool = False, layout: str = "square", **options):
         labels = torch.from_numpy(np.asarray(split.labels, dtype=np.int64))
         super().__init__(torch.zeros(0, dtype=torch.uint8), labels, batch_size=batch_size, device=device,
                          mean=mean, std=std, keep_on_device=False, **options)
-        self.split, self.files, self.workers = split, FileImages(split.paths, size), workers
+        self.split, self.files, self.workers = split, FileImages(split.paths, size, layout), workers
         self.skipped: dict[int, str] = {}  # position -> reason, found while streaming
         self.strict = strict
 
-    def _uint8_batches(self, indices: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _uint8_batches(self, indices: list[torch.Tensor]) -> Iterator[tuple]:
         if not indices:
             return
         loader = DataLoader(self.files, batch_sampler=[index.tolist() for index in indices], collate_fn=_collate,
                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
                             prefetch_factor=4 if self.workers else None)
-        for images, positions, failed in loader:
+        for images, positions, failed, content in loader:
             for position, reason in failed:
                 if self.strict:
                     raise DataError(f"--strict: unreadable image {self.split.describe(position)}: {reason}")
@@ -189,7 +196,7 @@ class StreamBatches(Batches):
                 first, reason = failed[0]
                 raise DataError(f"every image of a batch was unreadable, first {self.split.describe(first)}: {reason}")
             yield (images.to(self.device, non_blocking=True),
-                   self.labels[positions].to(self.device, non_blocking=True), positions)
+                   self.labels[positions].to(self.device, non_blocking=True), positions, content)
 
     def skipped_files(self) -> list[dict]:
         return [{"path": self.split.describe(i), "reason": r} for i, r in sorted(self.skipped.items())]

@@ -25,6 +25,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 AUG_PRESETS = ("none", "crop", "light", "standard", "strong")
 
 
+def rgb(batch: torch.Tensor) -> torch.Tensor:
+    """N x 1 x H x W (grey) -> N x 3 x H x W as a view; 3-channel batches unchanged."""
+    return batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
+
+
 def to_float_rgb(batch: torch.Tensor) -> torch.Tensor:
     """uint8 N x C x H x W (C = 1 or 3) -> float32 N x 3 x H x W in [0, 1]."""
     batch = batch.float().div_(255.0)
@@ -61,7 +66,8 @@ def preprocess_batch(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
 
 
 class BatchAugment:
-    """Per-image random augmentation of a float batch in [0, 1] (N x 3 x S x S), on its own device.
+    """Per-image random augmentation of a float batch in [0, 1] (N x C x S x S, or whole images letterboxed in
+    larger squares with their content sizes), on its own device.
 
     crop: horizontal flip and a shift by up to S/8 pixels (a padded crop, as the fast CIFAR recipes use: short
     schedules learn faster without rotation). light: crop + rotation within +-10 degrees (= crop with
@@ -84,12 +90,19 @@ class BatchAugment:
 
             self._trivial = v2.TrivialAugmentWide()
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.preset == "none":
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, content: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """x: float N x C x H x W in [0, 1] (C = 1 or 3). ``content``: N x 2, each whole image's height and width
+        at the top-left of its letterboxed square (cache layout "whole"); the crop is then taken from the whole
+        picture. Returns N x 3 x S x S."""
+        if self.preset == "none" and content is None:
+            x = rgb(x)
             return self._random_erase(x, generator, probability=self.erase) if self.erase else x
-        if self._trivial is not None:
+        if self._trivial is not None and content is None:
+            x = self._trivial_augment(rgb(x), generator)
+        x = rgb(self._affine(x, generator, content))
+        if self._trivial is not None and content is not None:  # on the S x S view, not the padded square
             x = self._trivial_augment(x, generator)
-        x = self._affine(x, generator)
         if self.preset in ("standard", "strong"):
             x = self._colour_jitter(x, generator, strength=0.3)
         if self.erase:
@@ -99,37 +112,69 @@ class BatchAugment:
     def _uniform(self, n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
         return torch.rand(n, generator=g, device=device) * (high - low) + low
 
-    def _affine(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        n, device = x.shape[0], x.device
+    def _affine(self, x: torch.Tensor, g: torch.Generator, content: torch.Tensor | None) -> torch.Tensor:
+        """One bilinear resample per batch: flip, then the preset's window (a shifted/rotated square, or a
+        random-resized-crop), mapped into each image's content box when ``content`` is given."""
+        n, side, device = x.shape[0], x.shape[-1], x.device
+        heights, widths = ((content[:, 0].to(device, torch.float32), content[:, 1].to(device, torch.float32))
+                           if content is not None else (torch.full((n,), float(side), device=device),) * 2)
         sign = torch.ones(n, device=device)
-        if self.hflip:
+        if self.hflip and self.preset != "none":
             sign = torch.where(torch.rand(n, generator=g, device=device) < 0.5, -sign, sign)
-        if self.preset in ("crop", "light"):
+        if self.preset in ("none", "crop", "light"):
+            theta = self._square_window(n, sign, g, device)
+            if content is not None:  # the window lives in the centre square of the whole image
+                shorter = torch.minimum(heights, widths)
+                theta[:, 0] *= (shorter / widths).view(n, 1)
+                theta[:, 1] *= (shorter / heights).view(n, 1)
+        else:
+            theta = self._random_resized_crop(sign, heights, widths, g)
+        if content is not None:  # content coordinates -> the letterboxed square's
+            for row, extent in ((0, widths / side), (1, heights / side)):
+                theta[:, row] *= extent.view(n, 1)
+                theta[:, row, 2] += extent - 1
+        grid = F.affine_grid(theta, [n, x.shape[1], self.size, self.size], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def _square_window(self, n: int, sign: torch.Tensor, g: torch.Generator, device) -> torch.Tensor:
+        """crop/light: a shift by up to 1/8 of the side (light: and a rotation within +-10 degrees); none: all."""
+        zeros = torch.zeros(n, device=device)
+        angle, shift_x, shift_y = zeros, zeros, zeros
+        if self.preset != "none":
             angle = self._uniform(n, -10.0, 10.0, g, device) * (math.pi / 180)
             if self.preset == "crop":  # drawn all the same, so both presets consume one random stream
                 angle = torch.zeros_like(angle)
-            scale_x = scale_y = torch.ones(n, device=device)
             max_shift = 2.0 * max(1, self.size // 8) / self.size  # normalised coords span 2
             # whole-pixel shifts keep unrotated pixels exact under bilinear resampling
             steps = max(1, self.size // 8)
             shift_x = torch.randint(-steps, steps + 1, (n,), generator=g, device=device) * (max_shift / steps)
             shift_y = torch.randint(-steps, steps + 1, (n,), generator=g, device=device) * (max_shift / steps)
-        else:  # random-resized-crop: the output window covers a random part of the input
-            angle = torch.zeros(n, device=device)
-            area = self._uniform(n, 0.08, 1.0, g, device)
-            log_ratio = self._uniform(n, math.log(3 / 4), math.log(4 / 3), g, device)
-            ratio = torch.exp(log_ratio)
-            scale_x = torch.sqrt(area * ratio).clamp(max=1.0)
-            scale_y = torch.sqrt(area / ratio).clamp(max=1.0)
-            shift_x = (torch.rand(n, generator=g, device=device) * 2 - 1) * (1 - scale_x)
-            shift_y = (torch.rand(n, generator=g, device=device) * 2 - 1) * (1 - scale_y)
         cos, sin = torch.cos(angle), torch.sin(angle)
-        theta = torch.stack([
-            torch.stack([cos * scale_x * sign, -sin * scale_y, shift_x], dim=1),
-            torch.stack([sin * scale_x * sign, cos * scale_y, shift_y], dim=1),
-        ], dim=1)  # N x 2 x 3, maps output to input coordinates
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return torch.stack([torch.stack([cos * sign, -sin, shift_x], dim=1),
+                            torch.stack([sin * sign, cos, shift_y], dim=1)], dim=1)  # N x 2 x 3: output -> input
+
+    def _random_resized_crop(self, sign: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor,
+                             g: torch.Generator) -> torch.Tensor:
+        """torchvision's RandomResizedCrop window per image, in its content's coordinates: 8-100 % of the whole
+        image's area, aspect 3/4-4/3, ten tries for a window that fits, else the whole image with its aspect
+        clamped to 3/4-4/3."""
+        n, device, tries = len(sign), sign.device, 10
+        area = (heights * widths).view(n, 1) * (torch.rand(n, tries, generator=g, device=device) * 0.92 + 0.08)
+        log_ratio = torch.rand(n, tries, generator=g, device=device) * math.log(16 / 9) + math.log(3 / 4)
+        crop_w, crop_h = torch.sqrt(area * torch.exp(log_ratio)), torch.sqrt(area / torch.exp(log_ratio))
+        fits = (crop_w <= widths.view(n, 1)) & (crop_h <= heights.view(n, 1))
+        first = fits.int().argmax(dim=1, keepdim=True)  # the first try that fits
+        aspect = widths / heights
+        fallback_w = torch.where(aspect > 4 / 3, heights * 4 / 3, widths)
+        fallback_h = torch.where(aspect < 3 / 4, widths * 4 / 3, heights)
+        found = fits.any(dim=1)
+        scale_x = torch.where(found, crop_w.gather(1, first).squeeze(1), fallback_w) / widths
+        scale_y = torch.where(found, crop_h.gather(1, first).squeeze(1), fallback_h) / heights
+        shift_x = (torch.rand(n, generator=g, device=device) * 2 - 1) * (1 - scale_x)
+        shift_y = (torch.rand(n, generator=g, device=device) * 2 - 1) * (1 - scale_y)
+        zeros = torch.zeros(n, device=device)
+        return torch.stack([torch.stack([scale_x * sign, zeros, shift_x], dim=1),
+                            torch.stack([zeros, scale_y, shift_y], dim=1)], dim=1)
 
     def _colour_jitter(self, x: torch.Tensor, g: torch.Generator, strength: float) -> torch.Tensor:
         n, device = x.shape[0], x.device

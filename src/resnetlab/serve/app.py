@@ -110,7 +110,8 @@ class _Service:
         data = await upload.read()
         async with self.decode_slots:  # bounds the decoded full-size images held at once
             try:
-                return await run_in_threadpool(decode_upload, name, data, self.size, self.limits.max_pixels)
+                return await run_in_threadpool(decode_upload, name, data, self.size, self.limits.max_pixels,
+                                               self.classifier.meta.crop)
             except UploadTooLarge as err:
                 raise HTTPException(413, str(err)) from None
             except ImageReadError as err:

@@ -80,7 +80,7 @@ def too_large_message(limit: int) -> str:
     return f"upload too large: the request body is over {limit:,} bytes ({limit / MB:.3g} MB, --max-upload-mb)"
 
 
-def decode_upload(name: str, data: bytes, size: int, max_pixels: int) -> tuple[torch.Tensor, Image.Image]:
+def decode_upload(name: str, data: bytes, size: int, max_pixels: int, crop=None) -> tuple[torch.Tensor, Image.Image]:  # noqa: ANN001
     """Uploaded bytes -> (uint8 3 x S x S model input, RGB PIL image); ValueError-like errors name the file.
 
     The same decoding as every other verb (open_rgb + decode_image); the pixel count is read from the header
@@ -102,8 +102,11 @@ def decode_upload(name: str, data: bytes, size: int, max_pixels: int) -> tuple[t
     if width * height > max_pixels:
         raise UploadTooLarge(f"{name}: {width} x {height} = {width * height:,} pixels; this server accepts at most "
                              f"{max_pixels:,} pixels per image (--max-pixels)")
-    image = open_rgb(name, data=data, draft_size=size)  # ImageReadError for empty, broken or non-image data
-    return decode_image(image, size), image
+    from ..data.images import Crop
+
+    crop = crop or Crop()  # the model's evaluation crop (ModelMeta.crop)
+    image = open_rgb(name, data=data, draft_size=crop.scale_size(size))  # ImageReadError: empty, broken, not an image
+    return decode_image(image, size, crop), image
 
 
 class BodyLimit:

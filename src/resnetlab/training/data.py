@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..data.cache import DecodedSplit, channel_stats, decode_split, default_workers
+from ..data.cache import DecodedSplit, channel_stats, decode_split, default_workers, storage_side
 from ..data.check import inspect_data
+from ..data.images import SMALL_SIZE, Crop
 from ..data.loaders import Batches
 from ..data.sources import default_img_size, open_data
 from ..data.splits import DataSource, SplitData
@@ -40,6 +41,29 @@ class PreparedData:
     val: DecodedSplit
     mean: list[float]
     std: list[float]
+    crop: Crop = Crop()  # the evaluation crop (validation, evaluate, predict, export, serve)
+    layout: str = "square"  # how the training split is stored (cache.py)
+
+
+def resolve_crop(cfg: TrainConfig, img_size: int) -> tuple[Crop, str]:
+    """--crop-pct and --interpolation, and why: given; the timm config of the architecture's weights with
+    --pretrained (resnet50 -> resnet50.a1_in1k: 0.95, bicubic; name a tag such as resnet50.tv_in1k for
+    torchvision's 0.875, bilinear); else 0.875 above 64 px (photo-sized inputs) and 1.0 at 64 px and below, where
+    a crop would cut what little there is; bilinear."""
+    pct, interpolation, reason = cfg.crop_pct, cfg.interpolation, "given"
+    if cfg.pretrained and (pct is None or interpolation is None):
+        import timm
+
+        pretrained_cfg = timm.models.get_pretrained_cfg(cfg.model)
+        if pretrained_cfg is not None:
+            pct = pct if pct is not None else float(pretrained_cfg.crop_pct)
+            interpolation = interpolation or str(pretrained_cfg.interpolation)
+            reason = f"timm's pretrained config of {cfg.model}"
+    if pct is None:
+        pct, reason = ((0.875, "photo-sized input") if img_size > SMALL_SIZE
+                       else (1.0, f"small input (<= {SMALL_SIZE} px)"))
+    interpolation = interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
+    return Crop(pct, interpolation), reason
 
 
 def resolve_norm(cfg: TrainConfig, train: DecodedSplit, split: SplitData | None = None, img_size: int = 0
@@ -51,7 +75,7 @@ def resolve_norm(cfg: TrainConfig, train: DecodedSplit, split: SplitData | None 
         return channel_stats(decode_split(sample, img_size, workers=cfg.workers, progress=False,
                                           use_cache=False).images)
     if cfg.norm == "dataset":
-        return channel_stats(train.images)
+        return channel_stats(train.images, train.content)
     if cfg.norm == "none":
         return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     return list(IMAGENET_MEAN), list(IMAGENET_STD)
@@ -71,22 +95,27 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None, 
     for note in source.notes:
         logger.info(note)
     img_size = cfg.img_size or default_img_size(source)
-    logger.info(f"data: {source.kind} at {source.location}; {len(source.classes)} classes; image size {img_size}px")
-    loader = choose_loader(cfg.loader, source.splits["train"], img_size)
-    decoded = {name: streamed_split(source.splits[name]) if name == "train" and loader == "stream" else
-               decode_split(source.splits[name], img_size, cache_dir=cfg.cache_dir, workers=cfg.workers,
-                            progress=progress_enabled(cfg.progress)) for name in ("train", source.val_name)}
+    crop, why = resolve_crop(cfg, img_size)
+    layout = cfg.cache_layout if cfg.cache_layout != "auto" else "whole" if img_size > SMALL_SIZE else "square"
+    logger.info(f"data: {source.kind} at {source.location}; {len(source.classes)} classes; image size {img_size}px; "
+                f"evaluation crop {crop.pct:g} ({crop.interpolation}; {why})")
+    loader = choose_loader(cfg.loader, source.splits["train"], storage_side(img_size, layout))
+    options = {"cache_dir": cfg.cache_dir, "workers": cfg.workers, "progress": progress_enabled(cfg.progress)}
+    decoded = {"train": streamed_split(source.splits["train"]) if loader == "stream" else
+               decode_split(source.splits["train"], img_size, layout=layout, **options),
+               source.val_name: decode_split(source.splits[source.val_name], img_size, crop=crop, **options)}
     if info.is_main:
         barrier(info)
     report = inspect_data(source, decoded, img_size)
     if info.is_main:
         write_json(run_dir / "data_report.json", report)
     _log_report(cfg, source, decoded, report, run_dir)
-    _log_data_path(cfg, decoded["train"], img_size)
+    _log_data_path(cfg, decoded["train"], storage_side(img_size, layout))
     if info.is_main:
         write_split_csv(run_dir, source)
     mean, std = resolve_norm(cfg, decoded["train"], source.splits["train"], img_size)
-    return PreparedData(source, img_size, source.val_name, decoded["train"], decoded[source.val_name], mean, std)
+    return PreparedData(source, img_size, source.val_name, decoded["train"], decoded[source.val_name], mean, std,
+                        crop, layout)
 
 
 def _log_report(cfg: TrainConfig, source: DataSource, decoded: dict[str, DecodedSplit], report: dict,
@@ -111,16 +140,18 @@ def _log_report(cfg: TrainConfig, source: DataSource, decoded: dict[str, Decoded
             logger.warning(f"{problem['path'] + ': ' if problem['path'] else ''}{problem['reason']}")
 
 
-def _log_data_path(cfg: TrainConfig, train: DecodedSplit, img_size: int) -> None:
+def _log_data_path(cfg: TrainConfig, train: DecodedSplit, side: int) -> None:
     if train.images is None:
-        size, workers = decoded_bytes(len(train), img_size), cfg.workers or default_workers()
+        size, workers = decoded_bytes(len(train), side), cfg.workers or default_workers()
         size_text = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
         logger.info(f"data path: streamed: the training split ({size_text} decoded; --loader {cfg.loader}) is "
                     f"decoded per batch from its files by {workers} DataLoader worker{'s' if workers > 1 else ''} "
                     "(torchvision.io or PIL, whichever is faster for the file); validation decoded once; batches "
                     "augmented on the device")
     else:
-        logger.info(f"data path: decoded once into memory ({train.images.numel() / 2**20:.0f} MiB uint8"
+        shape = "x".join(map(str, train.images.shape[1:]))
+        logger.info(f"data path: decoded once into memory ({train.images.numel() / 2**20:.0f} MiB uint8, "
+                    + ("whole images letterboxed in " if train.content is not None else "") + f"{shape} per image"
                     + (f", cache {train.cache_file}" if train.cache_file else "")
                     + "); batches augmented on the device")
 
@@ -129,14 +160,14 @@ def training_batches(data: PreparedData, cfg: TrainConfig, device: torch.device,
                      sample_weights: torch.Tensor | None = None, rank: int = 0, world_size: int = 1) -> Batches:
     """The training split's shuffled, augmented batches: slices of the decoded array, or streamed from files."""
     augment = (BatchAugment(cfg.aug, data.img_size, hflip=cfg.hflip, erase=cfg.erase)
-               if cfg.aug != "none" or cfg.erase else None)
+               if cfg.aug != "none" or cfg.erase or data.layout == "whole" else None)
     options = {"batch_size": cfg.batch_size, "device": device, "mean": data.mean, "std": data.std, "shuffle": True,
                "augment": augment, "seed": cfg.seed, "drop_last": drop_last, "sample_weights": sample_weights,
                "channels_last": True, "rank": rank, "world_size": world_size}
     if data.train.images is None:
         return StreamBatches(data.source.splits["train"], data.img_size, workers=cfg.workers or default_workers(),
-                             strict=cfg.strict, **options)
-    return Batches(data.train.images, data.train.labels, **options)
+                             strict=cfg.strict, layout=data.layout, **options)
+    return Batches(data.train.images, data.train.labels, content=data.train.content, **options)
 
 
 def validation_batches(data: PreparedData, cfg: TrainConfig, device: torch.device, info: DistInfo) -> Batches:

@@ -23,10 +23,11 @@ from ..engine import EpochResult, EpochTotals, optimizer_steps, run_epoch
 from ..errors import NonFiniteLossError
 from ..log import logger, progress_enabled
 from ..metrics import macro_f1, topk_accuracy
-from ..models import set_backbone_trainable
+from ..models import backbone_frozen, set_backbone_trainable
 from ..runfiles import write_history
 from ..signals import StopRequests
 from ..tracking import Trackers
+from .features import FrozenFeatures, feature_path_reason
 from .finish import plot_curves
 from .schedule import Schedule, TimePlan
 from .setup import Objective, wrap
@@ -52,6 +53,8 @@ class Run:
     trackers: Trackers = field(default_factory=Trackers)  # TensorBoard / MLflow, rank 0 only
     steps_run: int = 0  # batches trained in this invocation, for --stop-after-steps
     stop_signal: int | None = None  # the signal that stopped the run (SIGINT 2, SIGTERM 15)
+    features: FrozenFeatures | None = None  # the frozen backbone's features, while it is frozen (features.py)
+    feature_path: str | None = None  # why the frozen phase runs the plain loop ("" once decided: it does not)
 
     @property
     def device(self) -> torch.device:
@@ -119,11 +122,14 @@ def train_one_epoch(run: Run, epoch: int, planned: int, stop: StopRequests, *, s
         if stop_now and step < steps:
             raise StopRun(epoch, step)
 
-    batches = run.train_batches.epoch(epoch, start_step)
-    if run.objective.mixer is not None:
+    batches, forward = run.train_batches.epoch(epoch, start_step), run.forward
+    features, built = frozen_features(run)
+    if features is not None:
+        batches, forward = features.epoch(run.train_batches, epoch, start_step), features.head
+    elif run.objective.mixer is not None:
         batches = mixed(batches, run.objective.mixer, cfg.seed, epoch, start_step, info.rank)
     try:
-        result = run_epoch(run.forward, batches, criterion=run.objective.train, device=run.device,
+        result = run_epoch(forward, batches, criterion=run.objective.train, device=run.device,
                            optimizer=state.optimizer, scheduler=state.scheduler, scaler=state.scaler,
                            amp_dtype=run.amp_dtype, total_steps=steps, start_step=start_step,
                            desc=f"epoch {epoch}/{planned}", progress=progress_enabled(cfg.progress), epoch=epoch,
@@ -133,8 +139,29 @@ def train_one_epoch(run: Run, epoch: int, planned: int, stop: StopRequests, *, s
         good = f"{run.run_dir / 'last.pt'} (epoch {epoch - 1})" if epoch > 1 else "none (first epoch)"
         raise NonFiniteLossError(f"{err}. Last good checkpoint kept: {good}") from None
     result = combine(result, totals, info)
+    result.seconds += built  # the epoch that computed the features pays for them
     sync_buffers(run.model, info)
     return result
+
+
+def frozen_features(run: Run) -> tuple[FrozenFeatures | None, float]:
+    """The frozen backbone's features (computed on first use; dropped once it trains) and the seconds computing
+    them took in this call; (None, 0) when the backbone trains or the plain frozen loop runs."""
+    if not backbone_frozen(run.model):
+        run.features = None
+        return None, 0.0
+    if run.features is not None or run.feature_path is not None:
+        return run.features, 0.0
+    cfg = run.cfg
+    run.feature_path = feature_path_reason(cfg, run.info.world_size, run.objective.mixer is not None) or ""
+    if run.feature_path:
+        if run.feature_path != "off":
+            logger.info(f"frozen backbone: the plain loop runs every epoch ({run.feature_path})")
+        return None, 0.0
+    run.features = FrozenFeatures.build(run.model, run.train_batches, views=cfg.feature_views, preset=cfg.aug,
+                                        hflip=cfg.hflip, size=int(run.meta["img_size"]), seed=cfg.seed,
+                                        amp_dtype=run.amp_dtype)
+    return run.features, run.features.seconds
 
 
 def validate(run: Run, network: nn.Module, epoch: int) -> tuple[EpochResult, dict[str, float]]:

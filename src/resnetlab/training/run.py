@@ -167,7 +167,8 @@ def _set_up(cfg: TrainConfig, saved: dict | None, info: DistInfo, run_dir: Path,
                     "the learning rate is used as given (no automatic scaling with the process count)")
     forward = wrap(model, cfg, info)
     state.ema = build_ema(cfg, model)
-    meta = describe_model(ModelMeta(spec, classes, data.img_size, data.mean, data.std), cfg.to_dict())
+    meta = describe_model(ModelMeta(spec, classes, data.img_size, data.mean, data.std, crop_pct=data.crop.pct,
+                                    interpolation=data.crop.interpolation), cfg.to_dict())
     return Run(cfg, info, run_dir, model, forward, state, schedule, objective, train_batches,
                validation_batches(data, cfg, device, info), amp_dtype, meta)
 
