@@ -4,6 +4,7 @@ sizes, modes and aspect ratios end to end."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +237,40 @@ def test_open_rgb_draft_keeps_the_longer_side_for_whole_images(tmp_path):
     textured(1600, 800, 1).save(path, quality=90)
     image = open_rgb(path, draft_longer=300)
     assert image.size == (400, 200)  # libjpeg's 1/4 scale: the longer side stays >= 300
+
+
+def test_the_photos_recipe_fine_tunes_timm_and_torchvision_weight_files(tmp_path, no_figures):
+    import torchvision
+    from safetensors.torch import save_file
+
+    from resnetlab.config import TrainConfig, recipe_values
+
+    data = _photo_folder(tmp_path / "photos", per_class=6)
+    files = {"timm.safetensors": timm.create_model("resnet18", num_classes=1000).state_dict(),
+             "torchvision.pth": torchvision.models.resnet18(weights=None).state_dict()}
+    for name, state in files.items():
+        path = tmp_path / name
+        save_file(state, path) if name.endswith(".safetensors") else torch.save(state, path)
+        cfg = TrainConfig.from_sources(None, {"data": str(data), "model": "resnet18", "pretrained": str(path),
+                                              "img_size": 72, "epochs": 1, "batch_size": 8, "workers": 1,
+                                              "progress": False, "out": str(tmp_path / f"run-{name}"),
+                                              "cache_dir": str(tmp_path / "cache")}, base=recipe_values("photos"))
+        result = resnetlab.train(cfg)
+        saved = read_checkpoint(result.run_dir / "last.pt")
+        assert torch.equal(saved["model"]["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])  # frozen, loaded
+        assert saved["model"]["fc.weight"].shape == (2, 512)  # a new head for the two classes
+        assert (saved["crop_pct"], saved["interpolation"]) == (0.95, "bicubic")  # resnet18's timm config
+
+
+def test_the_photos_recipe_offline_without_a_file_says_what_to_pass(tmp_path):
+    import sys
+
+    from processes import run
+
+    data = _photo_folder(tmp_path / "photos", per_class=2)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = run([sys.executable, "-m", "resnetlab", "train", str(data), "--recipe", "photos", "--out",
+                str(tmp_path / "run")], timeout=120, env=env)
+    assert done.returncode == 1
+    assert "--pretrained FILE" in done.stderr and "--pretrained none" in done.stderr
+    assert not (tmp_path / "run").exists()  # refused before the run folder or any decoding

@@ -78,7 +78,8 @@ class TrainConfig:
     # model
     model: str = _opt("resnet18", "architecture: resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, "
                                   "or any timm ResNet name")
-    pretrained: str | None = _opt(None, "weights: a local .pth/.safetensors file, or 'hub' (timm download)")
+    pretrained: str | None = _opt(None, "weights: a local .pth/.safetensors file (timm or torchvision), 'hub' (timm "
+                                        "download), or none (random weights)")
     head: str = _opt("linear", "classifier head: linear, or mlp (Linear-ReLU-Dropout-Linear)", ("linear", "mlp"))
     hidden: int = _opt(512, "hidden width of the mlp head")
     dropout: float = _opt(0.5, "dropout of the mlp head")
@@ -178,6 +179,8 @@ class TrainConfig:
             if choices and value not in choices and not (value is None and f.default is None):
                 raise ConfigError(f"{f.name} = {value!r} is not one of: {', '.join(choices)}")
             _check_type(f.name, str(f.type), value)
+        if isinstance(self.pretrained, str) and self.pretrained.lower() in ("none", ""):
+            self.pretrained = None  # --pretrained none: random weights, e.g. to override a recipe's
         if isinstance(self.lr, str) and self.lr != "auto":
             try:
                 self.lr = float(self.lr)

@@ -25,7 +25,7 @@ from .engine import resolve_device
 from .errors import ConfigError, DataError, ImageReadError, ModelError
 from .fileio import atomic_open, atomic_path
 from .log import logger, progress_enabled
-from .models import ModelSpec, build_model, load_matching, read_state_dict
+from .models import ModelSpec, build_model, default_crop, load_matching, read_state_dict
 
 FORMATS = (".npz", ".csv", ".parquet")
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
@@ -44,7 +44,9 @@ def pretrained_classifier(arch: str, weights: str | Path, *, img_size: int = 224
         raise ModelError(f"{weights} does not fit {arch}: its first conv differs; is it for another architecture?")
     for note in notes:
         logger.info(f"pretrained: {note}")
+    crop, _ = default_crop(arch, img_size, pretrained=True)  # the weights' own evaluation crop
     meta = ModelMeta(spec=spec, classes=[str(i) for i in range(num_classes)], img_size=img_size,
+                     crop_pct=crop.pct, interpolation=crop.interpolation,
                      mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), source=str(weights))
     return from_model(model.eval(), meta, resolve_device(device))
 

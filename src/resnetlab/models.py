@@ -18,6 +18,7 @@ import timm
 import torch
 from torch import nn
 
+from .data.images import SMALL_SIZE, Crop
 from .errors import ConfigError, ModelError
 
 SMALL_STEM_MAX_SIZE = 64  # the auto stem is the small one at or below this image size
@@ -103,6 +104,21 @@ def _use_small_stem(model: nn.Module) -> None:
     else:
         raise ModelError(f"{type(model).__name__} has no conv1 stem to replace; use --stem standard")
     model.maxpool = nn.Identity()
+
+
+def default_crop(arch: str, img_size: int, pretrained: bool) -> tuple[Crop, str]:
+    """The evaluation crop when none is given, and why: with pretrained weights the timm config of ``arch``'s
+    weights (resnet50 -> resnet50.a1_in1k: 0.95, bicubic; a tag such as resnet50.tv_in1k gives torchvision's 0.875,
+    bilinear); else 0.875 above 64 px (photo-sized inputs) and 1.0 at 64 px and below, where a crop would cut
+    what little there is; bilinear."""
+    if pretrained:
+        config = timm.models.get_pretrained_cfg(arch)
+        if config is not None:
+            interpolation = config.interpolation if config.interpolation in ("bilinear", "bicubic") else "bilinear"
+            return Crop(float(config.crop_pct), interpolation), f"timm's pretrained config of {arch}"
+    if img_size > SMALL_SIZE:
+        return Crop(0.875), "photo-sized input"
+    return Crop(1.0), f"small input (<= {SMALL_SIZE} px)"
 
 
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
@@ -191,27 +207,29 @@ def load_pretrained(model: nn.Module, source: str, spec: ModelSpec,
                     state: dict[str, torch.Tensor] | None = None) -> list[str]:
     """Load ImageNet-style weights into ``model``; returns notes about what was re-initialised. ``state``: the
     file's tensors when the caller has read them already (``read_state_dict``)."""
-    if state is not None:
-        return load_matching(model, state, source)
-    if source == "hub":
-        quiet = [logging.getLogger(name) for name in ("huggingface_hub", "timm", "urllib3", "httpx")]
-        levels = [logger.level for logger in quiet]
-        for logger in quiet:  # the hub client logs each failed retry with a traceback; we report once
-            logger.setLevel(logging.CRITICAL)
-        try:
-            _check_hub_reachable()
-            donor = timm.create_model(spec.arch, pretrained=True)
-        except Exception as err:  # noqa: BLE001 - no network, missing hub package, unknown tag...
-            raise ModelError(f"could not download pretrained weights for {spec.arch} from the hub "
-                             f"({_short(err)}); offline? download them elsewhere and pass "
-                             f"--pretrained PATH (.pth or .safetensors)") from None
-        finally:
-            for logger, level in zip(quiet, levels):
-                logger.setLevel(level)
-        state = donor.state_dict()
-    else:
-        state = read_state_dict(source)
+    if state is None:
+        state = hub_state_dict(spec.arch) if source == "hub" else read_state_dict(source)
     return load_matching(model, state, source)
+
+
+def hub_state_dict(arch: str) -> dict[str, torch.Tensor]:
+    """``arch``'s ImageNet weights from the Hugging Face hub (timm), or a ModelError saying what to pass instead."""
+    quiet = [logging.getLogger(name) for name in ("huggingface_hub", "timm", "urllib3", "httpx")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:  # the hub client logs each failed retry with a traceback; we report once
+        logger.setLevel(logging.CRITICAL)
+    try:
+        _check_hub_reachable()
+        return timm.create_model(arch, pretrained=True).state_dict()
+    except Exception as err:  # noqa: BLE001 - no network, missing hub package, unknown tag...
+        raise ModelError(f"could not download pretrained weights for {arch} from the hub ({_short(err)}). "
+                         f"Offline? Pass a weights file: --pretrained FILE (a timm or torchvision {arch} state dict, "
+                         f".pth or .safetensors; saved where there is network with torch.save(timm.create_model("
+                         f"'{arch}', pretrained=True).state_dict(), '{arch}.pth')), or --pretrained none to start "
+                         "from random weights") from None
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
 
 
 def _check_hub_reachable() -> None:

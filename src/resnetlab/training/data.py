@@ -27,6 +27,7 @@ from ..distributed import DistInfo, barrier
 from ..errors import DataError
 from ..fileio import write_json
 from ..log import logger, progress_enabled
+from ..models import default_crop
 from ..runfiles import write_split_csv
 
 NORM_SAMPLE = 5000  # images that estimate a streamed split's mean/std (a decoded split uses all of them)
@@ -46,24 +47,11 @@ class PreparedData:
 
 
 def resolve_crop(cfg: TrainConfig, img_size: int) -> tuple[Crop, str]:
-    """--crop-pct and --interpolation, and why: given; the timm config of the architecture's weights with
-    --pretrained (resnet50 -> resnet50.a1_in1k: 0.95, bicubic; name a tag such as resnet50.tv_in1k for
-    torchvision's 0.875, bilinear); else 0.875 above 64 px (photo-sized inputs) and 1.0 at 64 px and below, where
-    a crop would cut what little there is; bilinear."""
-    pct, interpolation, reason = cfg.crop_pct, cfg.interpolation, "given"
-    if cfg.pretrained and (pct is None or interpolation is None):
-        import timm
-
-        pretrained_cfg = timm.models.get_pretrained_cfg(cfg.model)
-        if pretrained_cfg is not None:
-            pct = pct if pct is not None else float(pretrained_cfg.crop_pct)
-            interpolation = interpolation or str(pretrained_cfg.interpolation)
-            reason = f"timm's pretrained config of {cfg.model}"
-    if pct is None:
-        pct, reason = ((0.875, "photo-sized input") if img_size > SMALL_SIZE
-                       else (1.0, f"small input (<= {SMALL_SIZE} px)"))
-    interpolation = interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
-    return Crop(pct, interpolation), reason
+    """--crop-pct and --interpolation, each as given or else by ``models.default_crop``'s rule; and why."""
+    chosen, reason = default_crop(cfg.model, img_size, bool(cfg.pretrained))
+    if cfg.crop_pct is not None:
+        reason = "given"
+    return Crop(cfg.crop_pct or chosen.pct, cfg.interpolation or chosen.interpolation), reason
 
 
 def resolve_norm(cfg: TrainConfig, train: DecodedSplit, split: SplitData | None = None, img_size: int = 0

@@ -26,6 +26,7 @@ from ..models import (
     ModelSpec,
     build_model,
     check_arch,
+    hub_state_dict,
     load_pretrained,
     read_state_dict,
     resolve_stem,
@@ -64,7 +65,9 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
                        follow_links=cfg.follow_links)
     if cfg.best_metric == "top5" and len(source.classes) < 5:
         raise ConfigError(f"--best-metric top5 needs at least 5 classes; this data has {len(source.classes)}")
-    weights = read_state_dict(cfg.pretrained) if cfg.pretrained and cfg.pretrained != "hub" else None
+    weights = None
+    if cfg.pretrained:  # before anything is decoded: a missing file or an offline hub fails in a second
+        weights = hub_state_dict(cfg.model) if cfg.pretrained == "hub" else read_state_dict(cfg.pretrained)
     return Inputs(source, weights)
 
 
