@@ -14,7 +14,7 @@ from resnetlab.config import TrainConfig, load_yaml, parse_duration, recipe_valu
 from resnetlab.errors import ConfigError
 
 CLI_TINY = ["--img-size", "16", "--width", "0.25", "--batch-size", "16", "--no-progress", "--workers", "1"]
-SHIPPED = "accurate, fast, photos"
+SHIPPED = "auto, accurate, fast, photos, plain"
 
 
 def config(**values) -> TrainConfig:

@@ -230,6 +230,27 @@ def test_a_photo_folder_trains_evaluates_predicts_and_explains_end_to_end(tmp_pa
 
     explain(checkpoint, [str(data / "circle")], out=str(tmp_path / "cams"), workers=1, progress=False, device="cpu")
     assert len(list((tmp_path / "cams").glob("*.png"))) >= 10
+    classifier = resnetlab.load(checkpoint, device="cpu")
+    features = classifier.embed([str(data / "circle" / "circle 0.jpg"), str(data / "box" / "box 2.png")])
+    assert features.shape == (2, classifier.model.num_features) and np.isfinite(features).all()
+
+
+def test_streamed_whole_images_match_the_cached_ones(tmp_path):
+    from resnetlab.data.stream import StreamBatches
+
+    paths = []
+    for i, (width, height) in enumerate(SHAPES[:4]):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        textured(width, height, i).save(paths[-1], quality=95)
+    split = SplitData("train", np.zeros(4, dtype=np.int64), paths)
+    cached = decode_split(split, 72, layout="whole", use_cache=False, workers=1)
+    options = {"batch_size": 4, "device": "cpu", "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+               "augment": BatchAugment("standard", 72), "seed": 3}
+    streamed = StreamBatches(split, 72, workers=0, layout="whole", **options)
+    memory = Batches(cached.images, cached.labels, content=cached.content, **options)
+    (x_stream, _, _), (x_memory, _, _) = next(streamed.epoch(1)), next(memory.epoch(1))
+    assert x_stream.shape == (4, 3, 72, 72)
+    torch.testing.assert_close(x_stream, x_memory)  # the same pictures, the same crops
 
 
 def test_open_rgb_draft_keeps_the_longer_side_for_whole_images(tmp_path):

@@ -149,7 +149,7 @@ def test_recipes_are_valid_and_unknown_names_are_listed():
     for name in ("fast", "accurate", "photos"):
         values = recipe_values(name)
         TrainConfig.from_dict(dict(values, data="x"))  # every shipped preset is valid
-    with pytest.raises(ConfigError, match="shipped recipes: accurate, fast, photos"):
+    with pytest.raises(ConfigError, match="shipped recipes: auto, accurate, fast, photos, plain"):
         recipe_values("turbo")
 
 

@@ -1,0 +1,230 @@
+"""--recipe auto (the CLI's default): settings chosen from the data and the time the run is given.
+
+From the training split's statistics (images, classes and their imbalance, median image side, grey or colour),
+the device's measured training speed and the budget (--time-limit; 15 minutes on a CPU when none is given, none
+on a GPU), ``choose`` picks the image size, stem, width, epochs, batch size, optimizer and learning rate,
+augmentation, label smoothing, EMA, class balancing, normalisation and the metric that picks best.pt. A setting
+the user gave (flag, YAML, or a keyword of ``resnetlab.train``) is never changed. Each choice is logged with its
+reason and saved in config.yaml (``chosen``) and the report.
+
+Where the rules come from (benchmarks/README.md): the fast/accurate presets' measurements on 28-32 px sets (a
+half-width ResNet-18 with the small stem, SGD 0.1 one-cycle, flips and padded crops, EMA 0.999, random erasing for
+long schedules); issue 17's measurement on ~2,000 grey 200-400 px images (160 px, AdamW one-cycle, flips, label
+smoothing and 20 epochs beat 224 px for 10 epochs by 10 points in the same time: on a CPU, epochs matter more
+than pixels); benchmarks/defaults.py checks the whole on seven data sets.
+
+    chosen = choose(stats, budget_s=900, speed=probe, pretrained=False)   # {setting: (value, reason)}
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..config import TrainConfig, parse_duration
+from ..data.images import SMALL_SIZE
+from ..data.splits import DataSource
+from ..engine import amp_dtype_for, autocast
+from ..log import logger
+from ..models import ModelSpec, build_model, first_stage_side
+
+CPU_BUDGET_S = 15 * 60  # the budget on a CPU when none is given
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+TRAIN_SHARE = 0.8  # of the budget, for the training epochs
+IMBALANCE = 3.0  # largest / smallest class above which classes are balanced and best.pt is picked by macro F1
+LADDER_SIZES = (224, 192, 160, 128, 112, 96, 80, 64)  # photo-sized inputs: resolution first, then width
+Speed = Callable[[int, str, float, int], float]  # (img_size, stem, width, batch) -> training images per second
+
+
+@dataclass
+class DataStats:
+    images: int  # training images
+    counts: list[int]  # per class
+    side: int  # median shorter side of a sample of the training images (a built-in's native side)
+    grey: bool  # every sampled image is grey
+
+    @property
+    def imbalance(self) -> float:
+        return max(self.counts) / max(1, min(self.counts))
+
+
+def data_stats(source: DataSource, sample: int = 200) -> DataStats:
+    """The training split's statistics; image sides and modes from the headers of an even sample."""
+    split = source.splits["train"]
+    counts = np.bincount(np.asarray(split.labels, dtype=np.int64), minlength=len(source.classes)).tolist()
+    if split.images is not None:  # a built-in: N x H x W (grey) or N x H x W x C
+        grey = split.images.ndim == 3 or split.images.shape[-1] == 1
+        return DataStats(len(split), counts, int(source.native_size or split.images.shape[1]), grey)
+    sides, modes = [], set()
+    for path in split.paths[:: max(1, len(split.paths) // sample)][:sample]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+                modes.add(image.mode)
+        except Exception:  # noqa: BLE001 - an unreadable file is reported by the decode, not here
+            continue
+    side = int(np.median(sides)) if sides else 224
+    return DataStats(len(split), counts, side, bool(modes) and modes <= GREY_MODES)
+
+
+def target_epochs(images: int) -> int:
+    """Epochs a from-scratch run wants: many for small sets, few for large ones (60k: 5, the fast preset's
+    measured knee; 2k: 28, near the 20+ of the issue's notebook; 1k: 40)."""
+    return int(min(40, max(5, round(40 / math.sqrt(max(images, 1) / 1000)))))
+
+
+def candidates(stats: DataStats, pretrained: bool) -> list[tuple[int, str, float]]:
+    """(img_size, stem, width) in order of preference, most accurate (and costly) first."""
+    side = max(16, stats.side) if stats.side <= SMALL_SIZE else int(min(224, round(stats.side / 8) * 8))
+    if side <= SMALL_SIZE:
+        ladder = [(side, "small", 1.0), (side, "small", 0.5), (side, "small", 0.25), (side, "standard", 1.0),
+                  (side, "standard", 0.5)]
+    else:
+        sizes = [s for s in LADDER_SIZES if s <= side] or [side]
+        ladder = [(s, "standard", 1.0) for s in sizes if s >= 160] + [(s, "standard", 0.5) for s in sizes
+                                                                     if s <= 160]
+        if side < 160:
+            ladder.insert(0, (side, "standard", 1.0))
+    if pretrained:  # ImageNet weights fix the width and the stem
+        ladder = [entry for entry in ladder if entry[1:] == ("standard", 1.0)] or [(side, "standard", 1.0)]
+    return ladder
+
+
+def relative_cost(size: int, stem: str, width: float) -> float:
+    """Training seconds per image of a rung relative to others: pixels x width^1.5 (half width ran ~2.8x faster,
+    not 4x: the memory-bound layers shrink less than the FLOPs) x 16 for the small stem (no stride-4 entry)."""
+    return size * size * width ** 1.5 * (16.0 if stem == "small" else 1.0)
+
+
+def choose(stats: DataStats, *, budget_s: float | None, speed: Speed, pretrained: bool) -> dict[str, tuple]:
+    """Every auto setting as {name: (value, reason)}; ``speed`` measures (or, in tests, scripts) throughput.
+
+    The speed is measured once, on the cheapest rung of ``candidates`` (a second or two, even on a busy CPU), and
+    scaled to the others by ``relative_cost``; small rungs carry more fixed cost per pixel, so the scaled speeds
+    of larger rungs err on the slow side. The first rung that fits the wanted epochs in 80 % of the budget (the
+    rest goes to decoding, validation and the final evaluation) wins; the cheapest when none does."""
+    n, chosen = stats.images, {}
+    batch = 128 if n >= 20_000 else 64 if n >= 2_000 else 32
+    chosen["batch_size"] = (batch, f"{n} training images: {max(1, n // batch)} steps per epoch")
+    want = target_epochs(n)
+    ladder = candidates(stats, pretrained)
+    pick, epochs, measured = ladder[0], want, 0.0
+    if budget_s:
+        base = speed(*ladder[-1], batch)
+        for entry in ladder:
+            measured = base * relative_cost(*ladder[-1]) / relative_cost(*entry)
+            fits = TRAIN_SHARE * budget_s * measured / n
+            if fits >= want or entry == ladder[-1]:
+                pick, epochs = entry, int(max(1, min(fits, 3 * want)))
+                break
+    size, stem, width = pick
+    why = (f"~{measured:.0f} img/s (measured at {ladder[-1][0]}px): {epochs} epochs of {n} images fit in "
+           f"{budget_s:.0f}s (wanted {want})" if budget_s else f"{want} epochs for {n} images")
+    chosen["img_size"] = (size, f"median image side {stats.side}px; {why}")
+    chosen["stem"] = (stem, "small stem for <= 64 px (keeps detail)" if stem == "small" else "ImageNet stem")
+    chosen["width"] = (width, "full width" if width == 1.0 else f"{width}x width: the full network fits too few "
+                                                                "epochs in the budget")
+    chosen["epochs"] = (epochs, why)
+    if budget_s:
+        chosen["fill_time"] = (True, "re-planned after each epoch to use the whole budget")
+    chosen.update(_optimisation(stats, epochs, batch, pretrained, size))
+    return chosen
+
+
+def _optimisation(stats: DataStats, epochs: int, batch: int, pretrained: bool, size: int) -> dict[str, tuple]:
+    chosen: dict[str, tuple] = {}
+    if size <= SMALL_SIZE and not pretrained:
+        chosen["opt"], chosen["lr"] = ("sgd", "the fast/accurate presets' measured optimizer"), (0.1, "SGD one-cycle")
+    else:
+        lr = 5e-4 if pretrained else 2e-3
+        chosen["opt"] = ("adamw", "AdamW one-cycle: robust from scratch on photos (issue 17's measurement)")
+        chosen["lr"] = (lr, "fine-tuning ImageNet weights" if pretrained else "from scratch")
+        chosen["weight_decay"] = (0.05, "AdamW's usual decoupled decay")
+    chosen["sched"] = ("onecycle", "one-cycle: best in short, time-limited runs")
+    chosen["warmup_epochs"] = (round(min(2.0, max(0.3, 0.1 * epochs)), 2), "a tenth of the run, 0.3-2 epochs")
+    chosen["aug"] = (("crop", "flips and padded crops (small images: rotation slows short schedules)")
+                     if size <= SMALL_SIZE else ("standard", "random-resized crops of the whole picture + colour")
+                     if epochs >= 15 else ("light", "flips, shifts, small rotations: too few epochs for "
+                                                    "random-resized crops"))
+    long_run = epochs * max(1, stats.images // batch) >= 3000
+    chosen["erase"] = ((0.25, "random erasing: regularises long runs") if epochs >= 10 and not pretrained
+                       else (0.0, "short run: no random erasing"))
+    chosen["label_smoothing"] = (0.1, "every preset's value")
+    chosen["ema"] = ((0.999, ">= 3000 optimizer steps") if long_run else (0.0, "too few steps for an average"))
+    imbalanced = stats.imbalance > IMBALANCE
+    chosen["balance"] = (("weights", f"classes {stats.imbalance:.0f}:1 imbalanced: class-weighted loss")
+                         if imbalanced else ("none", f"classes within {IMBALANCE:g}:1"))
+    chosen["best_metric"] = (("macro_f1", "imbalanced: best.pt by macro F1, not accuracy") if imbalanced
+                             else ("val_acc", "balanced classes"))
+    chosen["norm"] = (("imagenet", "pretrained weights expect ImageNet statistics") if pretrained
+                      else ("dataset", "grey images: the training split's own statistics") if stats.grey
+                      else ("imagenet", "colour images"))
+    return chosen
+
+
+def measure_speed(arch: str, classes: int, device: torch.device, amp: str) -> Speed:
+    """A ``Speed`` that times a few real training steps (forward, backward, SGD step) on random images."""
+
+    def speed(size: int, stem: str, width: float, batch: int) -> float:
+        spec = ModelSpec(arch, classes, stem=stem, width=width)
+        model = build_model(spec).to(device, memory_format=torch.channels_last).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        dtype = amp_dtype_for(amp, device, first_stage_side(spec, size))
+        batch = min(batch, 16)  # enough for a stable rate; the real batch is at least as fast per image
+        x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, classes, (batch,), device=device)
+        timings = []
+        for _ in range(3):  # the first step warms up (kernel choice, allocations)
+            started = time.perf_counter()
+            with autocast(device, dtype):
+                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timings.append(time.perf_counter() - started)
+        return batch / min(timings[1:])
+
+    return speed
+
+
+def apply_auto(cfg: TrainConfig, source: DataSource, device: torch.device, *, speed: Speed | None = None,
+               clock: Callable[[], float] = time.perf_counter) -> TrainConfig:
+    """``cfg`` with every auto setting the user did not give; the choices and reasons are logged and kept in
+    ``cfg.chosen``. The budget: --time-limit, else 15 minutes on a CPU unless --epochs was given, else none; the
+    seconds spent measuring come out of it."""
+    started = clock()
+    given = set(cfg.given or [])
+    if cfg.time_limit is not None:
+        budget: float | None = parse_duration(cfg.time_limit)
+    elif device.type == "cpu" and "epochs" not in given:
+        budget = float(CPU_BUDGET_S)
+    else:
+        budget = None
+    stats = data_stats(source)
+    logger.info(f"auto: {stats.images} training images, {len(stats.counts)} classes (largest/smallest "
+                f"{stats.imbalance:.1f}), median side {stats.side}px, {'grey' if stats.grey else 'colour'}; budget "
+                + (f"{budget:.0f}s" if budget else "none"))
+    pretrained = bool(cfg.pretrained)
+    options = choose(stats, budget_s=budget, speed=speed or measure_speed(cfg.model, len(stats.counts), device,
+                                                                           cfg.amp), pretrained=pretrained)
+    values, chosen = {}, {}
+    for name, (value, reason) in options.items():
+        if name in given:
+            logger.info(f"auto: {name} = {getattr(cfg, name)} (given)")
+            continue
+        values[name], chosen[name] = value, {"value": value, "why": reason}
+        logger.info(f"auto: {name} = {value} ({reason})")
+    if budget:  # the limit is the run's whole wall time: measuring counts too
+        spent = clock() - started
+        values["time_limit"] = f"{max(1.0, budget - spent):.0f}s"
+        chosen["time_limit"] = {"value": values["time_limit"], "why": f"{budget:.0f}s less the {spent:.0f}s measuring"}
+        logger.info(f"auto: time_limit = {values['time_limit']} ({chosen['time_limit']['why']})")
+    return TrainConfig.from_dict({**cfg.to_dict(), **values, "chosen": chosen})
