@@ -304,7 +304,7 @@ def run_resnetlab(args, name: str, root: Path, work: Path, flags: list[str]) -> 
     command = [sys.executable, "-m", "resnetlab", "train", str(root), "--model", args.model,
                "--img-size", str(args.img_size), "--batch-size", str(args.batch_size), "--out", str(run_dir),
                "--seed", str(args.seed), "--workers", "2", "--cache-dir", str(work / "cache" / name),
-               "--stem", "standard", *flags]
+               "--stem", "standard", "--recipe", "plain", *flags]  # one fixed recipe: only the data path varies
     if args.pretrained:
         command += ["--pretrained", args.pretrained]
     print(f"  {name}: {' '.join(command[2:])}", flush=True)

@@ -38,7 +38,23 @@ def test_a_grey_imbalanced_set_of_large_images_gets_what_it_needs():
     assert chosen["img_size"] < 224 and chosen["epochs"] >= target_epochs(2000) == 28  # pixels traded for epochs
     assert (chosen["balance"], chosen["best_metric"], chosen["norm"]) == ("weights", "macro_f1", "dataset")
     assert chosen["opt"] == "adamw" and chosen["stem"] == "standard" and chosen["fill_time"] is True
-    assert speed.calls == [(64, "standard", 0.5)]  # measured once, on the cheapest rung, then scaled
+    assert speed.calls[0] == (64, "standard", 0.5) and len(speed.calls) <= 4  # the cheapest first, then scaled
+
+
+def test_a_pessimistic_estimate_is_corrected_by_measuring_the_rungs_it_picks():
+    stats = DataStats(images=2000, counts=[500] * 4, side=300, grey=False)
+    pixels = scripted(1e-6)
+    calls = []
+
+    def with_overhead(size, stem, width, batch):  # a fixed 5 ms per image: small rungs look slow per pixel
+        calls.append((size, stem, width))
+        return 1.0 / (0.005 + 1.0 / pixels(size, stem, width, batch))
+
+    chosen = {k: v for k, (v, _) in choose(stats, budget_s=900, speed=with_overhead, pretrained=False).items()}
+    naive = {k: v for k, (v, _) in choose(stats, budget_s=900, speed=scripted(1e-6 + 0.005 / 64 ** 2 / 0.5 ** 2),
+                                          pretrained=False).items()}
+    assert (chosen["img_size"], chosen["width"]) > (naive["img_size"], naive["width"])  # measuring moved it up
+    assert len(calls) <= 4
 
 
 def test_a_generous_budget_keeps_full_resolution_and_a_balanced_colour_set_keeps_accuracy():

@@ -193,10 +193,10 @@ def test_frozen_features_train_the_same_head_as_the_plain_frozen_loop(tmp_path, 
         result = resnetlab.train(data=str(data), feature_views=views, cache_layout=layout,
                                  out=str(tmp_path / f"run{views}"), cache_dir=str(tmp_path / "cache"), **FROZEN)
         saved = read_checkpoint(result.run_dir / "last.pt")
-        heads[views] = saved["model"]["fc.weight"], [row["train_loss"] for row in result.history]
+        heads[views] = saved["model"]["fc.weight"], [(row["train_loss"], row["val_loss"]) for row in result.history]
     torch.testing.assert_close(heads[1][0], heads[0][0], atol=1e-5, rtol=1e-4)
-    assert heads[1][1] == pytest.approx(heads[0][1], rel=1e-4)
-    assert heads[1][1][-1] < heads[1][1][0]  # the head did train
+    assert np.allclose(heads[1][1], heads[0][1], rtol=1e-4)  # validation on cached features scores the same
+    assert heads[1][1][-1][0] < heads[1][1][0][0]  # the head did train
 
 
 def test_augmented_feature_views_and_unfreezing_continue_to_a_full_model(tmp_path, no_figures, caplog):

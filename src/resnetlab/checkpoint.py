@@ -41,6 +41,8 @@ class ModelMeta:
     source: str = ""
     crop_pct: float = 1.0  # the evaluation crop (data.images.Crop); checkpoints before 0.3 used the whole square
     interpolation: str = "bilinear"
+    task: str = "multiclass"  # or "multilabel": one sigmoid per class, labels at or above their threshold
+    thresholds: list[float] | None = None  # multilabel: per class, chosen after training (None: 0.5 for all)
 
     @property
     def crop(self) -> Crop:
@@ -49,7 +51,8 @@ class ModelMeta:
     def to_dict(self) -> dict:
         return {"model_spec": self.spec.to_dict(), "classes": list(self.classes), "img_size": self.img_size,
                 "mean": list(self.mean), "std": list(self.std), "crop_pct": self.crop_pct,
-                "interpolation": self.interpolation}
+                "interpolation": self.interpolation, "task": self.task,
+                "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds]}
 
 
 def describe_model(meta: ModelMeta, config: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +91,8 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", arch: st
         meta = ModelMeta(ModelSpec.from_dict(payload["model_spec"]), list(payload["classes"]),
                          int(payload["img_size"]), list(payload["mean"]), list(payload["std"]),
                          payload.get("epoch"), dict(payload.get("metrics") or {}), str(path),
-                         float(payload.get("crop_pct", 1.0)), str(payload.get("interpolation", "bilinear")))
+                         float(payload.get("crop_pct", 1.0)), str(payload.get("interpolation", "bilinear")),
+                         str(payload.get("task", "multiclass")), payload.get("thresholds"))
         model = build_model(meta.spec)
         try:
             model.load_state_dict(payload["model"])

@@ -24,7 +24,8 @@ from .data.images import decode_image
 from .data.transforms import preprocess_batch, stats_tensor
 from .engine import amp_dtype_for, autocast, resolve_device
 from .errors import ConfigError, ExportError, ModelError
-from .models import ModelSpec, TTAModel, first_stage_side, unwrap
+from .models import ModelSpec, first_stage_side, unwrap
+from .multilabel.predictions import label_sets, tta_model
 from .sidecar import METADATA_KEY, read_sidecar
 
 
@@ -34,6 +35,7 @@ class Prediction:
     confidence: float
     top: list[tuple[str, float]]  # (label, probability), best first
     probabilities: np.ndarray  # one per class, in the model's class order
+    labels: list[tuple[str, float]] | None = None  # multi-label: every label at or above its threshold (label: 'a|b')
 
 
 class TorchBackend:
@@ -146,6 +148,8 @@ class Classifier:
         return unwrap(self.model)
 
     def to_predictions(self, logits: torch.Tensor, topk: int) -> list[Prediction]:
+        if self.meta.task == "multilabel":  # sigmoid per label, thresholds (multilabel/predictions.py)
+            return [Prediction(**row) for row in label_sets(logits, self.classes, self.meta.thresholds, topk)]
         probabilities = logits.softmax(dim=1)
         k = min(topk, len(self.classes))
         top_p, top_i = probabilities.topk(k, dim=1)
@@ -171,7 +175,7 @@ def load(path: str | Path, *, device: str = "auto", arch: str | None = None, cla
     torch_device = resolve_device(device)
     model, meta = load_model(path, device=torch_device, arch=arch, classes=classes, img_size=img_size,
                              checkpoint=checkpoint)
-    return from_model(TTAModel(model, tta) if tta != "none" else model, meta, torch_device)
+    return from_model(tta_model(model, tta, meta.task) if tta != "none" else model, meta, torch_device)
 
 
 def load_onnx(path: str | Path) -> Classifier:
@@ -193,5 +197,6 @@ def load_onnx(path: str | Path) -> Classifier:
     meta = ModelMeta(ModelSpec.from_dict(info["model_spec"]), list(info["classes"]), int(info["img_size"]),
                      list(info["mean"]), list(info["std"]), source=str(path),
                      crop_pct=float(info.get("crop_pct", 1.0)),
-                     interpolation=str(info.get("interpolation", "bilinear")))
+                     interpolation=str(info.get("interpolation", "bilinear")),
+                     task=str(info.get("task", "multiclass")), thresholds=info.get("thresholds"))
     return Classifier(OnnxBackend(session, path, info), meta)

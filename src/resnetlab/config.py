@@ -28,9 +28,11 @@ def require_at_least(flag: str, value: int, minimum: int = 1) -> None:
         raise ConfigError(f"{flag} must be at least {minimum}, got {value}")
 
 
-def _opt(default: Any, help: str, choices: tuple | None = None, const: str | None = None) -> Any:
-    """A setting: its default, help text and choices; ``const``: the value of the flag given without one."""
-    meta = {"help": help, "choices": choices, "const": const}
+def _opt(default: Any, help: str, choices: tuple | None = None, const: str | None = None, internal: bool = False
+         ) -> Any:
+    """A setting: its default, help text and choices; ``const``: the value of the flag given without one;
+    ``internal``: recorded in config.yaml but not a flag of its own."""
+    meta = {"help": help, "choices": choices, "const": const, "internal": internal}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -75,6 +77,12 @@ class TrainConfig:
                                            "timm weights' with --pretrained, else bilinear)", ("bilinear", "bicubic"))
     follow_links: bool = _opt(False, "follow folder links that lead outside the data folder (a link loop or a second "
                                      "link to a folder is never followed)")
+    task: str = _opt("auto", "multiclass (one class per image) or multilabel (several labels per image: a CSV with a "
+                             "'labels' column or one 0/1 column per label; sigmoid outputs); auto: multilabel when the "
+                             "CSV has such columns", ("auto", "multiclass", "multilabel"))
+    label_sep: str = _opt("|", "separator of the names in a multi-label CSV's 'labels' cells (an empty cell: no label)")
+    threshold: float | None = _opt(None, "multi-label: the probability at or above which a label is predicted, for "
+                                         "every label; default: per label, the F1-optimal one on the validation split")
     # model
     model: str = _opt("resnet18", "architecture: resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, "
                                   "or any timm ResNet name")
@@ -114,8 +122,9 @@ class TrainConfig:
     accum_steps: int = _opt(1, "gradient accumulation: one optimizer step every N batches (an effective batch of "
                                "N x --batch-size; the schedule counts optimizer steps)")
     best_metric: str = _opt("val_acc", "the validation metric that picks best.pt and that --early-stop watches: "
-                                       "val_acc, val_loss (lower is better), macro_f1, top5",
-                            ("val_acc", "val_loss", "macro_f1", "top5"))
+                                       "val_acc, val_loss (lower is better), macro_f1, top5, map (multi-label: mean "
+                                       "average precision; what val_acc means for multi-label data)",
+                            ("val_acc", "val_loss", "macro_f1", "top5", "map"))
     early_stop: int = _opt(0, "stop when the --best-metric has not improved for N epochs (0: never)")
     time_limit: str | float | None = _opt(None, "stop after this wall time (e.g. 90s, 5m, 1h); the schedule is "
                                         "shortened to fit")
@@ -140,6 +149,12 @@ class TrainConfig:
     exist_ok: bool = _opt(False, "reuse an existing run folder (files are overwritten)")
     resume: str | None = _opt(None, "continue the run in this folder from its last.pt")
     progress: bool = _opt(True, "show progress bars (only when the output is a terminal)")
+    # where the settings came from (written by the CLI and the run; not flags of their own)
+    recipe: str | None = _opt(None, "the preset under the settings: auto (chosen from the data and the time budget: "
+                                    "the CLI's default), fast, accurate, photos, plain, or a YAML file", internal=True)
+    given: list[str] | None = _opt(None, "the settings given explicitly (flags, YAML, keywords): auto leaves them "
+                                         "alone", internal=True)
+    chosen: dict | None = _opt(None, "what --recipe auto chose, each with its reason", internal=True)
     # tracking (pip install 'resnetlab[track]')
     tensorboard: bool = _opt(False, "write TensorBoard event files to RUN_DIR/tensorboard/ (tensorboard --logdir runs)")
     mlflow: str | None = _opt(None, "log to MLflow: --mlflow alone uses $MLFLOW_TRACKING_URI, else a SQLite store in "
@@ -221,6 +236,9 @@ class TrainConfig:
             (self.stop_after_steps >= 0, f"stop_after_steps must be >= 0, got {self.stop_after_steps}"),
             (self.accum_steps >= 1, f"accum_steps must be >= 1, got {self.accum_steps}"),
             (self.keep >= 0, f"keep must be >= 0, got {self.keep}"),
+            (self.threshold is None or 0.0 < self.threshold < 1.0,
+             f"threshold must be a probability between 0 and 1, got {self.threshold}"),
+            (bool(self.label_sep.strip()), f"label_sep must be a visible character, got {self.label_sep!r}"),
             (self.std is None or all(s > 0 for s in self.std), f"std values must be > 0, got {self.std}"),
         ]
         for ok, message in checks:
@@ -295,8 +313,9 @@ def parse_duration(text: str | float | int) -> float:
 
 
 def recipe_values(name: str | None) -> dict:
-    """A shipped preset by name (recipes/NAME.yaml in the package) or a YAML file's settings; {} for None."""
-    if not name:
+    """A shipped preset by name (recipes/NAME.yaml in the package) or a YAML file's settings; {} for None and for
+    auto (whose settings depend on the data: training/auto.py)."""
+    if not name or name == "auto":
         return {}
     path = Path(name)
     if path.is_file():
@@ -307,7 +326,8 @@ def recipe_values(name: str | None) -> dict:
     if not shipped.is_file():
         available = sorted(p.name.removesuffix(".yaml") for p in (resources.files("resnetlab") / "recipes").iterdir()
                            if p.name.endswith(".yaml"))
-        raise ConfigError(f"unknown recipe '{name}'; shipped recipes: {', '.join(available)}, or give a YAML file")
+        raise ConfigError(f"unknown recipe '{name}'; shipped recipes: auto, {', '.join(available)}, or give a YAML "
+                          "file")
     with resources.as_file(shipped) as file:
         return load_yaml(file)
 
@@ -328,11 +348,14 @@ def _flag_type(annotation: str):
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field; defaults are suppressed so recipe < YAML < flags merge cleanly."""
     parser.add_argument("data", nargs="?", help=TrainConfig.__dataclass_fields__["data"].metadata["help"])
-    parser.add_argument("--recipe", help="a preset: fast (28-32 px sets, <10 min on 2 CPU cores), accurate (94.3%% "
-                        "Fashion-MNIST in 25 min on 2 CPU cores), photos (224 px, pretrained), or a YAML file path")
+    parser.add_argument("--recipe", help="a preset: auto (the default: image size, network, epochs, optimizer, "
+                        "augmentation, balancing... chosen from the data and the time budget, 15 min on a CPU unless "
+                        "--time-limit; every choice is logged, and any flag overrides it), fast (28-32 px sets, "
+                        "<10 min on 2 CPU cores), accurate (94.3%% Fashion-MNIST in 25 min on 2 CPU cores), photos "
+                        "(224 px, pretrained), plain (the fixed defaults of --help), or a YAML file path")
     parser.add_argument("--config", help="YAML file of settings (flags given on the command line win)")
     for f in fields(TrainConfig):
-        if f.name == "data":
+        if f.name == "data" or f.metadata.get("internal"):
             continue
         flag = "--" + f.name.replace("_", "-")
         meta = f.metadata

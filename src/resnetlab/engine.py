@@ -135,13 +135,16 @@ def run_epoch(model: nn.Module, batches: Iterable, *, criterion: Callable, devic
               total_steps: int | None = None, start_step: int = 0, desc: str = "", progress: bool = True,
               keep_outputs: bool = False, grad_clip: float | None = None, sync_every: int = 25,
               epoch: int = 0, totals: EpochTotals | None = None,
-              on_step: Callable[[int], None] | None = None, accum_steps: int = 1) -> EpochResult:
+              on_step: Callable[[int], None] | None = None, accum_steps: int = 1,
+              hits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> EpochResult:
     """One pass over ``batches``; trains when ``optimizer`` is given.
 
     ``totals`` carries the running sums (pass saved ones to continue an interrupted epoch);
     ``on_step(step)`` runs after each batch with the number of batches done in this epoch.
     ``accum_steps``: one optimizer (and scheduler) step every that many batches, on the mean of their losses
     (the last group of an epoch may be shorter; its mean is over its own batches).
+    ``hits(logits, y)``: how many rows are right (multi-label: every label right, multilabel.training.exact_hits);
+    default: argmax == the (hard) target. Kept outputs then hold ``y`` as given (N x K for multi-label).
     """
     training = optimizer is not None
     if training:
@@ -169,8 +172,12 @@ def run_epoch(model: nn.Module, batches: Iterable, *, criterion: Callable, devic
             bad_now = (~torch.isfinite(loss)) & (totals.first_bad_step < 0)
             totals.first_bad_step = torch.where(bad_now, step + 1, totals.first_bad_step)
             totals.loss_sum += loss.double() * n
-            hard = y.argmax(dim=1) if y.ndim == 2 else y  # mixup/cutmix give soft N x K targets
-            totals.correct += (logits.argmax(dim=1) == hard).sum()
+            if hits is None:
+                hard = y.argmax(dim=1) if y.ndim == 2 else y  # mixup/cutmix give soft N x K targets
+                totals.correct += (logits.argmax(dim=1) == hard).sum()
+            else:
+                hard = y
+                totals.correct += hits(logits, y)
             totals.seen += n
             if keep_outputs:
                 outputs.append((logits.float().cpu(), hard.cpu(), index.cpu()))

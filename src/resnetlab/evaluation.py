@@ -31,6 +31,8 @@ from .fileio import atomic_open, write_json
 from .log import logger
 from .metrics import classification_metrics, rank_mistakes
 from .models import TTAModel, first_stage_side
+from .multilabel.evaluation import check_task, write_multilabel_evaluation
+from .multilabel.evaluation import print_summary as print_multilabel_summary
 from .plots import image_grid, plot_confusion_matrix
 from .report import write_report
 from .tracking import attach_evaluation
@@ -61,7 +63,9 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
         scorer, saved = None, (payload or {}).get("config") or {}
     # the same split as training saw: its val fraction and seed come from the checkpoint
     source = open_data(data, val_split=saved.get("val_split", 0.1), seed=saved.get("seed", 0),
-                       data_root=data_root or saved.get("data_root"), follow_links=bool(saved.get("follow_links")))
+                       data_root=data_root or saved.get("data_root"), follow_links=bool(saved.get("follow_links")),
+                       label_sep=saved.get("label_sep", "|"))
+    check_task(source.task, meta.task, str(data))
     split_name, notes = select_split(source, split)
     for note in notes:
         logger.info(note)
@@ -74,7 +78,7 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
     metrics = write_evaluation(model, meta, decoded, chosen, out_dir, device=torch_device, batch_size=batch_size,
                                amp=amp, tta=tta, progress=progress, scorer=scorer,
                                extra={"checkpoint": str(checkpoint), "data": str(data), "split": split_name})
-    _print_summary(metrics, meta.classes, out_dir)
+    (print_multilabel_summary if meta.task == "multilabel" else _print_summary)(metrics, meta.classes, out_dir)
     if mlflow is not None:
         attach_evaluation(Path(checkpoint), mlflow, metrics, split_name)
     report = _write_eval_report(Path(checkpoint), out_dir)
@@ -93,6 +97,10 @@ def write_evaluation(model: nn.Module | None, meta: ModelMeta, decoded: DecodedS
     metrics.json, confusion_matrix.csv/.png, misclassified.csv, and with ``figures`` predictions.png and
     misclassified.png (Grad-CAM: PyTorch models only). Used by ``evaluate`` and by training at the end of a run.
     """
+    if meta.task == "multilabel":  # sigmoid outputs: mAP, per-label table, PR curves (multilabel/evaluation.py)
+        return write_multilabel_evaluation(model, meta, decoded, split, out_dir, device=device, batch_size=batch_size,
+                                           amp=amp, tta=tta, progress=progress, extra=extra, figures=figures,
+                                           scorer=scorer)
     split_name = (extra or {}).get("split", split.name)
     if model is None:
         result = _score_exported(scorer, decoded, batch_size)
@@ -229,6 +237,8 @@ def _write_misclassified(path: Path, logits: torch.Tensor, targets: torch.Tensor
 
 def _print_summary(metrics: dict, classes: list[str], out_dir: Path) -> None:
     line = f"{metrics['split']}: {metrics['images']} images, accuracy {metrics['accuracy']:.4f}"
+    if "balanced_accuracy" in metrics:
+        line += f", balanced accuracy {metrics['balanced_accuracy']:.4f}"
     if "top5_accuracy" in metrics:
         line += f", top-5 {metrics['top5_accuracy']:.4f}"
     logger.info(line + f", loss {metrics['loss']:.4f}, macro F1 {metrics['macro_avg']['f1']:.4f}")

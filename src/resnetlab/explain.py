@@ -28,6 +28,7 @@ from .data.transforms import to_rgb_array
 from .errors import DataError, ExplainError, ImageReadError
 from .log import logger
 from .metrics import rank_mistakes
+from .multilabel.outputs import explain_label_sets
 from .plots import image_grid
 
 TARGET_CHOICES = "pred, true or a class name"
@@ -90,6 +91,10 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
     model = classifier.model
     layer_module = resolve_layer(model, layer)  # a wrong --layer fails before any decoding
     layer_name = layer or next(n for n, m in model.named_modules() if m is layer_module)
+    if classifier.meta.task == "multilabel":  # a map per predicted label, or per image for --target LABEL
+        return _explain_label_sets(classifier, checkpoint, inputs, misclassified, chosen_target, out, method=method,
+                                   layer=layer, layer_name=layer_name, batch_size=batch_size, workers=workers,
+                                   progress=progress)
 
     if misclassified:
         saved = (payload or {}).get("config") or {}  # the run's settings: its split fraction, seed, data root
@@ -137,6 +142,21 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
     logger.info(f"explained {explained} image(s) with {method} on {layer_name}, {len(skipped)} skipped; "
                 f"wrote {out_dir}/ ({written} and {explained} overlay PNG(s))")
     return summary
+
+
+def _explain_label_sets(classifier, checkpoint: str | Path, inputs: Sequence[str], misclassified: str | None,  # noqa: ANN001
+                        target: str | int, out: str | Path | None, **options) -> dict:
+    if misclassified or target == "true":
+        raise ExplainError("--misclassified and --target true are for one class per image; for a multi-label model "
+                           "`resnetlab evaluate` draws the most confident false positives and false negatives with "
+                           "their heat maps (false_positives.png, false_negatives.png)")
+    files = expand_inputs(inputs)
+    if not files:
+        raise DataError(f"no input images found in {', '.join(map(str, inputs))}")
+    out_dir = Path(out) if out else Path(checkpoint).parent / "explain"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return explain_label_sets(classifier, files, target=None if target == "pred" else int(target), out_dir=out_dir,
+                              checkpoint=str(checkpoint), **options)
 
 
 def _explain_chunk(classifier, items: list[_Item], total: int, out_dir: Path, rows: list, grid: tuple[list, list, list],

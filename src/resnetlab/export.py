@@ -61,7 +61,8 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", out: str | Pat
         logger.warning("no data to check the export's accuracy on (pass --data DATA); only its logits are compared")
     info = describe(meta, format, dynamic_batch=dynamic_batch or format == "torchscript")
     # how the run split its data: evaluate on the exported file opens the same validation split
-    info["training"] = {k: saved[k] for k in ("data", "val_split", "seed", "data_root", "follow_links") if k in saved}
+    info["training"] = {k: saved[k] for k in ("data", "val_split", "seed", "data_root", "follow_links", "label_sep")
+                        if k in saved}
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as folder:  # gone on any failure
         written = _write(model, meta, info, Path(folder) / out.name, format, dynamic_batch, opset)
         if quantize:

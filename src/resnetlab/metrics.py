@@ -41,6 +41,10 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, classes:
         result["top5_accuracy"] = topk_accuracy(logits, targets, 5)
     precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=labels,
                                                                      zero_division=0)
+    # balanced accuracy = the mean recall of the classes present (sklearn's definition; its balanced_accuracy_score
+    # warns whenever a prediction names a class absent from the split, which is routine on small splits)
+    present = support > 0
+    result["balanced_accuracy"] = float(recall[present].mean()) if present.any() else 0.0
     result["per_class"] = {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                                "support": int(support[i])} for i, c in enumerate(classes)}
     for average in ("macro", "weighted"):

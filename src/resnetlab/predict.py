@@ -22,6 +22,7 @@ from .data.images import expand_inputs, open_rgb
 from .data.splits import SplitData
 from .errors import ConfigError, DataError, ImageReadError
 from .log import logger, progress_enabled
+from .multilabel.outputs import predict_label_sets
 
 PREDICT_CHUNK = 1024  # files decoded per round: bounds memory on huge folders
 
@@ -53,6 +54,9 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
     out = Path(out)
     if out.parent != Path(""):
         out.parent.mkdir(parents=True, exist_ok=True)
+    if classifier.meta.task == "multilabel":  # label sets and a probability per label (multilabel/outputs.py)
+        return predict_label_sets(classifier, files, out=out, batch_size=batch_size, workers=workers,
+                                  progress=progress, cam=cam_dir)
     counts: dict[str, int] = {}
     with open(out, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

@@ -20,10 +20,11 @@ from .classifier import Classifier
 from .data.cache import DecodedSplit, decode_split
 from .data.images import Crop
 from .data.sources import open_data
-from .data.splits import DataSource, SplitData, relabel, select_split
+from .data.splits import DataSource, SplitData, rarest_label, relabel, select_split
 from .data.transforms import preprocess_batch, stats_tensor
 from .errors import ExportError
 from .log import logger
+from .multilabel.predictions import right_rows
 
 CALIBRATION_BATCH = 32  # images per calibration forward pass
 
@@ -47,7 +48,8 @@ class ExportData:
                               "checkpoint names no data set; pass --data DATA")
         source = open_data(str(spec), val_split=saved_config.get("val_split", 0.1), seed=saved_config.get("seed", 0),
                            data_root=saved_config.get("data_root"),
-                           follow_links=bool(saved_config.get("follow_links", False)))
+                           follow_links=bool(saved_config.get("follow_links", False)),
+                           label_sep=saved_config.get("label_sep", "|"))
         return cls(source, classes, img_size, workers, crop)
 
     def _split(self, name: str) -> SplitData:
@@ -58,7 +60,8 @@ class ExportData:
     def calibration(self, count: int) -> DecodedSplit:
         """``count`` training images spread evenly over the class-sorted split: every class is represented."""
         train = self._split("train")
-        train = train.subset(np.argsort(train.labels, kind="stable"))
+        keys = train.labels if train.labels.ndim == 1 else rarest_label(train.labels)  # multi-label: rarest label
+        train = train.subset(np.argsort(keys, kind="stable"))
         if len(train) > count:
             train = train.subset(np.linspace(0, len(train) - 1, count).round().astype(np.int64))
         return decode_split(train, self.img_size, crop=self.crop, workers=self.workers, progress=False)
@@ -68,9 +71,17 @@ class ExportData:
         val = decode_split(self._split("val"), self.img_size, crop=self.crop, workers=self.workers, progress=False)
         if len(val) == 0:
             raise ExportError("the validation split has no readable images: the accuracy check cannot run")
-        hits = sum(int((classifier.logits(val.images[i:i + batch_size]).argmax(1) == val.labels[i:i + batch_size])
-                       .sum()) for i in range(0, len(val), batch_size))
+        hits = sum(_right(classifier, val.images[i:i + batch_size], val.labels[i:i + batch_size])
+                   for i in range(0, len(val), batch_size))
         return hits / len(val), len(val)
+
+
+def _right(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor) -> int:
+    """Images predicted right: the class (argmax), or for multi-label the whole label set at the thresholds."""
+    logits = classifier.logits(images)
+    if labels.ndim == 2:
+        return right_rows(logits, labels, classifier.meta.thresholds)
+    return int((logits.argmax(1) == labels).sum())
 
 
 class _Calibration:

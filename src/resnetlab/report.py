@@ -29,6 +29,7 @@ from ._version import __version__
 from .checkpoint import read_checkpoint
 from .errors import ReportError
 from .fileio import write_text
+from .multilabel.report import evaluation_body as multilabel_body
 from .summary import format_summary, human, summary_for_payload
 
 # Figures in the order a reader wants them; anything else a folder holds is shown after these.
@@ -40,11 +41,16 @@ KNOWN_FIGURES = {
     "misclassified.png": "The most confident mistakes, each beside its Grad-CAM heat map",
     "explain_grid.png": "Grad-CAM explanations",
     "lr_find.png": "Learning-rate range test",
+    "pr_curves.png": "Precision-recall curve of each label (AP in the legend) and the micro average",
+    "cooccurrence.png": "Label co-occurrence: true pairs, and true (row) vs predicted (column) labels",
+    "false_positives.png": "The most confident false positives, each beside the Grad-CAM map of that label",
+    "false_negatives.png": "The most confidently missed labels, each beside the Grad-CAM map of that label",
 }
 MAIN_SETTINGS = ("data", "model", "pretrained", "img_size", "width", "stem", "head", "epochs", "batch_size", "lr",
                  "opt", "sched", "aug", "mixup", "cutmix", "ema", "label_smoothing", "balance", "seed", "device",
                  "amp")
-EVALUATION_FIGURES = ("confusion_matrix.png", "predictions.png", "misclassified.png")
+EVALUATION_FIGURES = ("confusion_matrix.png", "pr_curves.png", "cooccurrence.png", "predictions.png",
+                      "misclassified.png", "false_positives.png", "false_negatives.png")
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1100px;
@@ -185,9 +191,14 @@ def _run_section(run_dir: Path) -> str:
         rows = [[k, metrics[k]] for k in ("checkpoint", "data", "split", "tta") if k in metrics]
         body = _note("no config.yaml: this is an evaluation folder, not a training run")
         return _section("run", "Run", body + (_table(["setting", "value"], rows) if rows else ""))
-    rows = [[key, value] for key, value in config.items() if value not in (None, "", [], {})]
+    rows = [[key, value] for key, value in config.items()
+            if value not in (None, "", [], {}) and key not in ("chosen", "given")]
     main = [[key, config[key]] for key in MAIN_SETTINGS if config.get(key) not in (None, "", [], {})]
-    body = (_table(["setting", "value"], main)
+    chosen = config.get("chosen") or {}
+    auto = ("<h3>chosen by --recipe auto (any flag overrides a choice)</h3>" + _table(
+        ["setting", "value", "why"], [[k, v.get("value"), v.get("why")] for k, v in chosen.items()
+                                      if isinstance(v, dict)])) if chosen else ""
+    body = (_table(["setting", "value"], main) + auto
             + f"<details><summary>every setting ({len(rows)}, as saved in config.yaml)</summary>"
             + _table(["setting", "value"], rows) + "</details>")
     return _section("run", "Run configuration", body)
@@ -201,7 +212,9 @@ def _data_section(run_dir: Path) -> str:
     counts = report.get("counts", {})
     splits = list(counts)
     rows = [[c, *[counts[s].get(c, 0) for s in splits]] for c in classes]
-    rows.append(["total", *[sum(counts[s].values()) for s in splits]])
+    images = report.get("images") if report.get("task") == "multilabel" else None  # label counts overlap there
+    rows.append(["images", *[images.get(s) for s in splits]] if images else
+                ["total", *[sum(counts[s].values()) for s in splits]])
     body = (f"<p>{escape(str(report.get('kind', '')))} at <code>{escape(str(report.get('location', '')))}</code>: "
             f"{len(classes)} classes, images decoded at {escape(str(report.get('image_size', '?')))} px.</p>"
             + _table(["class", *splits], rows, numeric=set(range(1, len(splits) + 1))))
@@ -277,6 +290,10 @@ def _evaluation_section(run_dir: Path, folder: Path) -> str:
             ("weighted F1", (metrics.get("weighted_avg") or {}).get("f1"))]
     body += "".join(f'<div class="kpi">{escape(k)}<b>{v:.4f}</b></div>' for k, v in kpis if v is not None)
     per_class = metrics.get("per_class") or {}
+    multilabel = metrics.get("task") == "multilabel"
+    if multilabel:  # mAP and the per-label table with AP and thresholds
+        body += multilabel_body(metrics, _table)
+        per_class = {}
     if per_class:
         rows = [[name, m.get("precision"), m.get("recall"), m.get("f1"), m.get("support")]
                 for name, m in per_class.items()]
@@ -293,7 +310,7 @@ def _evaluation_section(run_dir: Path, folder: Path) -> str:
     for name in EVALUATION_FIGURES:
         if (folder / name).is_file():
             body += _figure(folder / name, KNOWN_FIGURES[name])
-        elif name == "misclassified.png" and (folder / "predictions.png").is_file():
+        elif name == "misclassified.png" and (folder / "predictions.png").is_file() and not multilabel:
             body += _note("no misclassified.png: no mistakes, or Grad-CAM (resnetlab.explain) was not available")
     return _section(anchor, title, body)
 

@@ -89,7 +89,10 @@ def write_split_csv(run_dir: Path, source: DataSource) -> None:
         return
     with atomic_open(run_dir / "split.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "label", "split"])
+        multilabel = source.task == "multilabel"  # a 'labels' column: names joined by '|', as the CSV reads them
+        writer.writerow(["path", "labels" if multilabel else "label", "split"])
         for name, split in source.splits.items():
             for path, label in zip(split.paths, split.labels):
-                writer.writerow([path, source.classes[label], name])
+                text = "|".join(c for c, on in zip(source.classes, label) if on) if multilabel else \
+                    source.classes[label]
+                writer.writerow([path, text, name])

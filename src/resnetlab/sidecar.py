@@ -31,6 +31,8 @@ def describe(meta: Any, fmt: str, *, dynamic_batch: bool) -> dict[str, Any]:
         "resnetlab_version": __version__,
         "source_checkpoint": meta.source,
         "classes": list(meta.classes),
+        "task": meta.task,  # multilabel: one sigmoid per class, a class predicted at or above its threshold
+        "thresholds": None if meta.thresholds is None else [float(t) for t in meta.thresholds],
         "img_size": s,
         "crop_pct": meta.crop_pct,
         "interpolation": meta.interpolation,
@@ -42,7 +44,10 @@ def describe(meta: Any, fmt: str, *, dynamic_batch: bool) -> dict[str, Any]:
                   "preprocessing": "the steps under 'preprocessing', in order"},
         "preprocessing": preprocessing_steps(s, meta.crop_pct, meta.interpolation),
         "output": {"name": "logits", "shape": ["batch" if dynamic_batch else 1, len(meta.classes)],
-                   "note": "raw logits in the order of 'classes'; apply softmax for probabilities"},
+                   "note": "raw logits in the order of 'classes'; " + (
+                       "apply a sigmoid per class for probabilities; the labels are those at or above their "
+                       "'thresholds' (0.5 where null)" if meta.task == "multilabel" else
+                       "apply softmax for probabilities")},
     }
 
 

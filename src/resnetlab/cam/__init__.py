@@ -34,7 +34,9 @@ def overlay_for_image(classifier, image: Image.Image, method: str = "gradcam") -
     cam_class(method)  # an unknown method fails before any work
     rgb = open_rgb(image)
     batch = decode_image(rgb, classifier.meta.img_size)[None]  # 1 x 3 x S x S uint8
-    probabilities = classifier.logits(batch).softmax(dim=1)[0]  # K, the same prediction as /predict
+    logits = classifier.logits(batch)
+    # K, the same prediction as /predict (multi-label: the most probable label's sigmoid)
+    probabilities = (logits.sigmoid() if classifier.meta.task == "multilabel" else logits.softmax(dim=1))[0]
     predicted = int(probabilities.argmax())
     cams = cams_for_batch(classifier, batch, [predicted], method=method, progress=False)  # a server: no bars
     result = overlay(rgb, cams[0])

@@ -33,6 +33,7 @@ from .models import (
     summary_parser,
     summary_run,
 )
+from .tune import tune_parser, tune_run
 
 EPILOG = """Examples:
   resnetlab train fashion-mnist --recipe fast          built-in data set, tuned preset
@@ -49,6 +50,7 @@ EPILOG = """Examples:
   resnetlab serve runs/my-run/best.pt                  web page and JSON API at http://127.0.0.1:8000
   resnetlab summary --model resnet50 --img-size 224    layer table, parameters, MACs and FLOPs
   resnetlab report runs/my-run                         one self-contained report.html (mail it, open offline)
+  resnetlab tune photos/ --trials 30 --trial-time 3m   hyper-parameter search; runs/tune/NAME/best.yaml
 """
 
 
@@ -65,6 +67,7 @@ COMMANDS = {
     "serve": (serve_parser, serve_run),
     "summary": (summary_parser, summary_run),
     "report": (report_parser, report_run),
+    "tune": (tune_parser, tune_run),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import TrainConfig, add_train_flags, recipe_values
+from ..config import TrainConfig, add_train_flags, load_yaml, recipe_values
 from .flags import decode_flags
 
 
@@ -38,8 +38,13 @@ def train_flags(args: argparse.Namespace) -> dict:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """Defaults < --recipe < --config YAML < flags given on the command line."""
-    return TrainConfig.from_sources(args.config, train_flags(args), base=recipe_values(args.recipe))
+    """Defaults < --recipe < --config YAML < flags given on the command line. Without --recipe: auto, which chooses
+    every setting not given by the YAML file or a flag once it has seen the data (training/auto.py)."""
+    recipe = args.recipe or "auto"
+    flags = train_flags(args)
+    given = sorted({*flags, *(load_yaml(args.config) if args.config else {})} - {"data"})
+    flags.update(recipe=recipe, given=given if recipe == "auto" else None)
+    return TrainConfig.from_sources(args.config, flags, base=recipe_values(recipe))
 
 
 def lr_find_parser(sub) -> None:
@@ -75,6 +80,10 @@ def check_parser(sub) -> None:
     check.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")
     check.add_argument("--json", default=None, help="also write the full report to this JSON file")
     check.add_argument("--follow-links", action="store_true", help="as for train: follow folder links out of DATA")
+    check.add_argument("--task", default="auto", choices=("auto", "multiclass", "multilabel"),
+                       help="as for train: multilabel (a CSV with a 'labels' column or 0/1 columns) adds per-label "
+                            "counts, label co-occurrence and labels that never or always occur (default: auto)")
+    check.add_argument("--label-sep", default="|", help="as for train: the separator in 'labels' cells (default: |)")
     check.add_argument("--near-dup-distance", type=_hash_bits, default=None, metavar="BITS",
                        help="report two images in different splits (train/val, train/test, val/test) as "
                             "near-duplicates when their 128-bit perceptual hashes (pHash + dHash) differ in at most "
@@ -103,7 +112,7 @@ def check_run(args: argparse.Namespace) -> int:
     from ..log import progress_enabled
 
     source = open_data(args.data, val_split=args.val_split, seed=args.seed, data_root=args.data_root,
-                       follow_links=args.follow_links)
+                       follow_links=args.follow_links, task=args.task, label_sep=args.label_sep)
     size = args.img_size or default_img_size(source)
     distance = DEFAULT_DISTANCE if args.near_dup_distance is None else args.near_dup_distance
     report = check_data(source, size, workers=args.workers, progress=progress_enabled(args.progress),

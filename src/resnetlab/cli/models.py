@@ -39,7 +39,9 @@ def evaluate_run(args: argparse.Namespace) -> int:
 
 def predict_parser(sub) -> None:
     predict = sub.add_parser("predict", help="top-k predictions for image files and folders, as CSV",
-                             description="Writes a CSV: path,label,confidence,top2_label,top2_prob,...,error.")
+                             description="Writes a CSV: path,label,confidence,top2_label,top2_prob,...,error; for a "
+                                         "multi-label model: path,labels (every label at or above its threshold, "
+                                         "joined by '|'),one probability column per label,error.")
     checkpoint_flags(predict)
     predict.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     predict.add_argument("--out", default="predictions.csv", help="CSV path (default: predictions.csv)")
@@ -130,8 +132,8 @@ def explain_parser(sub) -> None:
                          help="dotted module name, e.g. layer3.1 or layer4.-1 (default: the last block of the last "
                               "stage)")
     explain.add_argument("--target", default="pred",
-                         help="class whose evidence is shown: pred (default), true (needs --misclassified) or a "
-                              "class name")
+                         help="class whose evidence is shown: pred (default; multi-label: one map per predicted "
+                              "label), true (needs --misclassified) or a class (label) name")
     explain.add_argument("--out", default=None, help="output folder (default: CHECKPOINT_DIR/explain, or "
                                                      "CHECKPOINT_DIR/explain-misclassified-SPLIT)")
     explain.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")

@@ -15,6 +15,7 @@ import numpy as np
 
 from .cache import DecodedSplit, decode_split
 from .images import MAX_IMAGE_PIXELS
+from .multilabel import format_statistics, label_problems, label_statistics
 from .splits import DataSource
 
 IMBALANCE_WARNING_RATIO = 3.0  # largest / smallest class count above which we warn
@@ -43,14 +44,21 @@ def inspect_data(source: DataSource, decoded: dict[str, DecodedSplit], img_size:
     counts = {name: _counts(source.classes, split) for name, split in decoded.items()}
     if "train" in counts:
         problems += _imbalance(counts["train"])
-    return {"kind": source.kind, "location": source.location, "classes": source.classes, "image_size": img_size,
+    extra = {}
+    if source.task == "multilabel":  # several labels per image: co-occurrence, labels never or always present
+        extra["multilabel"] = {name: label_statistics(source.classes, split.labels.numpy())
+                               for name, split in decoded.items()}
+        problems += [p for name, stats in extra["multilabel"].items() for p in label_problems(name, stats)]
+    return {**extra, "task": source.task, "kind": source.kind, "location": source.location, "classes": source.classes,
+            "image_size": img_size,
             "counts": counts, "images": {name: len(split) for name, split in decoded.items()},
             "notes": source.notes, "problems": problems,
             "skipped": [dict(item, split=name) for name, split in decoded.items() for item in split.skipped]}
 
 
 def _counts(classes: list[str], split: DecodedSplit) -> dict[str, int]:
-    counts = np.bincount(split.labels.numpy(), minlength=len(classes))
+    labels = split.labels.numpy()
+    counts = labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=len(classes))
     return {c: int(n) for c, n in zip(classes, counts)}
 
 
@@ -106,10 +114,13 @@ def check_data(source: DataSource, img_size: int, *, cache_dir: str | None = Non
 
 def format_report(report: dict, limit: int = 50) -> str:
     """Human-readable lines: counts per split and class, then problems grouped by severity."""
-    lines = [f"{report['kind']} at {report['location']}: {len(report['classes'])} classes, "
+    kind = "labels (several per image)" if report.get("task") == "multilabel" else "classes"
+    lines = [f"{report['kind']} at {report['location']}: {len(report['classes'])} {kind}, "
              f"image size {report['image_size']}px"]
     for name, counts in report["counts"].items():
-        lines.append(f"  {name}: {sum(counts.values())} images; " + ", ".join(f"{c}={n}" for c, n in counts.items()))
+        total = report["images"][name] if "multilabel" in report else sum(counts.values())
+        lines.append(f"  {name}: {total} images; " + ", ".join(f"{c}={n}" for c, n in counts.items()))
+    lines += format_statistics(report.get("multilabel", {}))
     grouped: dict[str, list[dict]] = defaultdict(list)
     for problem in report["problems"]:
         grouped[problem["severity"]].append(problem)

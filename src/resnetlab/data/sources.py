@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import DataError
 from . import builtin
 from .images import image_size, is_image_file, list_images
+from .multilabel import check_single_labels, csv_task, read_multilabel_csv
 from .splits import DataSource, SplitData, stratified_split
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -27,11 +28,21 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
 
 
 def open_data(spec: str, *, val_split: float = 0.1, seed: int = 0, data_root: str | None = None,
-              follow_links: bool = False) -> DataSource:
+              follow_links: bool = False, task: str = "auto", label_sep: str = "|") -> DataSource:
     """Recognise the layout of ``spec`` and list its images; raises DataError with the reason.
 
     ``follow_links``: also follow folder links that lead outside ``spec`` (never twice into the same folder).
+    ``task``: auto, multiclass or multilabel (several labels per image: a CSV only, see data/multilabel.py);
+    ``label_sep`` separates the names in a multi-label CSV's ``labels`` cells.
     """
+    if task == "multilabel" and not (Path(spec).expanduser().is_file() and spec.lower().endswith(".csv")):
+        raise DataError(f"--task multilabel needs a CSV with a 'labels' column (names separated by '{label_sep}') "
+                        f"or one 0/1 column per label; {spec} is not a CSV file")
+    return _open(spec, val_split, seed, data_root, follow_links, task, label_sep)
+
+
+def _open(spec: str, val_split: float, seed: int, data_root: str | None, follow_links: bool, task: str,
+          label_sep: str) -> DataSource:
     path = Path(spec).expanduser()
     if not path.exists() and spec.lower() in builtin.BUILTIN_NAMES:
         return builtin.load_builtin(spec.lower(), data_root=data_root)
@@ -41,7 +52,7 @@ def open_data(spec: str, *, val_split: float = 0.1, seed: int = 0, data_root: st
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise DataError(f"data file {path} is not a .csv file; give a folder, a CSV or a built-in name")
-        return _from_csv(path, val_split=val_split, seed=seed)
+        return _from_csv(path, val_split=val_split, seed=seed, task=task, label_sep=label_sep)
     split_dirs = {SPLIT_ALIASES[d.name.lower()]: d for d in sorted(path.iterdir())
                   if d.is_dir() and d.name.lower() in SPLIT_ALIASES}
     parents = list(split_dirs.values()) or [path]
@@ -162,7 +173,7 @@ def _read_csv_text(csv_path: Path) -> str:
                         "as UTF-8 (or UTF-16/UTF-32 with a byte-order mark)") from None
 
 
-def _from_csv(csv_path: Path, *, val_split: float, seed: int) -> DataSource:
+def _from_csv(csv_path: Path, *, val_split: float, seed: int, task: str = "auto", label_sep: str = "|") -> DataSource:
     base = csv_path.parent
     rows: list[tuple[str, str, str | None, int]] = []
     with io.StringIO(_read_csv_text(csv_path), newline="") as handle:
@@ -171,6 +182,9 @@ def _from_csv(csv_path: Path, *, val_split: float, seed: int) -> DataSource:
         if header is None:
             raise DataError(f"{csv_path} is empty; expected a header line 'path,label[,split]'")
         columns = [h.strip().lower() for h in header]
+        if csv_task(csv_path, header, columns, task) == "multilabel":
+            return read_multilabel_csv(csv_path, header, reader, label_sep=label_sep, val_split=val_split, seed=seed,
+                                       aliases=SPLIT_ALIASES)
         missing = [c for c in ("path", "label") if c not in columns]
         if missing:
             raise DataError(f"{csv_path} line 1: missing column(s) {', '.join(missing)}; found columns "
@@ -197,6 +211,8 @@ def _from_csv(csv_path: Path, *, val_split: float, seed: int) -> DataSource:
             rows.append((path, label, split, line_no))
     if not rows:
         raise DataError(f"{csv_path} has a header but no rows")
+    if task == "auto":
+        check_single_labels(csv_path, rows, label_sep)
     missing_files = [(line, p) for p, _, _, line in rows if not (base / p).is_file()]
     if missing_files:
         listed = "; ".join(f"line {line}: {p}" for line, p in missing_files[:5])

@@ -17,7 +17,7 @@ from ..errors import DataError
 @dataclass
 class SplitData:
     name: str
-    labels: np.ndarray  # int64, one per image
+    labels: np.ndarray  # int64: one class per image (N), or multi-label 0/1 (N x K, DataSource.task "multilabel")
     paths: list[str] | None = None  # file-backed splits
     images: np.ndarray | None = None  # decoded splits (built-ins): uint8, N x H x W x C
     origins: list[str] | None = None  # where each image was declared (CSV line), for messages
@@ -50,6 +50,7 @@ class DataSource:
     location: str
     notes: list[str] = field(default_factory=list)
     native_size: int | None = None  # built-ins: their image side in pixels
+    task: str = "multiclass"  # or "multilabel": each split's labels are N x K multi-hot (data/multilabel.py)
 
     @property
     def val_name(self) -> str:
@@ -57,7 +58,8 @@ class DataSource:
         return "val" if "val" in self.splits else "test"
 
     def class_counts(self, split: str) -> dict[str, int]:
-        counts = np.bincount(self.splits[split].labels, minlength=len(self.classes))
+        labels = self.splits[split].labels
+        counts = labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=len(self.classes))
         return dict(zip(self.classes, (int(c) for c in counts)))
 
 
@@ -65,12 +67,13 @@ def stratified_split(split: SplitData, val_fraction: float, seed: int) -> tuple[
     """Hold out ``val_fraction`` of every class (at least one image of each class with two or more).
 
     Written by hand because scikit-learn's train_test_split refuses classes with a single image,
-    which small user folders often have.
+    which small user folders often have. Multi-label images are stratified by their rarest label.
     """
     rng = np.random.default_rng(seed)
     is_val = np.zeros(len(split), dtype=bool)
-    for label in np.unique(split.labels):
-        members = np.flatnonzero(split.labels == label)
+    keys = split.labels if split.labels.ndim == 1 else rarest_label(split.labels)
+    for label in np.unique(keys):
+        members = np.flatnonzero(keys == label)
         rng.shuffle(members)
         count = int(round(len(members) * val_fraction))
         if len(members) >= 2:
@@ -81,6 +84,14 @@ def stratified_split(split: SplitData, val_fraction: float, seed: int) -> tuple[
     train, val = split.subset(~is_val), split.subset(is_val)
     train.name, val.name = "train", "val"
     return train, val
+
+
+def rarest_label(labels: np.ndarray) -> np.ndarray:
+    """Per image of an N x K multi-hot matrix, its label that is rarest in the matrix (-1: no label): the stratum
+    that keeps rare labels in both parts of a split."""
+    counts = labels.sum(axis=0)
+    ranked = np.where(labels > 0, counts[None, :], np.iinfo(np.int64).max)
+    return np.where(labels.any(axis=1), ranked.argmin(axis=1), -1)
 
 
 def select_split(source: DataSource, split: str) -> tuple[str, list[str]]:
@@ -102,4 +113,8 @@ def relabel(split: SplitData, data_classes: list[str], model_classes: list[str],
         raise DataError(f"{where} has class(es) the model was not trained on: {', '.join(unknown[:10])} "
                         f"(model classes: {', '.join(model_classes[:20])})")
     mapping = np.asarray([index[c] for c in data_classes], dtype=np.int64)
+    if split.labels.ndim == 2:  # multi-label: the data's columns moved to the model's
+        labels = np.zeros((len(split), len(model_classes)), dtype=np.int64)
+        labels[:, mapping] = split.labels
+        return SplitData(split.name, labels, split.paths, split.images, split.origins)
     return SplitData(split.name, mapping[split.labels], split.paths, split.images, split.origins)

@@ -43,6 +43,7 @@ class ImagePrediction(BaseModel):
     label: str
     confidence: float
     top: list[Label]
+    labels: list[Label] | None = None  # multi-label models: every label at or above its threshold (label: 'a|b')
 
 
 class Predictions(BaseModel):
@@ -62,6 +63,7 @@ class Health(BaseModel):
     explain: bool
     limits: dict[str, int]
     queue: dict[str, int]
+    task: str = "multiclass"  # or "multilabel": /predict's 'labels' lists every label above its threshold
 
 
 class Error(BaseModel):
@@ -129,6 +131,7 @@ class _Service:
     def health(self) -> dict:
         limits, worker = self.limits, self.worker
         return {"status": "ok", "model": self.classifier.meta.spec.arch, "classes": len(self.classifier.classes),
+                "task": self.classifier.meta.task,
                 "img_size": self.size, "runtime": self.runtime, "explain": not isinstance(self.explain, ImportError),
                 "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
                            "max_files": limits.max_files, "max_pending": limits.max_pending},
@@ -186,7 +189,8 @@ def _add_predict_route(app: FastAPI, service: _Service) -> None:
     """POST /predict: top-k labels for one image (``file``) or several (``files``), run as one batch."""
     classifier, limits, worker = service.classifier, service.limits, service.worker
 
-    @app.post("/predict", response_model=Predictions, responses=ERRORS, summary="top-k labels for images")
+    @app.post("/predict", response_model=Predictions, responses=ERRORS, summary="top-k labels for images",
+              response_model_exclude_none=True)
     async def predict(file: UploadFile | None = File(None, description="one image"),
                       files: list[UploadFile] | None = File(None, description="several images (field repeated)"),
                       topk: int = Query(limits.topk, ge=1, le=1000, description="labels per image")) -> dict:
@@ -199,7 +203,8 @@ def _add_predict_route(app: FastAPI, service: _Service) -> None:
         logits = await service.on_worker(lambda: worker.submit_logits(batch))
         return {"predictions": [
             {"filename": Path(upload.filename or "upload").name, "label": p.label, "confidence": p.confidence,
-             "top": [{"label": label, "probability": q} for label, q in p.top]}
+             "top": [{"label": label, "probability": q} for label, q in p.top],
+             "labels": None if p.labels is None else [{"label": label, "probability": q} for label, q in p.labels]}
             for upload, p in zip(uploads, classifier.to_predictions(logits, topk))]}
 
 

@@ -57,7 +57,8 @@ class DataStats:
 def data_stats(source: DataSource, sample: int = 200) -> DataStats:
     """The training split's statistics; image sides and modes from the headers of an even sample."""
     split = source.splits["train"]
-    counts = np.bincount(np.asarray(split.labels, dtype=np.int64), minlength=len(source.classes)).tolist()
+    labels = np.asarray(split.labels, dtype=np.int64)
+    counts = (labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=len(source.classes))).tolist()
     if split.images is not None:  # a built-in: N x H x W (grey) or N x H x W x C
         grey = split.images.ndim == 3 or split.images.shape[-1] == 1
         return DataStats(len(split), counts, int(source.native_size or split.images.shape[1]), grey)
@@ -102,13 +103,36 @@ def relative_cost(size: int, stem: str, width: float) -> float:
     return size * size * width ** 1.5 * (16.0 if stem == "small" else 1.0)
 
 
+def _fit_ladder(ladder: list[tuple[int, str, float]], speed: Speed, batch: int, per_image_s: float
+                ) -> tuple[tuple[int, str, float], float]:
+    """The first rung that trains at least 1 / ``per_image_s`` images per second, and its measured speed.
+
+    The cheapest rung is measured first (a second or two even on a busy CPU) and scaled to the others by
+    ``relative_cost``; the rung that estimate picks is then measured, and while the rung above it would fit once
+    the estimate is corrected by that measurement, it is measured too (four measurements at most). Small rungs
+    carry more fixed cost per pixel, so the scaled estimates of larger rungs err on the slow side."""
+    need = 1.0 / max(per_image_s, 1e-9)
+    last = len(ladder) - 1
+    base = speed(*ladder[last], batch)
+    estimate = [base * relative_cost(*ladder[last]) / relative_cost(*entry) for entry in ladder]
+    index = next((i for i, value in enumerate(estimate) if value >= need), last)
+    measured = base if index == last else speed(*ladder[index], batch)
+    for _ in range(2):
+        if index == 0 or measured * estimate[index - 1] / max(estimate[index], 1e-9) < need:
+            break
+        above = speed(*ladder[index - 1], batch)
+        if above < need:
+            break
+        index, measured = index - 1, above
+    return ladder[index], measured
+
+
 def choose(stats: DataStats, *, budget_s: float | None, speed: Speed, pretrained: bool) -> dict[str, tuple]:
     """Every auto setting as {name: (value, reason)}; ``speed`` measures (or, in tests, scripts) throughput.
 
-    The speed is measured once, on the cheapest rung of ``candidates`` (a second or two, even on a busy CPU), and
-    scaled to the others by ``relative_cost``; small rungs carry more fixed cost per pixel, so the scaled speeds
-    of larger rungs err on the slow side. The first rung that fits the wanted epochs in 80 % of the budget (the
-    rest goes to decoding, validation and the final evaluation) wins; the cheapest when none does."""
+    The first rung of ``candidates`` that fits the wanted epochs in 80 % of the budget (the rest goes to decoding,
+    validation and the final evaluation) wins, the cheapest when none does (``_fit_ladder``); without a budget,
+    the first rung and the wanted epochs."""
     n, chosen = stats.images, {}
     batch = 128 if n >= 20_000 else 64 if n >= 2_000 else 32
     chosen["batch_size"] = (batch, f"{n} training images: {max(1, n // batch)} steps per epoch")
@@ -116,16 +140,11 @@ def choose(stats: DataStats, *, budget_s: float | None, speed: Speed, pretrained
     ladder = candidates(stats, pretrained)
     pick, epochs, measured = ladder[0], want, 0.0
     if budget_s:
-        base = speed(*ladder[-1], batch)
-        for entry in ladder:
-            measured = base * relative_cost(*ladder[-1]) / relative_cost(*entry)
-            fits = TRAIN_SHARE * budget_s * measured / n
-            if fits >= want or entry == ladder[-1]:
-                pick, epochs = entry, int(max(1, min(fits, 3 * want)))
-                break
+        pick, measured = _fit_ladder(ladder, speed, batch, TRAIN_SHARE * budget_s * 1.0 / (n * want))
+        epochs = int(max(1, min(TRAIN_SHARE * budget_s * measured / n, 3 * want)))
     size, stem, width = pick
-    why = (f"~{measured:.0f} img/s (measured at {ladder[-1][0]}px): {epochs} epochs of {n} images fit in "
-           f"{budget_s:.0f}s (wanted {want})" if budget_s else f"{want} epochs for {n} images")
+    why = (f"{measured:.0f} img/s measured: {epochs} epochs of {n} images fit in {budget_s:.0f}s (wanted {want})"
+           if budget_s else f"{want} epochs for {n} images")
     chosen["img_size"] = (size, f"median image side {stats.side}px; {why}")
     chosen["stem"] = (stem, "small stem for <= 64 px (keeps detail)" if stem == "small" else "ImageNet stem")
     chosen["width"] = (width, "full width" if width == 1.0 else f"{width}x width: the full network fits too few "
@@ -215,6 +234,8 @@ def apply_auto(cfg: TrainConfig, source: DataSource, device: torch.device, *, sp
     pretrained = bool(cfg.pretrained)
     options = choose(stats, budget_s=budget, speed=speed or measure_speed(cfg.model, len(stats.counts), device,
                                                                            cfg.amp), pretrained=pretrained)
+    if getattr(source, "task", "multiclass") == "multilabel":
+        options.pop("best_metric")  # multi-label runs pick best.pt by mAP (multilabel/training.py)
     values, chosen = {}, {}
     for name, (value, reason) in options.items():
         if name in given:

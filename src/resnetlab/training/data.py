@@ -79,7 +79,7 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None, 
         barrier(info)
     if source is None:
         source = open_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, data_root=cfg.data_root,
-                           follow_links=cfg.follow_links)
+                           follow_links=cfg.follow_links, task=cfg.task, label_sep=cfg.label_sep)
     for note in source.notes:
         logger.info(note)
     img_size = cfg.img_size or default_img_size(source)

@@ -68,6 +68,7 @@ class FrozenFeatures:
     views: list[torch.Tensor]  # per view: N x D float32 on the training device (rows of unreadable files: 0)
     readable: torch.Tensor  # N bool: False for files a streamed split could not read
     seconds: float  # the time computing them took
+    val: list | None = None  # the validation split's (features, labels, positions) batches, once computed
 
     @classmethod
     def build(cls, model: nn.Module, batches: Batches, *, views: int, preset: str, hflip: bool, size: int,
@@ -101,6 +102,19 @@ class FrozenFeatures:
                     f"({views} {'unaugmented view' if views == 1 else 'augmented views'}, {seconds:.1f}s); the head "
                     "trains on them until the backbone is unfrozen")
         return cls(HeadOnly(unwrap(model)), computed, readable, seconds)
+
+    def validation(self, model: nn.Module, batches: Batches, amp_dtype: torch.dtype | None) -> list:
+        """The validation split's batches as (pooled features, labels, positions), computed on first use: any
+        head (the trained one, its EMA average) is then validated on them without running the backbone."""
+        if self.val is None:
+            was_training, self.val = model.training, []
+            model.eval()
+            try:
+                with torch.inference_mode(), autocast(batches.device, amp_dtype):
+                    self.val = [(pooled_features(model, x).float(), y, index) for x, y, index in batches.epoch(0)]
+            finally:
+                model.train(was_training)
+        return self.val
 
     def epoch(self, batches: Batches, epoch: int, start_step: int = 0) -> Iterator:
         """(features, labels, positions) in the batches and order the plain loop would use in ``epoch``."""

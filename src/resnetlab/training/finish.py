@@ -19,6 +19,7 @@ from ..data.loaders import Batches
 from ..data.transforms import denormalize, to_rgb_array
 from ..distributed import DistInfo, sum_over_ranks, weights_checksum
 from ..log import logger
+from ..multilabel.training import sample_titles
 
 if TYPE_CHECKING:
     from .data import PreparedData
@@ -37,7 +38,8 @@ def plot_samples(path: Path, batches: Batches, classes: list[str], mean: list[fl
             x, y, _ = next(iter(batches.epoch(1)))
         shown = min(SAMPLE_GALLERY, len(y))
         images = to_rgb_array(denormalize(x[:shown], mean, std))
-        image_grid(list(images), [classes[i] for i in y[:shown].tolist()], path, columns=8,
+        titles = sample_titles(classes, y[:shown]) if y.ndim == 2 else [classes[i] for i in y[:shown].tolist()]
+        image_grid(list(images), titles, path, columns=8,
                    suptitle="training batch after augmentation (de-normalised)")
     except Exception as err:  # noqa: BLE001 - a plot must never end a training run
         logger.warning(f"could not draw samples.png: {err}")
@@ -84,13 +86,20 @@ def finish_run(run_dir: Path, data: PreparedData, device: torch.device, cfg: Tra
         from ..report import write_report
 
         if best.is_file():
+            if data.source.task == "multilabel":  # per-label thresholds on the validation split, into best.pt
+                from ..multilabel.thresholds import store_thresholds
+
+                store_thresholds(best, data, device, cfg)
             model, meta = load_model(best, device=device)
             metrics = write_evaluation(model, meta, data.val, data.source.splits[data.val_name], run_dir,
                                        device=device, batch_size=max(256, cfg.batch_size * 2), amp=cfg.amp,
                                        progress=False, extra={"checkpoint": str(best), "data": str(cfg.data),
                                                               "split": data.val_name})
+            files = "per_label.csv, pr_curves.png" if "map_macro" in metrics else "confusion_matrix.png"
             logger.info(f"best.pt on {data.val_name}: accuracy {metrics['accuracy']:.4f}, macro F1 "
-                        f"{metrics['macro_avg']['f1']:.4f} (metrics.json, confusion_matrix.png, predictions.png)")
+                        f"{metrics['macro_avg']['f1']:.4f}"
+                        + (f", mAP {metrics['map_macro']:.4f}" if "map_macro" in metrics else "")
+                        + f" (metrics.json, {files}, predictions.png)")
         logger.info(f"report: {write_report(run_dir)}")
     except Exception as err:  # noqa: BLE001 - figures must never end (or fail) a finished run
         logger.warning(f"could not write the end-of-run evaluation/report: {type(err).__name__}: {err}")

@@ -8,7 +8,7 @@ mid-epoch resumable last.pt, a NaN loss stops without overwriting the last good 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from ..models import backbone_frozen, set_backbone_trainable
 from ..runfiles import write_history
 from ..signals import StopRequests
 from ..tracking import Trackers
-from .features import FrozenFeatures, feature_path_reason
+from .features import FrozenFeatures, HeadOnly, feature_path_reason
 from .finish import plot_curves
 from .schedule import Schedule, TimePlan
 from .setup import Objective, wrap
@@ -55,6 +55,7 @@ class Run:
     stop_signal: int | None = None  # the signal that stopped the run (SIGINT 2, SIGTERM 15)
     features: FrozenFeatures | None = None  # the frozen backbone's features, while it is frozen (features.py)
     feature_path: str | None = None  # why the frozen phase runs the plain loop ("" once decided: it does not)
+    on_epoch: Callable[[dict], bool | None] | None = None  # after each epoch's checkpoint; True stops ("pruned")
 
     @property
     def device(self) -> torch.device:
@@ -71,7 +72,8 @@ class Run:
         return optimizer_steps(self.steps_per_epoch, self.cfg.accum_steps)
 
 
-BEST_METRIC_COLUMNS = {"val_acc": "val_acc", "val_loss": "val_loss", "macro_f1": "val_f1", "top5": "val_top5"}
+BEST_METRIC_COLUMNS = {"val_acc": "val_acc", "val_loss": "val_loss", "macro_f1": "val_f1", "top5": "val_top5",
+                       "map": "val_map"}
 
 
 class StopRun(Exception):
@@ -134,7 +136,7 @@ def train_one_epoch(run: Run, epoch: int, planned: int, stop: StopRequests, *, s
                            amp_dtype=run.amp_dtype, total_steps=steps, start_step=start_step,
                            desc=f"epoch {epoch}/{planned}", progress=progress_enabled(cfg.progress), epoch=epoch,
                            totals=totals, on_step=after_step, grad_clip=cfg.grad_clip or None,
-                           accum_steps=cfg.accum_steps)
+                           accum_steps=cfg.accum_steps, hits=run.objective.hits)
     except NonFiniteLossError as err:
         good = f"{run.run_dir / 'last.pt'} (epoch {epoch - 1})" if epoch > 1 else "none (first epoch)"
         raise NonFiniteLossError(f"{err}. Last good checkpoint kept: {good}") from None
@@ -168,13 +170,18 @@ def validate(run: Run, network: nn.Module, epoch: int) -> tuple[EpochResult, dic
     """Loss and accuracy on the validation split, summed over every rank's shard, and the metrics that need
     every prediction (macro F1; top-5 with >= 5 classes) from all ranks' outputs."""
     totals = EpochTotals(run.device)
+    batches = run.val_batches.epoch(0)
+    if run.features is not None:  # a frozen backbone: the validation images' features are computed once too
+        batches, network = run.features.validation(run.model, run.val_batches, run.amp_dtype), HeadOnly(network)
     # the bare module, not the DDP wrapper: ranks may have different numbers of validation batches
-    result = run_epoch(network, run.val_batches.epoch(0), criterion=run.objective.val, device=run.device,
+    result = run_epoch(network, batches, criterion=run.objective.val, device=run.device,
                        amp_dtype=run.amp_dtype, total_steps=len(run.val_batches), desc="  validate",
                        progress=progress_enabled(run.cfg.progress) and run.info.is_main, epoch=epoch, totals=totals,
-                       keep_outputs=True)
+                       keep_outputs=True, hits=run.objective.hits)
     parts = gather_lists([(result.logits, result.targets)] if result.logits is not None else [], run.info)
     logits, targets = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])  # N x K, N (all ranks)
+    if run.objective.epoch_metrics is not None:  # multi-label: mAP and F1 (multilabel.metrics.epoch_scores)
+        return combine(result, totals, run.info), run.objective.epoch_metrics(logits, targets)
     extra = {"val_f1": macro_f1(logits, targets, logits.shape[1])}
     if logits.shape[1] >= 5:
         extra["val_top5"] = topk_accuracy(logits, targets, 5)
@@ -209,8 +216,8 @@ def checkpoint(run: Run, epoch: int, row: dict) -> bool:
     improved = score(row, cfg.best_metric) > state.best_score
     if improved:
         state.best_score, state.best_epoch = score(row, cfg.best_metric), epoch
-    metrics = {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "val_top5")
-               if k in row}
+    metrics = {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1", "val_top5",
+                                   "val_map") if k in row}
     weights = {**run.meta, "model": state.validated.state_dict(), "epoch": epoch, "metrics": metrics}
     if improved:
         save(run.run_dir / "best.pt", weights, run.info)
@@ -225,7 +232,8 @@ def checkpoint(run: Run, epoch: int, row: dict) -> bool:
 
 def _log_epoch(row: dict, planned: int, improved: bool) -> None:
     logger.info(f"epoch {row['epoch']:3d}/{planned}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} "
-                f"| val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}{' *' if improved else ''} | "
+                f"| val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+                + (f" mAP {row['val_map']:.4f}" if "val_map" in row else "") + f"{' *' if improved else ''} | "
                 f"{row['epoch_s']:.1f}s, {row['img_per_s']:.0f} img/s")
 
 
@@ -282,6 +290,9 @@ def _epochs(run: Run, history: list[dict], stop: StopRequests, start_epoch: int,
         if info.is_main:
             plot_curves(run.run_dir, history)
         stop.raise_if_aborted()
+        if run.on_epoch is not None and run.on_epoch(row):  # e.g. a tuner's pruner: no end-of-run evaluation
+            logger.info(f"stopped after epoch {epoch} by the epoch callback (pruned)")
+            return "pruned"
         reason = _stop_reason(run, epoch, planned, stop)
         if reason is not None:
             return reason

@@ -23,6 +23,7 @@ from ..data.loaders import Batches
 from ..engine import EpochTotals, resolve_device, run_epoch
 from ..errors import NonFiniteLossError
 from ..log import logger, progress_enabled
+from ..multilabel.training import MultiHotLoss
 from .data import prepare_data, training_batches
 from .setup import build_network, build_optimizer
 
@@ -109,7 +110,8 @@ def find_lr(cfg: TrainConfig, out: Path) -> LrFindResult:
     model, _ = build_network(cfg, len(data.source.classes), data.img_size)
     model = model.to(device, memory_format=torch.channels_last)
     batches = training_batches(data, cfg, device, drop_last=True)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion = MultiHotLoss(cfg.label_smoothing) if data.source.task == "multilabel" else \
+        nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     result = lr_range_test(model, batches, criterion=criterion, device=device, cfg=cfg,
                            progress=progress_enabled(cfg.progress))
     table, figure = result.write(out)

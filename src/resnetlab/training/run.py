@@ -28,6 +28,7 @@ from ..log import logger, progress_enabled
 from ..models import count_parameters, first_stage_side, set_backbone_trainable
 from ..runfiles import prepare_run_dir, read_history
 from ..tracking import open_trackers
+from .auto import apply_auto
 from .data import PreparedData, prepare_data, report_streamed_skips, training_batches, validation_batches
 from .finish import check_replicas, finish_run, plot_samples, release_training_memory
 from .loop import BEST_METRIC_COLUMNS, Run, fit
@@ -59,21 +60,26 @@ class RunResult:
 
 
 def train(config: TrainConfig | None = None, *, clock: Callable[[], float] = time.perf_counter,
-          **settings: Any) -> RunResult:
+          on_epoch: Callable[[dict], bool | None] | None = None, **settings: Any) -> RunResult:
     """Train a classifier; ``settings`` are TrainConfig fields (``resnetlab.train(data=..., epochs=3)``).
 
-    ``clock`` (seconds) times the epochs for ``--time-limit``; tests pass a scripted one.
+    ``clock`` (seconds) times the epochs for ``--time-limit``; tests pass a scripted one. ``on_epoch(row)`` is
+    called after each epoch's checkpoint with its metrics.csv row; a true result stops the run (stopped "pruned").
     """
     cfg, saved = resolve_config(config, settings)
     info = init_distributed(cfg.device)
     try:
-        return _train(cfg, saved, info, clock)
+        return _train(cfg, saved, info, clock, on_epoch)
     finally:
         shutdown(info)
 
 
-def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo, clock: Callable[[], float]) -> RunResult:
+def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo, clock: Callable[[], float],
+           on_epoch: Callable[[dict], bool | None] | None = None) -> RunResult:
     inputs = check_inputs(cfg) if saved is None else None  # before the run folder exists
+    if inputs is not None and cfg.recipe == "auto" and cfg.chosen is None:
+        chosen = apply_auto(cfg, inputs.source, info.device) if info.is_main else None
+        cfg = TrainConfig.from_dict(from_main(chosen.to_dict() if chosen else None, info))
     run_dir = Path(from_main(str(prepare_run_dir(cfg)) if info.is_main else None, info))
     started = time.perf_counter()
     time_plan = TimePlan(parse_duration(cfg.time_limit), clock, lengthen=cfg.fill_time) if cfg.time_limit else None
@@ -82,6 +88,7 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo, clock: Callable
     torch.manual_seed(cfg.seed)
     data = prepare_data(cfg, run_dir, info, inputs.source if inputs else None)
     run = _set_up(cfg, saved, info, run_dir, data, inputs.weights if inputs else None)
+    run.on_epoch = on_epoch
     history: list[dict] = []
     start_epoch, start_step, partial = 1, 0, None
     if saved is not None:
@@ -168,7 +175,7 @@ def _set_up(cfg: TrainConfig, saved: dict | None, info: DistInfo, run_dir: Path,
     forward = wrap(model, cfg, info)
     state.ema = build_ema(cfg, model)
     meta = describe_model(ModelMeta(spec, classes, data.img_size, data.mean, data.std, crop_pct=data.crop.pct,
-                                    interpolation=data.crop.interpolation), cfg.to_dict())
+                                    interpolation=data.crop.interpolation, task=data.source.task), cfg.to_dict())
     return Run(cfg, info, run_dir, model, forward, state, schedule, objective, train_batches,
                validation_batches(data, cfg, device, info), amp_dtype, meta)
 

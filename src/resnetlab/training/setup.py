@@ -7,6 +7,7 @@ AMP, EMA and the module the steps call (DDP, torch.compile). Plain functions wit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,7 @@ from ..models import (
     resolve_stem,
     set_backbone_trainable,
 )
+from ..multilabel.training import label_balance, objective_parts, resolve_task
 
 
 def build_network(cfg: TrainConfig, num_classes: int, img_size: int, *, pretrained: bool = True,
@@ -62,7 +64,8 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     (read once, here) and the data's layout; a mistake leaves nothing behind that would refuse the same --out."""
     check_arch(cfg.model)
     source = open_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, data_root=cfg.data_root,
-                       follow_links=cfg.follow_links)
+                       follow_links=cfg.follow_links, task=cfg.task, label_sep=cfg.label_sep)
+    resolve_task(cfg, source)  # --task auto -> the data's; config.yaml and the checkpoint record it
     if cfg.best_metric == "top5" and len(source.classes) < 5:
         raise ConfigError(f"--best-metric top5 needs at least 5 classes; this data has {len(source.classes)}")
     weights = None
@@ -88,7 +91,10 @@ def class_balance(cfg: TrainConfig, labels: torch.Tensor, num_classes: int, devi
     """--balance: (class weights for the loss, per-image sampling weights); at most one is set.
 
     Both are inverse class frequencies: a class with half the images weighs (or is drawn) twice as much.
+    Multi-label (N x K) labels: a per-label pos_weight, or draws by each image's rarest label (label_balance).
     """
+    if labels.ndim == 2:
+        return label_balance(cfg, labels, device)
     counts = torch.bincount(labels, minlength=num_classes).float()
     if cfg.balance == "weights":
         return (counts.sum() / (len(counts) * counts.clamp_min(1))).to(device), None
@@ -106,9 +112,13 @@ class Objective:
     val: nn.Module
     probe: nn.Module
     mixer: Mixup | None = None
+    hits: Callable | None = None  # multi-label: images with every label right (None: argmax == target)
+    epoch_metrics: Callable | None = None  # multi-label: validation mAP and F1 (None: macro F1, top-5)
 
 
 def build_objective(cfg: TrainConfig, num_classes: int, class_weights: torch.Tensor | None) -> Objective:
+    if cfg.task == "multilabel":  # sigmoid + BCE; class_weights is then the per-label pos_weight
+        return Objective(*objective_parts(cfg, num_classes, class_weights))
     smoothed = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
     if not (cfg.mixup or cfg.cutmix):
         return Objective(smoothed, nn.CrossEntropyLoss(), smoothed)

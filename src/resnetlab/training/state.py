@@ -110,6 +110,8 @@ def resolve_config(config: TrainConfig | None, settings: dict) -> tuple[TrainCon
     cfg = config or TrainConfig.from_dict(settings)
     if config is not None and settings:
         cfg = TrainConfig.from_dict({**config.to_dict(), **settings})
+    if cfg.recipe == "auto" and cfg.given is None:  # resnetlab.train(recipe="auto", ...): the keywords are given
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "given": sorted(set(settings) - {"data", "recipe"})})
     if not cfg.resume:
         if not cfg.data:
             raise ConfigError("no data given: pass a folder, a CSV file or a built-in name")

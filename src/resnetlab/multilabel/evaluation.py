@@ -1,0 +1,147 @@
+"""Evaluating a multi-label model on a decoded split: metrics.json (mAP macro and micro, F1 and exact match at the
+model's thresholds, the per-label table), per_label.csv, label_errors.csv, pr_curves.png, cooccurrence.png,
+predictions.png and the Grad-CAM galleries false_positives.png and false_negatives.png. ``evaluation.py``
+dispatches here for a model whose task is "multilabel".
+
+    metrics = write_multilabel_evaluation(model, meta, decoded, split, out_dir, device=device)
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint import ModelMeta
+from ..data.cache import DecodedSplit
+from ..data.splits import SplitData
+from ..errors import DataError
+from ..fileio import atomic_open, write_json
+from ..log import logger
+from ..models import TTAModel
+from .figures import plot_cooccurrence, plot_errors, plot_pr_curves, plot_predictions
+from .metrics import label_table, ranked_errors, summary, threshold_array, to_numpy
+from .thresholds import score_split
+
+FIGURES = ("pr_curves.png", "cooccurrence.png", "predictions.png", "false_positives.png", "false_negatives.png")
+FILES = ("metrics.json", "per_label.csv", "label_errors.csv", *FIGURES)
+ERROR_GALLERY = 16  # (image, label) pairs per false-positive / false-negative gallery
+
+
+def check_task(data_task: str, model_task: str, where: str) -> None:
+    """A multi-label model scores multi-label data, and a one-class-per-image model the other kind."""
+    if data_task != model_task:
+        raise DataError(f"{where} is {data_task} data but the model is {model_task}; evaluate it on data of its kind")
+
+
+def write_multilabel_evaluation(model: nn.Module | None, meta: ModelMeta, decoded: DecodedSplit, split: SplitData,
+                                out_dir: Path, *, device: torch.device, batch_size: int = 256, amp: str = "auto",
+                                tta: str = "none", progress: bool = True, extra: dict | None = None,
+                                figures: bool = True, scorer=None) -> dict:  # noqa: ANN001 - a Classifier
+    """Score ``model`` (or, without one, ``scorer``: an exported model's Classifier) and write the files."""
+    split_name = (extra or {}).get("split", split.name)
+    started = time.perf_counter()
+    if model is None:
+        logits = torch.cat([scorer.logits(decoded.images[i:i + batch_size])
+                            for i in range(0, len(decoded), batch_size)])
+        targets = decoded.labels
+    else:
+        result = score_split(TTAModel(model, tta), meta, decoded, device, batch_size=batch_size, amp=amp,
+                             progress=progress, desc=f"evaluate {split_name}")
+        logits, targets = result.logits, result.targets
+    seconds = time.perf_counter() - started
+    probabilities, truth = to_numpy(logits.float().sigmoid()), to_numpy(targets).astype(np.int64)
+    thresholds = threshold_array(meta.thresholds, len(meta.classes))
+    table = label_table(probabilities, truth, thresholds, meta.classes)
+    scores = summary(probabilities, truth, thresholds)
+    loss = float(nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float())) if len(truth) else 0.0
+    metrics = {"task": "multilabel", "images": int(len(truth)), "accuracy": scores["exact_match"], "loss": loss,
+               **scores, "per_class": table, "thresholds": thresholds.tolist(),
+               "threshold_rule": "stored in the checkpoint" if meta.thresholds is not None else "0.5 for every label",
+               **(extra or {}), "split": split_name, "tta": tta, "skipped": decoded.skipped,
+               "images_per_s": len(truth) / seconds if seconds > 0 else 0.0}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in FIGURES:  # an earlier run's figure must never sit beside these metrics
+        (out_dir / name).unlink(missing_ok=True)
+    write_json(out_dir / "metrics.json", metrics)
+    _write_table(out_dir / "per_label.csv", table)
+    positives, negatives = ranked_errors(probabilities, truth, thresholds)
+    _write_errors(out_dir / "label_errors.csv", positives, negatives, probabilities, truth, thresholds, split,
+                  decoded.kept, meta.classes)
+    if figures:
+        _draw(model, meta, decoded, probabilities, truth, thresholds, (positives, negatives), out_dir, device)
+    return metrics
+
+
+def _draw(model: nn.Module | None, meta: ModelMeta, decoded: DecodedSplit, probabilities: np.ndarray,
+          truth: np.ndarray, thresholds: np.ndarray, errors: tuple[np.ndarray, np.ndarray], out_dir: Path,
+          device: torch.device) -> None:
+    """One try per figure: a figure that cannot be drawn loses neither the metrics nor the other figures."""
+    classes = meta.classes
+    drawings = [("pr_curves.png", lambda p: plot_pr_curves(probabilities, truth, classes, p)),
+                ("cooccurrence.png", lambda p: plot_cooccurrence(truth, probabilities >= thresholds[None, :],
+                                                                 classes, p)),
+                ("predictions.png", lambda p: plot_predictions(p, decoded.images, probabilities, truth, thresholds,
+                                                               classes))]
+    if model is not None:  # Grad-CAM needs the PyTorch network's gradients
+        for name, pairs, kind in (("false_positives.png", errors[0], "false positive"),
+                                  ("false_negatives.png", errors[1], "false negative")):
+            drawings.append((name, lambda p, pairs=pairs, kind=kind: plot_errors(
+                model, decoded.images, pairs, probabilities, truth, classes, meta.mean, meta.std, p, kind=kind,
+                device=device, limit=ERROR_GALLERY)))
+    for name, draw in drawings:
+        if len(truth) == 0:
+            break
+        try:
+            draw(out_dir / name)
+        except Exception as err:  # noqa: BLE001
+            (out_dir / name).unlink(missing_ok=True)  # never half a figure
+            logger.warning(f"could not draw {out_dir / name}: {type(err).__name__}: {err}")
+
+
+def _write_table(path: Path, table: dict[str, dict]) -> None:
+    with atomic_open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["label", "precision", "recall", "f1", "ap", "support", "threshold"])
+        for name, m in table.items():
+            writer.writerow([name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}",
+                             "" if m["ap"] is None else f"{m['ap']:.4f}", m["support"], f"{m['threshold']:.4f}"])
+
+
+def _write_errors(path: Path, positives: np.ndarray, negatives: np.ndarray, probabilities: np.ndarray,
+                  truth: np.ndarray, thresholds: np.ndarray, split: SplitData, kept: np.ndarray,
+                  classes: list[str]) -> None:
+    """Every wrong (image, label) decision: false positives most confident first, then false negatives."""
+    predicted = probabilities >= thresholds[None, :]
+    with atomic_open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "error", "probability", "threshold", "true", "predicted"])
+        for pairs, kind in ((positives, "false positive"), (negatives, "false negative")):
+            for i, k in pairs.tolist():
+                writer.writerow([split.describe(int(kept[i])), classes[k], kind, f"{probabilities[i, k]:.4f}",
+                                 f"{thresholds[k]:.4f}", "|".join(c for c, on in zip(classes, truth[i]) if on),
+                                 "|".join(c for c, on in zip(classes, predicted[i]) if on)])
+
+
+def print_summary(metrics: dict, classes: list[str], out_dir: Path) -> None:
+    """The console version of metrics.json: the scores, then the per-label table."""
+    logger.info(f"{metrics['split']}: {metrics['images']} images, mAP {metrics['map_macro']:.4f} (micro "
+                f"{metrics['map_micro']:.4f}), F1 macro {metrics['macro_avg']['f1']:.4f} micro "
+                f"{metrics['micro_avg']['f1']:.4f}, exact match {metrics['exact_match']:.4f}, loss "
+                f"{metrics['loss']:.4f} (thresholds: {metrics['threshold_rule']})")
+    width = max(len(c) for c in classes + ["label"])
+    rows = [f"{'label':<{width}}  precision  recall     f1     AP  support  threshold"]
+    for name in classes:
+        m = metrics["per_class"][name]
+        ap = "   n/a" if m["ap"] is None else f"{m['ap']:6.3f}"
+        rows.append(f"{name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f} {ap}  "
+                    f"{m['support']:7d}  {m['threshold']:9.3f}")
+    logger.info("\n".join(rows))
+    if metrics["skipped"]:
+        logger.warning(f"skipped {len(metrics['skipped'])} unreadable image(s) (listed in metrics.json)")
+    written = [name for name in FILES if (out_dir / name).is_file()]
+    logger.info(f"wrote {out_dir}/{', '.join(written)}")

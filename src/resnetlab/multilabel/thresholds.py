@@ -1,0 +1,50 @@
+"""Scoring a multi-label model on a decoded split, and the per-label thresholds chosen after training: the
+validation split's F1-optimal probability per label (or ``--threshold`` for all), written into ``best.pt``.
+
+    result = score_split(model, meta, decoded, device)               # logits N x K, targets N x K
+    thresholds = store_thresholds(run_dir / "best.pt", data, device, cfg)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoint import ModelMeta, load_model, read_checkpoint, save_checkpoint
+from ..data.cache import DecodedSplit
+from ..data.loaders import Batches
+from ..engine import EpochResult, amp_dtype_for, run_epoch
+from ..log import logger
+from ..models import first_stage_side
+from .metrics import choose_thresholds, to_numpy
+from .training import MultiHotLoss, exact_hits
+
+
+def score_split(model: nn.Module, meta: ModelMeta, decoded: DecodedSplit, device: torch.device, *,
+                batch_size: int = 256, amp: str = "auto", progress: bool = False, desc: str = "score") -> EpochResult:
+    """The model on every image of ``decoded``, in order: logits and multi-hot targets (N x K each), BCE loss and
+    the exact-match ratio at 0.5 as ``accuracy``."""
+    batches = Batches(decoded.images, decoded.labels, batch_size=batch_size, device=device, mean=meta.mean,
+                      std=meta.std, channels_last=True)
+    amp_dtype = amp_dtype_for(amp, device, first_stage_side(meta.spec, meta.img_size))  # as training validated
+    return run_epoch(model.to(memory_format=torch.channels_last), batches.epoch(0), criterion=MultiHotLoss(),
+                     device=device, amp_dtype=amp_dtype, total_steps=len(batches), desc=desc, progress=progress,
+                     keep_outputs=True, hits=exact_hits)
+
+
+def store_thresholds(best: Path, data, device: torch.device, cfg) -> list[float]:  # noqa: ANN001
+    """Choose the thresholds on the run's validation split (``data``: training's PreparedData) and save them in
+    ``best``; returns them."""
+    payload = read_checkpoint(best)
+    model, meta = load_model(best, device=device, checkpoint=payload)
+    result = score_split(model, meta, data.val, device, batch_size=max(256, cfg.batch_size * 2), amp=cfg.amp)
+    thresholds = choose_thresholds(to_numpy(result.logits.sigmoid()), to_numpy(result.targets), cfg.threshold)
+    payload["thresholds"] = thresholds
+    save_checkpoint(best, payload)
+    rule = f"--threshold {cfg.threshold:g}" if cfg.threshold is not None else \
+        f"F1-optimal on the {len(result.targets)} {data.val_name} images"
+    shown = ", ".join(f"{name}={t:.2f}" for name, t in list(zip(meta.classes, thresholds))[:12])
+    logger.info(f"thresholds ({rule}) stored in {best}: {shown}{' ...' if len(thresholds) > 12 else ''}")
+    return thresholds
