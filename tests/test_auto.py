@@ -123,3 +123,36 @@ def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
     metrics = classification_metrics(logits, targets, ["a", "b", "c"])
     assert metrics["accuracy"] == pytest.approx(4 / 6)
     assert metrics["balanced_accuracy"] == pytest.approx(np.mean([1.0, 0.0]))  # class c is absent: not averaged
+
+
+def test_given_settings_steer_the_rest_of_the_choices():
+    small = DataStats(images=5000, counts=[500] * 10, side=28, grey=True)
+    photos = DataStats(images=2000, counts=[500] * 4, side=300, grey=False)
+
+    def pick(stats, **fixed):
+        return {k: v for k, (v, _) in choose(stats, budget_s=600, speed=scripted(), pretrained=False,
+                                             fixed=fixed).items()}
+
+    assert (pick(small, opt="adamw")["lr"], pick(small, opt="adamw")["weight_decay"]) == (2e-3, 0.05)
+    assert (pick(photos, opt="sgd")["lr"], pick(photos, opt="sgd")["weight_decay"]) == (0.1, 5e-4)
+    assert pick(photos, lr=0.05)["opt"] == "sgd"  # a given --lr keeps the optimizer it was meant for
+    assert pick(photos, img_size=128)["img_size"] == 128 and pick(photos, width=1.0)["width"] == 1.0
+    assert pick(small, img_size=128)["stem"] == "standard"  # not the small stem of 28 px at 128 px
+    with_epochs = pick(photos, epochs=5)
+    assert "fill_time" not in with_epochs  # --epochs 5 --time-limit: never lengthened past 5
+
+
+def test_the_api_treats_a_configs_own_values_and_named_presets_as_given(tmp_path):
+    from resnetlab.training.state import resolve_config
+
+    cfg, _ = resolve_config(resnetlab.TrainConfig(data="x", recipe="auto", epochs=5, lr=0.01), {})
+    assert cfg.given == ["epochs", "lr"]
+    fast, _ = resolve_config(None, {"data": "x", "recipe": "fast", "epochs": 2})
+    assert (fast.width, fast.aug, fast.epochs) == (0.5, "crop", 2)  # the preset under the keywords
+
+
+def test_heat_maps_cover_the_part_of_the_picture_the_evaluation_crop_shows():
+    from resnetlab.cam.overlay import model_view_box
+
+    assert model_view_box(200, 100) == (50, 0, 150, 100)
+    assert model_view_box(200, 100, 224 / 256) == (56, 6, 144, 94)

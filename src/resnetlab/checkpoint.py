@@ -48,6 +48,11 @@ class ModelMeta:
     def crop(self) -> Crop:
         return Crop(self.crop_pct, self.interpolation)
 
+    @property
+    def view_fraction(self) -> float:
+        """The share of an image's shorter side that the evaluation crop shows the model (heat-map overlays)."""
+        return self.img_size / self.crop.scale_size(self.img_size)
+
     def to_dict(self) -> dict:
         return {"model_spec": self.spec.to_dict(), "classes": list(self.classes), "img_size": self.img_size,
                 "mean": list(self.mean), "std": list(self.std), "crop_pct": self.crop_pct,

@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from .data.images import SMALL_SIZE, Crop
+from .data.images import SMALL_SIZE, Crop, default_layout_and_crop
 from .errors import ConfigError, ModelError
 
 SMALL_STEM_MAX_SIZE = 64  # the auto stem is the small one at or below this image size
@@ -116,9 +116,8 @@ def default_crop(arch: str, img_size: int, pretrained: bool) -> tuple[Crop, str]
         if config is not None:
             interpolation = config.interpolation if config.interpolation in ("bilinear", "bicubic") else "bilinear"
             return Crop(float(config.crop_pct), interpolation), f"timm's pretrained config of {arch}"
-    if img_size > SMALL_SIZE:
-        return Crop(0.875), "photo-sized input"
-    return Crop(1.0), f"small input (<= {SMALL_SIZE} px)"
+    _, crop = default_layout_and_crop(img_size)
+    return crop, "photo-sized input" if img_size > SMALL_SIZE else f"small input (<= {SMALL_SIZE} px)"
 
 
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:

@@ -33,13 +33,13 @@ def overlay_for_image(classifier, image: Image.Image, method: str = "gradcam") -
     """The predicted class's heat map on ``image`` at its original size (what ``serve``'s /explain returns)."""
     cam_class(method)  # an unknown method fails before any work
     rgb = open_rgb(image)
-    batch = decode_image(rgb, classifier.meta.img_size)[None]  # 1 x 3 x S x S uint8
+    batch = decode_image(rgb, classifier.meta.img_size, classifier.meta.crop)[None]  # 1 x 3 x S x S uint8, as /predict
     logits = classifier.logits(batch)
     # K, the same prediction as /predict (multi-label: the most probable label's sigmoid)
     probabilities = (logits.sigmoid() if classifier.meta.task == "multilabel" else logits.softmax(dim=1))[0]
     predicted = int(probabilities.argmax())
     cams = cams_for_batch(classifier, batch, [predicted], method=method, progress=False)  # a server: no bars
-    result = overlay(rgb, cams[0])
+    result = overlay(rgb, cams[0], fraction=classifier.meta.view_fraction)
     probability = float(probabilities[predicted])
     result.info.update({"predicted": classifier.classes[predicted], "probability": f"{probability:.6f}",
                         "method": method})

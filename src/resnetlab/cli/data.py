@@ -42,7 +42,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     every setting not given by the YAML file or a flag once it has seen the data (training/auto.py)."""
     recipe = args.recipe or "auto"
     flags = train_flags(args)
-    given = sorted({*flags, *(load_yaml(args.config) if args.config else {})} - {"data"})
+    given = sorted({k.replace("-", "_") for k in (*flags, *(load_yaml(args.config) if args.config else {}))} - {"data"})
     flags.update(recipe=recipe, given=given if recipe == "auto" else None)
     return TrainConfig.from_sources(args.config, flags, base=recipe_values(recipe))
 

@@ -14,7 +14,7 @@ from collections import defaultdict
 import numpy as np
 
 from .cache import DecodedSplit, decode_split
-from .images import MAX_IMAGE_PIXELS
+from .images import MAX_IMAGE_PIXELS, Crop, default_layout_and_crop
 from .multilabel import format_statistics, label_problems, label_statistics
 from .splits import DataSource
 
@@ -97,9 +97,12 @@ def _imbalance(counts: dict[str, int]) -> list[dict]:
 
 def check_data(source: DataSource, img_size: int, *, cache_dir: str | None = None, workers: int | None = None,
                progress: bool = True, near_dup_distance: int | None = None) -> dict:
-    """Decode every split (filling the cache that training will reuse) and inspect it; with ``near_dup_distance``
-    (bits of 128) also search for near-duplicates across splits (``duplicates.near_duplicates``)."""
-    decoded = {name: decode_split(split, img_size, cache_dir=cache_dir, workers=workers, progress=progress)
+    """Decode every split as training will without pretrained weights (filling the cache it reuses) and inspect
+    it; with ``near_dup_distance`` (bits of 128) also search for near-duplicates across splits."""
+    layout, crop = default_layout_and_crop(img_size)
+    decoded = {name: decode_split(split, img_size, layout=layout if name == "train" else "square",
+                                  crop=crop if name != "train" else Crop(), cache_dir=cache_dir, workers=workers,
+                                  progress=progress)
                for name, split in source.splits.items()}
     report = inspect_data(source, decoded, img_size)
     if near_dup_distance is not None:

@@ -194,6 +194,13 @@ class Crop:
         return int(math.floor(size / self.pct))  # timm's transforms_imagenet_eval rounds down too
 
 
+def default_layout_and_crop(size: int) -> tuple[str, Crop]:
+    """How a split is decoded for training at ``size`` without pretrained weights: above 64 px the whole picture
+    (cache layout "whole") and the 0.875 evaluation crop of photo-sized inputs; at 64 px and below the centre
+    square and no crop (a crop would cut what little there is)."""
+    return ("whole", Crop(0.875)) if size > SMALL_SIZE else ("square", Crop(1.0))
+
+
 def eval_crop(image: Image.Image, size: int, crop: Crop = Crop()) -> Image.Image:
     """``crop`` applied to a PIL image with torchvision's own resize and centre-crop (what timm calls), so the
     pixels equal ``timm.data.create_transform``'s for the same settings."""

@@ -127,17 +127,20 @@ def _fit_ladder(ladder: list[tuple[int, str, float]], speed: Speed, batch: int, 
     return ladder[index], measured
 
 
-def choose(stats: DataStats, *, budget_s: float | None, speed: Speed, pretrained: bool) -> dict[str, tuple]:
+def choose(stats: DataStats, *, budget_s: float | None, speed: Speed, pretrained: bool, fixed: dict | None = None
+           ) -> dict[str, tuple]:
     """Every auto setting as {name: (value, reason)}; ``speed`` measures (or, in tests, scripts) throughput.
 
     The first rung of ``candidates`` that fits the wanted epochs in 80 % of the budget (the rest goes to decoding,
     validation and the final evaluation) wins, the cheapest when none does (``_fit_ladder``); without a budget,
-    the first rung and the wanted epochs."""
-    n, chosen = stats.images, {}
-    batch = 128 if n >= 20_000 else 64 if n >= 2_000 else 32
+    the first rung and the wanted epochs. ``fixed``: the settings the user gave (img_size, stem, width,
+    batch_size, epochs, opt, lr): the ladder keeps only rungs that agree with them, and what depends on them
+    (the learning rate on the optimizer) follows them."""
+    n, chosen, fixed = stats.images, {}, fixed or {}
+    batch = fixed.get("batch_size") or (128 if n >= 20_000 else 64 if n >= 2_000 else 32)
     chosen["batch_size"] = (batch, f"{n} training images: {max(1, n // batch)} steps per epoch")
-    want = target_epochs(n)
-    ladder = candidates(stats, pretrained)
+    want = int(fixed.get("epochs") or target_epochs(n))
+    ladder = _agreeing(candidates(stats, pretrained), fixed)
     pick, epochs, measured = ladder[0], want, 0.0
     if budget_s:
         pick, measured = _fit_ladder(ladder, speed, batch, TRAIN_SHARE * budget_s * 1.0 / (n * want))
@@ -150,25 +153,57 @@ def choose(stats: DataStats, *, budget_s: float | None, speed: Speed, pretrained
     chosen["width"] = (width, "full width" if width == 1.0 else f"{width}x width: the full network fits too few "
                                                                 "epochs in the budget")
     chosen["epochs"] = (epochs, why)
-    if budget_s:
+    if budget_s and "epochs" not in fixed:
         chosen["fill_time"] = (True, "re-planned after each epoch to use the whole budget")
-    chosen.update(_optimisation(stats, epochs, batch, pretrained, size))
+    chosen.update(_optimisation(stats, epochs, batch, pretrained, fixed))
     return chosen
 
 
-def _optimisation(stats: DataStats, epochs: int, batch: int, pretrained: bool, size: int) -> dict[str, tuple]:
+def _agreeing(ladder: list[tuple[int, str, float]], fixed: dict) -> list[tuple[int, str, float]]:
+    """The rungs with the given image size, stem and width put in (duplicates dropped, order kept)."""
+    out: list[tuple[int, str, float]] = []
+    for size, stem, width in ladder:
+        size = int(fixed.get("img_size") or size)
+        given_stem = fixed.get("stem")
+        if given_stem in ("small", "standard"):
+            stem = given_stem
+        elif given_stem == "auto" or "img_size" in fixed:  # the stem --stem auto gives the size in use
+            stem = "small" if size <= SMALL_SIZE else "standard"
+        entry = (size, stem, float(fixed.get("width") or width))
+        if entry not in out:
+            out.append(entry)
+    return out
+
+
+def _optimisation(stats: DataStats, epochs: int, batch: int, pretrained: bool, fixed: dict) -> dict[str, tuple]:
+    """Optimizer, learning rate and weight decay as one group (a given --opt gets its own learning rate; a given
+    --lr alone keeps the default optimizer, SGD), then augmentation, averaging, balance, metric, normalisation.
+    The small-image recipe (SGD 0.1, padded crops) is for data whose images are small; photos trained at a small
+    size keep AdamW and photo augmentation (benchmarks/defaults.py: SGD 0.1 with a 15:1 class-weighted loss on
+    64 px views of 244 px grey images collapsed to the rarest class)."""
     chosen: dict[str, tuple] = {}
-    if size <= SMALL_SIZE and not pretrained:
-        chosen["opt"], chosen["lr"] = ("sgd", "the fast/accurate presets' measured optimizer"), (0.1, "SGD one-cycle")
+    small = stats.side <= SMALL_SIZE
+    if "lr" in fixed and "opt" not in fixed:
+        opt, why = "sgd", "--lr was given: the default optimizer it is meant for"
+    elif "opt" in fixed:
+        opt, why = fixed["opt"], "given"
+    elif small and not pretrained:
+        opt, why = "sgd", "the fast/accurate presets' measured optimizer (small images)"
     else:
-        lr = 5e-4 if pretrained else 2e-3
-        chosen["opt"] = ("adamw", "AdamW one-cycle: robust from scratch on photos (issue 17's measurement)")
-        chosen["lr"] = (lr, "fine-tuning ImageNet weights" if pretrained else "from scratch")
-        chosen["weight_decay"] = (0.05, "AdamW's usual decoupled decay")
+        opt, why = "adamw", "AdamW one-cycle: robust from scratch on photos (issue 17's measurement)"
+    chosen["opt"] = (opt, why)
+    if opt == "sgd":
+        chosen["lr"] = (0.01 if pretrained else 0.1, "SGD one-cycle" + (", fine-tuning" if pretrained else ""))
+        chosen["weight_decay"] = (5e-4, "SGD's usual coupled decay")
+    else:
+        chosen["lr"] = (5e-4 if pretrained else 2e-3, f"{opt}, " + ("fine-tuning ImageNet weights" if pretrained
+                                                                     else "from scratch"))
+        chosen["weight_decay"] = (0.05 if opt == "adamw" else 0.0, "decoupled decay" if opt == "adamw" else
+                                  "Adam's decay acts on the gradient: off")
     chosen["sched"] = ("onecycle", "one-cycle: best in short, time-limited runs")
     chosen["warmup_epochs"] = (round(min(2.0, max(0.3, 0.1 * epochs)), 2), "a tenth of the run, 0.3-2 epochs")
     chosen["aug"] = (("crop", "flips and padded crops (small images: rotation slows short schedules)")
-                     if size <= SMALL_SIZE else ("standard", "random-resized crops of the whole picture + colour")
+                     if small else ("standard", "random-resized crops of the whole picture + colour")
                      if epochs >= 15 else ("light", "flips, shifts, small rotations: too few epochs for "
                                                     "random-resized crops"))
     long_run = epochs * max(1, stats.images // batch) >= 3000
@@ -215,13 +250,15 @@ def measure_speed(arch: str, classes: int, device: torch.device, amp: str) -> Sp
 
 
 def apply_auto(cfg: TrainConfig, source: DataSource, device: torch.device, *, speed: Speed | None = None,
-               clock: Callable[[], float] = time.perf_counter) -> TrainConfig:
+               clock: Callable[[], float] = time.perf_counter, timed: bool = True) -> TrainConfig:
     """``cfg`` with every auto setting the user did not give; the choices and reasons are logged and kept in
     ``cfg.chosen``. The budget: --time-limit, else 15 minutes on a CPU unless --epochs was given, else none; the
-    seconds spent measuring come out of it."""
+    seconds spent measuring come out of it. ``timed=False`` (lr-find): no budget, nothing measured."""
     started = clock()
     given = set(cfg.given or [])
-    if cfg.time_limit is not None:
+    if not timed:
+        budget = None
+    elif cfg.time_limit is not None:
         budget: float | None = parse_duration(cfg.time_limit)
     elif device.type == "cpu" and "epochs" not in given:
         budget = float(CPU_BUDGET_S)
@@ -232,8 +269,11 @@ def apply_auto(cfg: TrainConfig, source: DataSource, device: torch.device, *, sp
                 f"{stats.imbalance:.1f}), median side {stats.side}px, {'grey' if stats.grey else 'colour'}; budget "
                 + (f"{budget:.0f}s" if budget else "none"))
     pretrained = bool(cfg.pretrained)
+    fixed = {name: getattr(cfg, name) for name in ("img_size", "stem", "width", "batch_size", "epochs", "opt", "lr")
+             if name in given}
     options = choose(stats, budget_s=budget, speed=speed or measure_speed(cfg.model, len(stats.counts), device,
-                                                                           cfg.amp), pretrained=pretrained)
+                                                                           cfg.amp), pretrained=pretrained,
+                     fixed=fixed)
     if getattr(source, "task", "multiclass") == "multilabel":
         options.pop("best_metric")  # multi-label runs pick best.pt by mAP (multilabel/training.py)
     values, chosen = {}, {}

@@ -147,7 +147,7 @@ def _log_data_path(cfg: TrainConfig, train: DecodedSplit, side: int) -> None:
 def training_batches(data: PreparedData, cfg: TrainConfig, device: torch.device, *, drop_last: bool,
                      sample_weights: torch.Tensor | None = None, rank: int = 0, world_size: int = 1) -> Batches:
     """The training split's shuffled, augmented batches: slices of the decoded array, or streamed from files."""
-    augment = (BatchAugment(cfg.aug, data.img_size, hflip=cfg.hflip, erase=cfg.erase)
+    augment = (BatchAugment(cfg.aug, data.img_size, hflip=cfg.hflip, erase=cfg.erase, crop_pct=data.crop.pct)
                if cfg.aug != "none" or cfg.erase or data.layout == "whole" else None)
     options = {"batch_size": cfg.batch_size, "device": device, "mean": data.mean, "std": data.std, "shuffle": True,
                "augment": augment, "seed": cfg.seed, "drop_last": drop_last, "sample_weights": sample_weights,

@@ -72,13 +72,13 @@ class FrozenFeatures:
 
     @classmethod
     def build(cls, model: nn.Module, batches: Batches, *, views: int, preset: str, hflip: bool, size: int,
-              seed: int, amp_dtype: torch.dtype | None) -> FrozenFeatures:
+              seed: int, amp_dtype: torch.dtype | None, crop_pct: float = 1.0) -> FrozenFeatures:
         """Features of every training image: one unaugmented view, or ``views`` augmented ones."""
         started = time.perf_counter()
         device = batches.device
         count = len(batches.labels)
-        augments = [BatchAugment("none", size)] if views == 1 else [
-            BatchAugment(preset, size, hflip=hflip) for _ in range(views)]
+        augments = [BatchAugment("none", size, crop_pct=crop_pct)] if views == 1 else [
+            BatchAugment(preset, size, hflip=hflip, crop_pct=crop_pct) for _ in range(views)]
         was_training = model.training
         model.eval()
         computed, readable = [], torch.zeros(count, dtype=torch.bool, device=device)

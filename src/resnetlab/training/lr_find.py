@@ -24,8 +24,9 @@ from ..engine import EpochTotals, resolve_device, run_epoch
 from ..errors import NonFiniteLossError
 from ..log import logger, progress_enabled
 from ..multilabel.training import MultiHotLoss
+from .auto import apply_auto
 from .data import prepare_data, training_batches
-from .setup import build_network, build_optimizer
+from .setup import build_network, build_optimizer, check_inputs
 
 
 @dataclass
@@ -106,7 +107,11 @@ def find_lr(cfg: TrainConfig, out: Path) -> LrFindResult:
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    data = prepare_data(cfg, out)
+    source = None
+    if cfg.recipe == "auto" and cfg.chosen is None:  # sweep the optimizer, network and size train would use
+        source = check_inputs(cfg).source
+        cfg = apply_auto(cfg, source, device, timed=False)
+    data = prepare_data(cfg, out, source=source)
     model, _ = build_network(cfg, len(data.source.classes), data.img_size)
     model = model.to(device, memory_format=torch.channels_last)
     batches = training_batches(data, cfg, device, drop_last=True)

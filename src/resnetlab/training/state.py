@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import read_checkpoint, save_checkpoint
-from ..config import TrainConfig
+from ..config import TrainConfig, recipe_values
 from ..distributed import DistInfo
 from ..engine import EpochTotals
 from ..errors import ConfigError
@@ -105,13 +105,23 @@ class TrainState:
         return self.ema.module if self.ema is not None else unwrap(self.model)
 
 
+# What a run saved before the photo path (0.3) trained and evaluated with: resumed, it goes on the same way.
+PRE_0_3_SETTINGS = {"cache_layout": "square", "crop_pct": 1.0, "interpolation": "bilinear", "feature_views": 0}
+
+
 def resolve_config(config: TrainConfig | None, settings: dict) -> tuple[TrainConfig, dict | None]:
     """The run's settings and, for --resume, its last.pt (read once)."""
+    settings = {k.replace("-", "_"): v for k, v in settings.items()}
+    if config is None and settings.get("recipe") not in (None, "auto") and not settings.get("resume"):
+        # resnetlab.train(recipe="fast", ...): the preset under the keywords, as --recipe on the command line
+        settings = {**recipe_values(settings["recipe"]), **settings}
     cfg = config or TrainConfig.from_dict(settings)
     if config is not None and settings:
         cfg = TrainConfig.from_dict({**config.to_dict(), **settings})
-    if cfg.recipe == "auto" and cfg.given is None:  # resnetlab.train(recipe="auto", ...): the keywords are given
-        cfg = TrainConfig.from_dict({**cfg.to_dict(), "given": sorted(set(settings) - {"data", "recipe"})})
+    if cfg.recipe == "auto" and cfg.given is None:  # the API: keywords, or a config's non-default values, are given
+        defaults = TrainConfig().to_dict()
+        explicit = set(settings) if config is None else {k for k, v in cfg.to_dict().items() if v != defaults[k]}
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "given": sorted(explicit - {"data", "recipe"})})
     if not cfg.resume:
         if not cfg.data:
             raise ConfigError("no data given: pass a folder, a CSV file or a built-in name")
@@ -120,7 +130,7 @@ def resolve_config(config: TrainConfig | None, settings: dict) -> tuple[TrainCon
     # only settings the caller actually gave may override the saved ones (a default is not a wish)
     defaults = TrainConfig().to_dict()
     given = settings if config is None else {k: v for k, v in cfg.to_dict().items() if v != defaults[k]}
-    values = dict(saved_state["config"])
+    values = {**PRE_0_3_SETTINGS, **saved_state["config"]}  # a run started before these settings keeps its path
     values.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES and v is not None})
     values["stop_after_steps"] = given.get("stop_after_steps") or 0  # "in this invocation": never carried over
     values["resume"] = cfg.resume

@@ -163,6 +163,8 @@ def default_space(images: int, base: dict[str, Any], fixed: set[str]) -> Space:
         "batch_size": Dimension("choice", choices=(16, 32, 64) if small else (128, 256) if large else
                                 (64, 128, 256)),
     }
+    if base.get("pretrained"):  # ImageNet weights fit the full width only
+        space.pop("width")
     return {name: dimension for name, dimension in space.items() if name not in fixed}
 
 
