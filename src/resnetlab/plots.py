@@ -32,7 +32,7 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion_matrix(matrix: np.ndarray, classes: list[str], path: str | Path) -> None:
@@ -57,7 +57,7 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: list[str], path: str | Pa
                     ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=font,
                             color="white" if values[i, j] > threshold else "black")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def image_grid(images: Sequence[np.ndarray | Image.Image], titles: Sequence[str], path: str | Path, *,
@@ -82,7 +82,7 @@ def image_grid(images: Sequence[np.ndarray | Image.Image], titles: Sequence[str]
     if suptitle:
         fig.suptitle(_literal(suptitle), fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _literal(text: str) -> str:
@@ -91,7 +91,7 @@ def _literal(text: str) -> str:
     return text.replace("$", r"\$")
 
 
-def _save(fig, path: str | Path) -> None:  # noqa: ANN001 - a matplotlib Figure
+def save_figure(fig, path: str | Path) -> None:  # noqa: ANN001 - a matplotlib Figure
     """PNG written atomically: a full disk leaves the previous figure (or none), never a 0-byte file."""
     try:
         with atomic_path(path) as tmp:

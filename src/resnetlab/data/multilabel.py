@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .splits import DataSource, SplitData, stratified_split
+from .splits import DataSource, SplitData, splits_from_column, stratified_split
 
 # Characters people separate labels with; a cell using one that is not --label-sep is checked for that mistake.
 OTHER_SEPARATORS = (",", ";", "|", "/", "+")
@@ -191,16 +191,7 @@ def _source(csv_path: Path, rows: list[tuple[str, list[str], str | None, int]], 
         notes.append(f"CSV without a split column: split by each image's rarest label, {val_split:.0%} for "
                      f"validation (seed {seed})")
         return DataSource(names, {"train": train, "val": val}, "csv", str(csv_path), notes, task="multilabel")
-    splits = {name: make(name, [r for r in rows if r[2] == name]) for name in ("train", "val", "test")}
-    splits = {name: s for name, s in splits.items() if len(s)}
-    if "train" not in splits:
-        raise DataError(f"{csv_path}: no rows with split 'train'")
-    if "val" not in splits and "test" in splits:
-        notes.append("CSV has no 'val' rows: the 'test' rows serve as the validation split")
-    elif "val" not in splits:
-        splits["train"], splits["val"] = stratified_split(splits["train"], val_split, seed)
-        notes.append(f"CSV has only 'train' rows: {val_split:.0%} held out for validation (seed {seed})")
-    return DataSource(names, splits, "csv", str(csv_path), notes, task="multilabel")
+    return splits_from_column(names, rows, make, csv_path, notes, val_split, seed, task="multilabel")
 
 
 # ---------------------------------------------------------------------- statistics (check, data_report.json)

@@ -21,7 +21,7 @@ from ..errors import DataError
 from . import builtin
 from .images import image_size, is_image_file, list_images
 from .multilabel import check_single_labels, csv_task, read_multilabel_csv
-from .splits import DataSource, SplitData, stratified_split
+from .splits import DataSource, SplitData, splits_from_column, stratified_split
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
@@ -239,13 +239,4 @@ def _from_csv(csv_path: Path, *, val_split: float, seed: int, task: str = "auto"
         train, val = stratified_split(make("all", rows), val_split, seed)
         notes.append(f"CSV without a split column: stratified split, {val_split:.0%} for validation (seed {seed})")
         return DataSource(classes, {"train": train, "val": val}, "csv", str(csv_path), notes)
-    splits = {name: make(name, [r for r in rows if r[2] == name]) for name in ("train", "val", "test")}
-    splits = {name: s for name, s in splits.items() if len(s)}
-    if "train" not in splits:
-        raise DataError(f"{csv_path}: no rows with split 'train'")
-    if "val" not in splits and "test" in splits:
-        notes.append("CSV has no 'val' rows: the 'test' rows serve as the validation split")
-    elif "val" not in splits:
-        splits["train"], splits["val"] = stratified_split(splits["train"], val_split, seed)
-        notes.append(f"CSV has only 'train' rows: {val_split:.0%} held out for validation (seed {seed})")
-    return DataSource(classes, splits, "csv", str(csv_path), notes)
+    return splits_from_column(classes, rows, make, csv_path, notes, val_split, seed)

@@ -118,3 +118,19 @@ def relabel(split: SplitData, data_classes: list[str], model_classes: list[str],
         labels[:, mapping] = split.labels
         return SplitData(split.name, labels, split.paths, split.images, split.origins)
     return SplitData(split.name, mapping[split.labels], split.paths, split.images, split.origins)
+
+
+def splits_from_column(classes: list[str], rows: list, make, csv_path, notes: list[str], val_split: float,  # noqa: ANN001
+                       seed: int, task: str = "multiclass") -> DataSource:
+    """A CSV's rows by their split column (``row[2]``): train, val, test; without val rows the test rows validate,
+    without either a stratified share of train does. ``make(name, rows)`` builds one SplitData."""
+    splits = {name: make(name, [r for r in rows if r[2] == name]) for name in ("train", "val", "test")}
+    splits = {name: s for name, s in splits.items() if len(s)}
+    if "train" not in splits:
+        raise DataError(f"{csv_path}: no rows with split 'train'")
+    if "val" not in splits and "test" in splits:
+        notes.append("CSV has no 'val' rows: the 'test' rows serve as the validation split")
+    elif "val" not in splits:
+        splits["train"], splits["val"] = stratified_split(splits["train"], val_split, seed)
+        notes.append(f"CSV has only 'train' rows: {val_split:.0%} held out for validation (seed {seed})")
+    return DataSource(classes, splits, "csv", str(csv_path), notes, task=task)

@@ -17,18 +17,9 @@ from torch import nn
 
 from ..cam import compute_cams, overlay
 from ..data.transforms import preprocess_batch, stats_tensor, to_rgb_array
-from ..fileio import atomic_path
-from ..plots import image_grid, plt
+from ..plots import image_grid, plt, save_figure
 
 MAX_CURVES = 20  # labels drawn in pr_curves.png (the most frequent); the micro-average curve is always there
-
-
-def _save(fig, path: str | Path) -> None:  # noqa: ANN001 - a matplotlib Figure
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-    finally:
-        plt.close(fig)
 
 
 def titles(classes: list[str], rows: np.ndarray) -> list[str]:
@@ -55,7 +46,7 @@ def plot_pr_curves(probabilities: np.ndarray, targets: np.ndarray, classes: list
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_cooccurrence(targets: np.ndarray, predicted: np.ndarray, classes: list[str], path: str | Path) -> None:
@@ -82,7 +73,7 @@ def plot_cooccurrence(targets: np.ndarray, predicted: np.ndarray, classes: list[
                     ax.text(j, i, str(values[i, j]), ha="center", va="center", fontsize=font,
                             color="white" if values[i, j] > values.max() / 2 else "black")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_predictions(path: Path, images: torch.Tensor, probabilities: np.ndarray, targets: np.ndarray,
