@@ -10,6 +10,7 @@ workers + an fp32 training loop, on the same model resnetlab trains.
 from __future__ import annotations
 
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -73,6 +74,16 @@ def timed(function, repeats: int = 1) -> float:
     for _ in range(repeats):
         function()
     return (time.perf_counter() - started) / repeats
+
+
+def cpu_name() -> str:
+    """The CPU's model name (for the benchmarks' header line)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            return next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
+                        platform.processor() or "unknown CPU")
+    except OSError:
+        return platform.processor() or "unknown CPU"
 
 
 def load_average() -> str:

@@ -25,7 +25,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import load_average  # noqa: E402
+from common import cpu_name, load_average  # noqa: E402
 from photos import make_photos, print_markdown  # noqa: E402
 
 RECIPES = {"auto": "auto", "previous": "plain"}  # table name -> --recipe; auto runs first
@@ -291,15 +290,6 @@ def table(results: dict, budget: str) -> list[list[str]]:
     return rows
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            return next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
-                        platform.processor() or "unknown CPU")
-    except OSError:
-        return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", default="90s", help="each run's --time-limit, e.g. 90s or 3m (default: 90s)")
@@ -320,7 +310,7 @@ def main() -> None:
         parser.error(f"--scale must be in (0, 1], got {args.scale}")
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    print(f"host: {_cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} "
+    print(f"host: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads; load average before: {load_average()}")
     print(f"budget {args.budget} per run, seed {args.seed}, scale {args.scale:g}; work folder {work}", flush=True)
 

@@ -31,7 +31,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -44,7 +43,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import load_average, plain_train_step, seed_everything  # noqa: E402
+from common import cpu_name, load_average, plain_train_step, seed_everything  # noqa: E402
 
 SHAPES = ("circle", "triangle", "star", "cross", "ring", "hexagon", "crescent", "diamond", "arrow", "frame")
 VARIANTS = ("plain", "previous", "new", "frozen", "frozen-loop")
@@ -359,15 +358,6 @@ def print_markdown(header: list[str], rows: list[list[str]]) -> None:
         print("| " + " | ".join(row) + " |")
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            return next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
-                        platform.processor() or "unknown CPU")
-    except OSError:
-        return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images-per-class", type=int, default=100, help="training images per class "
@@ -394,7 +384,7 @@ def main() -> None:
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="resnetlab-photos-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"host: {_cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} "
+    print(f"host: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads; load average before: {load_average()}")
     print(f"{args.model} at {args.img_size} px, batch {args.batch_size}, seed {args.seed}"
           + (f", weights {args.pretrained}" if args.pretrained else ", random init") + f"; work folder {work}")
