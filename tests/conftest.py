@@ -33,6 +33,65 @@ settings.register_profile("ci", derandomize=True, database=None, deadline=None)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
+def _quick_grid(images, titles, path, **kwargs) -> None:  # noqa: ANN001, ARG001 - plots.image_grid's signature
+    """plots.image_grid's stand-in: the images side by side in a real PNG, without matplotlib's titled axes."""
+    if len(images) == 0:
+        raise ValueError("image_grid needs at least one image")
+    if len(titles) != len(images):
+        raise ValueError("image_grid needs one title per image")
+    arrays = [np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image) for image in images]
+    side = max(max(a.shape[:2]) for a in arrays)
+    sheet = Image.new("RGB", (side * min(8, len(arrays)), side * ((len(arrays) + 7) // 8)), "white")
+    for i, array in enumerate(arrays):
+        sheet.paste(Image.fromarray(array), ((i % 8) * side, (i // 8) * side))
+    _write_png(sheet, path)
+
+
+def _quick_save(fig, path) -> None:  # noqa: ANN001 - plots.save_figure's signature
+    """plots.save_figure's stand-in: a blank PNG of the figure's pixel size, the figure closed undrawn."""
+    import matplotlib.pyplot as plt
+
+    width, height = (fig.get_size_inches() * 100).astype(int)
+    plt.close(fig)
+    _write_png(Image.new("RGB", (int(width), int(height)), "white"), path)
+
+
+def _write_png(image: Image.Image, path) -> None:  # noqa: ANN001
+    from resnetlab.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="png")
+
+
+@pytest.fixture(autouse=True)
+def quick_figures(request, monkeypatch) -> None:
+    """Figures written undrawn (``_quick_grid``, ``_quick_save``, no tight_layout) unless the test is marked
+    ``real_figures``: matplotlib's drawing is ~0.3 s a figure on 2 cores and a tiny run writes 5-10 of them,
+    a third of its time. test_report, the explain tests and the marked ones look at the real figures."""
+    if request.node.get_closest_marker("real_figures"):
+        return
+    import sys
+
+    import matplotlib.figure
+
+    import resnetlab.evaluation
+    import resnetlab.explain
+    import resnetlab.multilabel.figures
+    import resnetlab.multilabel.outputs
+    import resnetlab.plots
+    import resnetlab.training.finish
+    import resnetlab.training.lr_find  # noqa: F401 - every module that holds them, imported before the swap
+
+    swaps = {"image_grid": (resnetlab.plots.image_grid, _quick_grid),
+             "save_figure": (resnetlab.plots.save_figure, _quick_save)}
+    for name, module in list(sys.modules.items()):
+        if name.startswith("resnetlab"):
+            for attribute, (real, quick) in swaps.items():
+                if getattr(module, attribute, None) is real:
+                    monkeypatch.setattr(module, attribute, quick)
+    monkeypatch.setattr(matplotlib.figure.Figure, "tight_layout", lambda self, *args, **kwargs: None)
+
+
 # Class -> fill colour. Names have a space and an accent on purpose.
 TOY_CLASSES = {"blue sky": (40, 60, 230), "green léaf": (40, 200, 60), "red": (230, 40, 40)}
 FAST = ["--width", "0.25", "--batch-size", "32", "--no-progress", "--workers", "1"]

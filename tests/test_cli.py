@@ -26,6 +26,7 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.real_figures  # the confusion matrix as drawn
 def test_train_evaluate_predict_on_split_folders(split_folders: Path, tmp_path: Path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(split_folders), "--epochs", "5", "--out", str(run), *TRAIN]) == 0

@@ -22,6 +22,8 @@ from resnetlab.evaluation import plot_misclassified
 from resnetlab.metrics import rank_mistakes
 from resnetlab.models import ModelSpec, TTAModel, build_model, set_backbone_trainable
 
+pytestmark = pytest.mark.real_figures  # these tests look at the grids matplotlib draws
+
 SIZE = 32
 PATCH = 10
 # Class -> the colour of a square that sits in the top-left or bottom-right corner of dark noise. The colour

@@ -165,9 +165,14 @@ def test_sigterm_mid_decode_ends_the_workers_and_leaves_no_temp_array(tmp_path: 
     if multiprocessing.get_start_method() != "fork":
         pytest.skip("the slowed decode reaches the workers only when they are forked")
 
+    before = set(multiprocessing.active_children())  # another test's children in this worker are not ours
+
+    def ours() -> set:
+        return set(multiprocessing.active_children()) - before
+
     def terminate_when_workers_run() -> None:
         for _ in range(400):
-            if multiprocessing.active_children():
+            if ours():
                 break
             time.sleep(0.025)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -178,10 +183,10 @@ def test_sigterm_mid_decode_ends_the_workers_and_leaves_no_temp_array(tmp_path: 
         decode_split(split, 16, cache_dir=str(tmp_path / "cache"), workers=2, progress=False)
     killer.join(timeout=30)
     for _ in range(100):
-        if not multiprocessing.active_children():
+        if not ours():
             break
         time.sleep(0.05)
-    assert multiprocessing.active_children() == []
+    assert ours() == set()
     assert not [p for p in (tmp_path / "cache").glob("*.npy")]
 
 

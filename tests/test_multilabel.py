@@ -110,6 +110,7 @@ def test_a_checkpoint_without_task_loads_as_one_class_per_image(trained):
 
 
 # ---------------------------------------------------------------------- evaluate, predict, explain
+@pytest.mark.real_figures  # pr_curves.png as drawn
 def test_evaluate_writes_map_the_per_label_table_and_pr_curves(trained, tmp_path, capsys):
     run, data = trained
     out = tmp_path / "eval"

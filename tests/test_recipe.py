@@ -240,6 +240,7 @@ def test_steepest_descent_finds_the_fastest_fall_before_the_minimum():
     assert _steepest_descent(lrs, rising) == pytest.approx(lrs[0] / 10)
 
 
+@pytest.mark.real_figures  # lr_find.png as drawn
 def test_lr_find_suggests_its_curves_steepest_fall_and_lr_auto_trains_with_it(split_folders: Path, tmp_path: Path,
                                                                               capsys, monkeypatch, no_figures):
     steps = 24  # a shorter sweep than the verb's 200: the same code, an eighth of the time

@@ -20,6 +20,8 @@ from resnetlab.data.loaders import Batches
 from resnetlab.data.transforms import denormalize
 from resnetlab.report import write_report
 
+pytestmark = pytest.mark.real_figures  # these tests look at the grids matplotlib draws
+
 # One class name needs escaping in HTML; one has an accent, one a space.
 CLASSES = {"blue sky": (40, 60, 230), "green léaf": (40, 200, 60), "red <b>&": (230, 40, 40)}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"

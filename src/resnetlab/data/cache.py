@@ -16,13 +16,10 @@ torchvision's do from the file. A split whose images are all grey is stored with
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import json
 import os
-import signal
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +35,7 @@ from ..log import logger, progress_enabled
 from ..signals import raise_if_terminated
 from .images import WHOLE_SCALE, Crop, eval_crop, is_grey, letterbox, open_rgb, read_regular
 from .splits import SplitData
+from .workers import default_workers, worker_map
 
 CACHE_FORMAT = 3
 LAYOUTS = ("square", "whole")
@@ -59,10 +57,6 @@ class DecodedSplit:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 def storage_side(size: int, layout: str) -> int:
@@ -175,14 +169,8 @@ def _decode_files(paths: list[str], job: tuple, images: np.ndarray, workers: int
     jobs = [(p, *job) for p in paths]
     bar = tqdm(total=len(paths), desc=f"decode {name}", unit="img", disable=not progress_enabled(progress), leave=False)
     if workers > 1 and len(paths) >= 64:
-        pool = ProcessPoolExecutor(workers, initializer=_worker_start)
-        try:
-            results = pool.map(_decode_one, jobs, chunksize=max(1, min(256, len(paths) // (workers * 8))))
+        with worker_map(_decode_one, jobs, workers) as results:
             _collect(results, images, info, bar)
-        except BaseException:
-            _end_pool(pool)  # a stop ends the workers now, not after the queued work
-            raise
-        pool.shutdown()
     else:
         _collect(map(_decode_one, jobs), images, info, bar)
     bar.close()
@@ -190,25 +178,6 @@ def _decode_files(paths: list[str], job: tuple, images: np.ndarray, workers: int
     if not any(info["content"]):
         info["content"] = []
     return info
-
-
-def _worker_start() -> None:
-    """In each decode worker: Ctrl-C is the parent's to handle, and the worker dies with its parent (Linux), so no
-    stop of the parent, not even SIGKILL, leaves workers behind."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux/glibc: the parent's own clean-up still ends the workers
-        pass
-
-
-def _end_pool(pool: ProcessPoolExecutor) -> None:
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        process.join(timeout=10)
 
 
 def _collect(results, images: np.ndarray, info: dict, bar: tqdm) -> None:

@@ -20,7 +20,6 @@ apart. Hence the default of 20 bits. Not found at 20: a third of 5 % corner crop
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from functools import cache
 
 import imagehash
@@ -30,9 +29,9 @@ from tqdm import tqdm
 
 from ..log import progress_enabled
 from ..signals import raise_if_terminated
-from .cache import _end_pool, _worker_start, default_workers
 from .images import open_rgb
 from .splits import DataSource, SplitData
+from .workers import default_workers, worker_map
 
 HASH_BITS = 128
 DEFAULT_DISTANCE = 20  # bits of 128; see the module docstring for the measurements behind it
@@ -78,13 +77,8 @@ def hash_split(split: SplitData, *, workers: int | None = None, progress: bool =
             bar.update(1)
 
     if workers > 1 and len(items) >= POOL_MIN_IMAGES:
-        pool = ProcessPoolExecutor(workers, initializer=_worker_start)
-        try:
-            collect(pool.map(_hash_one, items, chunksize=max(1, min(256, len(items) // (workers * 8)))))
-        except BaseException:
-            _end_pool(pool)  # a stop ends the workers now, not after the queued work
-            raise
-        pool.shutdown()
+        with worker_map(_hash_one, items, workers) as results:
+            collect(results)
     else:
         collect(map(_hash_one, items))
     bar.close()

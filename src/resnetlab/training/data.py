@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..data.cache import DecodedSplit, channel_stats, decode_split, default_workers, storage_side
+from ..data.cache import DecodedSplit, channel_stats, decode_split, storage_side
 from ..data.check import inspect_data
 from ..data.images import SMALL_SIZE, Crop
 from ..data.loaders import Batches
@@ -23,6 +23,7 @@ from ..data.sources import default_img_size, open_data
 from ..data.splits import DataSource, SplitData
 from ..data.stream import StreamBatches, choose_loader, decoded_bytes, streamed_split
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment
+from ..data.workers import default_workers
 from ..distributed import DistInfo, barrier
 from ..errors import DataError
 from ..fileio import write_json

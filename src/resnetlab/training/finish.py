@@ -17,7 +17,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.loaders import Batches
 from ..data.transforms import denormalize, to_rgb_array
-from ..distributed import DistInfo, sum_over_ranks, weights_checksum
+from ..distributed import DistInfo, sum_over_ranks, sync_buffers, weights_checksum
 from ..log import logger
 from ..multilabel.training import sample_titles
 
@@ -58,6 +58,7 @@ def check_replicas(model: nn.Module, info: DistInfo) -> None:
     """Under torchrun: say whether every rank ended with the same weights (DDP keeps them in step)."""
     if not info.enabled:
         return
+    sync_buffers(model, info)  # after a mid-epoch stop each rank's BatchNorm statistics are its own last batch's
     sums = sum_over_ranks([weights_checksum(model), weights_checksum(model) ** 2], info)
     spread = sums[1] / info.world_size - (sums[0] / info.world_size) ** 2
     logger.info(f"distributed: weights {'identical' if spread <= 1e-9 * max(1.0, sums[1]) else 'DIFFERENT'} across "

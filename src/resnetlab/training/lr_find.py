@@ -37,10 +37,7 @@ class LrFindResult:
 
     def write(self, folder: Path) -> tuple[Path, Path]:
         """lr_find.csv and lr_find.png (loss against LR, log scale, the suggestion marked)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from ..plots import plt, save_figure  # matplotlib (Agg) only when a figure is drawn
 
         folder.mkdir(parents=True, exist_ok=True)
         table, figure = folder / "lr_find.csv", folder / "lr_find.png"
@@ -55,8 +52,7 @@ class LrFindResult:
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(figure, dpi=100)
-        plt.close(fig)
+        save_figure(fig, figure)
         return table, figure
 
 
