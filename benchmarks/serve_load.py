@@ -1,11 +1,14 @@
-"""Load test of `resnetlab serve` on loopback: latency percentiles and requests/s, batched vs one at a time.
+"""Load test of `resnetlab serve` on loopback: latency percentiles and requests/s per runtime, batched vs one at
+a time.
 
 Starts the real CLI server (a subprocess on 127.0.0.1, a free port), sends a fixed number of POST /predict
-requests (one JPEG each) from N client threads, and stops everything by itself. It runs the server twice:
-with request batching (the default --max-batch) and with --max-batch 1 (the plain "one forward pass per
-request" recipe), and prints both with the ratio.
+requests (one JPEG each) from N client threads, and stops everything by itself. It runs the server once per
+runtime (`--runtimes`: the checkpoint in torch, and the files `resnetlab export` writes for onnxruntime and
+OpenVINO, fp32 and int8), plus torch with --max-batch 1 (the plain "one forward pass per request" recipe), and
+prints every row with its ratio to torch's batched server.
 
     python benchmarks/serve_load.py                          # 500 requests, 8 at a time, resnet18 at 32 px
+    python benchmarks/serve_load.py --img-size 224 --requests 200 --runtimes torch,onnxruntime-int8,openvino-int8
     python benchmarks/serve_load.py --requests 60 --concurrency 4 --checkpoint runs/demo/best.pt
 """
 
@@ -28,9 +31,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from resnetlab.checkpoint import save_checkpoint
-from resnetlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from resnetlab.models import ModelSpec, build_model, resolve_stem
+sys.path.insert(0, str(Path(__file__).parent))
+from resnetlab.checkpoint import load_model, save_checkpoint  # noqa: E402
+from resnetlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from resnetlab.export import _write, export_model  # noqa: E402
+from resnetlab.models import ModelSpec, build_model, resolve_stem  # noqa: E402
+from resnetlab.openvino_ir import write_ir  # noqa: E402
+from resnetlab.quantize import quantize_int8  # noqa: E402
+from resnetlab.sidecar import describe  # noqa: E402
+from runtime_throughput import calibration_images  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-threads", type=int, default=None,
                         help="OMP_NUM_THREADS of the server (default: inherited, else all cores)")
     parser.add_argument("--only-batched", action="store_true", help="skip the --max-batch 1 run")
+    parser.add_argument("--runtimes", default="torch,onnxruntime,onnxruntime-int8,openvino,openvino-int8",
+                        help="servers to run: torch, onnxruntime, openvino, each optionally -int8")
     return parser.parse_args(argv)
 
 
@@ -78,12 +89,37 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(checkpoint: Path, port: int, max_batch: int, threads: int | None, log: Path) -> subprocess.Popen:
+def exported(checkpoint: Path, runtime: str, folder: Path) -> Path:
+    """The file a server of ``runtime`` loads: the checkpoint itself for torch, else what `resnetlab export` writes
+    (int8 calibrated on the run's images, or for a random model on 64 Fashion-MNIST images)."""
+    if runtime == "torch":
+        return checkpoint
+    fmt, quantize = runtime.removesuffix("-int8").replace("onnxruntime", "onnx"), runtime.endswith("-int8")
+    out = folder / f"{runtime}{'.onnx' if fmt == 'onnx' else '.xml'}"
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if not quantize or (payload.get("config") or {}).get("data"):
+        export_model(checkpoint, format=fmt, out=out, dynamic_batch=True, quantize="int8" if quantize else None,
+                     max_drop=100.0, check=quantize)
+        return out
+    model, meta = load_model(checkpoint)
+    info = describe(meta, "onnx", dynamic_batch=True)
+    fp32 = _write(model, meta, info, folder / "random-fp32.onnx", "onnx", True, None)
+    calibration = calibration_images(meta.img_size)
+    if fmt == "onnx":
+        quantize_int8(fp32, out, calibration, meta.mean, meta.std)
+    else:
+        write_ir(fp32, out, describe(meta, "openvino", dynamic_batch=True), calibration=calibration,
+                 mean=meta.mean, std=meta.std)
+    return out
+
+
+def start_server(checkpoint: Path, port: int, max_batch: int, threads: int | None, log: Path,
+                 runtime: str = "torch") -> subprocess.Popen:
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     command = [sys.executable, "-m", "resnetlab", "serve", str(checkpoint), "--host", "127.0.0.1", "--port",
-               str(port), "--max-batch", str(max_batch)]
+               str(port), "--max-batch", str(max_batch), "--runtime", runtime]
     with open(log, "w") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 180
@@ -126,9 +162,11 @@ def load(url: str, uploads: list[bytes], requests: int, concurrency: int) -> dic
 
 
 def run_setting(checkpoint: Path, max_batch: int, uploads: list[bytes], args: argparse.Namespace,
-                folder: Path) -> dict:
+                folder: Path, runtime: str = "torch") -> dict:
     port = free_port()
-    process = start_server(checkpoint, port, max_batch, args.server_threads, folder / f"server-{max_batch}.log")
+    served = "torch" if runtime == "torch" else "auto"  # an exported file runs in its own runtime
+    process = start_server(checkpoint, port, max_batch, args.server_threads,
+                           folder / f"server-{runtime}-{max_batch}.log", served)
     try:
         url = f"http://127.0.0.1:{port}"
         load(url, uploads, args.warmup, args.concurrency)
@@ -147,22 +185,24 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint = Path(args.checkpoint) if args.checkpoint else folder / "random.pt"
         if not args.checkpoint:
             random_checkpoint(checkpoint, args.model, args.img_size)
-        settings = [32] if args.only_batched else [32, 1]
-        results = {b: run_setting(checkpoint, b, uploads, args, folder) for b in settings}
+        settings = [(runtime, 32) for runtime in args.runtimes.split(",")]
+        settings += [] if args.only_batched else [("torch", 1)]
+        files = {runtime: exported(checkpoint, runtime, folder) for runtime, _ in settings}
+        results = {(runtime, b): run_setting(files[runtime], b, uploads, args, folder, runtime)
+                   for runtime, b in settings}
     print(f"load test: {args.requests} POST /predict ({args.upload_side}px JPEG, ~{len(uploads[0]) // 1024} KB) "
           f"after {args.warmup} warm-up, {args.concurrency} in flight, loopback; model "
           f"{args.checkpoint or f'{args.model} (random weights) at {args.img_size}px'}")
     print(f"machine: {os.cpu_count()} cores, python {platform.python_version()}, torch {torch.__version__}, "
           f"server threads {args.server_threads or os.environ.get('OMP_NUM_THREADS', 'all')}, "
           f"load average {os.getloadavg()[0]:.2f}")
-    print("| server | errors | p50 ms | p99 ms | req/s | mean batch |")
-    print("|---|---|---|---|---|---|")
-    for max_batch, r in results.items():
-        name = f"--max-batch {max_batch}" + (" (default: batched)" if max_batch == 32 else " (one per pass)")
+    base = results.get(("torch", 32), next(iter(results.values())))["req_per_s"]
+    print("| server | errors | p50 ms | p99 ms | req/s | ratio to torch batched | mean batch |")
+    print("|---|---|---|---|---|---|---|")
+    for (runtime, max_batch), r in results.items():
+        name = f"{runtime}, --max-batch {max_batch}" + (" (batched)" if max_batch == 32 else " (one per pass)")
         print(f"| {name} | {r['errors']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['req_per_s']:.1f} "
-              f"| {r['mean_batch']:.2f} |")
-    if 1 in results and 32 in results:
-        print(f"batched / one-per-pass throughput: {results[32]['req_per_s'] / results[1]['req_per_s']:.2f}x")
+              f"| {r['req_per_s'] / base:.2f} | {r['mean_batch']:.2f} |")
     print("command: python " + " ".join([sys.argv[0], *sys.argv[1:]]))
     if any(r["errors"] for r in results.values()):
         raise SystemExit("some requests failed")

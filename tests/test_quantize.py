@@ -80,9 +80,14 @@ def test_serve_runtime_choice(model, tmp_path: Path):
     from resnetlab.serve import _load_for
 
     best, _ = model
-    assert _load_for(best, "auto", "cpu", tmp_path).runtime == "torch"  # keeps /explain
-    fast = _load_for(best, "onnxruntime", "cpu", tmp_path)  # exported for the server's lifetime
+    plain, explainer = _load_for(best, "torch", "cpu", tmp_path)
+    assert plain.runtime == "torch" and explainer is plain
+    fast, explainer = _load_for(best, "onnxruntime", "cpu", tmp_path)  # exported for the server's lifetime
     assert fast.runtime == "onnxruntime" and (tmp_path / "model.onnx").is_file()
-    assert _load_for(tmp_path / "model.onnx", "auto", "cpu", tmp_path).runtime == "onnxruntime"
+    assert explainer.runtime == "torch"  # /explain still has the network
+    exported, explainer = _load_for(tmp_path / "model.onnx", "auto", "cpu", tmp_path)
+    assert exported.runtime == "onnxruntime" and explainer is None
     with pytest.raises(ConfigError, match="runs in onnxruntime"):
         _load_for(tmp_path / "model.onnx", "torch", "cpu", tmp_path)
+    with pytest.raises(ConfigError, match="--format openvino"):
+        _load_for(tmp_path / "model.onnx", "openvino", "cpu", tmp_path)

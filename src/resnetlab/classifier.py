@@ -1,11 +1,13 @@
-"""One ``Classifier`` over two backends, chosen when the file is loaded (as Ultralytics' AutoBackend does):
-a PyTorch checkpoint runs in torch, an exported ``.onnx`` file in onnxruntime. Both take the same decoded
-uint8 images and apply the same preprocessing, so predict, evaluate and serve never ask which one they have.
+"""One ``Classifier`` over several backends, chosen when the file is loaded (as Ultralytics' AutoBackend does):
+a PyTorch checkpoint runs in torch, an exported file in its runtime (resnetlab.runtimes: onnxruntime, OpenVINO,
+torch.jit). All take the same decoded uint8 images and apply the same preprocessing, so predict, evaluate and
+serve never ask which one they have.
 
-    clf = load("runs/x/best.pt")              # or "runs/x/best.onnx"
+    clf = load("runs/x/best.pt")              # or "runs/x/best.onnx", "runs/x/best.xml"
     clf.predict(["a.jpg", pil_image])[0].label
     clf.embed(["a.jpg"])                      # N x D pooled backbone features (torch only)
-    clf.runtime                               # "torch" or "onnxruntime"; clf.model is None for ONNX
+    clf.runtime                               # "torch", "onnxruntime", "openvino" or "torchscript"; clf.model
+                                              # (the network Grad-CAM needs) is None for an exported file
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from .checkpoint import ModelMeta, load_model
 from .data.images import decode_image
 from .data.transforms import preprocess_batch, stats_tensor
 from .engine import amp_dtype_for, autocast, resolve_device
-from .errors import ConfigError, ExportError, ModelError
-from .models import ModelSpec, first_stage_side, unwrap
+from .errors import ConfigError, ModelError
+from .models import first_stage_side, unwrap
 from .multilabel.predictions import label_sets, tta_model
-from .sidecar import METADATA_KEY, read_sidecar
+from .runtimes import ExportedBackend, OnnxBackend, meta_from_sidecar, open_exported, runtime_of
+
+__all__ = ["Classifier", "OnnxBackend", "Prediction", "TorchBackend", "from_model", "load", "load_exported"]
 
 
 @dataclass
@@ -52,33 +56,10 @@ class TorchBackend:
             return self.model(x).float().cpu()
 
 
-class OnnxBackend:
-    """An exported ONNX model in onnxruntime on the CPU; a fixed-batch export is run in chunks of its size."""
-
-    runtime = "onnxruntime"
-    model = None  # no torch module: no gradients, so no Grad-CAM
-    device = torch.device("cpu")
-
-    def __init__(self, session, path: Path, info: dict | None = None):  # noqa: ANN001 - onnxruntime.InferenceSession
-        self.session, self.path, self.info = session, path, info or {}  # info: the sidecar
-        batch = session.get_inputs()[0].shape[0]
-        self._fixed_batch = batch if isinstance(batch, int) else None  # None: any batch size
-
-    def run_normalised(self, x: np.ndarray) -> np.ndarray:
-        """float32 N x 3 x S x S, already normalised -> logits N x K."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        step = self._fixed_batch or len(x)
-        return np.concatenate([self.session.run(["logits"], {"image": x[i:i + step]})[0]
-                               for i in range(0, len(x), max(step, 1))])
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.run_normalised(x.numpy()))
-
-
 class Classifier:
     """A trained model with its preprocessing: give it paths, PIL images or image tensors."""
 
-    def __init__(self, backend: TorchBackend | OnnxBackend, meta: ModelMeta):
+    def __init__(self, backend: TorchBackend | ExportedBackend, meta: ModelMeta):
         self.backend, self.meta = backend, meta
         self.classes = meta.classes
         self.device = backend.device
@@ -167,36 +148,22 @@ def from_model(model: torch.nn.Module, meta: ModelMeta, device: torch.device, *,
 def load(path: str | Path, *, device: str = "auto", arch: str | None = None, classes: list[str] | None = None,
          img_size: int | None = None, tta: str = "none", checkpoint: dict | None = None) -> Classifier:
     """A Classifier from a resnetlab checkpoint (or a bare state_dict with ``arch`` and ``classes``), or from an
-    exported ``.onnx`` file (run in onnxruntime). ``tta`` (flip, flip-crop) averages flipped/shifted views."""
-    if Path(path).suffix.lower() == ".onnx":
+    exported file (``.onnx`` in onnxruntime, ``.xml`` in OpenVINO, ``.torchscript`` in torch.jit). ``tta``
+    (flip, flip-crop) averages flipped/shifted views."""
+    if runtime_of(path):
         if tta != "none":
-            raise ConfigError("--tta needs a PyTorch checkpoint; exported ONNX models run as exported")
-        return load_onnx(path)
+            raise ConfigError(f"--tta needs a PyTorch checkpoint; {Path(path).name} runs as exported")
+        return load_exported(path)
     torch_device = resolve_device(device)
     model, meta = load_model(path, device=torch_device, arch=arch, classes=classes, img_size=img_size,
                              checkpoint=checkpoint)
     return from_model(tta_model(model, tta, meta.task) if tta != "none" else model, meta, torch_device)
 
 
-def load_onnx(path: str | Path) -> Classifier:
-    """An onnxruntime-backed Classifier from ``model.onnx`` (metadata from ``model.onnx.json`` or the file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"ONNX model not found: {path}")
-    try:
-        import onnxruntime as ort  # an optional extra: imported where it is needed
-    except ImportError:
-        raise ExportError("running an ONNX model needs onnxruntime: pip install 'resnetlab[export]'") from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()  # honour OMP_NUM_THREADS like torch does
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-        raise ExportError(f"cannot load ONNX model {path}: {str(err)[:300]}") from None
-    info = read_sidecar(path, session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
-    meta = ModelMeta(ModelSpec.from_dict(info["model_spec"]), list(info["classes"]), int(info["img_size"]),
-                     list(info["mean"]), list(info["std"]), source=str(path),
-                     crop_pct=float(info.get("crop_pct", 1.0)),
-                     interpolation=str(info.get("interpolation", "bilinear")),
-                     task=str(info.get("task", "multiclass")), thresholds=info.get("thresholds"))
-    return Classifier(OnnxBackend(session, path, info), meta)
+def load_exported(path: str | Path) -> Classifier:
+    """A Classifier over an exported file's runtime: .onnx (onnxruntime), .xml (OpenVINO), .torchscript."""
+    backend = open_exported(path)
+    return Classifier(backend, meta_from_sidecar(backend.info, Path(path)))
+
+
+load_onnx = load_exported  # the name this had when ONNX was the only exported format

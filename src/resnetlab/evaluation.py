@@ -35,6 +35,7 @@ from .multilabel.evaluation import check_task, write_multilabel_evaluation
 from .multilabel.evaluation import print_summary as print_multilabel_summary
 from .plots import image_grid, plot_confusion_matrix
 from .report import write_report
+from .runtimes import runtime_of
 from .tracking import attach_evaluation
 
 PREDICTION_GALLERY = 24  # validation images in predictions.png
@@ -52,8 +53,8 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
     URI): the metrics are also logged, as SPLIT_NAME, to the MLflow run that trained the checkpoint."""
     require_at_least("--batch-size", batch_size)
     torch_device = resolve_device(device)
-    exported = Path(checkpoint).suffix.lower() == ".onnx"
-    if exported:  # onnxruntime: the split settings travel in the sidecar
+    exported = runtime_of(checkpoint) is not None
+    if exported:  # an exported file: the split settings travel in the sidecar
         scorer = load(checkpoint, tta=tta)
         model, meta, saved = None, scorer.meta, scorer.backend.info.get("training") or {}
     else:
@@ -147,7 +148,8 @@ def write_evaluation(model: nn.Module | None, meta: ModelMeta, decoded: DecodedS
 
 
 def _score_exported(scorer: Classifier, decoded: DecodedSplit, batch_size: int) -> EpochResult:
-    """Logits of an exported model (onnxruntime) on the decoded split, in order, as run_epoch reports them."""
+    """Logits of an exported model (onnxruntime, OpenVINO, torch.jit) on the decoded split, in order, as run_epoch
+    reports them."""
     started = time.perf_counter()
     logits = torch.cat([scorer.logits(decoded.images[i:i + batch_size]) for i in range(0, len(decoded), batch_size)])
     seconds = time.perf_counter() - started

@@ -30,6 +30,7 @@ from .log import logger
 from .metrics import rank_mistakes
 from .multilabel.outputs import explain_label_sets
 from .plots import image_grid
+from .runtimes import runtime_of
 
 TARGET_CHOICES = "pred, true or a class name"
 GRID_MAX = 64  # images in explain_grid.png; every image still gets its own overlay file
@@ -82,9 +83,10 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
         raise ExplainError(f"--limit must be at least 1, got {limit}")
     if batch_size < 1:
         raise ExplainError(f"--batch-size must be at least 1, got {batch_size}")
-    if Path(checkpoint).suffix.lower() == ".onnx":  # as predict --cam says it
+    if runtime_of(checkpoint):  # as predict --cam says it
         raise ExplainError(f"explain needs a PyTorch checkpoint (heat maps need gradients); {checkpoint} is an "
-                           "exported ONNX model that runs in onnxruntime: use the .pt file it was exported from")
+                           f"exported model that runs in {runtime_of(checkpoint)}: use the .pt file it was exported "
+                           "from (its sidecar names it under 'source_checkpoint')")
     payload = read_checkpoint(checkpoint) if Path(checkpoint).suffix != ".safetensors" else None
     classifier = load(checkpoint, device=device, arch=arch, classes=classes, img_size=img_size, checkpoint=payload)
     chosen_target = _parse_target(target, classifier.classes, labelled=bool(misclassified))

@@ -11,6 +11,7 @@ mean/std and the input layout, so a consumer needs nothing else.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -22,30 +23,33 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model, read_checkpoint
-from .classifier import from_model, load_onnx
+from .classifier import from_model, load_exported
 from .config import require_at_least
 from .errors import ConfigError, ExportError
 from .fileio import write_text
 from .log import logger
-from .quantize import ExportData, quantize_int8
+from .openvino_ir import embed_ir, move_ir, write_ir
+from .quantize import CALIBRATION_METHODS, ExportData, quantize_int8
+from .runtimes import embedded_json, open_exported
 from .sidecar import METADATA_KEY, describe, sidecar_path
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript"}
-CHECK_TOLERANCE = 1e-4  # max |runtime - PyTorch| on logits accepted at export time
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "openvino": ".xml"}
+QUANTIZABLE = ("onnx", "openvino")
+CHECK_TOLERANCE = 1e-4  # max |runtime - PyTorch| on logits accepted at export time (fp32)
+HALF_TOLERANCE = 2e-2  # fp16: relative to the largest logit (fp16 keeps ~3 significant digits)
 
 
 def export_model(checkpoint: str | Path, *, format: str = "onnx", out: str | Path | None = None,
                  dynamic_batch: bool = False, opset: int | None = None, arch: str | None = None,
                  classes: list[str] | None = None, img_size: int | None = None, quantize: str | None = None,
-                 calib_images: int = 256, data: str | None = None, max_drop: float = 1.0, check: bool = True,
-                 workers: int | None = None) -> dict[str, Any]:
+                 calib_images: int = 256, calib_method: str = "minmax", data: str | None = None,
+                 max_drop: float = 1.0, check: bool = True, workers: int | None = None,
+                 half: bool = False) -> dict[str, Any]:
     """Write the model and its sidecar: checked against PyTorch's logits on random images, and (``check``, when
     the run's data is there; always for ``quantize="int8"``) against the original's accuracy on the validation
-    split. A drop of more than ``max_drop`` points refuses the export: nothing is written."""
-    if format not in FORMATS:
-        raise ConfigError(f"unknown export format '{format}'; expected one of {', '.join(FORMATS)}")
-    if quantize not in (None, "int8") or (quantize and format != "onnx"):
-        raise ConfigError(f"--quantize {quantize} is not available for {format}; use --format onnx --quantize int8")
+    split. A drop of more than ``max_drop`` points refuses the export: nothing is written. ``half``: fp16
+    weights and math (float32 input and output), for GPUs; with OpenVINO, fp16 weights computed in fp32."""
+    _check_options(format, quantize, half, calib_method)
     require_at_least("--calib-images", calib_images)
     payload = read_checkpoint(checkpoint) if Path(checkpoint).suffix != ".safetensors" else None
     model, meta = load_model(checkpoint, device="cpu", arch=arch, classes=classes, img_size=img_size,
@@ -59,60 +63,119 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", out: str | Pat
         images = ExportData.open(saved, data, meta.classes, meta.img_size, workers, meta.crop)
     elif check:
         logger.warning("no data to check the export's accuracy on (pass --data DATA); only its logits are compared")
-    info = describe(meta, format, dynamic_batch=dynamic_batch or format == "torchscript")
+    info = describe(meta, format, dynamic_batch=dynamic_batch or format in ("torchscript", "openvino"))
     # how the run split its data: evaluate on the exported file opens the same validation split
     info["training"] = {k: saved[k] for k in ("data", "val_split", "seed", "data_root", "follow_links", "label_sep")
                         if k in saved}
+    info["precision"] = "int8" if quantize else "fp16" if half else "fp32"
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as folder:  # gone on any failure
-        written = _write(model, meta, info, Path(folder) / out.name, format, dynamic_batch, opset)
-        if quantize:
-            info["quantization"] = {"type": "int8", "method": "onnxruntime static QDQ, per-channel int8 weights, "
-                                    "uint8 activations (min-max)", "calibration_images": calib_images}
-            quantized = Path(folder) / f"int8-{out.name}"
-            quantize_int8(written, quantized, images.calibration(calib_images), meta.mean, meta.std)
-            written = quantized
-            _embed(written, info)  # quantize_static keeps no metadata
+        written = _write_checked(model, meta, info, Path(folder), out.name, half=half, opset=opset,
+                                 images=images, quantize=quantize, calib=(calib_images, calib_method))
         if images is not None:
             info["validation"] = _accuracy_check(model, meta, written, info, images, max_drop)
         if format == "onnx":
             _embed(written, info)
-        os.replace(written, out)
+            os.replace(written, out)
+        elif format == "openvino":
+            move_ir(embed_ir(written, Path(folder) / "final" / out.name, info), out)
+        else:
+            os.replace(written, out)
     sidecar = sidecar_path(out)
     write_text(sidecar, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     worst, sizes = info["check"]["max_abs_diff_logits"], info["check"]["batch_sizes"]
-    logger.info(f"exported {format}{' int8' if quantize else ''} to {out} (+ {sidecar.name}); max |{format} - "
-                f"PyTorch| on logits = {worst:.1e} for batch sizes {sizes}"
-                + (" (the fp32 graph, before quantisation)" if quantize else ""))
+    logger.info(f"exported {format} {info['precision']} to {out} (+ {sidecar.name}); max |{format} - PyTorch| on "
+                f"logits = {worst:.1e} for batch sizes {sizes}" + (" (the fp32 graph, before quantisation)"
+                                                                    if quantize else ""))
     return {"path": str(out), "sidecar": str(sidecar), "format": format, "max_abs_diff": worst,
-            "batch_sizes": sizes, "validation": info.get("validation")}
+            "batch_sizes": sizes, "validation": info.get("validation"), "precision": info["precision"]}
+
+
+def _check_options(format: str, quantize: str | None, half: bool, calib_method: str) -> None:
+    if format not in FORMATS:
+        raise ConfigError(f"unknown export format '{format}'; expected one of {', '.join(FORMATS)}")
+    if quantize not in (None, "int8") or (quantize and format not in QUANTIZABLE):
+        raise ConfigError(f"--quantize {quantize} is not available for {format}; use --format onnx or openvino "
+                          "with --quantize int8")
+    if quantize and half:
+        raise ConfigError("--half and --quantize int8 exclude each other: pick fp16 (GPUs) or int8 (CPUs)")
+    if calib_method not in CALIBRATION_METHODS:
+        raise ConfigError(f"--calib-method {calib_method} is not one of {', '.join(CALIBRATION_METHODS)}")
+    if calib_method != "minmax" and format != "onnx":
+        raise ConfigError("--calib-method applies to --format onnx (OpenVINO's NNCF picks its own statistics)")
+
+
+def _write_checked(model: torch.nn.Module, meta, info: dict, folder: Path, name: str, *, half: bool,  # noqa: ANN001
+                   opset: int | None, images: ExportData | None, quantize: str | None, calib: tuple) -> Path:
+    """The file in ``folder``: ONNX/TorchScript written and checked against PyTorch; OpenVINO converted from the
+    checked ONNX; int8 quantised from the checked fp32 graph (its accuracy is checked by the caller)."""
+    format, dynamic = info["format"], info["input"]["shape"][0] == "batch"
+    network = _Half(model) if half and format != "openvino" else model
+    first = "onnx" if format == "openvino" else format
+    written = _write(network, meta, info, folder / (Path(name).stem + FORMATS[first]), first, dynamic, opset,
+                     reference=model)
+    if quantize:
+        count, method = calib
+        info["quantization"] = {"type": "int8", "calibration_images": count, "method": (
+            "OpenVINO NNCF post-training quantisation (symmetric int8, fast bias correction)" if format == "openvino"
+            else f"onnxruntime static QDQ, per-channel int8 weights, uint8 activations ({method})")}
+        calibration = images.calibration(count)
+    if format == "openvino":
+        ir = write_ir(written, folder / name, info, calibration=calibration if quantize else None,
+                      mean=meta.mean, std=meta.std, half=half)
+        if not quantize:  # the IR itself against PyTorch (int8 is judged by its accuracy instead)
+            _check_logits(ir, model, info, half=half)
+        return ir
+    if quantize:
+        quantized = folder / f"int8-{name}"
+        quantize_int8(written, quantized, calibration, meta.mean, meta.std, method=calib[1])
+        return quantized
+    return written
+
+
+class _Half(torch.nn.Module):
+    """fp16 weights and math behind a float32 input and output: the sidecar's contract stays the same."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(model).half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
 
 
 def _write(model: torch.nn.Module, meta, info: dict, path: Path, format: str, dynamic_batch: bool,  # noqa: ANN001
-           opset: int | None) -> Path:
-    """The fp32 file at ``path``, its logits checked against PyTorch's (``info["check"]``)."""
+           opset: int | None, reference: torch.nn.Module | None = None) -> Path:
+    """The file at ``path`` (onnx or torchscript), its logits checked against the fp32 ``reference``."""
     # batch 1 for a fixed-size export; 2 when dynamic, so the exporter cannot specialise the batch dim to 1
     example = torch.randn(2 if dynamic_batch else 1, 3, meta.img_size, meta.img_size)
     if format == "onnx":
         _export_onnx(model, example, path, info, dynamic_batch=dynamic_batch, opset=opset)
-        run = load_onnx(path).backend.run_normalised
     else:
         _export_torchscript(model, example, path, info)
-        traced = _load_torchscript(path)
-        run = lambda x: traced(torch.from_numpy(x)).detach().numpy()  # noqa: E731
-    # check batch 1 always, and an odd batch size when the batch dimension is dynamic
+    _check_logits(path, reference or model, info, half=isinstance(model, _Half))
+    return path
+
+
+def _check_logits(path: Path, reference: torch.nn.Module, info: dict, *, half: bool) -> None:
+    """``path``'s logits against PyTorch fp32's on random images (``info["check"]``): within CHECK_TOLERANCE, or
+    HALF_TOLERANCE of the largest logit for fp16; refused (ExportError) past it."""
+    run = open_exported(path).run_normalised
+    size = info["img_size"]
+    # batch 1 always, and an odd batch size when the batch dimension is dynamic
     sizes = [1, 3] if info["input"]["shape"][0] == "batch" else [1]
     generator = torch.Generator().manual_seed(0)
-    worst = 0.0
+    worst, scale = 0.0, 1.0
     for n in sizes:
-        x = torch.randn(n, 3, meta.img_size, meta.img_size, generator=generator)
+        x = torch.randn(n, 3, size, size, generator=generator)
         with torch.inference_mode():
-            expected = model(x).numpy()
+            expected = reference(x).numpy()
         worst = max(worst, float(np.abs(run(x.numpy()) - expected).max()))
-    if worst > CHECK_TOLERANCE:
-        raise ExportError(f"exported logits differ from PyTorch's by {worst:.2e} (> {CHECK_TOLERANCE}); the export "
-                          "is not faithful; nothing was written")
-    info["check"] = {"max_abs_diff_logits": worst, "batch_sizes": sizes, "tolerance": CHECK_TOLERANCE}
-    return path
+        scale = max(scale, float(np.abs(expected).max()))
+    limit = HALF_TOLERANCE * scale if half else CHECK_TOLERANCE
+    if worst > limit:
+        raise ExportError(f"exported logits differ from PyTorch's by {worst:.2e} (> {limit:.1e}); the export is not "
+                          "faithful; nothing was written")
+    info["check"] = {"max_abs_diff_logits": worst, "batch_sizes": sizes, "tolerance": limit}
 
 
 def _accuracy_check(model: torch.nn.Module, meta, written: Path, info: dict, images: ExportData,  # noqa: ANN001
@@ -120,11 +183,7 @@ def _accuracy_check(model: torch.nn.Module, meta, written: Path, info: dict, ima
     """The original and the exported model on the validation split, side by side; a drop over ``max_drop``
     points is an ExportError (the caller's temp folder goes, so nothing is written)."""
     original, count = images.accuracy(from_model(model, meta, torch.device("cpu")))
-    if info["format"] == "onnx":
-        exported, _ = images.accuracy(load_onnx(written))
-    else:
-        traced = _load_torchscript(written)
-        exported, _ = images.accuracy(from_model(traced, meta, torch.device("cpu")))
+    exported, _ = images.accuracy(load_exported(written))
     drop = 100.0 * (original - exported)
     logger.info(f"validation accuracy on {count} images: PyTorch {original:.4f}, exported {exported:.4f} "
                 f"({drop:+.2f} points lost; --max-drop {max_drop:g})")
@@ -143,8 +202,7 @@ def _embed(path: Path, info: dict) -> None:
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
     entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps({k: v for k, v in info.items() if k != "check"},
-                                                      ensure_ascii=False)
+    entry.key, entry.value = METADATA_KEY, embedded_json(info)
     onnx.save(proto, path)
 
 
@@ -172,9 +230,3 @@ def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, out: Path
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, example)
         torch.jit.save(traced, str(out), _extra_files={f"{METADATA_KEY}.json": json.dumps(info, ensure_ascii=False)})
-
-
-def _load_torchscript(path: Path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(str(path), map_location="cpu")

@@ -47,7 +47,7 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
     cam_dir = Path(cam) if cam else None
     if cam_dir and classifier.model is None:
         raise ConfigError(f"--cam needs a PyTorch checkpoint (heat maps need gradients); {checkpoint} runs in "
-                          "onnxruntime")
+                          f"{classifier.runtime}")
     if cam_dir:
         cam_dir.mkdir(parents=True, exist_ok=True)
     failed = 0

@@ -27,6 +27,9 @@ from .log import logger
 from .multilabel.predictions import right_rows
 
 CALIBRATION_BATCH = 32  # images per calibration forward pass
+# activation ranges from the calibration images: their min/max, a histogram's 99.999th percentile, or the range
+# that keeps the histogram's entropy (onnxruntime's CalibrationMethod names)
+CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 
 @dataclass
@@ -99,18 +102,26 @@ class _Calibration:
         return next(self._batches, None)
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: DecodedSplit, mean: list[float], std: list[float]) -> None:
-    """Static QDQ int8 with per-channel weights, calibrated on ``calibration`` (uint8 images of the model's size)."""
+def quantize_int8(fp32: Path, out: Path, calibration: DecodedSplit, mean: list[float], std: list[float],
+                  method: str = "minmax") -> None:
+    """Static QDQ int8 with per-channel weights, calibrated on ``calibration`` (uint8 images of the model's size)
+    with ``method`` (a CALIBRATION_METHODS key)."""
     import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static  # the optional 'export' extra
+    from onnxruntime.quantization import (  # the optional 'export' extra
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fixed = onnx.load(fp32, load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0].dim_value
     if len(calibration) == 0:
         raise ExportError("no readable training images to calibrate the int8 model on")
-    logger.info(f"int8: calibrating on {len(calibration)} training images")
+    logger.info(f"int8: calibrating on {len(calibration)} training images ({method})")
     reader = _Calibration(calibration.images, mean, std, fixed or CALIBRATION_BATCH)  # a fixed-batch export: its size
     prepared = out.with_name(f"prepared-{out.name}")  # shapes inferred and the graph folded, as onnxruntime advises
     quant_pre_process(str(fp32), str(prepared))
     quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ,
-                    per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+                    per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                    calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]))

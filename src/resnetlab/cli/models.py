@@ -96,7 +96,7 @@ def embed_run(args: argparse.Namespace) -> int:
     if args.model or args.pretrained:
         if not (args.model and args.pretrained):
             raise ConfigError("--model and --pretrained go together: a timm architecture and its local weights file")
-        if Path(positionals[0]).suffix.lower() in (".pt", ".pth", ".safetensors", ".onnx"):
+        if Path(positionals[0]).suffix.lower() in (".pt", ".pth", ".safetensors", ".onnx", ".xml", ".torchscript"):
             raise ConfigError(f"give either a CHECKPOINT ({positionals[0]}) or --model with --pretrained, not both")
         checkpoint, inputs = None, positionals
     elif len(positionals) < 2:
@@ -152,22 +152,30 @@ def explain_run(args: argparse.Namespace) -> int:
 
 
 def export_parser(sub) -> None:
-    export = sub.add_parser("export", help="write the model as ONNX (fp32 or int8) or TorchScript, with a JSON sidecar",
+    export = sub.add_parser("export", help="write the model as ONNX, OpenVINO IR or TorchScript (fp32, fp16 or int8), "
+                                           "with a JSON sidecar",
                             description="Writes FILE and FILE.json (classes, image size, mean/std, input layout, the "
                                         "preprocessing steps). The model takes normalised float32 N x 3 x S x S RGB "
                                         "images and returns logits; the export is checked against PyTorch on random "
                                         "images and, when the run's data is there, by the accuracy of both on its "
-                                        "validation split (refused, nothing written, past --max-drop).")
+                                        "validation split (refused, nothing written, past --max-drop). Every exported "
+                                        "file works in predict, evaluate and serve like a checkpoint.")
     checkpoint_flags(export)
-    export.add_argument("--format", required=True, choices=("onnx", "torchscript"), help="onnx or torchscript")
+    export.add_argument("--format", required=True, choices=("onnx", "openvino", "torchscript"),
+                        help="onnx (onnxruntime), openvino (FILE.xml + FILE.bin; the 'openvino' extra) or torchscript")
     export.add_argument("--out", default=None,
-                        help="output file (default: the checkpoint's name with .onnx / .torchscript)")
+                        help="output file (default: the checkpoint's name with .onnx / .xml / .torchscript)")
     export.add_argument("--dynamic-batch", action="store_true",
-                        help="ONNX: any batch size (default: batch 1); TorchScript always takes any batch size")
+                        help="ONNX: any batch size (default: batch 1); TorchScript and OpenVINO always take any")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     export.add_argument("--quantize", choices=("int8",), default=None,
-                        help="ONNX: static int8 (onnxruntime QDQ, per-channel weights), calibrated on the run's "
-                             "training images")
+                        help="static int8 for CPUs, calibrated on the run's training images: onnx with onnxruntime's "
+                             "QDQ tools (per-channel weights), openvino with NNCF")
+    export.add_argument("--calib-method", choices=("minmax", "percentile", "entropy"), default="minmax",
+                        help="onnx int8: how activation ranges come from the calibration images (default: minmax)")
+    export.add_argument("--half", action="store_true",
+                        help="fp16 weights and math behind a float32 input/output, for GPUs (onnx, torchscript); "
+                             "openvino: fp16 weights (half the file), computed in fp32 on CPUs")
     export.add_argument("--calib-images", type=int, default=256,
                         help="training images that calibrate --quantize int8, spread over every class (default: 256)")
     export.add_argument("--data", default=None, help="the data set (default: the one the checkpoint was trained on)")
@@ -182,8 +190,9 @@ def export_run(args: argparse.Namespace) -> int:
     from ..export import export_model
 
     export_model(args.checkpoint, format=args.format, out=args.out, dynamic_batch=args.dynamic_batch,
-                 opset=args.opset, quantize=args.quantize, calib_images=args.calib_images, data=args.data,
-                 max_drop=args.max_drop, check=args.check, workers=args.workers, **bare(args))
+                 opset=args.opset, quantize=args.quantize, calib_images=args.calib_images,
+                 calib_method=args.calib_method, data=args.data, max_drop=args.max_drop, check=args.check,
+                 workers=args.workers, half=args.half, **bare(args))
     return 0
 
 
@@ -194,15 +203,15 @@ def serve_parser(sub) -> None:
                            description="Serves GET / (a page: drop an image, see the top-5 and the heat map), "
                                        "GET /health, GET /classes, POST /predict (multipart 'file' or 'files'), "
                                        "POST /explain (Grad-CAM PNG) and the OpenAPI docs at /docs.")
-    serve.add_argument("checkpoint", help="best.pt / last.pt of a run, or an exported .onnx file")
+    serve.add_argument("checkpoint", help="best.pt / last.pt of a run, or an exported .onnx, .xml or .torchscript file")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 = every network)")
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    serve.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnxruntime"),
-                       help="auto: an .onnx file in onnxruntime, a checkpoint in torch (which also serves /explain); "
-                            "onnxruntime: a checkpoint is exported to ONNX for the server (faster on CPUs, no "
-                            "/explain) (default: auto)")
+    serve.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnxruntime", "openvino"),
+                       help="auto (default): an exported file in its own runtime; a checkpoint on a GPU in torch, on "
+                            "a CPU in the fastest installed runtime (openvino, else onnxruntime, else torch), exported "
+                            "to it (fp32) for the server's lifetime. /explain always runs the checkpoint in torch")
     ServeLimits.add_flags(serve)
 
 

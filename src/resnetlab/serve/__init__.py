@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import tempfile
 from importlib import import_module
+from importlib.util import find_spec
 from pathlib import Path
 
 from ..errors import ConfigError, ServeError
@@ -34,15 +35,17 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-RUNTIMES = ("auto", "torch", "onnxruntime")
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+FAST_CPU_RUNTIMES = ("openvino", "onnxruntime")  # fastest first (benchmarks/README.md, "Inference runtimes")
 
 
 def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
           limits: ServeLimits | None = None, log_level: str = "info", runtime: str = "auto") -> None:
     """Load the model and serve it until Ctrl-C.
 
-    ``runtime``: auto (an .onnx file in onnxruntime, a checkpoint in torch, which also serves /explain), torch, or
-    onnxruntime (a checkpoint is exported to ONNX fp32 for the server's lifetime: faster on CPUs, no /explain).
+    ``runtime``: auto (an exported file in its runtime; a checkpoint in torch on a GPU, else in the fastest
+    installed CPU runtime), torch, onnxruntime or openvino (a checkpoint is exported, fp32, for the server's
+    lifetime). A checkpoint also serves /explain, in torch, whatever runs /predict.
     """
     try:
         import uvicorn  # noqa: F401 - the 'serve' extra: checked before the model is loaded
@@ -51,36 +54,54 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
     if not 0 <= port <= 65535:
         raise ServeError(f"--port {port} is not a TCP port (0-65535)")
     with tempfile.TemporaryDirectory(prefix="resnetlab-serve-") as folder:
-        classifier = _load_for(checkpoint, runtime, device, Path(folder))
-        _run(classifier, checkpoint, host, port, limits, log_level)
+        classifier, explainer = _load_for(checkpoint, runtime, device, Path(folder))
+        _run(classifier, explainer, checkpoint, host, port, limits, log_level)
 
 
-def _load_for(checkpoint: str | Path, runtime: str, device: str, folder: Path):  # noqa: ANN202 - a Classifier
+def _load_for(checkpoint: str | Path, runtime: str, device: str, folder: Path) -> tuple:
+    """(the Classifier that predicts, the torch Classifier that explains or None)."""
     from ..classifier import load  # torch: loaded when serving starts, not when the CLI builds its parser
+    from ..engine import resolve_device
+    from ..runtimes import runtime_of
 
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime {runtime} is not one of {', '.join(RUNTIMES)}")
-    exported = Path(checkpoint).suffix.lower() == ".onnx"
-    if exported and runtime == "torch":
-        raise ConfigError(f"{checkpoint} is an exported ONNX model: it runs in onnxruntime (--runtime auto)")
-    if not exported and runtime == "onnxruntime":
-        from ..export import export_model
+    own = runtime_of(checkpoint)
+    if own:
+        if runtime not in ("auto", own):
+            raise ConfigError(f"{checkpoint} is an exported model that runs in {own} (--runtime auto); for "
+                              f"{runtime}, export the checkpoint: resnetlab export CHECKPOINT --format "
+                              f"{'onnx' if runtime == 'onnxruntime' else runtime}")
+        return load(checkpoint), None
+    explainer = load(checkpoint, device=device)
+    if runtime == "auto":
+        runtime = "torch" if resolve_device(device).type != "cpu" else next(
+            (name for name in FAST_CPU_RUNTIMES if _installed(name)), "torch")
+    if runtime == "torch":
+        return explainer, explainer
+    from ..export import export_model
 
-        logger.info(f"--runtime onnxruntime: exporting {checkpoint} to ONNX fp32 for this server")
-        result = export_model(checkpoint, format="onnx", out=folder / "model.onnx", dynamic_batch=True, check=False)
-        return load(result["path"])
-    return load(checkpoint, device=device)
+    fmt = "onnx" if runtime == "onnxruntime" else runtime
+    logger.info(f"--runtime {runtime}: exporting {checkpoint} ({fmt}, fp32) for this server; /explain runs it in torch")
+    result = export_model(checkpoint, format=fmt, out=folder / f"model.{'onnx' if fmt == 'onnx' else 'xml'}",
+                          dynamic_batch=True, check=False)
+    return load(result["path"]), explainer
 
 
-def _run(classifier, checkpoint: str | Path, host: str, port: int, limits: ServeLimits | None,  # noqa: ANN001
-         log_level: str) -> None:
+def _installed(runtime: str) -> bool:
+    modules = {"openvino": ("openvino", "onnx", "onnxscript"), "onnxruntime": ("onnxruntime", "onnx", "onnxscript")}
+    return all(find_spec(name) is not None for name in modules[runtime])
+
+
+def _run(classifier, explainer, checkpoint: str | Path, host: str, port: int,  # noqa: ANN001
+         limits: ServeLimits | None, log_level: str) -> None:
     import uvicorn
 
     from .app import create_app
     from .protocol import server_config
 
     limits = limits or ServeLimits()
-    app = create_app(classifier, limits)
+    app = create_app(classifier, limits, explainer=explainer)
     if not _is_loopback(host):
         logger.warning(f"listening on {host}: anyone who can reach this machine can use the model "
                        "(there is no authentication); the default --host 127.0.0.1 keeps it local")

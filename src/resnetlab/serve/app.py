@@ -97,7 +97,8 @@ class _Service:
     worker: InferenceWorker
     decode_slots: asyncio.Semaphore
     explain: object  # overlay_for_image, or the ImportError that made it unavailable
-    runtime: str  # as /health reports it: "pytorch" or "onnxruntime"
+    runtime: str  # as /health reports it: "pytorch", "onnxruntime", "openvino" or "torchscript"
+    explainer: Classifier | None = None  # the torch network /explain runs (None: an exported file only)
 
     @property
     def size(self) -> int:
@@ -132,18 +133,21 @@ class _Service:
         limits, worker = self.limits, self.worker
         return {"status": "ok", "model": self.classifier.meta.spec.arch, "classes": len(self.classifier.classes),
                 "task": self.classifier.meta.task,
-                "img_size": self.size, "runtime": self.runtime, "explain": not isinstance(self.explain, ImportError),
+                "img_size": self.size, "runtime": self.runtime,
+                "explain": self.explainer is not None and not isinstance(self.explain, ImportError),
                 "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
                            "max_files": limits.max_files, "max_pending": limits.max_pending},
                 "queue": {"waiting": worker._jobs.qsize(), "batches": worker.batches, "images": worker.images}}
 
 
-def create_app(classifier: Classifier, limits: ServeLimits | None = None):
-    """The FastAPI app serving ``classifier``; its inference thread stops when the app shuts down."""
+def create_app(classifier: Classifier, limits: ServeLimits | None = None, *, explainer: Classifier | None = None):
+    """The FastAPI app serving ``classifier``; its inference thread stops when the app shuts down. /explain runs
+    ``explainer`` (default: ``classifier`` when it is a torch network)."""
     limits = limits or ServeLimits()
     worker = InferenceWorker(classifier, max_batch=limits.max_batch, max_pending=limits.max_pending)
+    explainer = explainer or (classifier if classifier.model is not None else None)
     service = _Service(classifier, limits, worker, asyncio.Semaphore(limits.decode_threads), _explain_function(),
-                       _RUNTIME_NAMES.get(classifier.runtime, classifier.runtime))
+                       _RUNTIME_NAMES.get(classifier.runtime, classifier.runtime), explainer)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -214,14 +218,15 @@ def _add_explain_route(app: FastAPI, service: _Service) -> None:
 
     @app.post("/explain", response_class=Response, summary="Grad-CAM heat map over the image, as PNG",
               responses={200: {"content": {"image/png": {}}, "description": "the overlay image"}, **ERRORS,
-                         501: {"model": Error, "description": "explanations unavailable (no grad-cam, ONNX model)"}})
+                         501: {"model": Error, "description": "no explanations (no grad-cam, exported model)"}})
     async def explain_image(file: UploadFile = File(..., description="one image"),
                             method: str = Query("gradcam", description="CAM method: "
                                                 + ", ".join(SERVED_CAM_METHODS))) -> Response:
         if isinstance(explain, ImportError):
             raise HTTPException(501, f"explanations are not available in this installation ({explain})")
-        if service.classifier.runtime != "torch":
-            raise HTTPException(501, "explanations need a PyTorch checkpoint; this server runs an ONNX model")
+        if service.explainer is None:
+            raise HTTPException(501, f"explanations need a PyTorch checkpoint; this server runs an exported model "
+                                     f"({service.runtime}): serve the .pt file it was exported from")
         if method not in SERVED_CAM_METHODS:
             raise HTTPException(422, f"method '{method}' is not served; choose one of "
                                      f"{', '.join(SERVED_CAM_METHODS)} (scorecam and ablationcam run one forward "
@@ -230,7 +235,7 @@ def _add_explain_route(app: FastAPI, service: _Service) -> None:
 
         def render() -> bytes:
             buffer = io.BytesIO()
-            explain(service.classifier, image, method=method).save(buffer, format="PNG")
+            explain(service.explainer, image, method=method).save(buffer, format="PNG")
             return buffer.getvalue()
 
         try:

@@ -1,0 +1,115 @@
+"""Deployment formats beyond ONNX fp32: OpenVINO IR (fp32, int8 through NNCF, fp16 weights), fp16 ONNX and
+TorchScript (--half), the calibration method, and serve's runtime choice: each file works like a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resnetlab.classifier import load
+from resnetlab.cli import main
+from resnetlab.errors import ConfigError
+from resnetlab.export import export_model
+from serving import png_bytes, running_server, train_tiny
+
+pytest.importorskip("onnxruntime")
+ov = pytest.importorskip("openvino", reason="the 'openvino' extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> tuple[Path, Path]:
+    return train_tiny(tmp_path_factory.mktemp("deploy"))
+
+
+@pytest.fixture(scope="module")
+def reference(model) -> np.ndarray:
+    """The checkpoint's probabilities on the validation images, in file order."""
+    best, data = model
+    return np.stack([p.probabilities for p in load(best, device="cpu").predict(_val_images(data))])
+
+
+def _val_images(data: Path) -> list[str]:
+    return sorted(str(p) for p in (data / "Val").rglob("*.png"))
+
+
+def test_openvino_fp32_and_int8_work_like_a_checkpoint(model, reference, tmp_path: Path, capsys):
+    best, data = model
+    fp32 = export_model(best, format="openvino", out=tmp_path / "m.xml", data=str(data))
+    assert (tmp_path / "m.bin").is_file() and fp32["precision"] == "fp32" and fp32["max_abs_diff"] < 1e-4
+    assert fp32["validation"]["drop_points"] == pytest.approx(0.0, abs=1e-9)
+    classifier = load(tmp_path / "m.xml")
+    assert classifier.runtime == "openvino" and classifier.model is None
+    got = np.stack([p.probabilities for p in classifier.predict(_val_images(data))])
+    np.testing.assert_allclose(got, reference, atol=1e-5)
+    (tmp_path / "m.xml.json").unlink()  # the sidecar inside the IR (rt_info) is enough
+    assert load(tmp_path / "m.xml").classes == classifier.classes
+
+    int8 = export_model(best, format="openvino", out=tmp_path / "q.xml", quantize="int8", calib_images=12,
+                        data=str(data), max_drop=100.0)
+    sidecar = json.loads((tmp_path / "q.xml.json").read_text(encoding="utf-8"))
+    assert sidecar["precision"] == "int8" and "NNCF" in sidecar["quantization"]["method"]
+    assert sidecar["validation"] == int8["validation"]
+    model_ir = ov.Core().read_model(str(tmp_path / "q.xml"))
+    assert any(op.get_type_name() == "FakeQuantize" for op in model_ir.get_ops())  # really quantised
+    assert main(["evaluate", str(tmp_path / "q.xml"), str(data), "--out", str(tmp_path / "eval"),
+                 "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["accuracy"] == pytest.approx(int8["validation"]["accuracy_exported"])
+    capsys.readouterr()
+    assert main(["explain", str(tmp_path / "q.xml"), str(data / "Val")]) == 2
+    assert "runs in openvino: use the .pt file" in capsys.readouterr().err
+
+
+def test_half_exports_keep_float32_io_and_the_predictions(model, reference, tmp_path: Path):
+    best, data = model
+    for fmt, name in (("onnx", "h.onnx"), ("torchscript", "h.torchscript")):
+        result = export_model(best, format=fmt, out=tmp_path / name, half=True, dynamic_batch=True, data=str(data))
+        sidecar = json.loads(Path(result["sidecar"]).read_text(encoding="utf-8"))
+        assert sidecar["precision"] == "fp16" and sidecar["input"]["dtype"] == "float32", fmt
+        got = np.stack([p.probabilities for p in load(tmp_path / name).predict(_val_images(data))])
+        np.testing.assert_allclose(got, reference, atol=5e-3)  # fp16: ~3 significant digits
+        assert (got.argmax(1) == reference.argmax(1)).all()
+    import onnx
+
+    weights = [i for i in onnx.load(tmp_path / "h.onnx").graph.initializer if len(i.dims) == 4]  # conv kernels
+    assert weights and all(w.data_type == onnx.TensorProto.FLOAT16 for w in weights)
+
+
+def test_options_that_do_not_go_together_are_refused_before_anything_is_written(model, tmp_path: Path, capsys):
+    best, data = model
+    with pytest.raises(ConfigError, match="--half and --quantize int8 exclude each other"):
+        export_model(best, format="onnx", out=tmp_path / "x.onnx", half=True, quantize="int8")
+    with pytest.raises(ConfigError, match="--calib-method applies to --format onnx"):
+        export_model(best, format="openvino", out=tmp_path / "x.xml", quantize="int8", calib_method="entropy")
+    assert main(["export", str(best), "--format", "torchscript", "--quantize", "int8"]) == 2
+    assert "use --format onnx or openvino" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    percentile = export_model(best, format="onnx", out=tmp_path / "p.onnx", quantize="int8", calib_images=12,
+                              calib_method="percentile", data=str(data), max_drop=100.0)
+    assert "(percentile)" in json.loads(Path(percentile["sidecar"]).read_text())["quantization"]["method"]
+
+
+def test_serve_auto_predicts_in_openvino_and_explains_in_torch(model, tmp_path: Path):
+    import httpx
+
+    from resnetlab.serve import _load_for
+    from resnetlab.serve.app import create_app
+
+    best, _ = model
+    classifier, explainer = _load_for(best, "auto", "cpu", tmp_path)  # on a CPU: the fastest installed runtime
+    assert classifier.runtime == "openvino" and explainer.runtime == "torch"
+    with running_server(create_app(classifier, explainer=explainer)) as url:
+        health = httpx.get(f"{url}/health").json()
+        assert health["runtime"] == "openvino" and health["explain"] is True
+        predicted = httpx.post(f"{url}/predict", files={"file": ("a.png", png_bytes(), "image/png")}).json()
+        assert predicted["predictions"][0]["label"] in classifier.classes
+        heat = httpx.post(f"{url}/explain", files={"file": ("a.png", png_bytes(), "image/png")})
+        assert heat.status_code == 200 and heat.headers["content-type"] == "image/png"
+    exported, none = _load_for(tmp_path / "model.xml", "auto", "cpu", tmp_path)
+    with running_server(create_app(exported, explainer=none)) as url:
+        assert httpx.get(f"{url}/health").json()["explain"] is False
+        refused = httpx.post(f"{url}/explain", files={"file": ("a.png", png_bytes(), "image/png")})
+        assert refused.status_code == 501 and "openvino" in refused.json()["detail"]
