@@ -36,7 +36,7 @@ def test_a_grey_imbalanced_set_of_large_images_gets_what_it_needs():
     speed = scripted()  # 224 px: ~10 img/s, 160 px: ~20 img/s, 160 px at half width: ~78 img/s
     chosen = {k: v for k, (v, _) in choose(stats, budget_s=900, speed=speed, pretrained=False).items()}
     assert chosen["img_size"] < 224 and chosen["epochs"] >= target_epochs(2000) == 28  # pixels traded for epochs
-    assert (chosen["balance"], chosen["best_metric"], chosen["norm"]) == ("weights", "macro_f1", "dataset")
+    assert (chosen["balance"], chosen["best_metric"], chosen["norm"]) == ("sqrt", "macro_f1", "dataset")
     assert chosen["opt"] == "adamw" and chosen["stem"] == "standard" and chosen["fill_time"] is True
     assert speed.calls[0] == (64, "standard", 0.5) and len(speed.calls) <= 4  # the cheapest first, then scaled
 

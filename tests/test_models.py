@@ -128,6 +128,9 @@ def test_class_balance_is_inverse_frequency_and_the_sampler_draws_classes_evenly
     assert sampling is None
     assert weights.tolist() == pytest.approx([66 / (3 * 30), 66 / (3 * 30), 66 / (3 * 6)])  # n / (K * count)
     assert (weights * torch.tensor([30.0, 30.0, 6.0])).tolist() == pytest.approx([22.0] * 3)  # equal total weight
+    tempered, _ = class_balance(TrainConfig(data="x", balance="sqrt"), labels, 3, cpu)
+    assert tempered[2] / tempered[0] == pytest.approx(5 ** 0.5)  # 5:1 classes -> sqrt(5):1 weights
+    assert float((tempered * torch.tensor([30.0, 30.0, 6.0])).sum()) == pytest.approx(66.0)  # average image: 1
     absent, _ = class_balance(TrainConfig(data="x", balance="weights"), labels, 4, cpu)  # a class with no image
     assert torch.isfinite(absent).all()
     no_weights, sampling = class_balance(TrainConfig(data="x", balance="sampler"), labels, 3, cpu)

@@ -25,6 +25,7 @@ optuna = pytest.importorskip("optuna", reason="the 'tune' extra is not installed
 
 from optuna.trial import TrialState  # noqa: E402
 
+from resnetlab.tune.plan import progress_step  # noqa: E402
 from resnetlab.tune.space import base_params, default_space, load_space  # noqa: E402
 from resnetlab.tune.study import open_storage  # noqa: E402
 
@@ -46,6 +47,12 @@ def _trials(out: Path, name: str | None = None) -> list:
     storage = f"sqlite:///{out / 'study.db'}"
     name = name or optuna.get_all_study_names(storage)[0]
     return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def test_the_pruner_compares_trials_at_the_same_share_of_their_planned_runs():
+    assert [progress_step(e, 2) for e in (1, 2)] == [5, 10]
+    assert [progress_step(e, 4) for e in (1, 2, 3, 4)] == [2, 5, 8, 10]  # round half to even: 2.5 -> 2, 7.5 -> 8
+    assert progress_step(3, 12) == 2 and progress_step(1, 40) == 1 and progress_step(9, 6) == 10  # clamped
 
 
 def _kill_if_in_a_trial(pid: int, out: Path) -> int | None:
@@ -184,7 +191,8 @@ def test_study_resumes_prunes_survives_a_lost_machine_and_best_yaml_trains_the_s
                                                                                for t in first]
     assert "every one of the space's 3 combinations has been tried" in output
     pruned = [t for t in resumed if t.state == TrialState.PRUNED and "repeat_of" not in t.user_attrs]
-    assert [t.params["lr"] for t in pruned if t.params["lr"] == 1e-9] and max(pruned[0].intermediate_values) == 1
+    assert [t.params["lr"] for t in pruned if t.params["lr"] == 1e-9]
+    assert max(pruned[0].intermediate_values) == 5  # pruned after epoch 1 of 2: half its run
     assert main(command + ["--trials", "30"]) == 0  # nothing left to try: no new trial
     assert len(_trials(out, "toy-search")) == len(resumed)
 

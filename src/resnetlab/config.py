@@ -52,8 +52,9 @@ class TrainConfig:
                                  "or none; --mean/--std give explicit values", ("imagenet", "dataset", "none"))
     mean: list[float] | None = _opt(None, "explicit per-channel mean, e.g. 0.5,0.5,0.5 (overrides --norm)")
     std: list[float] | None = _opt(None, "explicit per-channel std, e.g. 0.25,0.25,0.25 (overrides --norm)")
-    balance: str = _opt("none", "imbalanced classes: none, weights (class-weighted loss) or sampler "
-                                "(class-balanced sampling)", ("none", "weights", "sampler"))
+    balance: str = _opt("none", "imbalanced classes: none, weights (loss weights 1/frequency), sqrt (tempered "
+                                "weights 1/sqrt(frequency)) or sampler (class-balanced sampling)",
+                        ("none", "weights", "sqrt", "sampler"))
     aug: str = _opt("light", "augmentation preset: none, crop (flip, padded crop), light (crop + small rotation), "
                              "standard (+ random-resized-crop, colour jitter), strong (+ TrivialAugment, random "
                              "erasing)",

@@ -1,5 +1,6 @@
-"""The exported-model format's metadata, in one place: what ``export`` writes beside (and inside) an ONNX or
-TorchScript file, and what ``classifier.load`` reads back. A plain onnxruntime client needs only this JSON.
+"""The exported-model format's metadata, in one place: what ``export`` writes beside (and inside) an ONNX,
+OpenVINO or TorchScript file, and what ``runtimes.open_exported`` reads back. A plain onnxruntime client needs
+only this JSON.
 
     info = describe(meta, "onnx", dynamic_batch=True)   # -> FILE.json and the file's own metadata
     text = read_sidecar(path, embedded)                  # JSON text from FILE.json, else from the file
@@ -15,11 +16,11 @@ from typing import Any
 from ._version import __version__
 from .errors import ExportError
 
-METADATA_KEY = "resnetlab"  # ONNX metadata_props key / TorchScript extra file holding the sidecar JSON
+METADATA_KEY = "resnetlab"  # ONNX metadata_props key / OpenVINO rt_info key / TorchScript extra file: the JSON
 
 
 def sidecar_path(model_path: str | Path) -> Path:
-    """``model.onnx`` -> ``model.onnx.json``: the suffix keeps ONNX and TorchScript sidecars apart."""
+    """``model.onnx`` -> ``model.onnx.json``: the suffix keeps ONNX, OpenVINO and TorchScript sidecars apart."""
     return Path(str(model_path) + ".json")
 
 

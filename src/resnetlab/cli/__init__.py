@@ -47,7 +47,9 @@ EPILOG = """Examples:
   resnetlab explain runs/my-run/best.pt photos/ --method gradcam++   heat maps in runs/my-run/explain/
   resnetlab explain runs/my-run/best.pt --misclassified photos/ --limit 16
   resnetlab export runs/my-run/best.pt --format onnx --dynamic-batch   best.onnx + best.onnx.json
+  resnetlab export runs/my-run/best.pt --format openvino --quantize int8   best.xml + .bin: int8 for CPUs
   resnetlab serve runs/my-run/best.pt                  web page and JSON API at http://127.0.0.1:8000
+  resnetlab serve runs/my-run/best.xml                 the same, answered by OpenVINO int8
   resnetlab summary --model resnet50 --img-size 224    layer table, parameters, MACs and FLOPs
   resnetlab report runs/my-run                         one self-contained report.html (mail it, open offline)
   resnetlab tune photos/ --trials 30 --trial-time 3m   hyper-parameter search; runs/tune/NAME/best.yaml

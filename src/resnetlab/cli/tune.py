@@ -44,7 +44,7 @@ def tune_parser(sub) -> None:
                             "README), less the settings given as flags")
     study.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"),
                        help="stop trials whose validation metric falls behind: median (of the finished trials at "
-                            "the same epoch), hyperband, or none (default: median)")
+                            "the same tenth of their planned run), hyperband, or none (default: median)")
     study.add_argument("--prune-after", type=int, default=2, metavar="EPOCHS",
                        help="no trial is pruned before it has run this many epochs (default: 2)")
     study.add_argument("--prune-startup", type=int, default=3, metavar="TRIALS",

@@ -85,8 +85,9 @@ def label_balance(cfg, labels: torch.Tensor, device: torch.device  # noqa: ANN00
     (images without a label: 1 / their count)."""
     labels = labels.to(torch.float64)
     positives = labels.sum(dim=0)
-    if cfg.balance == "weights":
-        return ((len(labels) - positives) / positives.clamp_min(1)).float().to(device), None
+    if cfg.balance in ("weights", "sqrt"):
+        ratio = (len(labels) - positives) / positives.clamp_min(1)
+        return (ratio.sqrt() if cfg.balance == "sqrt" else ratio).float().to(device), None
     if cfg.balance == "sampler":
         empty = labels.sum(dim=1) == 0
         rarest = torch.where(labels > 0, 1.0 / positives.clamp_min(1), torch.zeros_like(labels)).amax(dim=1)

@@ -74,17 +74,25 @@ def _load_for(checkpoint: str | Path, runtime: str, device: str, folder: Path) -
                               f"{'onnx' if runtime == 'onnxruntime' else runtime}")
         return load(checkpoint), None
     explainer = load(checkpoint, device=device)
+    chosen = runtime
     if runtime == "auto":
-        runtime = "torch" if resolve_device(device).type != "cpu" else next(
+        chosen = "torch" if resolve_device(device).type != "cpu" else next(
             (name for name in FAST_CPU_RUNTIMES if _installed(name)), "torch")
-    if runtime == "torch":
+    if chosen == "torch":
         return explainer, explainer
+    from ..errors import ExportError
     from ..export import export_model
 
-    fmt = "onnx" if runtime == "onnxruntime" else runtime
+    fmt = "onnx" if chosen == "onnxruntime" else chosen
     logger.info(f"--runtime {runtime}: exporting {checkpoint} ({fmt}, fp32) for this server; /explain runs it in torch")
-    result = export_model(checkpoint, format=fmt, out=folder / f"model.{'onnx' if fmt == 'onnx' else 'xml'}",
-                          dynamic_batch=True, check=False)
+    try:
+        result = export_model(checkpoint, format=fmt, out=folder / f"model.{'onnx' if fmt == 'onnx' else 'xml'}",
+                              dynamic_batch=True, check=False)
+    except ExportError as err:
+        if runtime != "auto":
+            raise
+        logger.warning(f"could not export for {chosen} ({err}); serving the checkpoint in torch")
+        return explainer, explainer
     return load(result["path"]), explainer
 
 

@@ -212,7 +212,8 @@ def _optimisation(stats: DataStats, epochs: int, batch: int, pretrained: bool, f
     chosen["label_smoothing"] = (0.1, "every preset's value")
     chosen["ema"] = ((0.999, ">= 3000 optimizer steps") if long_run else (0.0, "too few steps for an average"))
     imbalanced = stats.imbalance > IMBALANCE
-    chosen["balance"] = (("weights", f"classes {stats.imbalance:.0f}:1 imbalanced: class-weighted loss")
+    chosen["balance"] = (("sqrt", f"classes {stats.imbalance:.0f}:1 imbalanced: loss weights 1/sqrt(frequency) "
+                          "(full 1/frequency weights collapse short runs onto the rarest class)")
                          if imbalanced else ("none", f"classes within {IMBALANCE:g}:1"))
     chosen["best_metric"] = (("macro_f1", "imbalanced: best.pt by macro F1, not accuracy") if imbalanced
                              else ("val_acc", "balanced classes"))

@@ -290,7 +290,8 @@ def _epochs(run: Run, history: list[dict], stop: StopRequests, start_epoch: int,
         if info.is_main:
             plot_curves(run.run_dir, history)
         stop.raise_if_aborted()
-        if run.on_epoch is not None and run.on_epoch(row):  # e.g. a tuner's pruner: no end-of-run evaluation
+        # e.g. a tuner's pruner (no end-of-run evaluation); it also gets the epochs planned now
+        if run.on_epoch is not None and run.on_epoch({**row, "planned_epochs": planned}):
             logger.info(f"stopped after epoch {epoch} by the epoch callback (pruned)")
             return "pruned"
         reason = _stop_reason(run, epoch, planned, stop)

@@ -90,14 +90,20 @@ def class_balance(cfg: TrainConfig, labels: torch.Tensor, num_classes: int, devi
                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """--balance: (class weights for the loss, per-image sampling weights); at most one is set.
 
-    Both are inverse class frequencies: a class with half the images weighs (or is drawn) twice as much.
-    Multi-label (N x K) labels: a per-label pos_weight, or draws by each image's rarest label (label_balance).
+    weights and sampler are inverse class frequencies: a class with half the images weighs (or is drawn) twice as
+    much. sqrt tempers the weights to 1/sqrt(frequency), scaled so the average image still weighs 1: a 15:1 set
+    weighs its rarest class 3.9x its largest, not 15x (full weights turn an under-trained network's constant
+    guess into the rarest class: benchmarks/README.md, "Defaults"). Multi-label (N x K) labels: a per-label
+    pos_weight (its square root for sqrt), or draws by each image's rarest label (label_balance).
     """
     if labels.ndim == 2:
         return label_balance(cfg, labels, device)
     counts = torch.bincount(labels, minlength=num_classes).float()
     if cfg.balance == "weights":
         return (counts.sum() / (len(counts) * counts.clamp_min(1))).to(device), None
+    if cfg.balance == "sqrt":
+        weights = counts.clamp_min(1).rsqrt()
+        return (weights * counts.sum() / (weights * counts).sum()).to(device), None
     if cfg.balance == "sampler":
         return None, (1.0 / counts.clamp_min(1))[labels].double()
     return None, None

@@ -17,6 +17,18 @@ PRUNERS = ("median", "hyperband", "none")
 RUN_ONLY = ("out", "name", "resume", "exist_ok", "mlflow", "recipe", "given", "chosen")
 
 
+PROGRESS_STEPS = 10  # validation is reported to the pruner at each tenth of a trial's planned run
+
+
+def progress_step(epoch: int, planned: int) -> int:
+    """The pruner's step for ``epoch`` of ``planned``: the share of the run done, in tenths. Trials are compared
+    at the same share of their schedules, not the same epoch: under a time limit a trial that plans 12 short
+    epochs is at a high learning rate at epoch 3, where one that plans 4 is annealing, and comparing them at
+    epoch 3 pruned nearly every trial that planned more epochs (benchmarks/README.md, "Tune")."""
+    return max(1, min(PROGRESS_STEPS, round(PROGRESS_STEPS * epoch / max(planned, 1))))
+
+
+
 @dataclass
 class TuneOptions:
     """A study as asked for. ``settings``: train settings given explicitly (flags or keywords); they are fixed

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import ConfigError
 from ..log import logger
-from .plan import Plan
+from .plan import PROGRESS_STEPS, Plan
 
 # settings that say where or how a study runs, not what it searches: the same command on another machine (other
 # paths, devices, decode processes) names the same study
@@ -77,10 +77,11 @@ def _log_stale(study: optuna.Study, trial: FrozenTrial) -> None:
 
 
 def make_pruner(plan: Plan) -> optuna.pruners.BasePruner:
-    if plan.pruner == "median":  # stop a trial whose best epoch so far is below the median of finished trials
-        return optuna.pruners.MedianPruner(n_startup_trials=plan.prune_startup, n_warmup_steps=plan.prune_after)
+    # steps are tenths of each trial's planned run (worker.progress_step); --prune-after is checked in epochs there
+    if plan.pruner == "median":  # a trial whose best so far is below the median of finished trials at that share
+        return optuna.pruners.MedianPruner(n_startup_trials=plan.prune_startup, n_warmup_steps=0)
     if plan.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, plan.prune_after), max_resource="auto")
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=PROGRESS_STEPS)
     return optuna.pruners.NopPruner()
 
 

@@ -29,7 +29,7 @@ from ..log import configure, logger
 from ..signals import sigterm_as_exception
 from . import tracking
 from .outputs import refresh
-from .plan import Plan
+from .plan import Plan, progress_step
 from .space import Dimension
 from .study import fail_orphans, load_study, open_storage, this_worker
 
@@ -165,14 +165,18 @@ class Worker:
         cfg = TrainConfig.from_dict({**settings, "out": str(run_dir), "exist_ok": True, "mlflow": plan.mlflow,
                                      "progress": bool(settings.get("progress")) and plan.workers == 1})
         linked: list[bool] = []
+        reported: set[int] = set()
 
         def on_epoch(row: dict) -> bool:
             if plan.mlflow_parent and not linked:
                 linked.append(tracking.link_trial(plan, run_dir, trial.number))
             if row.get(column) is None:
                 raise ConfigError(f"--best-metric {plan.metric}: the run's metrics have no {column} column")
-            trial.report(float(row[column]), int(row["epoch"]))
-            return trial.should_prune()
+            step = progress_step(int(row["epoch"]), int(row.get("planned_epochs") or row["epoch"]))
+            if step not in reported:
+                trial.report(float(row[column]), step)
+                reported.add(step)
+            return int(row["epoch"]) >= plan.prune_after and trial.should_prune()
 
         result = train(cfg, on_epoch=on_epoch)
         trial.set_user_attr("epochs", len(result.history))
