@@ -128,6 +128,7 @@ def _write_checked(model: torch.nn.Module, meta, info: dict, folder: Path, name:
     if quantize:
         quantized = folder / f"int8-{name}"
         quantize_int8(written, quantized, calibration, meta.mean, meta.std, method=calib[1])
+        _embed(quantized, info)  # onnxruntime's quantiser need not keep the metadata; the check loads from it
         return quantized
     return written
 

@@ -133,11 +133,12 @@ def _openvino(path: Path) -> OpenVinoBackend:
     except ImportError:
         raise ExportError("running an OpenVINO model needs openvino: pip install 'resnetlab[openvino]'") from None
     try:
-        model = ov.Core().read_model(str(path))
+        core = ov.Core()
+        model = core.read_model(str(path))
         embedded = model.get_rt_info([METADATA_KEY]).astype(str) if model.has_rt_info([METADATA_KEY]) else None
         info = read_sidecar(path, embedded)
-        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads(),
-                                                          "INFERENCE_PRECISION_HINT": "f32"})
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                                                     "INFERENCE_PRECISION_HINT": "f32"})
     except ExportError:
         raise
     except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError with its own text

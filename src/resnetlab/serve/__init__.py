@@ -69,9 +69,11 @@ def _load_for(checkpoint: str | Path, runtime: str, device: str, folder: Path) -
     own = runtime_of(checkpoint)
     if own:
         if runtime not in ("auto", own):
+            how = ("serve the checkpoint it was exported from (its sidecar's source_checkpoint)" if runtime == "torch"
+                   else f"export the checkpoint: resnetlab export CHECKPOINT --format "
+                        f"{'onnx' if runtime == 'onnxruntime' else runtime}")
             raise ConfigError(f"{checkpoint} is an exported model that runs in {own} (--runtime auto); for "
-                              f"{runtime}, export the checkpoint: resnetlab export CHECKPOINT --format "
-                              f"{'onnx' if runtime == 'onnxruntime' else runtime}")
+                              f"{runtime}, {how}")
         return load(checkpoint), None
     explainer = load(checkpoint, device=device)
     chosen = runtime

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..fileio import atomic_path, write_text
 from ..log import logger
-from .plan import RUN_ONLY, Plan
+from .plan import PROGRESS_STEPS, RUN_ONLY, Plan
 
 FIGURES = {
     "optimization_history.png": "Optimisation history: each finished trial's value and the best so far",
@@ -51,7 +51,9 @@ def trial_rows(plan: Plan, study: optuna.Study) -> tuple[list[str], list[dict[st
         run_dir = attrs.get("run_dir", "")
         note = attrs.get("note", "")
         if trial.state == TrialState.PRUNED and not note and steps:
-            note = f"pruned after epoch {max(steps)}: {plan.metric} {steps[max(steps)]:.4f}"
+            done = 100 * max(steps) // PROGRESS_STEPS
+            note = (f"pruned after epoch {attrs.get('epochs', '?')} ({done} % of its planned run): "
+                    f"{plan.metric} {steps[max(steps)]:.4f}")
         elif trial.state == TrialState.FAIL and not note:
             note = "its process stopped (killed, or lost its heartbeat)"
         rows.append({"number": trial.number, "state": trial.state.name,
