@@ -30,8 +30,8 @@ from .fileio import write_text
 from .log import logger
 from .openvino_ir import embed_ir, move_ir, write_ir
 from .quantize import CALIBRATION_METHODS, ExportData, quantize_int8
-from .runtimes import embedded_json, open_exported
-from .sidecar import METADATA_KEY, describe, sidecar_path
+from .runtimes import open_exported
+from .sidecar import METADATA_KEY, describe, embedded_json, sidecar_path
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "openvino": ".xml"}
 QUANTIZABLE = ("onnx", "openvino")

@@ -21,8 +21,7 @@ from .data.cache import DecodedSplit
 from .data.transforms import preprocess_batch, stats_tensor
 from .errors import ExportError
 from .log import logger, progress_enabled
-from .runtimes import embedded_json
-from .sidecar import METADATA_KEY
+from .sidecar import METADATA_KEY, embedded_json
 
 
 def _openvino():  # noqa: ANN202 - the module

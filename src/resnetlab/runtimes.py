@@ -10,7 +10,6 @@ file's sidecar (resnetlab.sidecar), so a ``Classifier`` over any of them decodes
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -156,7 +155,3 @@ def _torchscript(path: Path) -> TorchScriptBackend:
         raise ExportError(f"cannot load TorchScript model {path}: {str(err)[:300]}") from None
     return TorchScriptBackend(module.eval(), path, read_sidecar(path, extra[f"{METADATA_KEY}.json"] or None))
 
-
-def embedded_json(info: dict) -> str:
-    """The sidecar as stored inside an exported file (without the export-time logit check)."""
-    return json.dumps({k: v for k, v in info.items() if k != "check"}, ensure_ascii=False)

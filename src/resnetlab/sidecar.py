@@ -52,6 +52,11 @@ def describe(meta: Any, fmt: str, *, dynamic_batch: bool) -> dict[str, Any]:
     }
 
 
+def embedded_json(info: dict) -> str:
+    """The sidecar as stored inside an exported file (without the export-time logit check)."""
+    return json.dumps({k: v for k, v in info.items() if k != "check"}, ensure_ascii=False)
+
+
 def preprocessing_steps(s: int, crop_pct: float = 1.0, interpolation: str = "bilinear") -> list[str]:
     """What ``data.images.decode_image`` and ``Classifier.preprocess`` do, in order, so that a client with PIL,
     numpy and onnxruntime alone gets the same input (tests/test_sidecar.py is such a client, on every image mode).
