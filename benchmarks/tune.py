@@ -12,7 +12,9 @@ written once as PNG class folders. Then, each command in its own process as a us
 4. with ``--long-default``: the default recipe given the whole time the tuned row used (SEARCH + BUDGET).
 
 Prints one table: test accuracy of each row, its validation accuracy, epochs and wall time, and the difference to
-the default in points; writes every figure to WORKDIR/tune.json.
+the default in points and McNemar's exact test against the default on the same test images (how many images each
+run gets right that the other gets wrong, and the chance of a difference that large by luck); writes every figure
+to WORKDIR/tune.json.
 
     python benchmarks/tune.py                                   # ~65 min on 2 CPU cores: 10m + 40m + 10m + evals
     python benchmarks/tune.py --train-images 600 --test-images 300 --trial-time 10s --search-time 60s \\
@@ -22,6 +24,7 @@ the default in points; writes every figure to WORKDIR/tune.json.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import subprocess
@@ -96,6 +99,21 @@ def train_and_test(name: str, data: Path, extra: list[str], args) -> dict:  # no
     return row
 
 
+def paired_test(reference: Path, other: Path) -> tuple[int, int, float]:
+    """McNemar's exact test of two runs on the same test images, from their test/misclassified.csv: (images only
+    the reference got wrong, images only the other got wrong, two-sided p of the difference being chance)."""
+    from scipy.stats import binomtest
+
+    def wrong(run: Path) -> set[str]:
+        with open(run / "test" / "misclassified.csv", encoding="utf-8", newline="") as handle:
+            return {row["path"] for row in csv.DictReader(handle)}
+
+    first, second = wrong(reference), wrong(other)
+    only_first, only_second = len(first - second), len(second - first)
+    p = binomtest(only_second, only_first + only_second, 0.5).pvalue if only_first + only_second else 1.0
+    return only_first, only_second, float(p)
+
+
 def search(data: Path, args) -> tuple[dict, Path]:  # noqa: ANN001
     out = args.work / "study"
     shutil.rmtree(out, ignore_errors=True)
@@ -144,11 +162,17 @@ def main() -> None:
         total = f"{parse_duration(args.search_time) + parse_duration(args.budget):.0f}s"
         rows.append(train_and_test("default-long", data, ["--time-limit", total], args))
     reference = rows[0].get("test_acc")
+    for row in rows[1:]:
+        if reference is not None and "failed" not in row:
+            row["fixed"], row["broken"], row["p"] = paired_test(args.work / "runs" / "default",
+                                                                args.work / "runs" / row["name"])
     table = [[r["name"], f"{r['test_acc']:.4f}", f"{r['val_acc']:.4f}", r["epochs"], f"{r['wall_s']:.0f}",
-              f"{100 * (r['test_acc'] - reference):+.2f}" if reference is not None else "n/a"]
-             if "failed" not in r else [r["name"], r["failed"], "", "", "", ""] for r in rows]
+              f"{100 * (r['test_acc'] - reference):+.2f}" if reference is not None else "n/a",
+              f"+{r['fixed']} / -{r['broken']}, p {r['p']:.3f}" if "p" in r else ""]
+             if "failed" not in r else [r["name"], r["failed"], "", "", "", "", ""] for r in rows]
     print()
-    print_table(["run", "test acc", "val acc", "epochs", "wall s", "vs default (points)"], table,
+    print_table(["run", "test acc", "val acc", "epochs", "wall s", "vs default (points)",
+                 "vs default: images fixed / broken, McNemar p"], table,
                 title=f"Fashion-MNIST {args.train_images} images; search: {searched['trials']} trials in "
                       f"{searched['wall_s']:.0f}s")
     (args.work / "tune.json").write_text(json.dumps({"rows": rows, "search": searched, "args": {

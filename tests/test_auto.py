@@ -38,7 +38,26 @@ def test_a_grey_imbalanced_set_of_large_images_gets_what_it_needs():
     assert chosen["img_size"] < 224 and chosen["epochs"] >= target_epochs(2000) == 28  # pixels traded for epochs
     assert (chosen["balance"], chosen["best_metric"], chosen["norm"]) == ("sqrt", "macro_f1", "dataset")
     assert chosen["opt"] == "adamw" and chosen["stem"] == "standard" and chosen["fill_time"] is True
-    assert speed.calls[0] == (64, "standard", 0.5) and len(speed.calls) <= 4  # the cheapest first, then scaled
+    assert speed.calls[0] == (128, "standard", 0.5) and len(speed.calls) <= 4  # the cheapest first, then scaled
+    # the whole picture, no random-resized crops or erasing, max pooling beside the average: small marks survive
+    assert (chosen["crop_mode"], chosen["crop_pct"], chosen["aug"], chosen["erase"], chosen["pool"]) == (
+        "squash", 1.0, "light", 0.0, "avgmax")
+    colour = DataStats(images=2000, counts=[1200, 500, 200, 100], side=380, grey=False)
+    photo = {k: v for k, (v, _) in choose(colour, budget_s=900, speed=scripted(), pretrained=False).items()}
+    assert not {"crop_mode", "crop_pct", "pool"} & set(photo) and photo["aug"] in ("standard", "light")
+    tuned = {k: v for k, (v, _) in choose(stats, budget_s=900, speed=scripted(), pretrained=True).items()}
+    assert "crop_mode" not in tuned  # pretrained weights keep their own evaluation crop
+    tiny = {k: v for k, (v, _) in choose(stats, budget_s=60, speed=scripted(), pretrained=False).items()}
+    assert tiny["img_size"] == 128  # a short budget costs epochs, not the pixels a small mark needs
+    centre = {k: v for k, (v, _) in choose(stats, budget_s=60, speed=scripted(), pretrained=False,
+                                           fixed={"crop_mode": "center"}).items()}
+    assert not {"crop_mode", "crop_pct", "pool"} & set(centre) and centre["img_size"] < 128  # the user's view
+    pct = {k: v for k, (v, _) in choose(stats, budget_s=900, speed=scripted(), pretrained=False,
+                                        fixed={"crop_pct": 0.9}).items()}
+    assert "crop_mode" not in pct  # a crop fraction alone is a centre-crop setting
+    squash = {k: v for k, (v, _) in choose(stats, budget_s=900, speed=scripted(), pretrained=False,
+                                           fixed={"crop_mode": "squash", "crop_pct": 0.95}).items()}
+    assert "crop_pct" not in squash and squash["pool"] == "avgmax"
 
 
 def test_a_pessimistic_estimate_is_corrected_by_measuring_the_rungs_it_picks():
@@ -156,3 +175,5 @@ def test_heat_maps_cover_the_part_of_the_picture_the_evaluation_crop_shows():
 
     assert model_view_box(200, 100) == (50, 0, 150, 100)
     assert model_view_box(200, 100, 224 / 256) == (56, 6, 144, 94)
+    assert model_view_box(200, 100, 1.0, "squash") == (0, 0, 200, 100)  # the whole picture, stretched
+    assert model_view_box(200, 100, 0.5, "squash") == (50, 25, 150, 75)

@@ -43,6 +43,8 @@ def plain_client_input(path: Path, sidecar: dict) -> np.ndarray:
         image = image.convert("RGB")
     w, h = image.size
     size = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
+    if sidecar["crop_mode"] == "squash":  # both sides to the scale, the aspect ratio not kept
+        size = (scale, scale)
     if size != image.size:
         image = image.resize(size, getattr(Image.Resampling, sidecar["interpolation"].upper()))
     left, top = int(round((size[0] - s) / 2)), int(round((size[1] - s) / 2))

@@ -43,10 +43,11 @@ class ModelMeta:
     interpolation: str = "bilinear"
     task: str = "multiclass"  # or "multilabel": one sigmoid per class, labels at or above their threshold
     thresholds: list[float] | None = None  # multilabel: per class, chosen after training (None: 0.5 for all)
+    crop_mode: str = "center"  # the evaluation crop's shape (timm's crop_mode); older checkpoints: center
 
     @property
     def crop(self) -> Crop:
-        return Crop(self.crop_pct, self.interpolation)
+        return Crop(self.crop_pct, self.interpolation, self.crop_mode)
 
     @property
     def view_fraction(self) -> float:
@@ -56,7 +57,7 @@ class ModelMeta:
     def to_dict(self) -> dict:
         return {"model_spec": self.spec.to_dict(), "classes": list(self.classes), "img_size": self.img_size,
                 "mean": list(self.mean), "std": list(self.std), "crop_pct": self.crop_pct,
-                "interpolation": self.interpolation, "task": self.task,
+                "interpolation": self.interpolation, "crop_mode": self.crop_mode, "task": self.task,
                 "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds]}
 
 
@@ -97,7 +98,8 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", arch: st
                          int(payload["img_size"]), list(payload["mean"]), list(payload["std"]),
                          payload.get("epoch"), dict(payload.get("metrics") or {}), str(path),
                          float(payload.get("crop_pct", 1.0)), str(payload.get("interpolation", "bilinear")),
-                         str(payload.get("task", "multiclass")), payload.get("thresholds"))
+                         str(payload.get("task", "multiclass")), payload.get("thresholds"),
+                         str(payload.get("crop_mode", "center")))
         model = build_model(meta.spec)
         try:
             model.load_state_dict(payload["model"])

@@ -74,6 +74,10 @@ class TrainConfig:
     crop_pct: float | None = _opt(None, "evaluation crop: resize the shorter side to img-size / crop-pct, then "
                                         "centre-crop img-size (timm/torchvision); default: the timm weights' value "
                                         "with --pretrained, 0.875 above 64 px, 1.0 (no crop) at 64 px and below")
+    crop_mode: str | None = _opt(None, "how the evaluation crop resizes (timm's crop_mode): center (the shorter side, "
+                                       "aspect kept, then the centre square) or squash (both sides, aspect not kept: "
+                                       "all of the picture, edges included); default: center, auto: squash for grey "
+                                       "photo-sized images", ("center", "squash"))
     interpolation: str | None = _opt(None, "resize filter of the evaluation crop: bilinear or bicubic (default: the "
                                            "timm weights' with --pretrained, else bilinear)", ("bilinear", "bicubic"))
     follow_links: bool = _opt(False, "follow folder links that lead outside the data folder (a link loop or a second "
@@ -96,6 +100,8 @@ class TrainConfig:
                              "or standard (ImageNet stem)", ("auto", "small", "standard"))
     width: float = _opt(1.0, "channel-width multiplier of the ResNet stages (0.5 halves every stage: ~4x "
                              "fewer FLOPs, for small data sets on CPUs)")
+    pool: str = _opt("avg", "global pooling before the head (timm's global_pool): avg, max, or avgmax (the mean of "
+                            "both: small marks on a large surface are not averaged away)", ("avg", "max", "avgmax"))
     freeze_backbone: bool = _opt(False, "train only the head")
     unfreeze_at: int | None = _opt(None, "epoch (1-based) at which a frozen backbone starts training")
     feature_views: int = _opt(1, "while the backbone is frozen, train the head on pooled features computed once per "

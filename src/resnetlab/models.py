@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from .data.images import SMALL_SIZE, Crop, default_layout_and_crop
+from .data.images import CROP_MODES, SMALL_SIZE, Crop, default_layout_and_crop
 from .errors import ConfigError, ModelError
 
 SMALL_STEM_MAX_SIZE = 64  # the auto stem is the small one at or below this image size
@@ -36,13 +36,15 @@ class ModelSpec:
     dropout: float = 0.5
     stem: str = "standard"  # resolved: "small" or "standard"
     width: float = 1.0  # channel multiplier of the stages (64-128-256-512 at 1.0)
+    pool: str = "avg"  # timm's global_pool: avg, max, or avgmax (their mean: a small mark is not averaged away)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelSpec:
-        return cls(**{k: values[k] for k in ("arch", "num_classes", "head", "hidden", "dropout", "stem", "width")
+        return cls(**{k: values[k] for k in ("arch", "num_classes", "head", "hidden", "dropout", "stem", "width",
+                                                    "pool")
                       if k in values})
 
 
@@ -69,10 +71,10 @@ def check_arch(arch: str) -> None:
 def build_model(spec: ModelSpec) -> nn.Module:
     """A randomly initialised network for ``spec``."""
     check_arch(spec.arch)
-    options = {}
+    options = {} if spec.pool == "avg" else {"global_pool": spec.pool}
     if spec.width != 1.0:  # timm's ResNet takes the stage widths; narrower nets are what 2-core CPUs afford
         channels = tuple(max(8, int(round(c * spec.width))) for c in (64, 128, 256, 512))
-        options = {"channels": channels, "stem_width": channels[0]}
+        options.update(channels=channels, stem_width=channels[0])
     try:
         model = timm.create_model(spec.arch, pretrained=False, num_classes=spec.num_classes, **options)
     except TypeError as err:
@@ -115,7 +117,8 @@ def default_crop(arch: str, img_size: int, pretrained: bool) -> tuple[Crop, str]
         config = timm.models.get_pretrained_cfg(arch)
         if config is not None:
             interpolation = config.interpolation if config.interpolation in ("bilinear", "bicubic") else "bilinear"
-            return Crop(float(config.crop_pct), interpolation), f"timm's pretrained config of {arch}"
+            mode = config.crop_mode if getattr(config, "crop_mode", None) in CROP_MODES else "center"
+            return Crop(float(config.crop_pct), interpolation, mode), f"timm's pretrained config of {arch}"
     _, crop = default_layout_and_crop(img_size)
     return crop, "photo-sized input" if img_size > SMALL_SIZE else f"small input (<= {SMALL_SIZE} px)"
 

@@ -47,8 +47,8 @@ KNOWN_FIGURES = {
     "false_negatives.png": "The most confidently missed labels, each beside the Grad-CAM map of that label",
 }
 MAIN_SETTINGS = ("data", "model", "pretrained", "img_size", "width", "stem", "head", "epochs", "batch_size", "lr",
-                 "opt", "sched", "aug", "mixup", "cutmix", "ema", "label_smoothing", "balance", "seed", "device",
-                 "amp")
+                 "opt", "sched", "aug", "crop_mode", "pool", "mixup", "cutmix", "ema", "label_smoothing", "balance",
+                 "seed", "device", "amp")
 EVALUATION_FIGURES = ("confusion_matrix.png", "pr_curves.png", "cooccurrence.png", "predictions.png",
                       "misclassified.png", "false_positives.png", "false_negatives.png")
 
@@ -346,11 +346,14 @@ def _model_section(run_dir: Path, evaluations: list[Path]) -> str:
     except Exception as err:  # noqa: BLE001 - a summary we cannot compute must not cost the whole report
         return _section("model", "Model", _note(f"could not summarise {checkpoint}: {type(err).__name__}: {err}"))
     spec = payload.get("model_spec", {})
+    crop = (f"{payload.get('crop_mode', 'center')} crop {payload.get('crop_pct', 1.0):g}, "
+            f"{payload.get('interpolation', 'bilinear')}")
     kpis = [("parameters", human(summary.total_params)), ("trainable", human(summary.trainable_params)),
             ("MACs per image", human(summary.macs)), ("FLOPs per image", human(summary.flops)),
-            ("input", f"{summary.img_size}x{summary.img_size}")]
+            ("input", f"{summary.img_size}x{summary.img_size}"), ("evaluation view", crop)]
     body = (f"<p>{escape(str(spec.get('arch', '')))}, {escape(str(spec.get('stem', '')))} stem, "
-            f"{escape(str(spec.get('head', '')))} head, width {escape(str(spec.get('width', '')))} "
+            f"{escape(str(spec.get('head', '')))} head, width {escape(str(spec.get('width', '')))}, "
+            f"{escape(str(spec.get('pool', 'avg')))} pooling "
             f"({escape(checkpoint.name)})</p>"
             + "".join(f'<div class="kpi">{escape(k)}<b>{escape(v)}</b></div>' for k, v in kpis)
             + f"<details><summary>layer table</summary><pre>{escape(format_summary(summary))}</pre></details>")

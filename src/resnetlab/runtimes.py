@@ -109,6 +109,7 @@ def meta_from_sidecar(info: dict, path: Path) -> ModelMeta:
                      list(info["mean"]), list(info["std"]), source=str(path),
                      crop_pct=float(info.get("crop_pct", 1.0)),
                      interpolation=str(info.get("interpolation", "bilinear")),
+                     crop_mode=str(info.get("crop_mode", "center")),
                      task=str(info.get("task", "multiclass")), thresholds=info.get("thresholds"))
 
 

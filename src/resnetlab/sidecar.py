@@ -37,13 +37,14 @@ def describe(meta: Any, fmt: str, *, dynamic_batch: bool) -> dict[str, Any]:
         "img_size": s,
         "crop_pct": meta.crop_pct,
         "interpolation": meta.interpolation,
+        "crop_mode": meta.crop_mode,
         "mean": list(meta.mean),
         "std": list(meta.std),
         "model_spec": meta.spec.to_dict(),
         "input": {"name": "image", "layout": "NCHW", "channels": "RGB", "dtype": "float32",
                   "shape": ["batch" if dynamic_batch else 1, 3, s, s],
                   "preprocessing": "the steps under 'preprocessing', in order"},
-        "preprocessing": preprocessing_steps(s, meta.crop_pct, meta.interpolation),
+        "preprocessing": preprocessing_steps(s, meta.crop_pct, meta.interpolation, meta.crop_mode),
         "output": {"name": "logits", "shape": ["batch" if dynamic_batch else 1, len(meta.classes)],
                    "note": "raw logits in the order of 'classes'; " + (
                        "apply a sigmoid per class for probabilities; the labels are those at or above their "
@@ -57,11 +58,19 @@ def embedded_json(info: dict) -> str:
     return json.dumps({k: v for k, v in info.items() if k != "check"}, ensure_ascii=False)
 
 
-def preprocessing_steps(s: int, crop_pct: float = 1.0, interpolation: str = "bilinear") -> list[str]:
+def preprocessing_steps(s: int, crop_pct: float = 1.0, interpolation: str = "bilinear", crop_mode: str = "center"
+                        ) -> list[str]:
     """What ``data.images.decode_image`` and ``Classifier.preprocess`` do, in order, so that a client with PIL,
     numpy and onnxruntime alone gets the same input (tests/test_sidecar.py is such a client, on every image mode).
     """
     scale = int(math.floor(s / crop_pct))
+    resize = (f"resize (aspect kept) so the shorter side is {scale} = floor({s} / crop_pct {crop_pct:g}), the longer "
+              f"side int({scale} * longer / shorter), with PIL's {interpolation} filter: image.resize((w, h), "
+              f"Image.Resampling.{interpolation.upper()}) (torchvision's Resize({scale}))")
+    if crop_mode == "squash":
+        resize = (f"resize both sides to {scale} = floor({s} / crop_pct {crop_pct:g}), the aspect ratio not kept "
+                  f"(crop_mode squash), with PIL's {interpolation} filter: image.resize(({scale}, {scale}), "
+                  f"Image.Resampling.{interpolation.upper()}) (torchvision's Resize(({scale}, {scale})))")
     return [
         f"open with PIL; a JPEG is decoded in draft mode: image.draft('RGB', ({scale}, {scale})) (libjpeg scales by "
         f"1/2, 1/4 or 1/8 while decoding, both sides staying >= {scale})",
@@ -72,9 +81,7 @@ def preprocessing_steps(s: int, crop_pct: float = 1.0, interpolation: str = "bil
         "modes RGBA, LA and PA: composite over white: paste image.convert('RGBA') on an RGB (255, 255, 255) "
         "background with its alpha as the mask",
         "every other mode: convert('RGB')",
-        f"resize (aspect kept) so the shorter side is {scale} = floor({s} / crop_pct {crop_pct:g}), the longer side "
-        f"int({scale} * longer / shorter), with PIL's {interpolation} filter: "
-        f"image.resize((w, h), Image.Resampling.{interpolation.upper()}) (torchvision's Resize({scale}))",
+        resize,
         f"centre-crop {s} x {s}: left = int(round((w - {s}) / 2)), top = int(round((h - {s}) / 2)) "
         f"(torchvision's CenterCrop({s}))",
         "x = (pixel / 255 - mean[c]) / std[c] per RGB channel c, float32, H x W x 3 -> 3 x H x W, batch first",

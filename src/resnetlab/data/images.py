@@ -177,6 +177,7 @@ def open_rgb(source: str | os.PathLike | Image.Image, *, draft_size: int | None 
         raise ImageReadError(path, f"corrupt image data ({type(err).__name__}: {err})") from None
 
 
+CROP_MODES = ("center", "squash")  # timm's crop_mode values resnetlab implements ("border" is not one)
 INTERPOLATIONS = {"bilinear": TF.InterpolationMode.BILINEAR, "bicubic": TF.InterpolationMode.BICUBIC}
 WHOLE_SCALE = 1.5  # a whole-image cache keeps the longer side at this multiple of the training size
 SMALL_SIZE = 64  # training sizes up to this keep the centre-square cache (the fast path of small images)
@@ -185,10 +186,13 @@ SMALL_SIZE = 64  # training sizes up to this keep the centre-square cache (the f
 @dataclass(frozen=True)
 class Crop:
     """The standard evaluation crop (timm's and torchvision's): resize the shorter side to floor(size / pct) with
-    ``interpolation``, then centre-crop size x size. pct 1.0 is the whole centre square."""
+    ``interpolation``, then centre-crop size x size. pct 1.0 is the whole centre square. ``mode`` is timm's
+    ``crop_mode``: "center" (that), or "squash": resize the whole image to floor(size / pct) on both sides (the
+    aspect ratio is not kept), then centre-crop; with pct 1.0 the model sees all of the picture, edges included."""
 
     pct: float = 1.0
     interpolation: str = "bilinear"
+    mode: str = "center"
 
     def scale_size(self, size: int) -> int:
         return int(math.floor(size / self.pct))  # timm's transforms_imagenet_eval rounds down too
@@ -204,8 +208,9 @@ def default_layout_and_crop(size: int) -> tuple[str, Crop]:
 def eval_crop(image: Image.Image, size: int, crop: Crop = Crop()) -> Image.Image:
     """``crop`` applied to a PIL image with torchvision's own resize and centre-crop (what timm calls), so the
     pixels equal ``timm.data.create_transform``'s for the same settings."""
-    mode = INTERPOLATIONS[crop.interpolation]
-    return TF.center_crop(TF.resize(image, [crop.scale_size(size)], interpolation=mode), [size, size])
+    mode, scale = INTERPOLATIONS[crop.interpolation], crop.scale_size(size)
+    target = [scale, scale] if crop.mode == "squash" else [scale]
+    return TF.center_crop(TF.resize(image, target, interpolation=mode), [size, size])
 
 
 def fit_square(image: Image.Image, size: int) -> Image.Image:

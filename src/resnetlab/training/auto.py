@@ -39,6 +39,7 @@ GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 TRAIN_SHARE = 0.8  # of the budget, for the training epochs
 IMBALANCE = 3.0  # largest / smallest class above which classes are balanced and best.pt is picked by macro F1
 LADDER_SIZES = (224, 192, 160, 128, 112, 96, 80, 64)  # photo-sized inputs: resolution first, then width
+WHOLE_VIEW_MIN_SIZE = 128  # grey photo-sized images are not trained below this (1-3 px marks of 300 px vanish)
 Speed = Callable[[int, str, float, int], float]  # (img_size, stem, width, batch) -> training images per second
 
 
@@ -80,14 +81,26 @@ def target_epochs(images: int) -> int:
     return int(min(40, max(5, round(40 / math.sqrt(max(images, 1) / 1000)))))
 
 
-def candidates(stats: DataStats, pretrained: bool) -> list[tuple[int, str, float]]:
-    """(img_size, stem, width) in order of preference, most accurate (and costly) first."""
+def whole_view(stats: DataStats, pretrained: bool, fixed: dict | None = None) -> bool:
+    """Whether grey photo-sized images trained from scratch get the whole-picture view (``_view``): not when the
+    user chose the centre crop, or gave only a crop fraction (a centre-crop setting)."""
+    fixed = fixed or {}
+    mode = fixed.get("crop_mode")
+    return (stats.grey and not pretrained and stats.side > SMALL_SIZE and mode in (None, "squash")
+            and (mode == "squash" or "crop_pct" not in fixed))
+
+
+def candidates(stats: DataStats, pretrained: bool, whole: bool = False) -> list[tuple[int, str, float]]:
+    """(img_size, stem, width) in order of preference, most accurate (and costly) first; ``whole``: the
+    whole-picture view's size floor."""
     side = max(16, stats.side) if stats.side <= SMALL_SIZE else int(min(224, round(stats.side / 8) * 8))
     if side <= SMALL_SIZE:
         ladder = [(side, "small", 1.0), (side, "small", 0.5), (side, "small", 0.25), (side, "standard", 1.0),
                   (side, "standard", 0.5)]
     else:
         sizes = [s for s in LADDER_SIZES if s <= side] or [side]
+        if whole:  # the whole-picture view (_view): a small mark needs pixels, the epochs wait
+            sizes = [s for s in sizes if s >= min(WHOLE_VIEW_MIN_SIZE, side)] or sizes[:1]
         ladder = [(s, "standard", 1.0) for s in sizes if s >= 160] + [(s, "standard", 0.5) for s in sizes
                                                                      if s <= 160]
         if side < 160:
@@ -140,7 +153,7 @@ def choose(stats: DataStats, *, budget_s: float | None, speed: Speed, pretrained
     batch = fixed.get("batch_size") or (128 if n >= 20_000 else 64 if n >= 2_000 else 32)
     chosen["batch_size"] = (batch, f"{n} training images: {max(1, n // batch)} steps per epoch")
     want = int(fixed.get("epochs") or target_epochs(n))
-    ladder = _agreeing(candidates(stats, pretrained), fixed)
+    ladder = _agreeing(candidates(stats, pretrained, whole_view(stats, pretrained, fixed)), fixed)
     pick, epochs, measured = ladder[0], want, 0.0
     if budget_s:
         pick, measured = _fit_ladder(ladder, speed, batch, TRAIN_SHARE * budget_s * 1.0 / (n * want))
@@ -202,12 +215,11 @@ def _optimisation(stats: DataStats, epochs: int, batch: int, pretrained: bool, f
                                   "Adam's decay acts on the gradient: off")
     chosen["sched"] = ("onecycle", "one-cycle: best in short, time-limited runs")
     chosen["warmup_epochs"] = (round(min(2.0, max(0.3, 0.1 * epochs)), 2), "a tenth of the run, 0.3-2 epochs")
-    chosen["aug"] = (("crop", "flips and padded crops (small images: rotation slows short schedules)")
-                     if small else ("standard", "random-resized crops of the whole picture + colour")
-                     if epochs >= 15 else ("light", "flips, shifts, small rotations: too few epochs for "
-                                                    "random-resized crops"))
+    chosen.update(_view(stats, epochs, whole_view(stats, pretrained, fixed), "crop_pct" in fixed))
     long_run = epochs * max(1, stats.images // batch) >= 3000
-    chosen["erase"] = ((0.25, "random erasing: regularises long runs") if epochs >= 10 and not pretrained
+    chosen["erase"] = ((0.0, "whole-picture view: erasing would hide the mark that makes the label")
+                       if "pool" in chosen else
+                       (0.25, "random erasing: regularises long runs") if epochs >= 10 and not pretrained
                        else (0.0, "short run: no random erasing"))
     chosen["label_smoothing"] = (0.1, "every preset's value")
     chosen["ema"] = ((0.999, ">= 3000 optimizer steps") if long_run else (0.0, "too few steps for an average"))
@@ -221,6 +233,27 @@ def _optimisation(stats: DataStats, epochs: int, batch: int, pretrained: bool, f
                       else ("dataset", "grey images: the training split's own statistics") if stats.grey
                       else ("imagenet", "colour images"))
     return chosen
+
+
+def _view(stats: DataStats, epochs: int, whole: bool, pct_given: bool) -> dict[str, tuple]:
+    """What the network sees of each image: augmentation, and for grey photo-sized images trained from scratch
+    (surfaces, scans, X-rays: what matters can be a small mark anywhere) the whole picture squashed to a square
+    (timm's crop_mode squash, no crop), no random-resized crops (they cut small marks out of most views), and
+    average + max pooling (a mark covering 1 % of the picture is not averaged away). Measured in
+    benchmarks/README.md ("Defaults", the grey defects set)."""
+    if stats.side <= SMALL_SIZE:
+        return {"aug": ("crop", "flips and padded crops (small images: rotation slows short schedules)")}
+    if whole:
+        why = "grey images: the whole field of view matters"
+        view = {"crop_mode": ("squash", f"{why}: all of each picture, edges included, resized to a square")}
+        if not pct_given:
+            view["crop_pct"] = (1.0, f"{why}: no crop")
+        view["aug"] = ("light", "flips, shifts, small rotations of the whole picture (random-resized crops would "
+                                "cut small marks out of most views)")
+        view["pool"] = ("avgmax", "average + max pooling: a small mark on a large surface is not averaged away")
+        return view
+    return {"aug": ("standard", "random-resized crops of the whole picture + colour") if epochs >= 15 else
+            ("light", "flips, shifts, small rotations: too few epochs for random-resized crops")}
 
 
 def measure_speed(arch: str, classes: int, device: torch.device, amp: str) -> Speed:
@@ -270,8 +303,8 @@ def apply_auto(cfg: TrainConfig, source: DataSource, device: torch.device, *, sp
                 f"{stats.imbalance:.1f}), median side {stats.side}px, {'grey' if stats.grey else 'colour'}; budget "
                 + (f"{budget:.0f}s" if budget else "none"))
     pretrained = bool(cfg.pretrained)
-    fixed = {name: getattr(cfg, name) for name in ("img_size", "stem", "width", "batch_size", "epochs", "opt", "lr")
-             if name in given}
+    fixed = {name: getattr(cfg, name) for name in ("img_size", "stem", "width", "batch_size", "epochs", "opt", "lr",
+                                                   "crop_mode", "crop_pct") if name in given}
     options = choose(stats, budget_s=budget, speed=speed or measure_speed(cfg.model, len(stats.counts), device,
                                                                            cfg.amp), pretrained=pretrained,
                      fixed=fixed)

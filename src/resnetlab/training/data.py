@@ -48,20 +48,24 @@ class PreparedData:
 
 
 def resolve_crop(cfg: TrainConfig, img_size: int) -> tuple[Crop, str]:
-    """--crop-pct and --interpolation, each as given or else by ``models.default_crop``'s rule; and why."""
+    """--crop-pct, --interpolation and --crop-mode, each as given or else by ``models.default_crop``'s rule; and
+    why."""
     chosen, reason = default_crop(cfg.model, img_size, bool(cfg.pretrained))
-    if cfg.crop_pct is not None:
+    if "crop_mode" in (cfg.chosen or {}):
+        reason = "auto: " + cfg.chosen["crop_mode"]["why"]
+    elif cfg.crop_pct is not None or cfg.crop_mode is not None:
         reason = "given"
-    return Crop(cfg.crop_pct or chosen.pct, cfg.interpolation or chosen.interpolation), reason
+    return Crop(cfg.crop_pct or chosen.pct, cfg.interpolation or chosen.interpolation,
+                cfg.crop_mode or chosen.mode), reason
 
 
-def resolve_norm(cfg: TrainConfig, train: DecodedSplit, split: SplitData | None = None, img_size: int = 0
-                 ) -> tuple[list[float], list[float]]:
+def resolve_norm(cfg: TrainConfig, train: DecodedSplit, split: SplitData | None = None, img_size: int = 0,
+                 crop: Crop = Crop()) -> tuple[list[float], list[float]]:
     if cfg.mean is not None or cfg.std is not None:
         return list(cfg.mean or IMAGENET_MEAN), list(cfg.std or IMAGENET_STD)
     if cfg.norm == "dataset" and train.images is None:  # streamed: estimate from an evenly spread sample
         sample = split.subset(np.arange(0, len(split), max(1, len(split) // NORM_SAMPLE)))
-        return channel_stats(decode_split(sample, img_size, workers=cfg.workers, progress=False,
+        return channel_stats(decode_split(sample, img_size, crop=crop, workers=cfg.workers, progress=False,
                                           use_cache=False).images)
     if cfg.norm == "dataset":
         return channel_stats(train.images, train.content)
@@ -86,8 +90,12 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None, 
     img_size = cfg.img_size or default_img_size(source)
     crop, why = resolve_crop(cfg, img_size)
     layout = cfg.cache_layout if cfg.cache_layout != "auto" else "whole" if img_size > SMALL_SIZE else "square"
+    if crop.mode == "squash" and layout == "square":  # a centre square would not be what evaluation sees
+        logger.info("data: --crop-mode squash trains on whole images (cache layout whole)")
+        layout = "whole"
     logger.info(f"data: {source.kind} at {source.location}; {len(source.classes)} classes; image size {img_size}px; "
-                f"evaluation crop {crop.pct:g} ({crop.interpolation}; {why})")
+                f"evaluation crop {crop.pct:g} ({crop.interpolation}"
+                f"{', squash' if crop.mode == 'squash' else ''}; {why})")
     loader = choose_loader(cfg.loader, source.splits["train"], storage_side(img_size, layout))
     options = {"cache_dir": cfg.cache_dir, "workers": cfg.workers, "progress": progress_enabled(cfg.progress)}
     decoded = {"train": streamed_split(source.splits["train"]) if loader == "stream" else
@@ -102,7 +110,7 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None, 
     _log_data_path(cfg, decoded["train"], storage_side(img_size, layout))
     if info.is_main:
         write_split_csv(run_dir, source)
-    mean, std = resolve_norm(cfg, decoded["train"], source.splits["train"], img_size)
+    mean, std = resolve_norm(cfg, decoded["train"], source.splits["train"], img_size, Crop(mode=crop.mode))
     return PreparedData(source, img_size, source.val_name, decoded["train"], decoded[source.val_name], mean, std,
                         crop, layout)
 
@@ -148,7 +156,8 @@ def _log_data_path(cfg: TrainConfig, train: DecodedSplit, side: int) -> None:
 def training_batches(data: PreparedData, cfg: TrainConfig, device: torch.device, *, drop_last: bool,
                      sample_weights: torch.Tensor | None = None, rank: int = 0, world_size: int = 1) -> Batches:
     """The training split's shuffled, augmented batches: slices of the decoded array, or streamed from files."""
-    augment = (BatchAugment(cfg.aug, data.img_size, hflip=cfg.hflip, erase=cfg.erase, crop_pct=data.crop.pct)
+    augment = (BatchAugment(cfg.aug, data.img_size, hflip=cfg.hflip, erase=cfg.erase, crop_pct=data.crop.pct,
+                            crop_mode=data.crop.mode)
                if cfg.aug != "none" or cfg.erase or data.layout == "whole" else None)
     options = {"batch_size": cfg.batch_size, "device": device, "mean": data.mean, "std": data.std, "shuffle": True,
                "augment": augment, "seed": cfg.seed, "drop_last": drop_last, "sample_weights": sample_weights,

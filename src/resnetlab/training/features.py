@@ -46,7 +46,7 @@ class HeadOnly(nn.Module):
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What the head of a timm ResNet receives: global-average-pooled features, N x D (no dropout: eval mode)."""
+    """What the head of a timm ResNet receives: globally pooled features (--pool), N x D (no dropout: eval mode)."""
     network = unwrap(model)
     return network.forward_head(network.forward_features(x), pre_logits=True)
 
@@ -72,13 +72,14 @@ class FrozenFeatures:
 
     @classmethod
     def build(cls, model: nn.Module, batches: Batches, *, views: int, preset: str, hflip: bool, size: int,
-              seed: int, amp_dtype: torch.dtype | None, crop_pct: float = 1.0) -> FrozenFeatures:
+              seed: int, amp_dtype: torch.dtype | None, crop_pct: float = 1.0, crop_mode: str = "center"
+              ) -> FrozenFeatures:
         """Features of every training image: one unaugmented view, or ``views`` augmented ones."""
         started = time.perf_counter()
         device = batches.device
         count = len(batches.labels)
-        augments = [BatchAugment("none", size, crop_pct=crop_pct)] if views == 1 else [
-            BatchAugment(preset, size, hflip=hflip, crop_pct=crop_pct) for _ in range(views)]
+        augments = [BatchAugment("none", size, crop_pct=crop_pct, crop_mode=crop_mode)] if views == 1 else [
+            BatchAugment(preset, size, hflip=hflip, crop_pct=crop_pct, crop_mode=crop_mode) for _ in range(views)]
         was_training = model.training
         model.eval()
         computed, readable = [], torch.zeros(count, dtype=torch.bool, device=device)

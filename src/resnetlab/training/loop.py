@@ -162,7 +162,8 @@ def frozen_features(run: Run) -> tuple[FrozenFeatures | None, float]:
         return None, 0.0
     run.features = FrozenFeatures.build(run.model, run.train_batches, views=cfg.feature_views, preset=cfg.aug,
                                         hflip=cfg.hflip, size=int(run.meta["img_size"]), seed=cfg.seed,
-                                        amp_dtype=run.amp_dtype, crop_pct=float(run.meta.get("crop_pct", 1.0)))
+                                        amp_dtype=run.amp_dtype, crop_pct=float(run.meta.get("crop_pct", 1.0)),
+                                        crop_mode=str(run.meta.get("crop_mode", "center")))
     return run.features, run.features.seconds
 
 

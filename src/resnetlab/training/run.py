@@ -175,7 +175,8 @@ def _set_up(cfg: TrainConfig, saved: dict | None, info: DistInfo, run_dir: Path,
     forward = wrap(model, cfg, info)
     state.ema = build_ema(cfg, model)
     meta = describe_model(ModelMeta(spec, classes, data.img_size, data.mean, data.std, crop_pct=data.crop.pct,
-                                    interpolation=data.crop.interpolation, task=data.source.task), cfg.to_dict())
+                                    interpolation=data.crop.interpolation, crop_mode=data.crop.mode,
+                                    task=data.source.task), cfg.to_dict())
     return Run(cfg, info, run_dir, model, forward, state, schedule, objective, train_batches,
                validation_batches(data, cfg, device, info), amp_dtype, meta)
 

@@ -41,7 +41,7 @@ def build_network(cfg: TrainConfig, num_classes: int, img_size: int, *, pretrain
     """The model a run trains: architecture, stem, head, width, pretrained weights (``weights``: the --pretrained
     file's tensors, already read by check_inputs), frozen backbone."""
     spec = ModelSpec(cfg.model, num_classes, cfg.head, cfg.hidden, cfg.dropout, resolve_stem(cfg.stem, img_size),
-                     cfg.width)
+                     cfg.width, cfg.pool)
     model = build_model(spec)
     if cfg.pretrained and pretrained:
         for note in load_pretrained(model, cfg.pretrained, spec, weights):

@@ -106,7 +106,9 @@ class TrainState:
 
 
 # What a run saved before the photo path (0.3) trained and evaluated with: resumed, it goes on the same way.
-PRE_0_3_SETTINGS = {"cache_layout": "square", "crop_pct": 1.0, "interpolation": "bilinear", "feature_views": 0}
+# A run saved before --crop-mode resumes with the centre crop it was validated with.
+PRE_0_3_SETTINGS = {"cache_layout": "square", "crop_pct": 1.0, "interpolation": "bilinear", "feature_views": 0,
+                    "crop_mode": "center"}
 
 
 def resolve_config(config: TrainConfig | None, settings: dict) -> tuple[TrainConfig, dict | None]:
