@@ -215,10 +215,11 @@ def _optimisation(stats: DataStats, epochs: int, batch: int, pretrained: bool, f
                                   "Adam's decay acts on the gradient: off")
     chosen["sched"] = ("onecycle", "one-cycle: best in short, time-limited runs")
     chosen["warmup_epochs"] = (round(min(2.0, max(0.3, 0.1 * epochs)), 2), "a tenth of the run, 0.3-2 epochs")
-    chosen.update(_view(stats, epochs, whole_view(stats, pretrained, fixed), "crop_pct" in fixed))
+    whole = whole_view(stats, pretrained, fixed)
+    chosen.update(_view(stats, epochs, whole, "crop_pct" in fixed))
     long_run = epochs * max(1, stats.images // batch) >= 3000
     chosen["erase"] = ((0.0, "whole-picture view: erasing would hide the mark that makes the label")
-                       if "pool" in chosen else
+                       if whole else
                        (0.25, "random erasing: regularises long runs") if epochs >= 10 and not pretrained
                        else (0.0, "short run: no random erasing"))
     chosen["label_smoothing"] = (0.1, "every preset's value")
