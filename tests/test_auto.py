@@ -162,11 +162,11 @@ def test_given_settings_steer_the_rest_of_the_choices():
 
 
 def test_the_api_treats_a_configs_own_values_and_named_presets_as_given(tmp_path):
-    from resnetlab.training.state import resolve_config
+    from resnetlab.settings import resolve
 
-    cfg, _ = resolve_config(resnetlab.TrainConfig(data="x", recipe="auto", epochs=5, lr=0.01), {})
+    cfg, _ = resolve(config=resnetlab.TrainConfig(data="x", recipe="auto", epochs=5, lr=0.01))
     assert cfg.given == ["epochs", "lr"]
-    fast, _ = resolve_config(None, {"data": "x", "recipe": "fast", "epochs": 2})
+    fast, _ = resolve({"data": "x", "recipe": "fast", "epochs": 2})
     assert (fast.width, fast.aug, fast.epochs) == (0.5, "crop", 2)  # the preset under the keywords
 
 

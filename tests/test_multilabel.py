@@ -28,7 +28,7 @@ from resnetlab.serve import create_app
 # Label -> colour of a square drawn in its own quadrant. Names with a space and accents on purpose.
 LABELS = {"blue sky": (40, 60, 230), "green léaf": (40, 200, 60), "red": (230, 40, 40), "yellow sün": (230, 220, 40)}
 SETTINGS = {"epochs": 2, "img_size": 16, "width": 0.25, "batch_size": 16, "lr": 0.05, "progress": False,
-            "workers": 1, "device": "cpu", "seed": 0, "mixup": 0.2, "balance": "weights"}
+            "workers": 1, "device": "cpu", "seed": 0, "mixup": 0.2, "balance": "weights", "recipe": "plain"}
 
 
 def draw(rng: np.random.Generator, present: list[str], size: int = 20) -> Image.Image:
@@ -126,7 +126,7 @@ def test_evaluate_writes_map_the_per_label_table_and_pr_curves(trained, tmp_path
     for name in ("pr_curves.png", "cooccurrence.png", "false_positives.png", "label_errors.csv"):
         assert (out / name).is_file(), name
     assert Image.open(out / "pr_curves.png").size[0] > 100
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "mAP" in printed and "yellow sün" in printed and "threshold" in printed
 
 
@@ -161,7 +161,7 @@ def test_explain_one_label_and_each_predicted_label(trained, tmp_path):
     for row in read_rows(tmp_path / "each" / "explain.csv"):
         assert row["target"] in (row["predicted"].split("|") if row["predicted"] else LABELS)
     with pytest.raises(resnetlab.errors.ExplainError, match="multi-label"):
-        resnetlab.explain.explain(run / "best.pt", misclassified=str(data), device="cpu")
+        resnetlab.explain(run / "best.pt", misclassified=str(data), device="cpu")  # the flat API
 
 
 # ---------------------------------------------------------------------- export and serve
@@ -292,6 +292,6 @@ def test_smoothing_mixing_and_thresholds():
 def _resolve(best_metric: str, task: str) -> None:
     from types import SimpleNamespace
 
-    from resnetlab.multilabel.training import resolve_task
+    from resnetlab.multilabel.training import task_settings
 
-    resolve_task(TrainConfig(data="x", best_metric=best_metric), SimpleNamespace(task=task, classes=["a", "b"]))
+    return task_settings(TrainConfig(data="x", best_metric=best_metric), SimpleNamespace(task=task, classes=["a", "b"]))

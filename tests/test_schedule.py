@@ -11,7 +11,7 @@ import resnetlab
 from resnetlab.training.schedule import Schedule, TimePlan, plan_epochs
 
 TINY = {"img_size": 16, "width": 0.25, "batch_size": 16, "progress": False, "workers": 1, "lr": 0.05,
-        "device": "cpu", "amp": "off"}
+        "device": "cpu", "amp": "off", "recipe": "plain"}  # the schedule's mechanics, not auto's choices
 
 
 class ScriptedClock:
@@ -93,7 +93,7 @@ def test_time_limited_run_ends_with_its_schedule_annealed(split_folders: Path, t
     # after epoch 1 (3 s used): 5 more fit -> 6; after epoch 4 (8 s used): one more epoch finishes the plan -> 5
     assert result.epochs_done == 5
     assert lrs[-1] == pytest.approx(0.0, abs=1e-9) and max(lrs) > 0.5 * TINY["lr"]
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "time limit: the run is shortened to 6 epochs" in out
     assert "time limit: the run is shortened to 5 epochs" in out
 
@@ -103,6 +103,6 @@ def test_fill_time_lengthens_and_anneals_at_the_new_end(split_folders: Path, tmp
     result = resnetlab.train(data=str(split_folders), out=str(tmp_path / "fill"), epochs=2, time_limit="7s",
                              fill_time=True, clock=clock, **TINY)
     # after epoch 1: 2 s used (setup and epoch 1), 5 s left -> 5 more epochs -> 6
-    assert result.epochs_done == 6 and "time limit: the run is lengthened to 6 epochs" in capsys.readouterr().out
+    assert result.epochs_done == 6 and "time limit: the run is lengthened to 6 epochs" in capsys.readouterr().err
     lrs = [row["lr"] for row in result.history]
     assert lrs[1] > 0.5 * TINY["lr"] and lrs[-1] == pytest.approx(0.0, abs=1e-9)

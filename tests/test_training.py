@@ -24,7 +24,9 @@ from resnetlab.metrics import classification_metrics, topk_accuracy
 from resnetlab.models import ModelSpec, build_model
 from resnetlab.training.schedule import make_schedule
 
-TINY = {"img_size": 16, "width": 0.25, "batch_size": 16, "progress": False, "workers": 1, "device": "cpu"}
+# the plain recipe: these tests are about the loop's mechanics, not auto's choices (test_auto, test_race)
+TINY = {"img_size": 16, "width": 0.25, "batch_size": 16, "progress": False, "workers": 1, "device": "cpu",
+        "recipe": "plain"}
 STEPS = 72 // 16  # split_folders: 72 training images in batches of 16 (the last, short one dropped)
 SIX = {"blue": (40, 60, 230), "green": (40, 200, 60), "red": (230, 40, 40), "yellow": (230, 220, 40),
        "magenta": (220, 40, 220), "cyan": (40, 220, 220)}
@@ -166,7 +168,7 @@ def test_save_every_writes_a_resumable_checkpoint_at_its_step(split_folders: Pat
     whole = resnetlab.train(data=str(split_folders), out=str(tmp_path / "run"), epochs=2, save_every=3, lr=0.05,
                             **TINY)
     assert sorted(p.name for p in snapshots.iterdir()) == ["epoch1-step3.pt", "epoch2-step3.pt"]
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "at epoch 2, step 3" in printed and "step 4" not in printed  # an epoch's end writes last.pt anyway
     mid = load(snapshots / "epoch2-step3.pt")
     assert (mid["epoch"], mid["step"]) == (1, 3) and mid["partial"]["seen"] == 3 * 16
@@ -176,7 +178,7 @@ def test_save_every_writes_a_resumable_checkpoint_at_its_step(split_folders: Pat
     shutil.copy(snapshots / "epoch2-step3.pt", copy / "last.pt")  # as if the run had died after step 3
     monkeypatch.setattr(resnetlab.training.loop, "save", original)
     resumed = resnetlab.train(resume=str(copy), progress=False)
-    assert f"resuming {copy} at epoch 2, step 3" in capsys.readouterr().out
+    assert f"resuming {copy} at epoch 2, step 3" in capsys.readouterr().err
     assert same_tensors(load(copy / "last.pt")["model"], load(whole.last_checkpoint)["model"])
     for column in ("val_acc", "val_loss", "train_loss"):
         assert history(resumed, column) == pytest.approx(history(whole, column), rel=1e-5), column
@@ -232,7 +234,7 @@ def test_evaluate_reports_top5_from_the_models_logits_with_six_classes(tmp_path:
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["images"] == 30 and metrics["top5_accuracy"] == pytest.approx(top5)
     assert metrics["accuracy"] == pytest.approx(top1)
-    assert f"top-5 {top5:.4f}" in capsys.readouterr().out
+    assert f"top-5 {top5:.4f}" in capsys.readouterr().err
 
 
 def test_training_records_val_top5_with_six_classes_and_not_with_three(tmp_path: Path, split_folders: Path,

@@ -38,8 +38,15 @@ def _opt(default: Any, help: str, choices: tuple | None = None, const: str | Non
     return field(default=default, metadata=meta)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
+    """Every training setting with its default and help (the CLI's flags are generated from them); frozen:
+    settings.resolve builds it, training.settle adds auto's choices with ``dataclasses.replace``. Example::
+
+        import resnetlab
+        result = resnetlab.train(resnetlab.TrainConfig(data="photos/", epochs=5, img_size=64))
+    """
+
     # data
     data: str | None = _opt(None, "image folder, CSV file, or built-in name (fashion-mnist, mnist, cifar10, "
                                   "cifar100, digits)")
@@ -55,10 +62,11 @@ class TrainConfig:
     balance: str = _opt("none", "imbalanced classes: none, weights (loss weights 1/frequency), sqrt (tempered "
                                 "weights 1/sqrt(frequency)) or sampler (class-balanced sampling)",
                         ("none", "weights", "sqrt", "sampler"))
-    aug: str = _opt("light", "augmentation preset: none, crop (flip, padded crop), light (crop + small rotation), "
+    aug: str = _opt("light", "augmentation preset: none, flip (horizontal flips only), crop (flip, padded crop), "
+                             "light (crop + small rotation), "
                              "standard (+ random-resized-crop, colour jitter), strong (+ TrivialAugment, random "
                              "erasing)",
-                    ("none", "crop", "light", "standard", "strong"))
+                    ("none", "flip", "crop", "light", "standard", "strong"))
     erase: float = _opt(0.0, "random erasing probability on top of the --aug preset (a noise box of 2-25 percent of "
                              "the image), e.g. 0.25; 0: off (strong: 0.25)")
     hflip: bool = _opt(True, "allow horizontal flips in augmentation (turn off for digits and text)")
@@ -130,9 +138,15 @@ class TrainConfig:
                                "N x --batch-size; the schedule counts optimizer steps)")
     best_metric: str = _opt("val_acc", "the validation metric that picks best.pt and that --early-stop watches: "
                                        "val_acc, val_loss (lower is better), macro_f1, top5, map (multi-label: mean "
-                                       "average precision; what val_acc means for multi-label data)",
-                            ("val_acc", "val_loss", "macro_f1", "top5", "map"))
+                                       "average precision; what val_acc means for multi-label data), or last (the "
+                                       "last epoch: the end of a one-cycle schedule; what auto picks when the "
+                                       "validation split is too small for one image not to swing the metric)",
+                            ("val_acc", "val_loss", "macro_f1", "top5", "map", "last"))
     early_stop: int = _opt(0, "stop when the --best-metric has not improved for N epochs (0: never)")
+    race: str = _opt("on", "with --recipe auto and a time budget: race a few candidate recipes (the rule choice, a "
+                           "plain one, a variant) on a share of the training split inside a quarter of the budget, "
+                           "then train the one that scored best on the validation split; off: the rule choice",
+                     ("on", "off"))
     time_limit: str | float | None = _opt(None, "stop after this wall time (e.g. 90s, 5m, 1h); the schedule is "
                                         "shortened to fit")
     fill_time: bool = _opt(False, "with --time-limit: also lengthen the plan to as many epochs as fit in the time "
@@ -202,10 +216,10 @@ class TrainConfig:
                 raise ConfigError(f"{f.name} = {value!r} is not one of: {', '.join(choices)}")
             _check_type(f.name, str(f.type), value)
         if isinstance(self.pretrained, str) and self.pretrained.lower() in ("none", ""):
-            self.pretrained = None  # --pretrained none: random weights, e.g. to override a recipe's
+            object.__setattr__(self, "pretrained", None)  # --pretrained none: random weights, e.g. to override a recipe's
         if isinstance(self.lr, str) and self.lr != "auto":
             try:
-                self.lr = float(self.lr)
+                object.__setattr__(self, "lr", float(self.lr))  # normalised while built, frozen after
             except ValueError:
                 raise ConfigError(f"lr must be a number or 'auto', got {self.lr!r}") from None
         for key in ("mean", "std"):
@@ -215,7 +229,7 @@ class TrainConfig:
                     if value is not None else None
             except (TypeError, ValueError):
                 raise ConfigError(f"{key} needs 3 numbers (R,G,B), got {getattr(self, key)!r}") from None
-            setattr(self, key, value)
+            object.__setattr__(self, key, value)
             if value is not None and len(value) != 3:
                 raise ConfigError(f"{key} needs 3 values (R,G,B), got {value}")
         checks = [
@@ -352,8 +366,15 @@ def _flag_type(annotation: str):
     return str
 
 
+# timm's train.py names, so a timm user's command line works: second option strings of the canonical flags (same
+# dest), so config.yaml, --config files and `given` only ever hold the canonical names; --help lists both.
+TIMM_ALIASES = {"label_smoothing": ("--smoothing",), "grad_clip": ("--clip-grad",),
+                "accum_steps": ("--grad-accum-steps",), "erase": ("--reprob",), "ema": ("--model-ema-decay",),
+                "out": ("--output",), "batch_size": ("-b",), "workers": ("-j",)}
+
+
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field; defaults are suppressed so recipe < YAML < flags merge cleanly."""
+    """One flag per TrainConfig field (+ TIMM_ALIASES); defaults are suppressed so recipe < YAML < flags merge."""
     parser.add_argument("data", nargs="?", help=TrainConfig.__dataclass_fields__["data"].metadata["help"])
     parser.add_argument("--recipe", help="a preset: auto (the default: image size, network, epochs, optimizer, "
                         "augmentation, balancing... chosen from the data and the time budget, 15 min on a CPU unless "
@@ -364,15 +385,15 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         if f.name == "data" or f.metadata.get("internal"):
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = ("--" + f.name.replace("_", "-"), *TIMM_ALIASES.get(f.name, ()))
         meta = f.metadata
         text = meta["help"] + (f" (default: {f.default})" if f.default is not None and f.default != "" else "")
         if "bool" in str(f.type):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         elif meta.get("const"):
-            parser.add_argument(flag, nargs="?", const=meta["const"], default=argparse.SUPPRESS, help=text,
+            parser.add_argument(*flags, nargs="?", const=meta["const"], default=argparse.SUPPRESS, help=text,
                                 metavar="URI")
         else:
-            parser.add_argument(flag, type=_flag_type(str(f.type)), choices=meta.get("choices"),
+            parser.add_argument(*flags, type=_flag_type(str(f.type)), choices=meta.get("choices"),
                                 default=argparse.SUPPRESS, help=text, metavar=None if meta.get("choices") else
                                 f.name.upper())

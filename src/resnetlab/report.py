@@ -198,6 +198,12 @@ def _run_section(run_dir: Path) -> str:
     auto = ("<h3>chosen by --recipe auto (any flag overrides a choice)</h3>" + _table(
         ["setting", "value", "why"], [[k, v.get("value"), v.get("why")] for k, v in chosen.items()
                                       if isinstance(v, dict)])) if chosen else ""
+    race = (chosen.get("race") or {}).get("table") or []
+    if race:  # the race of --recipe auto: each candidate's short run on the user's data (training/race.py)
+        auto += "<h3>the race (the winner trains for the rest of the budget)</h3>" + _table(
+            ["candidate", "settings", "epochs", "val acc", "macro F1", "score"],
+            [[r["candidate"], r["settings"] or "the rule choice", r["epochs"], r["val_acc"], r["val_f1"], r["score"]]
+             for r in race])
     body = (_table(["setting", "value"], main) + auto
             + f"<details><summary>every setting ({len(rows)}, as saved in config.yaml)</summary>"
             + _table(["setting", "value"], rows) + "</details>")

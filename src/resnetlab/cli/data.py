@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import TrainConfig, add_train_flags, load_yaml, recipe_values
+from ..config import TrainConfig, add_train_flags
+from ..settings import merge
 from .flags import decode_flags
 
 
@@ -26,25 +27,19 @@ def train_parser(sub) -> None:
 def train_run(args: argparse.Namespace) -> int:
     from ..training import train  # every verb's module is imported when it runs: --help never loads torch
 
-    if getattr(args, "resume", None):  # the run's saved settings, changed only by the flags given now
-        result = train(**{k: v for k, v in train_flags(args).items() if v is not None})
-    else:
-        result = train(train_config(args))
+    result = train(args.config, **train_flags(args))
     return 128 + result.stop_signal if result.stopped == "signal" and result.stop_signal else 0
 
 
 def train_flags(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("command", "recipe", "config", "quiet", "verbose")}
+    """The settings given on the command line (absent flags are not in ``args``), --recipe included."""
+    return {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet", "verbose")}
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """Defaults < --recipe < --config YAML < flags given on the command line. Without --recipe: auto, which chooses
-    every setting not given by the YAML file or a flag once it has seen the data (training/auto.py)."""
-    recipe = args.recipe or "auto"
-    flags = train_flags(args)
-    given = sorted({k.replace("-", "_") for k in (*flags, *(load_yaml(args.config) if args.config else {}))} - {"data"})
-    flags.update(recipe=recipe, given=given if recipe == "auto" else None)
-    return TrainConfig.from_sources(args.config, flags, base=recipe_values(recipe))
+    """Flags over --config over --recipe (auto when none) over the defaults: settings.merge, as for
+    ``resnetlab.train``. Auto chooses every setting not given once it has seen the data (training/settle.py)."""
+    return merge(train_flags(args), yaml_path=args.config)
 
 
 def lr_find_parser(sub) -> None:

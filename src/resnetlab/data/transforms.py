@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUG_PRESETS = ("none", "crop", "light", "standard", "strong")
+AUG_PRESETS = ("none", "flip", "crop", "light", "standard", "strong")
 
 
 def rgb(batch: torch.Tensor) -> torch.Tensor:
@@ -69,7 +69,8 @@ class BatchAugment:
     """Per-image random augmentation of a float batch in [0, 1] (N x C x S x S, or whole images letterboxed in
     larger squares with their content sizes), on its own device.
 
-    crop: horizontal flip and a shift by up to S/8 pixels (a padded crop, as the fast CIFAR recipes use: short
+    flip: a horizontal flip only (the plain script's augmentation; the race's "plain" candidate). crop: horizontal
+    flip and a shift by up to S/8 pixels (a padded crop, as the fast CIFAR recipes use: short
     schedules learn faster without rotation). light: crop + rotation within +-10 degrees (= crop with
     zero padding). standard: random-resized-crop (8-100 % of the area, aspect 3/4-4/3) instead of the
     shift, plus colour jitter (0.3). strong: standard + TrivialAugment per image + random erasing (0.25).
@@ -124,7 +125,7 @@ class BatchAugment:
         sign = torch.ones(n, device=device)
         if self.hflip and self.preset != "none":
             sign = torch.where(torch.rand(n, generator=g, device=device) < 0.5, -sign, sign)
-        if self.preset in ("none", "crop", "light"):
+        if self.preset in ("none", "flip", "crop", "light"):
             theta = self._square_window(n, sign, g, device)
             if content is not None and self.crop_mode == "squash":  # the window spans the evaluation crop's share
                 theta *= self.crop_pct                                 # of each side of the whole image
@@ -142,10 +143,11 @@ class BatchAugment:
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def _square_window(self, n: int, sign: torch.Tensor, g: torch.Generator, device) -> torch.Tensor:
-        """crop/light: a shift by up to 1/8 of the side (light: and a rotation within +-10 degrees); none: all."""
+        """crop/light: a shift by up to 1/8 of the side (light: and a rotation within +-10 degrees); none and flip:
+        all of it (flip: mirrored at random by ``_affine``)."""
         zeros = torch.zeros(n, device=device)
         angle, shift_x, shift_y = zeros, zeros, zeros
-        if self.preset != "none":
+        if self.preset not in ("none", "flip"):
             angle = self._uniform(n, -10.0, 10.0, g, device) * (math.pi / 180)
             if self.preset == "crop":  # drawn all the same, so both presets consume one random stream
                 angle = torch.zeros_like(angle)

@@ -134,7 +134,10 @@ def _log_report(cfg: TrainConfig, source: DataSource, decoded: dict[str, Decoded
                             f"{skipped[0]['reason']} (all listed in {run_dir / 'data_report.json'})")
     for problem in report["problems"]:
         if problem["severity"] == "warning":
-            logger.warning(f"{problem['path'] + ': ' if problem['path'] else ''}{problem['reason']}")
+            reason = problem["reason"]
+            if reason.startswith("class imbalance") and cfg.balance != "none":  # not advice for what is done
+                reason = reason.split("; consider")[0] + f"; balanced with --balance {cfg.balance}"
+            logger.warning(f"{problem['path'] + ': ' if problem['path'] else ''}{reason}")
 
 
 def _log_data_path(cfg: TrainConfig, train: DecodedSplit, side: int) -> None:

@@ -72,8 +72,9 @@ class Run:
         return optimizer_steps(self.steps_per_epoch, self.cfg.accum_steps)
 
 
+# "last" keeps the last epoch as best.pt; a tuner or a log that needs a number from it reads val_acc
 BEST_METRIC_COLUMNS = {"val_acc": "val_acc", "val_loss": "val_loss", "macro_f1": "val_f1", "top5": "val_top5",
-                       "map": "val_map"}
+                       "map": "val_map", "last": "val_acc"}
 
 
 class StopRun(Exception):
@@ -207,6 +208,8 @@ def record(run: Run, history: list[dict], epoch: int, trained: EpochResult) -> d
 
 def score(row: dict, metric: str) -> float:
     """The --best-metric of an epoch's row, as a number where higher is better."""
+    if metric == "last":
+        return float(row["epoch"])
     return -row["val_loss"] if metric == "val_loss" else float(row[BEST_METRIC_COLUMNS[metric]])
 
 

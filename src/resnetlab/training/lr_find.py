@@ -105,8 +105,8 @@ def find_lr(cfg: TrainConfig, out: Path) -> LrFindResult:
     torch.manual_seed(cfg.seed)
     source = None
     if cfg.recipe == "auto" and cfg.chosen is None:  # sweep the optimizer, network and size train would use
-        source = check_inputs(cfg).source
-        cfg = apply_auto(cfg, source, device, timed=False)
+        inputs = check_inputs(cfg)
+        source, cfg = inputs.source, apply_auto(inputs.cfg, inputs.source, device, timed=False)
     data = prepare_data(cfg, out, source=source)
     model, _ = build_network(cfg, len(data.source.classes), data.img_size)
     model = model.to(device, memory_format=torch.channels_last)

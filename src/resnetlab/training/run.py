@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -21,21 +22,23 @@ from torch import nn
 
 from ..checkpoint import ModelMeta, describe_model
 from ..config import TrainConfig, parse_duration
+from ..data.splits import DataSource
 from ..distributed import DistInfo, from_main, gather_lists, init_distributed, shutdown
 from ..engine import amp_dtype_for, optimizer_steps
 from ..fileio import write_text
 from ..log import logger, progress_enabled
 from ..models import count_parameters, first_stage_side, set_backbone_trainable
 from ..runfiles import prepare_run_dir, read_history
+from ..settings import resolve
 from ..tracking import open_trackers
-from .auto import apply_auto
 from .data import PreparedData, prepare_data, report_streamed_skips, training_batches, validation_batches
 from .finish import check_replicas, finish_run, plot_samples, release_training_memory
 from .loop import BEST_METRIC_COLUMNS, Run, fit
 from .lr_find import lr_range_test
 from .schedule import TimePlan, make_schedule
-from .setup import build_ema, build_network, build_objective, build_optimizer, check_inputs, class_balance, wrap
-from .state import TrainState, resolve_config
+from .settle import settle
+from .setup import Inputs, build_ema, build_network, build_objective, build_optimizer, check_inputs, class_balance, wrap
+from .state import TrainState
 
 
 @dataclass
@@ -59,14 +62,22 @@ class RunResult:
         return self.run_dir / "last.pt"
 
 
-def train(config: TrainConfig | None = None, *, clock: Callable[[], float] = time.perf_counter,
+def train(config: TrainConfig | str | Path | None = None, *, clock: Callable[[], float] = time.perf_counter,
           on_epoch: Callable[[dict], bool | None] | None = None, **settings: Any) -> RunResult:
-    """Train a classifier; ``settings`` are TrainConfig fields (``resnetlab.train(data=..., epochs=3)``).
+    """Train a classifier: ``resnetlab.train(data="photos/")`` runs what ``resnetlab train photos/`` runs.
+
+    ``settings`` are TrainConfig fields (``help(resnetlab.TrainConfig)``; ``epochs=3``, ``recipe="fast"``...);
+    ``config`` is a TrainConfig or a YAML file of settings (``--config``); keywords win over it, it wins over the
+    recipe (``auto`` when none is named: settings chosen from the data and the time budget, raced on your data).
 
     ``clock`` (seconds) times the epochs for ``--time-limit``; tests pass a scripted one. ``on_epoch(row)`` is
     called after each epoch's checkpoint with its metrics.csv row; a true result stops the run (stopped "pruned").
+
+        result = resnetlab.train(data="photos/", time_limit="5m")
+        result.run_dir, result.best_val_acc
     """
-    cfg, saved = resolve_config(config, settings)
+    yaml_path = None if config is None or isinstance(config, TrainConfig) else config
+    cfg, saved = resolve(settings, config=config if isinstance(config, TrainConfig) else None, yaml_path=yaml_path)
     info = init_distributed(cfg.device)
     try:
         return _train(cfg, saved, info, clock, on_epoch)
@@ -75,12 +86,14 @@ def train(config: TrainConfig | None = None, *, clock: Callable[[], float] = tim
 
 
 def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo, clock: Callable[[], float],
-           on_epoch: Callable[[dict], bool | None] | None = None) -> RunResult:
-    inputs = check_inputs(cfg) if saved is None else None  # before the run folder exists
-    if inputs is not None and cfg.recipe == "auto" and cfg.chosen is None:
-        chosen = apply_auto(cfg, inputs.source, info.device) if info.is_main else None
-        cfg = TrainConfig.from_dict(from_main(chosen.to_dict() if chosen else None, info))
+           on_epoch: Callable[[dict], bool | None] | None = None, inputs: Inputs | None = None) -> RunResult:
+    if inputs is None and saved is None:
+        inputs = check_inputs(cfg)  # before the run folder exists
     run_dir = Path(from_main(str(prepare_run_dir(cfg)) if info.is_main else None, info))
+    if inputs is not None:
+        inputs = settle(inputs, info, run_dir, functools.partial(_race_candidate, info=info, clock=clock),
+                        clock=clock)
+        cfg = inputs.cfg
     started = time.perf_counter()
     time_plan = TimePlan(parse_duration(cfg.time_limit), clock, lengthen=cfg.fill_time) if cfg.time_limit else None
     random.seed(cfg.seed)
@@ -131,6 +144,16 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo, clock: Callable
     final = run.state.validated
     return RunResult(run_dir, float(best.get("val_acc", -1.0)), run.state.best_epoch, len(history), history,
                      final.eval(), data.source.classes, stopped, run.stop_signal)
+
+
+def _race_candidate(cfg: TrainConfig, source: DataSource, weights: dict | None, *, info: DistInfo,
+                    clock: Callable[[], float]) -> list[dict]:
+    """One candidate of the race (race.py): trained to the end of its plan (no end-of-run evaluation); its rows."""
+    result = _train(cfg, None, info, clock, lambda row: row["epoch"] >= row["planned_epochs"],
+                    Inputs(cfg, source, weights))
+    if result.stopped == "signal":  # Ctrl-C during the race: nothing to keep yet, stop the whole run
+        raise KeyboardInterrupt
+    return result.history
 
 
 def _best_text(best: dict, metric: str) -> str:

@@ -8,7 +8,7 @@ AMP, EMA and the module the steps call (DDP, torch.compile). Plain functions wit
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from timm.data import Mixup
@@ -33,7 +33,7 @@ from ..models import (
     resolve_stem,
     set_backbone_trainable,
 )
-from ..multilabel.training import label_balance, objective_parts, resolve_task
+from ..multilabel.training import label_balance, objective_parts, task_settings
 
 
 def build_network(cfg: TrainConfig, num_classes: int, img_size: int, *, pretrained: bool = True,
@@ -53,8 +53,10 @@ def build_network(cfg: TrainConfig, num_classes: int, img_size: int, *, pretrain
 
 @dataclass
 class Inputs:
-    """What a fresh run checked before it created its run folder: the data source and the pretrained weights."""
+    """What a fresh run checked before it created its run folder: the settings with the data's task settled, the
+    data source and the pretrained weights."""
 
+    cfg: TrainConfig
     source: DataSource
     weights: dict[str, torch.Tensor] | None = None
 
@@ -65,13 +67,18 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     check_arch(cfg.model)
     source = open_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, data_root=cfg.data_root,
                        follow_links=cfg.follow_links, task=cfg.task, label_sep=cfg.label_sep)
-    resolve_task(cfg, source)  # --task auto -> the data's; config.yaml and the checkpoint record it
+    cfg = replace(cfg, **task_settings(cfg, source))  # --task auto -> the data's; config.yaml records it
     if cfg.best_metric == "top5" and len(source.classes) < 5:
         raise ConfigError(f"--best-metric top5 needs at least 5 classes; this data has {len(source.classes)}")
-    weights = None
-    if cfg.pretrained:  # before anything is decoded: a missing file or an offline hub fails in a second
-        weights = hub_state_dict(cfg.model) if cfg.pretrained == "hub" else read_state_dict(cfg.pretrained)
-    return Inputs(source, weights)
+    return Inputs(cfg, source, read_weights(cfg))
+
+
+def read_weights(cfg: TrainConfig) -> dict[str, torch.Tensor] | None:
+    """The --pretrained weights, read before anything is decoded: a missing file or an offline hub fails in a
+    second."""
+    if not cfg.pretrained:
+        return None
+    return hub_state_dict(cfg.model) if cfg.pretrained == "hub" else read_state_dict(cfg.pretrained)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

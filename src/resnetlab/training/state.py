@@ -1,5 +1,5 @@
-"""What a run must keep to continue bit-exactly: model, optimizer, schedule, scaler, RNG, EMA, best so far;
-and how a resumed run's settings are merged (only the settings a resume may change, and only those given).
+"""What a run must keep to continue bit-exactly: model, optimizer, schedule, scaler, RNG, EMA, best so far
+(how a resumed run's settings are merged: settings.resolve).
 
     state = TrainState(model, optimizer, scheduler, scaler)
     save(run_dir / "last.pt", {**meta, **state.payload(epoch)}, info)
@@ -15,18 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import read_checkpoint, save_checkpoint
-from ..config import TrainConfig, recipe_values
+from ..checkpoint import save_checkpoint
 from ..distributed import DistInfo
 from ..engine import EpochTotals
-from ..errors import ConfigError
 from ..fileio import write_failure
 from ..models import unwrap
 from ..signals import signals_deferred
-
-# Settings a resumed run may change; everything else comes from the run's saved config.
-RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "progress", "time_limit", "early_stop", "cache_dir",
-                       "save_every", "stop_after_steps", "fill_time", "keep", "tensorboard", "mlflow")
 
 
 def rng_state() -> dict[str, Any]:
@@ -103,37 +97,3 @@ class TrainState:
     def validated(self) -> nn.Module:
         """The weights validation scores and best.pt holds: the EMA average when there is one."""
         return self.ema.module if self.ema is not None else unwrap(self.model)
-
-
-# What a run saved before the photo path (0.3) trained and evaluated with: resumed, it goes on the same way.
-# A run saved before --crop-mode resumes with the centre crop it was validated with.
-PRE_0_3_SETTINGS = {"cache_layout": "square", "crop_pct": 1.0, "interpolation": "bilinear", "feature_views": 0,
-                    "crop_mode": "center"}
-
-
-def resolve_config(config: TrainConfig | None, settings: dict) -> tuple[TrainConfig, dict | None]:
-    """The run's settings and, for --resume, its last.pt (read once)."""
-    settings = {k.replace("-", "_"): v for k, v in settings.items()}
-    if config is None and settings.get("recipe") not in (None, "auto") and not settings.get("resume"):
-        # resnetlab.train(recipe="fast", ...): the preset under the keywords, as --recipe on the command line
-        settings = {**recipe_values(settings["recipe"]), **settings}
-    cfg = config or TrainConfig.from_dict(settings)
-    if config is not None and settings:
-        cfg = TrainConfig.from_dict({**config.to_dict(), **settings})
-    if cfg.recipe == "auto" and cfg.given is None:  # the API: keywords, or a config's non-default values, are given
-        defaults = TrainConfig().to_dict()
-        explicit = set(settings) if config is None else {k for k, v in cfg.to_dict().items() if v != defaults[k]}
-        cfg = TrainConfig.from_dict({**cfg.to_dict(), "given": sorted(explicit - {"data", "recipe"})})
-    if not cfg.resume:
-        if not cfg.data:
-            raise ConfigError("no data given: pass a folder, a CSV file or a built-in name")
-        return cfg, None
-    saved_state = read_checkpoint(Path(cfg.resume) / "last.pt")
-    # only settings the caller actually gave may override the saved ones (a default is not a wish)
-    defaults = TrainConfig().to_dict()
-    given = settings if config is None else {k: v for k, v in cfg.to_dict().items() if v != defaults[k]}
-    values = {**PRE_0_3_SETTINGS, **saved_state["config"]}  # a run started before these settings keeps its path
-    values.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES and v is not None})
-    values["stop_after_steps"] = given.get("stop_after_steps") or 0  # "in this invocation": never carried over
-    values["resume"] = cfg.resume
-    return TrainConfig.from_dict(values), saved_state

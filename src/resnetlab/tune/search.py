@@ -18,9 +18,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ..config import TrainConfig, check_names, load_yaml, parse_duration, recipe_values, require_at_least
+from ..config import TrainConfig, check_names, load_yaml, parse_duration, require_at_least
 from ..errors import ConfigError
 from ..log import logger
+from ..settings import merge
 from ..tracking import mlflow_uri
 from . import tracking
 from .outputs import best_trial, refresh, write_figures
@@ -117,9 +118,8 @@ def resolve_base(options: TuneOptions) -> tuple[dict[str, Any], set[str]]:
         parse_duration(options.trial_time)
         flags["time_limit"] = options.trial_time
     fixed = (set(flags) | set(load_yaml(options.config) if options.config else {})) - {"data"}
-    if "given" in TrainConfig.field_names():  # --recipe auto changes only what was not given
-        flags.update(recipe=options.recipe, given=sorted(fixed) if options.recipe == "auto" else None)
-    cfg = TrainConfig.from_sources(options.config, flags, base=recipe_values(options.recipe))
+    # as train's pipeline (auto leaves `fixed` alone), but a study without --recipe searches around the plain defaults
+    cfg = merge({**flags, "recipe": options.recipe or "plain"}, yaml_path=options.config)
     if not cfg.data:
         raise ConfigError("no data given: pass a folder, a CSV file or a built-in name")
     return cfg.to_dict(), fixed
@@ -137,11 +137,13 @@ def _study_settings(study: optuna.Study, base: dict, space: dict | None, fixed: 
             logger.warning(f"study '{study.study_name}' searches the space it was created with, not {options.space}; "
                            "give another --name to search a new space")
         return {**stored["base"], **{k: base[k] for k in LOCAL if k in base}}, kept
-    source, auto = None, base.get("recipe") == "auto" and base.get("chosen") is None
-    if auto or space is None:
-        from ..training.setup import check_inputs
+    from ..training.setup import check_inputs
 
-        source = check_inputs(TrainConfig.from_dict(base)).source  # a bad folder or model fails here, once
+    checked = check_inputs(TrainConfig.from_dict(base))  # a bad folder or model fails here, once
+    source, auto = checked.source, base.get("recipe") == "auto" and base.get("chosen") is None
+    # the data's task, and the metric its runs pick best.pt by (multi-label: mAP, not val_acc's exact match): the
+    # trials are ranked by that same metric, and best.yaml says it
+    base = {**base, "task": checked.cfg.task, "best_metric": checked.cfg.best_metric}
     if auto:
         base = _resolve_auto(base, source, options)
     if space is None:

@@ -1,0 +1,93 @@
+"""One settings pipeline for every entry point (``resnetlab train``, ``resnetlab.train()``, ``tune``, ``lr-find``).
+
+Precedence, highest first: a flag or keyword > the ``--config`` YAML file > the recipe (``--recipe``; ``auto``
+when none is named) > auto's choices (made once the data is seen: training/settle.py) > the TrainConfig
+defaults. ``resolve`` returns a frozen TrainConfig; ``training.settle`` adds what depends on the data (the task,
+auto's choices, the race) and returns a new one. Nothing changes a TrainConfig after that.
+
+    cfg, saved = resolve({"data": "photos/", "epochs": 3})          # what resnetlab.train(data=..., epochs=3) runs
+    cfg, saved = resolve(flags, yaml_path="settings.yaml")          # what `resnetlab train --config ...` runs
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig, check_names, load_yaml, recipe_values
+from .errors import ConfigError
+
+DEFAULT_RECIPE = "auto"  # the CLI's and the API's: settings chosen from the data and the time budget
+
+# Settings a resumed run may change; everything else comes from the run's saved config.
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "progress", "time_limit", "early_stop", "cache_dir",
+                       "save_every", "stop_after_steps", "fill_time", "keep", "tensorboard", "mlflow")
+
+# What a run saved before the photo path (0.3) trained and evaluated with: resumed, it goes on the same way.
+# A run saved before --crop-mode resumes with the centre crop it was validated with.
+PRE_0_3_SETTINGS = {"cache_layout": "square", "crop_pct": 1.0, "interpolation": "bilinear", "feature_views": 0,
+                    "crop_mode": "center"}
+
+
+def merge(keywords: dict[str, Any] | None = None, *, config: TrainConfig | None = None,
+          yaml_path: str | Path | None = None) -> TrainConfig:
+    """Flags or keywords over a YAML file over the recipe over the defaults, with ``given`` (the names auto must
+    leave alone) recorded. A ``config`` object's non-default values count as given; a config that already names
+    its recipe (a tuning trial, a saved config.yaml) keeps it and is not layered again."""
+    keywords = _given(keywords)
+    yaml_values = load_yaml(yaml_path) if yaml_path else {}
+    check_names(yaml_values, str(yaml_path))
+    if config is not None and config.recipe is not None:
+        values = {**config.to_dict(), **yaml_values, **keywords}
+        before = config.given if config.given is not None else _non_defaults(config)
+        given = sorted((set(before) | set(yaml_values) | set(keywords)) - {"data", "recipe", "given", "chosen"})
+        return TrainConfig.from_dict({**values, "given": given if values.get("recipe") == "auto" else None,
+                                      "data": _absolute(values.get("data"))})
+    explicit = {**(_non_defaults(config) if config is not None else {}), **yaml_values, **keywords}
+    recipe = explicit.pop("recipe", None) or DEFAULT_RECIPE
+    values = {**recipe_values(recipe), **explicit, "recipe": recipe}
+    given = sorted(set(explicit) - {"data", "given", "chosen"}) if recipe == "auto" else None
+    return TrainConfig.from_dict({**values, "given": given, "data": _absolute(values.get("data"))})
+
+
+def resolve(keywords: dict[str, Any] | None = None, *, config: TrainConfig | None = None,
+            yaml_path: str | Path | None = None) -> tuple[TrainConfig, dict | None]:
+    """The run's settings and, for a resume, its last.pt (read once): a fresh run needs data; a resumed one takes
+    its saved settings and changes only those a resume may change, and only where they were given now."""
+    keywords = _given(keywords)
+    resume = keywords.get("resume") or (config.resume if config is not None else None)
+    if not resume:
+        cfg = merge(keywords, config=config, yaml_path=yaml_path)
+        if not cfg.data:
+            raise ConfigError("no data given: pass a folder, a CSV file or a built-in name")
+        return cfg, None
+    from .checkpoint import read_checkpoint  # torch: only a resume reads a checkpoint here
+
+    saved_state = read_checkpoint(Path(resume) / "last.pt")
+    given = {**(_non_defaults(config) if config is not None else {}),
+             **(load_yaml(yaml_path) if yaml_path else {}), **keywords}
+    values = {**PRE_0_3_SETTINGS, **saved_state["config"]}  # a run started before these settings keeps its path
+    values.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
+    values["stop_after_steps"] = given.get("stop_after_steps") or 0  # "in this invocation": never carried over
+    values["resume"] = str(resume)
+    return TrainConfig.from_dict(values), saved_state
+
+
+def _given(keywords: dict[str, Any] | None) -> dict[str, Any]:
+    """Keywords with '-' spelled '_', without those left at None (None is "not given", as an absent flag)."""
+    values = {k.replace("-", "_"): v for k, v in (keywords or {}).items() if v is not None}
+    check_names(values, "settings")
+    return values
+
+
+def _non_defaults(config: TrainConfig) -> dict[str, Any]:
+    defaults = TrainConfig().to_dict()
+    return {k: v for k, v in config.to_dict().items() if v != defaults[k]}
+
+
+def _absolute(data: str | None) -> str | None:
+    """A data folder or CSV file as an absolute path, so export, evaluate and --resume find it from any folder;
+    a built-in name (digits, fashion-mnist) stays as it is."""
+    if data and Path(data).exists():
+        return str(Path(data).resolve())
+    return data

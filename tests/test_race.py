@@ -1,0 +1,103 @@
+"""The race of --recipe auto: candidates proposed from the rule choice, a candidate that cannot learn loses, a race
+that cannot separate keeps the rules and says so, --race off skips it, and the small-validation best.pt rule."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+import resnetlab
+from conftest import write_class_folders
+from resnetlab.config import TrainConfig
+from resnetlab.data.sources import open_data
+from resnetlab.training import race as race_module
+from resnetlab.training import settle as settle_module
+from resnetlab.training.race import Candidate, candidates, race, standard_error
+
+TINY = {"img_size": 16, "width": 0.25, "batch_size": 16, "progress": False, "workers": 1}
+
+
+def _ruled(**values) -> TrainConfig:
+    """A config as auto leaves it: recipe auto, its choices recorded, a budget."""
+    base = {"data": "x", "recipe": "auto", "given": [], "time_limit": "600s", "epochs": 20, "width": 0.5,
+            "aug": "light", "balance": "sqrt", "pool": "avgmax", "opt": "adamw", "lr": 2e-3,
+            "chosen": {"aug": {"value": "light", "why": "rules"}}}
+    return TrainConfig.from_dict({**base, **values})
+
+
+def test_candidates_are_the_rules_the_plain_recipe_and_one_variant_less_what_was_given():
+    names = {c.name: c.settings for c in candidates(_ruled())}
+    assert list(names) == ["rules", "plain", "unweighted"] and names["rules"] == {}
+    assert names["plain"]["aug"] == "flip" and names["plain"]["width"] == 1.0 and names["plain"]["balance"] == "none"
+    assert names["unweighted"] == {"balance": "none"}
+    balanced = {c.name: c.settings for c in candidates(_ruled(balance="none"))}
+    assert balanced["stronger-aug"] == {"aug": "standard"}  # the next least-sure axis
+    given = {c.name: c.settings for c in candidates(_ruled(given=["width", "aug", "balance"]))}
+    assert not {"width", "aug", "balance"} & set(given["plain"]) and "unweighted" not in given
+
+
+def _scripted(scores: dict[str, float]):
+    """A train_candidate whose runs end at the given validation accuracy, by the candidate's folder name."""
+    calls = []
+
+    def train_candidate(cfg: TrainConfig, source) -> list[dict]:  # noqa: ANN001
+        name = cfg.out.rsplit("/", 1)[-1]
+        calls.append((name, cfg.time_limit, len(source.splits["train"])))
+        return [{"epoch": 1, "val_acc": scores[name] / 2, "val_f1": scores[name] / 2},
+                {"epoch": 2, "val_acc": scores[name], "val_f1": scores[name]}]
+
+    train_candidate.calls = calls
+    return train_candidate
+
+
+@pytest.fixture
+def toy_source(tmp_path):
+    return open_data(str(write_class_folders(tmp_path / "toy", 60)), val_split=0.2, seed=0)
+
+
+def test_the_best_candidate_wins_by_more_than_the_noise_and_a_tie_keeps_the_rules(tmp_path, toy_source):
+    proposed = [Candidate("rules", {}, "r"), Candidate("plain", {"width": 1.0, "aug": "flip"}, "p")]
+    cfg = _ruled(balance="none", epochs=40)
+    clock = iter(range(0, 1000, 10)).__next__
+    won = race(cfg, toy_source, tmp_path, _scripted({"rules": 0.5, "plain": 0.9}), clock=clock, proposed=proposed)
+    assert (won.width, won.aug) == (1.0, "flip") and won.chosen["race"]["value"] == "plain"
+    assert won.chosen["width"]["why"] == "race: plain" and len(won.chosen["race"]["table"]) == 2
+    assert won.time_limit == "590s"  # the race's own time comes out of the budget
+    tie = race(cfg, toy_source, tmp_path, _scripted({"rules": 0.80, "plain": 0.82}), proposed=proposed)
+    assert (tie.width, tie.aug) == (0.5, "light") and tie.chosen["race"]["value"] == "rules"
+    assert "cannot separate" in tie.chosen["race"]["why"]  # 36 validation images: 2 points is noise
+    assert standard_error(0.8, 36) > 0.02 > standard_error(0.8, 100_000)
+
+
+def test_a_budget_too_short_to_compare_skips_the_race(tmp_path, toy_source):
+    scripted = _scripted({"rules": 0.5, "plain": 0.9})
+    kept = race(_ruled(time_limit="4s", epochs=1), toy_source, tmp_path, scripted)
+    assert not scripted.calls and kept.chosen["race"]["value"] == "rules"
+    assert "too few to compare" in kept.chosen["race"]["why"]
+
+
+def test_a_candidate_that_cannot_learn_loses_a_real_race(tmp_path, monkeypatch, no_figures):
+    data = write_class_folders(tmp_path / "toy", 40)
+    # the rule choice made unable to learn (a learning rate of 1e-9): the race must find the one that learns
+    monkeypatch.setattr(race_module, "candidates", lambda cfg: [Candidate("rules", {"lr": 1e-9}, "stuck"),
+                                                                Candidate("plain", {"lr": 0.05}, "learns")])
+    monkeypatch.setattr(race_module, "RACE_SHARE", 0.5)
+    result = resnetlab.train(data=str(data), out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                             time_limit="40s", opt="sgd", **TINY)
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text(encoding="utf-8"))
+    table = {row["candidate"]: row for row in saved["chosen"]["race"]["table"]}
+    assert saved["chosen"]["race"]["value"] == "plain" and saved["lr"] == 0.05
+    assert table["plain"]["val_acc"] > table["rules"]["val_acc"] + 0.3
+    assert (result.run_dir / "race" / "plain" / "metrics.csv").is_file()
+    assert not list((result.run_dir / "race").glob("*/*.pt"))  # the candidates' weights are not kept
+
+
+def test_race_off_keeps_the_rule_choice(tmp_path, monkeypatch, no_figures):
+    data = write_class_folders(tmp_path / "toy", 8)
+    monkeypatch.setattr(settle_module, "race", lambda *a, **k: pytest.fail("--race off must not race"))
+    result = resnetlab.train(data=str(data), out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                             time_limit="30s", race="off", epochs=1, **TINY)
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text(encoding="utf-8"))
+    assert "race" not in saved["chosen"] and saved["race"] == "off"
+    # 6 validation images: best.pt is the last epoch of the finished schedule, and the log says why
+    assert saved["best_metric"] == "last" and "one image moves" in saved["chosen"]["best_metric"]["why"]
