@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_MINUTES ?= 12
 
-.PHONY: install dev demo test lint bench clean browser
+.PHONY: install dev demo test lint bench clean browser docs
 
 # The stamp makes re-runs instant; it is rebuilt when the package metadata changes.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -14,10 +14,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
+# The demo needs the base package only (torch, timm, scikit-learn...): no export, serving, tracking, tuning, docs or
+# test extras. The dev install above includes it, so after `make test` the demo installs nothing more.
+$(VENV)/.installed-base: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e .
+	touch $@
+
 install dev: $(VENV)/.installed
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist; without it the demo uses sklearn's digits.
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed-base
 	@DATA=fashion-mnist; \
 	if [ ! -e "$(FMNIST_DIR)/train-images-idx3-ubyte.gz" ]; then \
 	  echo "Fashion-MNIST not found in $(FMNIST_DIR); trying: apt-get install dataset-fashion-mnist"; \
@@ -49,6 +57,10 @@ browser:
 
 test: $(VENV)/.installed browser
 	$(BIN)/python -m pytest -q
+
+# The docs site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or a missing API reference.
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks

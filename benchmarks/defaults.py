@@ -1,21 +1,26 @@
-"""Defaults: the previous fixed defaults (``--recipe plain``) against ``--recipe auto`` on seven data sets, each
-run given the same time budget, scored on a held-out test split.
+"""Defaults: ``--recipe auto`` against the previous fixed defaults (``--recipe plain``) and against a plain
+PyTorch script (benchmarks/plain_script.py) on seven data sets, each run given the same time budget, scored on a
+held-out test split.
 
 Every data set is written once as train/ val/ test/ class folders under WORKDIR/data (the test split is never
-seen in training: best.pt is picked on val/), then for each one:
+seen in training: best.pt is picked on val/), then for each one and each budget, three columns (``--columns``):
 
 - auto: ``resnetlab train DATA --recipe auto --time-limit BUDGET``, then previous: the same with ``--recipe plain``
   (both ``--out RUN --no-progress --seed SEED --cache-dir WORKDIR/cache``; auto runs first, so a decoded cache the
-  two share can only help the previous defaults: the time limit counts the decode);
-- ``resnetlab evaluate RUN/best.pt DATA --split test --out RUN/test``: accuracy, balanced accuracy (mean recall
-  per class) and macro F1 from RUN/test/metrics.json.
+  two share can only help the previous defaults: the time limit counts the decode), each followed by
+  ``resnetlab evaluate RUN/best.pt DATA --split test --out RUN/test``;
+- plain-script: ``python benchmarks/plain_script.py DATA --budget SECONDS --out RUN`` (full-width ResNet-18 at
+  160 px, or at the native size where the images are under 64 px; it reads the same folders, ignores val/, fits
+  its epochs into 80 % of the budget and scores its last epoch on test/ itself).
 
-Prints one markdown table (test accuracy, balanced accuracy and the training call's whole wall time per recipe,
-the difference in points, an average row), the "auto:" lines each auto run logged, and writes every figure
-to WORKDIR/defaults.json.
+Accuracy, balanced accuracy (mean recall per class) and macro F1 on the test split. Prints one markdown table
+(those three and the whole process's wall time per column, the differences auto - each other column in points,
+an average row per budget), the "auto:" lines each auto run logged, and writes every figure to
+WORKDIR/defaults.json.
 
-    python benchmarks/defaults.py                                         # 7 data sets x 2 runs x 90 s
-    python benchmarks/defaults.py --budget 15s --datasets digits,photos-small --scale 0.2   # a smoke test
+    python benchmarks/defaults.py                                         # 7 data sets x 3 runs x 90 s
+    python benchmarks/defaults.py --budgets 90s,5m,15m --datasets digits,fmnist-1k,grey-imbalanced
+    python benchmarks/defaults.py --budget 15s --datasets digits --scale 0.2 --columns plain-script,auto  # smoke
 """
 
 from __future__ import annotations
@@ -39,8 +44,12 @@ from PIL import Image, ImageDraw, ImageFilter
 sys.path.insert(0, str(Path(__file__).parent))
 from common import cpu_name, load_average  # noqa: E402
 from photos import make_photos, print_markdown  # noqa: E402
+from resnetlab.config import parse_duration  # noqa: E402
 
 RECIPES = {"auto": "auto", "previous": "plain"}  # table name -> --recipe; auto runs first
+COLUMNS = ("auto", "previous", "plain-script")  # run and printed in this order
+PLAIN_SCRIPT = Path(__file__).with_name("plain_script.py")
+PLAIN_SIZE, PLAIN_NATIVE_BELOW = 160, 64  # the plain script's side in px; smaller pictures keep their own size
 DEFECTS = ("clean", "spot", "scratch", "crack")  # grey-imbalanced classes, most to fewest images
 DEFECT_TRAIN = (600, 200, 80, 40)  # training images per class (val: a quarter of it, test: a half)
 DATA_VERSION = 1  # bump when a data set's recipe changes: the folders are made again
@@ -199,6 +208,23 @@ def split_counts(root: Path) -> dict[str, int]:
     return {split: sum(1 for p in (root / split).rglob("*") if p.is_file()) for split in ("train", "val", "test")}
 
 
+def class_ratio(root: Path) -> float:
+    """Training images in the largest class / in the smallest (1.0: balanced)."""
+    counts = [sum(1 for p in folder.iterdir() if p.is_file()) for folder in (root / "train").iterdir()
+              if folder.is_dir()]
+    return max(counts) / max(1, min(counts))
+
+
+def plain_img_size(root: Path, sample: int = 20) -> int:
+    """The plain script's --img-size: 160, or the largest side of a few training pictures when under 64 px."""
+    paths = sorted(p for p in (root / "train").rglob("*") if p.is_file())
+    side = 0
+    for path in paths[::max(1, len(paths) // sample)]:  # spread over the class folders
+        with Image.open(path) as image:
+            side = max(side, *image.size)
+    return side if side < PLAIN_NATIVE_BELOW else PLAIN_SIZE
+
+
 # ---------------------------------------------------------------------- runs
 def call(command: list[str], log_path: Path) -> tuple[int, float, list[str]]:
     """Run a resnetlab command, its output into ``log_path``; (exit status, wall seconds, output lines)."""
@@ -222,21 +248,37 @@ def test_scores(metrics: dict) -> dict:
             "macro_f1": float(metrics["macro_avg"]["f1"]), "test_images": int(metrics["images"])}
 
 
-def run_one(root: Path, run_dir: Path, recipe: str, args, work: Path) -> dict:
+def _log_path(run_dir: Path, work: Path) -> Path:
+    """WORK/logs/NAME-BUDGET-COLUMN.log: kept when the run folders are not."""
+    log = work / "logs" / ("-".join(run_dir.relative_to(work / "runs").parts) + ".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return log
+
+
+def _failed(label: str, what: str, status: int, wall: float, log: Path, lines: list[str]) -> None:
+    tail = "\n".join(f"    {line}" for line in lines[-8:])
+    print(f"  {label}: {what} exited with {status} after {wall:.0f}s (log {log}):\n{tail}", flush=True)
+
+
+def _report(label: str, result: dict, extra: str = "") -> None:
+    print(f"  {label}: {result.get('epochs', '?')} epochs, whole run {result['wall_s']:.0f}s, test accuracy "
+          f"{result['accuracy']:.4f}, balanced {result['balanced_accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}"
+          f"{extra}", flush=True)
+
+
+def run_one(root: Path, run_dir: Path, recipe: str, budget: str, args, work: Path) -> dict:
     """Train with ``--recipe recipe`` for the budget, then evaluate best.pt on the test split."""
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     python = [sys.executable, "-m", "resnetlab"]
-    train = [*python, "train", str(root), "--recipe", recipe, "--time-limit", args.budget, "--out", str(run_dir),
+    train = [*python, "train", str(root), "--recipe", recipe, "--time-limit", budget, "--out", str(run_dir),
              "--no-progress", "--seed", str(args.seed), "--cache-dir", str(work / "cache")]
-    log = work / "logs" / f"{run_dir.parent.name}-{run_dir.name}.log"  # kept when the run folders are not
-    log.parent.mkdir(exist_ok=True)
+    log = _log_path(run_dir, work)
     status, wall, lines = call(train, log)
     result = {"recipe": recipe, "wall_s": wall, "log": str(log),
               "auto_lines": [line.strip() for line in lines if line.strip().startswith("auto:")]}
     if status or not (run_dir / "best.pt").is_file():
-        tail = "\n".join(f"    {line}" for line in lines[-8:])
-        print(f"  {recipe}: train exited with {status} after {wall:.0f}s (log {log}):\n{tail}", flush=True)
+        _failed(recipe, "train", status, wall, log, lines)
         return {**result, "failed": f"train exit {status}"}
     if (run_dir / "metrics.csv").is_file():
         result["epochs"] = max(0, len((run_dir / "metrics.csv").read_text().strip().splitlines()) - 1)
@@ -244,56 +286,111 @@ def run_one(root: Path, run_dir: Path, recipe: str, args, work: Path) -> dict:
                 str(run_dir / "test"), "--no-progress"]
     status, eval_s, lines = call(evaluate, log.with_name(f"{log.stem}-test.log"))
     if status:
-        tail = "\n".join(f"    {line}" for line in lines[-8:])
-        print(f"  {recipe}: evaluate exited with {status}:\n{tail}", flush=True)
+        _failed(recipe, "evaluate", status, eval_s, log.with_name(f"{log.stem}-test.log"), lines)
         return {**result, "failed": f"evaluate exit {status}"}
     result.update(test_scores(json.loads((run_dir / "test" / "metrics.json").read_text())), eval_s=eval_s)
-    print(f"  {recipe}: {result.get('epochs', '?')} epochs, train call {wall:.0f}s, test accuracy "
-          f"{result['accuracy']:.4f}, balanced {result['balanced_accuracy']:.4f}, macro F1 {result['macro_f1']:.4f} "
-          f"(evaluate {eval_s:.0f}s)", flush=True)
+    _report(recipe, result, f" (evaluate {eval_s:.0f}s)")
+    return result
+
+
+def run_plain(root: Path, run_dir: Path, budget: str, args, work: Path) -> dict:
+    """benchmarks/plain_script.py with the same budget; it trains and scores its last epoch on test/ itself."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    size = plain_img_size(root)
+    command = [sys.executable, str(PLAIN_SCRIPT), str(root), "--budget", f"{parse_duration(budget):g}", "--out",
+               str(run_dir), "--img-size", str(size), "--seed", str(args.seed)]
+    log = _log_path(run_dir, work)
+    status, wall, lines = call(command, log)
+    result = {"img_size": size, "wall_s": wall, "log": str(log)}
+    if status or not (run_dir / "metrics.json").is_file():
+        _failed("plain-script", "the script", status, wall, log, lines)
+        return {**result, "failed": f"script exit {status}"}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    result.update({k: float(metrics[k]) for k in ("accuracy", "balanced_accuracy", "macro_f1")},
+                  test_images=int(metrics["images"]), epochs=int(metrics["epochs"]))
+    _report("plain-script", result, f" ({size} px)")
     return result
 
 
 # ---------------------------------------------------------------------- the table
+SCORES = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
 def _cells(result: dict) -> list[str]:
     if "failed" in result:
-        return [result["failed"], "-", f"{result['wall_s']:.0f}"]
-    return [f"{result['accuracy']:.2%}", f"{result['balanced_accuracy']:.2%}", f"{result['wall_s']:.0f}"]
+        return [result["failed"], "-", "-", f"{result['wall_s']:.0f}"]
+    return [f"{result['accuracy']:.2%}", f"{result['balanced_accuracy']:.2%}", f"{result['macro_f1']:.3f}",
+            f"{result['wall_s']:.0f}"]
+
+
+def header(columns: list[str]) -> list[str]:
+    cells = ["data set", "images train/val/test", "train max:min", "budget"]
+    for column in columns:
+        cells += [f"{column} acc", f"{column} bal. acc", f"{column} F1", f"{column} s"]
+    for other in _peers(columns):
+        cells += [f"acc auto - {other}", f"bal. acc auto - {other}", f"F1 auto - {other}"]
+    return cells
+
+
+def _peers(columns: list[str]) -> list[str]:
+    """The columns auto is compared with (none when auto is not run)."""
+    return [c for c in columns if c != "auto"] if "auto" in columns else []
+
+
+def table(results: dict, columns: list[str], budgets: list[str]) -> list[list[str]]:
+    """One row per data set and budget, budget by budget, each budget closed by its average row (over the sets
+    where every column produced a score)."""
+    rows = []
+    for budget in budgets:
+        entries = {name: by_budget[budget] for name, by_budget in results.items() if budget in by_budget}
+        for name, entry in entries.items():
+            counts = entry["images"]
+            row = [name, f"{counts['train']}/{counts['val']}/{counts['test']}", f"{entry['class_ratio']:.1f}", budget]
+            for column in columns:
+                row += _cells(entry[column])
+            for other in _peers(columns):
+                if "failed" in entry[other] or "failed" in entry["auto"]:
+                    row += ["-"] * len(SCORES)
+                else:
+                    row += [_points(entry[other][k], entry["auto"][k]) for k in SCORES]
+            rows.append(row)
+        scored = [e for e in entries.values() if not any("failed" in e[c] for c in columns)]
+        if not scored:
+            continue
+        mean = {c: {k: float(np.mean([e[c][k] for e in scored])) for k in (*SCORES, "wall_s")} for c in columns}
+        row = [f"**average ({len(scored)})**", "", "", budget]
+        for column in columns:
+            row += [f"{mean[column]['accuracy']:.2%}", f"{mean[column]['balanced_accuracy']:.2%}",
+                    f"{mean[column]['macro_f1']:.3f}", f"{mean[column]['wall_s']:.0f}"]
+        for other in _peers(columns):
+            row += [f"**{_points(mean[other][k], mean['auto'][k])}**" for k in SCORES]
+        rows.append(row)
+    return rows
 
 
 def _points(a: float, b: float) -> str:
+    """b - a in percentage points (F1 x 100 alike)."""
     return f"{(b - a) * 100:+.1f}"
 
 
-def table(results: dict, budget: str) -> list[list[str]]:
-    rows, deltas = [], []
-    for name, entry in results.items():
-        before, after = entry["previous"], entry["auto"]
-        counts = entry["images"]
-        row = [name, f"{counts['train']}/{counts['val']}/{counts['test']}", budget, *_cells(before), *_cells(after)]
-        if "failed" in before or "failed" in after:
-            rows.append(row + ["-", "-"])
-            continue
-        deltas.append([after[k] - before[k] for k in ("accuracy", "balanced_accuracy")]
-                      + [before["wall_s"], after["wall_s"]])
-        rows.append(row + [_points(before["accuracy"], after["accuracy"]),
-                           _points(before["balanced_accuracy"], after["balanced_accuracy"])])
-    if deltas:
-        mean = np.mean(deltas, axis=0)
-        scored = [e for e in results.values() if "failed" not in e["previous"] and "failed" not in e["auto"]]
-        average = {side: {k: float(np.mean([e[side][k] for e in scored])) for k in ("accuracy", "balanced_accuracy")}
-                   for side in ("previous", "auto")}
-        rows.append([f"**average ({len(deltas)})**", "", budget,
-                     *(f"{average['previous'][k]:.2%}" for k in ("accuracy", "balanced_accuracy")), f"{mean[2]:.0f}",
-                     *(f"{average['auto'][k]:.2%}" for k in ("accuracy", "balanced_accuracy")), f"{mean[3]:.0f}",
-                     f"**{mean[0] * 100:+.1f}**", f"**{mean[1] * 100:+.1f}**"])
-    return rows
+def _names(text: str, known, parser: argparse.ArgumentParser, flag: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        parser.error(f"{flag}: unknown or missing name(s) {', '.join(unknown) or text!r}; choose from "
+                     f"{', '.join(known)}")
+    return names
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", default="90s", help="each run's --time-limit, e.g. 90s or 3m (default: 90s)")
+    parser.add_argument("--budgets", help="comma list of budgets, each data set run at each (e.g. 90s,5m,15m); "
+                        "replaces --budget")
     parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list of {', '.join(DATASETS)}")
+    parser.add_argument("--columns", default=",".join(COLUMNS), help=f"comma list of {', '.join(COLUMNS)} "
+                        "(default: all; they run in that order)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/resnetlab-defaults"),
                         help="data (made once, reused), decoded cache, runs and logs (default: %(default)s)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every data set's image counts (0.2: a "
@@ -302,44 +399,55 @@ def main() -> None:
                         "folders are always kept)")
     parser.add_argument("--seed", type=int, default=0, help="data sets' draws and the runs' --seed")
     args = parser.parse_args()
-    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
-    unknown = [n for n in names if n not in DATASETS]
-    if unknown:
-        parser.error(f"unknown data set(s) {', '.join(unknown)}; choose from {', '.join(DATASETS)}")
+    names = _names(args.datasets, DATASETS, parser, "--datasets")
+    chosen = _names(args.columns, COLUMNS, parser, "--columns")
+    columns = [c for c in COLUMNS if c in chosen]
+    budgets = [b.strip() for b in (args.budgets or args.budget).split(",") if b.strip()]
+    for budget in budgets:
+        try:
+            parse_duration(budget)
+        except ValueError as error:  # ConfigError
+            parser.error(f"budget {budget!r}: {error}")
     if not 0 < args.scale <= 1:
         parser.error(f"--scale must be in (0, 1], got {args.scale}")
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     print(f"host: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads; load average before: {load_average()}")
-    print(f"budget {args.budget} per run, seed {args.seed}, scale {args.scale:g}; work folder {work}", flush=True)
+    print(f"budgets {', '.join(budgets)} per run, columns {', '.join(columns)}, seed {args.seed}, scale "
+          f"{args.scale:g}; work folder {work}", flush=True)
 
-    results: dict[str, dict] = {}
+    results: dict[str, dict[str, dict]] = {}  # name -> budget -> column -> result
     started = time.perf_counter()
-    for name in names:
-        print(f"{name} ({DATASETS[name][0]}):", flush=True)
-        root = prepare(name, work, args.scale, args.seed)
-        entry = {"data": str(root), "images": split_counts(root)}
-        for label, recipe in RECIPES.items():
-            entry[label] = run_one(root, work / "runs" / name / label, recipe, args, work)
-        results[name] = entry
-        # written after every data set: an interrupted run keeps what it measured
-        (work / "defaults.json").write_text(json.dumps({"budget": args.budget, "seed": args.seed,
-                                                        "scale": args.scale, "results": results}, indent=1))
+    for budget in budgets:
+        for name in names:
+            print(f"{name} ({DATASETS[name][0]}), budget {budget}:", flush=True)
+            root = prepare(name, work, args.scale, args.seed)
+            entry = {"data": str(root), "images": split_counts(root), "class_ratio": class_ratio(root)}
+            for column in columns:
+                run_dir = work / "runs" / name / budget / column
+                entry[column] = (run_plain(root, run_dir, budget, args, work) if column == "plain-script"
+                                 else run_one(root, run_dir, RECIPES[column], budget, args, work))
+            results.setdefault(name, {})[budget] = entry
+            # written after every run set: an interrupted benchmark keeps what it measured
+            (work / "defaults.json").write_text(json.dumps({"budgets": budgets, "columns": columns, "seed": args.seed,
+                                                            "scale": args.scale, "results": results}, indent=1))
 
-    print(f"\ndefaults: previous (--recipe {RECIPES['previous']}) vs --recipe {RECIPES['auto']}, --time-limit "
-          f"{args.budget} each, held-out test split; {time.perf_counter() - started:.0f}s in all")
-    print_markdown(["data set", "images train/val/test", "budget", "previous acc", "previous bal. acc",
-                    "previous s", "auto acc", "auto bal. acc", "auto s", "acc diff (points)",
-                    "bal. acc diff (points)"], table(results, args.budget))
-    print("acc: test accuracy of best.pt; bal. acc: balanced accuracy (mean recall per class); s: the train call's "
-          "whole wall time (start-up, decode, epochs, end-of-run validation and report); diff: auto - previous.")
-    print("\nauto's choices:")
-    for name, entry in results.items():
-        lines = entry["auto"]["auto_lines"]
-        print(f"  {name}:" + ("" if lines else " (no 'auto:' lines logged)"))
-        for line in lines:
-            print(f"    {line}")
+    print(f"\ndefaults: {', '.join(columns)}; the same budget each ({', '.join(budgets)}), held-out test split; "
+          f"{time.perf_counter() - started:.0f}s in all")
+    print_markdown(header(columns), table(results, columns, budgets))
+    print("acc, bal. acc (mean recall per class), F1 (macro): on the test split, of best.pt for auto and previous "
+          "(--recipe plain), of the last epoch for plain-script; s: the whole process's wall time (start-up, decode, "
+          "epochs, end-of-run validation and report; the plain script's includes its test pass); train max:min: "
+          "training images in the largest class / the smallest; diff: auto - the other column, in points.")
+    if "auto" in columns:
+        print("\nauto's choices:")
+        for name, by_budget in results.items():
+            for budget, entry in by_budget.items():
+                lines = entry["auto"]["auto_lines"]
+                print(f"  {name}, {budget}:" + ("" if lines else " (no 'auto:' lines logged)"))
+                for line in lines:
+                    print(f"    {line}")
     print(f"\nload average after: {load_average()}; figures in {work / 'defaults.json'}")
     if not args.keep:
         for folder in ("runs", "cache"):

@@ -118,13 +118,18 @@ def write_class_folders(root: Path, per_class: int, seed: int = 0, ext: str = "p
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Each test session gets its own decode cache, so tests never see the user's cache."""
+    """Each test session gets its own decode cache, so tests never see the user's cache; likewise an empty Hugging Face
+    hub cache and no RESNETLAB_WEIGHTS folder, so `--pretrained hub` and the auto recipe's weights lookup find only
+    what a test puts there (HF_HUB_OFFLINE, set above, keeps every test off the network)."""
     monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.getbasetemp() / "hf-hub"))
+    monkeypatch.delenv("RESNETLAB_WEIGHTS", raising=False)
 
 
 @pytest.fixture(autouse=True)
-def _messages_on_stdout():
-    """resnetlab's log messages printed as the CLI prints them, so API calls and CLI runs read alike in capsys."""
+def _messages_on_stderr():
+    """resnetlab's log messages printed (on stderr) as the CLI prints them, even though pytest's own log capture
+    gives the root logger a handler: API calls and CLI runs then read alike in capsys.readouterr().err."""
     configure(0)
 
 

@@ -53,7 +53,7 @@ def test_train_evaluate_predict_on_split_folders(split_folders: Path, tmp_path: 
     out = tmp_path / "eval"
     capsys.readouterr()
     assert main(["evaluate", str(run / "best.pt"), str(split_folders), "--out", str(out), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     # the reloaded checkpoint scores exactly what the in-memory model scored during training
     assert metrics["accuracy"] == pytest.approx(best_acc, abs=1e-6)
@@ -83,7 +83,7 @@ def test_train_evaluate_predict_on_split_folders(split_folders: Path, tmp_path: 
     for r in good:
         probabilities = [float(r["confidence"]), float(r["top2_prob"]), float(r["top3_prob"])]
         assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) == pytest.approx(1, 1e-4)
-    assert "1 failed" in capsys.readouterr().out
+    assert "1 failed" in capsys.readouterr().err
 
 
 def test_csv_and_class_folder_layouts(csv_dataset: Path, class_folders: Path, tmp_path: Path):
@@ -125,7 +125,7 @@ def test_resume_continues_at_the_saved_epoch(split_folders: Path, tmp_path: Path
     assert main(["train", str(split_folders), "--epochs", "2", "--out", str(run), *TRAIN]) == 0
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 0
-    assert "resuming" in capsys.readouterr().out
+    assert "resuming" in capsys.readouterr().err
     assert [int(r["epoch"]) for r in read_csv(run / "metrics.csv")] == [1, 2, 3]
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 3
 

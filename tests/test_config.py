@@ -248,3 +248,33 @@ def test_an_unknown_recipe_name_lists_the_shipped_ones(split_folders: Path, tmp_
     with pytest.raises(ConfigError, match=f"unknown recipe 'missing.yaml'; shipped recipes: {SHIPPED}"):
         recipe_values("missing.yaml")  # neither a file nor a shipped name
     assert recipe_values(None) == {} and recipe_values("") == {}
+
+
+def test_timm_flag_names_are_aliases_of_the_canonical_settings(capsys):
+    """A timm user's command line (train.py's names) sets the same settings; `given` and config.yaml only ever hold
+    the canonical names, and --help lists both."""
+    from resnetlab.cli import build_parser
+    from resnetlab.cli.data import train_config
+
+    args = build_parser().parse_args(["train", "photos/", "--smoothing", "0.1", "--clip-grad", "1", "-b", "64", "-j",
+                                      "2", "--reprob", "0.25", "--model-ema-decay", "0.999", "--grad-accum-steps", "2",
+                                      "--output", "runs/timm"])
+    cfg = train_config(args)
+    assert (cfg.label_smoothing, cfg.grad_clip, cfg.batch_size, cfg.workers, cfg.erase) == (0.1, 1, 64, 2, 0.25)
+    assert (cfg.ema, cfg.accum_steps, cfg.out) == (0.999, 2, "runs/timm")
+    assert set(cfg.given) == {"label_smoothing", "grad_clip", "batch_size", "workers", "erase", "ema", "accum_steps",
+                              "out"}
+    assert train_config(build_parser().parse_args(["train", "photos/", "--smoothing", "0.2"])).to_dict()[
+        "label_smoothing"] == 0.2  # what config.yaml is written from
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for canonical, alias in (("--label-smoothing", "--smoothing"), ("--grad-clip", "--clip-grad"),
+                             ("--batch-size", "-b"), ("--workers", "-j"), ("--erase", "--reprob"),
+                             ("--ema", "--model-ema-decay"), ("--accum-steps", "--grad-accum-steps"),
+                             ("--out", "--output")):
+        metavar = canonical[2:].replace("-", "_").upper()
+        assert f"{canonical} {metavar}, {alias} {metavar}" in text
+    # tune: --out/--output name the study's folder there (as --out did), -j stays the decode workers of each trial
+    tune = build_parser().parse_args(["tune", "photos/", "--output", "study", "-j", "3"])
+    assert tune.study_out == "study" and tune.workers == 3 and "out" not in vars(tune)

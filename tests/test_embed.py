@@ -47,7 +47,7 @@ def embed(*argv: str) -> int:
 def test_npz_holds_the_head_input_and_matches_classifier_embed(trained_run, photos: Path, tmp_path: Path, capsys):
     out = tmp_path / "out" / "embeddings.npz"
     assert embed(trained_run.checkpoint, photos, "--out", out) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "zz broken.jpg: not an image" in printed and "skipped 1 unreadable file(s)" in printed
     data = np.load(out)  # plain arrays: no allow_pickle needed
     assert [str(Path(p).relative_to(photos).as_posix()) for p in data["paths"]] == [name for name, _ in EXPECTED]
@@ -172,6 +172,6 @@ def test_cli_subprocess(trained_run, photos: Path, tmp_path: Path):
     done = run([sys.executable, "-m", "resnetlab", "embed", str(trained_run.checkpoint), str(photos), "--out", str(out),
                 "--workers", "1", "--batch-size", "2", "--no-progress"], timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "zz broken.jpg" in done.stdout and "embedded 5 of 6 image(s)" in done.stdout
+    assert "zz broken.jpg" in done.stderr and "embedded 5 of 6 image(s)" in done.stderr  # messages: stderr
     with open(out, newline="", encoding="utf-8") as handle:
         assert [row["label"] for row in csv.DictReader(handle)] == [label for _, label in EXPECTED]

@@ -156,7 +156,7 @@ def test_cli_export_flags_and_errors(exported, tmp_path, capsys):
     out = tmp_path / "nested" / "model.torchscript.pt"
     assert main(["export", str(exported["checkpoint"]), "--format", "torchscript", "--out", str(out)]) == 0
     assert out.is_file() and Path(str(out) + ".json").is_file()
-    assert "max |torchscript - PyTorch|" in capsys.readouterr().out
+    assert "max |torchscript - PyTorch|" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing.pt"), "--format", "onnx"]) == 1  # bad input, not usage
     assert "resnetlab export: error: checkpoint not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -116,7 +116,7 @@ def test_a_full_cache_disk_falls_back_to_memory_with_one_warning(tmp_path: Path,
     monkeypatch.setattr(cache.os, "posix_fallocate", no_space)
     decoded = decode_split(split, 16, cache_dir=str(tmp_path / "cache"), workers=1, progress=False)
     assert len(decoded) == len(split) and decoded.cache_file is None
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert out.count("warning: cannot cache in") == 1 and "No space left on device" in out
     assert not list((tmp_path / "cache").glob("*"))  # no temp array left behind
 
@@ -241,7 +241,7 @@ def test_a_start_that_failed_before_any_checkpoint_does_not_block_its_folder(tmp
     for i, path in enumerate(sorted((data / "red").iterdir())):
         make_image(np.random.default_rng(i), TOY_CLASSES["red"]).save(path, format="PNG")
     assert main(["train", str(data), "--out", str(out), "--epochs", "1", *CLI_TINY]) == 0
-    assert "reusing" in capsys.readouterr().out and (out / "best.pt").is_file()
+    assert "reusing" in capsys.readouterr().err and (out / "best.pt").is_file()
 
 
 def test_predict_on_an_empty_folder_and_onnx_with_tta_are_clear_errors(tmp_path: Path, split_folders: Path,

@@ -170,7 +170,7 @@ def test_balance_reaches_the_training_loss_and_batches_and_dataset_norm(tmp_path
         assert main(["train", str(root), "--balance", balance, "--norm", "dataset", "--epochs", "1", "--out",
                      str(tmp_path / balance), "--img-size", "16", "--width", "0.25", "--batch-size", "16",
                      "--no-progress", "--workers", "1", "--val-split", "0.2"]) == 0
-        printed = capsys.readouterr().out
+        printed = capsys.readouterr().err
         assert "red=5" in printed or "red=4" in printed, "class counts are printed at the start"
         saved = torch.load(tmp_path / balance / "best.pt", weights_only=True)
         assert saved["mean"] != [0.485, 0.456, 0.406] and all(0 < s < 1 for s in saved["std"])

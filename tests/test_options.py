@@ -87,12 +87,12 @@ def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
 
 def test_exit_codes_quiet_and_allow_errors(split_folders: Path, tmp_path: Path, capsys):
     assert main(["train", str(split_folders), "--out", str(tmp_path / "r"), "--epochs", "1", "-q", *CLI_TINY]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "epoch" not in out and "data:" not in out  # --quiet: warnings and errors only
     (split_folders / "Val" / "red" / "broken.png").write_bytes(b"not an image")
     inputs = [str(tmp_path / "r" / "best.pt"), str(split_folders / "Val")]
     assert main(["predict", *inputs, "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 1
-    assert "1 failed" in capsys.readouterr().out
+    assert "1 failed" in capsys.readouterr().err
     assert main(["predict", *inputs, "--out", str(tmp_path / "p.csv"), "--no-progress", "--allow-errors"]) == 0
     assert main(["evaluate", str(tmp_path / "missing.pt"), str(split_folders), "--no-progress"]) == 1  # bad input
     assert main(["train", str(split_folders), "--epochs", "0", "--out", str(tmp_path / "z")]) == 2  # usage

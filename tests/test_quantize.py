@@ -36,7 +36,7 @@ def test_int8_export_is_quantised_checked_and_used_like_a_checkpoint(model, tmp_
                                                              validation["accuracy_exported"]))
     ops = {node.op_type for node in onnx.load(out).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # really int8, in QDQ form
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "validation accuracy on 24 images: PyTorch" in printed and "exported" in printed
     # the int8 file predicts and evaluates like a checkpoint, on the split the run validated on
     assert main(["predict", str(out), str(data / "Val"), "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 0

@@ -43,8 +43,8 @@ def _scripted(scores: dict[str, float]):
     def train_candidate(cfg: TrainConfig, source) -> list[dict]:  # noqa: ANN001
         name = cfg.out.rsplit("/", 1)[-1]
         calls.append((name, cfg.time_limit, len(source.splits["train"])))
-        return [{"epoch": 1, "val_acc": scores[name] / 2, "val_f1": scores[name] / 2},
-                {"epoch": 2, "val_acc": scores[name], "val_f1": scores[name]}]
+        return [{"epoch": 1, "val_acc": scores[name] / 2, "val_f1": scores[name] / 2, "img_per_s": 10.0},
+                {"epoch": 2, "val_acc": scores[name], "val_f1": scores[name], "img_per_s": 10.0}]
 
     train_candidate.calls = calls
     return train_candidate
@@ -63,6 +63,7 @@ def test_the_best_candidate_wins_by_more_than_the_noise_and_a_tie_keeps_the_rule
     assert (won.width, won.aug) == (1.0, "flip") and won.chosen["race"]["value"] == "plain"
     assert won.chosen["width"]["why"] == "race: plain" and len(won.chosen["race"]["table"]) == 2
     assert won.time_limit == "590s"  # the race's own time comes out of the budget
+    assert won.epochs == int(0.8 * 590 * 10 / 144)  # planned from the winner's own speed in the race
     tie = race(cfg, toy_source, tmp_path, _scripted({"rules": 0.80, "plain": 0.82}), proposed=proposed)
     assert (tie.width, tie.aug) == (0.5, "light") and tie.chosen["race"]["value"] == "rules"
     assert "cannot separate" in tie.chosen["race"]["why"]  # 36 validation images: 2 points is noise
@@ -101,3 +102,28 @@ def test_race_off_keeps_the_rule_choice(tmp_path, monkeypatch, no_figures):
     assert "race" not in saved["chosen"] and saved["race"] == "off"
     # 6 validation images: best.pt is the last epoch of the finished schedule, and the log says why
     assert saved["best_metric"] == "last" and "one image moves" in saved["chosen"]["best_metric"]["why"]
+
+
+def test_auto_fine_tunes_imagenet_weights_found_offline_and_says_why(tmp_path, monkeypatch, no_figures):
+    import timm
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    imagenet = timm.create_model("resnet18", pretrained=False, num_classes=1000)
+    save_file(imagenet.state_dict(), str(folder / "resnet18.safetensors"))  # a generated stand-in, timm's names
+    monkeypatch.setenv("RESNETLAB_WEIGHTS", str(folder))
+    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (96 + i, 80), colour).save(tmp_path / "photos" / name / f"{i}.jpg")
+    result = resnetlab.train(data=str(tmp_path / "photos"), out=str(tmp_path / "run"), epochs=1, img_size=72,
+                             batch_size=4, workers=1, progress=False, cache_dir=str(tmp_path / "cache"))
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["pretrained"] == str(folder / "resnet18.safetensors") and saved["norm"] == "imagenet"
+    assert "RESNETLAB_WEIGHTS" in saved["chosen"]["pretrained"]["why"] and saved["width"] == 1.0
+    monkeypatch.delenv("RESNETLAB_WEIGHTS")
+    scratch = resnetlab.train(data=str(tmp_path / "photos"), out=str(tmp_path / "scratch"), epochs=1, img_size=72,
+                              batch_size=4, workers=1, progress=False, cache_dir=str(tmp_path / "cache"))
+    assert yaml.safe_load((scratch.run_dir / "config.yaml").read_text(encoding="utf-8"))["pretrained"] is None

@@ -255,7 +255,7 @@ def test_lr_find_suggests_its_curves_steepest_fall_and_lr_auto_trains_with_it(sp
     assert 12 <= len(rows) <= steps and lrs[0] == pytest.approx(1e-6)
     growth = (10 / 1e-6) ** (1 / (steps - 1))  # exponential from 1e-6 to 10 over the sweep
     assert np.allclose(np.diff(np.log(lrs)), np.log(growth))
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     suggested = float(printed.split("suggested learning rate for sgd: ")[1].split()[0])
     assert suggested == pytest.approx(_steepest_descent(lrs, losses), rel=5e-3)  # printed with 3 digits
     assert _steepest_descent(lrs, losses) in lrs[:int(np.argmin(losses)) + 1]  # a swept LR before the minimum
@@ -265,7 +265,7 @@ def test_lr_find_suggests_its_curves_steepest_fall_and_lr_auto_trains_with_it(sp
     saved = yaml.safe_load((run / "config.yaml").read_text())
     rows = read_csv(run / "lr_find.csv")
     assert saved["lr"] == _steepest_descent([float(r["lr"]) for r in rows], [float(r["smoothed_loss"]) for r in rows])
-    assert f"--lr auto: the range test suggests {saved['lr']:.3g}" in capsys.readouterr().out
+    assert f"--lr auto: the range test suggests {saved['lr']:.3g}" in capsys.readouterr().err
     last = torch.load(run / "last.pt", weights_only=True)
     assert {group["initial_lr"] for group in last["optimizer"]["param_groups"]} == {saved["lr"]}  # the peak LR
 

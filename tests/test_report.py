@@ -139,12 +139,12 @@ def test_a_gallery_that_fails_costs_neither_the_metrics_nor_the_other_gallery(tm
     metrics = write_evaluation(model, meta, DecodedSplit(images, labels, np.arange(12)), split, tmp_path,
                                device=torch.device("cpu"), progress=False)
     assert metrics["accuracy"] < 1.0  # there are mistakes to draw
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert f"could not draw {tmp_path / 'misclassified.png'}" in printed and "Conv2d" in printed
     assert (tmp_path / "predictions.png").is_file() and (tmp_path / "metrics.json").is_file()
     assert not (tmp_path / "misclassified.png").exists()
     _print_summary(metrics, classes, tmp_path)
-    wrote = capsys.readouterr().out.strip().splitlines()[-1]
+    wrote = capsys.readouterr().err.strip().splitlines()[-1]
     assert wrote.startswith("wrote ") and "predictions.png" in wrote and "misclassified.png" not in wrote
 
 
@@ -218,7 +218,7 @@ def test_evaluate_outside_the_run_writes_its_own_report_and_cli_report(tmp_path:
     assert "evaluation folder" in page and "predictions.png" in page and "MACs per image" in page
     target = tmp_path / "copy.html"
     assert main(["report", str(run["dir"]), "--out", str(target)]) == 0
-    assert str(target) in capsys.readouterr().out and target.stat().st_size > 10_000
+    assert str(target) in capsys.readouterr().err and target.stat().st_size > 10_000
     assert main(["summary", str(run["dir"] / "best.pt")]) == 0  # the checkpoint's own model and image size
     printed = capsys.readouterr().out
     assert "resnet18 at 16x16 px" in printed and "32x16x16" not in printed

@@ -100,7 +100,7 @@ def test_training_skips_bad_files_and_strict_refuses(messy: Path, tmp_path: Path
     assert result.epochs_done == 1
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert {Path(s["path"]).name for s in report["skipped"]} == {"zero.png", "page.jpg", "cut.jpg", "bomb.png"}
-    assert "skipped 4 unreadable image(s)" in capsys.readouterr().out
+    assert "skipped 4 unreadable image(s)" in capsys.readouterr().err
     assert main(["train", str(messy), "--strict", "--out", str(tmp_path / "strict"), *CLI_TINY]) == 1
     assert "--strict: 4 unreadable image(s)" in capsys.readouterr().err
 
@@ -156,7 +156,7 @@ def test_resume_is_bitwise_exact_after_an_epoch_and_mid_epoch(split_folders: Pat
 
 def test_save_every_writes_mid_epoch_checkpoints(split_folders: Path, tmp_path: Path, capsys, no_figures):
     resnetlab.train(data=str(split_folders), out=str(tmp_path / "r"), epochs=1, save_every=2, **TINY)
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "at epoch 1, step 2" in out and "step 4" not in out  # the epoch's end writes last.pt anyway
 
 

@@ -65,3 +65,16 @@ def test_resnetlab_train_and_resnetlab_train_write_the_same_config(tmp_path, no_
         values.pop("out")
     assert saved[0] == saved[1]
     assert saved[0]["recipe"] == "auto" and "opt" in saved[0]["chosen"]  # auto, from both entry points
+
+
+def test_a_resume_from_another_folder_finds_moved_data_when_it_is_given(tmp_path, monkeypatch, no_figures):
+    write_class_folders(tmp_path / "here" / "toy", 8)
+    monkeypatch.chdir(tmp_path / "here")
+    first = resnetlab.train(data="toy", out=str(tmp_path / "run"), recipe="plain", stop_after_steps=1,
+                            cache_dir=str(tmp_path / "cache"), **{**TINY, "epochs": 2})
+    saved = yaml.safe_load((first.run_dir / "config.yaml").read_text(encoding="utf-8"))
+    assert first.stopped == "steps" and saved["data"] == str((tmp_path / "here" / "toy").resolve())
+    (tmp_path / "here" / "toy").rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    resumed = resnetlab.train(resume=str(tmp_path / "run"), data=str(tmp_path / "moved"), progress=False)
+    assert resumed.stopped is None and resumed.epochs_done == 2

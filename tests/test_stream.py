@@ -52,7 +52,7 @@ def test_an_unreadable_file_is_left_out_of_its_batch_and_listed(class_folders: P
     seen = torch.cat([i for _, _, i in streamed.epoch(0)])
     assert 5 not in seen.tolist() and len(seen) == len(split) - 1
     assert [entry["path"] for entry in streamed.skipped_files()] == [broken]
-    assert broken in capsys.readouterr().out
+    assert broken in capsys.readouterr().err
     strict = StreamBatches(split, 16, workers=0, batch_size=8, device=CPU, mean=[0.5] * 3, std=[0.25] * 3,
                            strict=True)
     with pytest.raises(DataError, match=f"--strict: unreadable image {re.escape(broken)}: not an image"):
@@ -80,7 +80,7 @@ def test_a_streamed_run_trains_and_reports_its_skipped_files(tmp_path: Path, cap
     broken.write_bytes(b"GIF89a truncated")
     result = resnetlab.train(data=str(data), out=str(tmp_path / "run"), epochs=3, loader="stream", norm="dataset",
                              img_size=16, width=0.25, batch_size=16, progress=False, workers=2, lr=0.05, seed=1)
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "data path: streamed" in out and "2 DataLoader workers" in out
     assert "skipped 1 unreadable training image(s) while streaming" in out and str(broken) in out
     assert result.best_val_acc >= 0.9, out

@@ -112,7 +112,7 @@ def test_mlflow_server_gets_params_metrics_tags_artifacts_and_a_resume_continues
 def test_a_tracker_that_is_down_costs_one_warning_and_nothing_else(split_folders: Path, tmp_path: Path, capsys):
     closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     result = resnetlab.train(data=str(split_folders), out=str(tmp_path / "down"), epochs=1, mlflow=closed, **TINY)
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert out.count("warning: mlflow: could not") == 1 and "the run and its files go on" in out
     assert result.stopped is None and result.best_checkpoint.is_file() and (result.run_dir / "report.html").is_file()
 

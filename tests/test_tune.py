@@ -184,7 +184,7 @@ def test_study_resumes_prunes_survives_a_lost_machine_and_best_yaml_trains_the_s
     assert first[1].params == {"lr": 0.1}  # the starting settings go first
 
     assert main(command + ["--trials", "30"]) == 0  # the same study, a higher total: it resumes
-    output = capsys.readouterr().out
+    output = capsys.readouterr().err
     resumed = _trials(out, "toy-search")
     assert len(resumed) > len(first)
     assert [(t.number, t.state, t.params) for t in resumed[:len(first)]] == [(t.number, t.state, t.params)

@@ -57,7 +57,15 @@ class TorchBackend:
 
 
 class Classifier:
-    """A trained model with its preprocessing: give it paths, PIL images or image tensors."""
+    """A trained model with its preprocessing: give it paths, PIL images or image tensors.
+
+    Example::
+
+        import resnetlab
+        clf = resnetlab.load("runs/photos/best.pt")      # a resnetlab.Classifier
+        best = clf.predict(["photos/cat/1.jpg"])[0]
+        print(best.label, clf.classes)
+    """
 
     def __init__(self, backend: TorchBackend | ExportedBackend, meta: ModelMeta):
         self.backend, self.meta = backend, meta
@@ -149,7 +157,14 @@ def load(path: str | Path, *, device: str = "auto", arch: str | None = None, cla
          img_size: int | None = None, tta: str = "none", checkpoint: dict | None = None) -> Classifier:
     """A Classifier from a resnetlab checkpoint (or a bare state_dict with ``arch`` and ``classes``), or from an
     exported file (``.onnx`` in onnxruntime, ``.xml`` in OpenVINO, ``.torchscript`` in torch.jit). ``tta``
-    (flip, flip-crop) averages flipped/shifted views."""
+    (flip, flip-crop) averages flipped/shifted views.
+
+    Example::
+
+        import resnetlab
+        clf = resnetlab.load("runs/photos/best.pt", device="cpu")   # or best.onnx, best.xml
+        print(clf.predict(["photos/cat/1.jpg"])[0].label)
+    """
     if runtime_of(path):
         if tta != "none":
             raise ConfigError(f"--tta needs a PyTorch checkpoint; {Path(path).name} runs as exported")

@@ -216,7 +216,7 @@ class TrainConfig:
                 raise ConfigError(f"{f.name} = {value!r} is not one of: {', '.join(choices)}")
             _check_type(f.name, str(f.type), value)
         if isinstance(self.pretrained, str) and self.pretrained.lower() in ("none", ""):
-            object.__setattr__(self, "pretrained", None)  # --pretrained none: random weights, e.g. to override a recipe's
+            object.__setattr__(self, "pretrained", None)  # --pretrained none: random weights (over a recipe)
         if isinstance(self.lr, str) and self.lr != "auto":
             try:
                 object.__setattr__(self, "lr", float(self.lr))  # normalised while built, frozen after

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from .checkpoint import ModelMeta
 from .classifier import Classifier, from_model, load
@@ -23,7 +23,7 @@ from .data.images import expand_inputs
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .engine import resolve_device
 from .errors import ConfigError, DataError, ImageReadError, ModelError
-from .fileio import atomic_open, atomic_path
+from .fileio import atomic_open, atomic_path, readable, writable_file
 from .log import logger, progress_enabled
 from .models import ModelSpec, build_model, default_crop, load_matching, read_state_dict
 
@@ -88,9 +88,18 @@ def embed_files(checkpoint: str | Path | None, inputs: Iterable[str], *, out: st
                 workers: int | None = None, progress: bool = True) -> dict:
     """Write paths, labels and pooled features of every readable input image to ``out`` (atomically); unreadable
     files are skipped with a warning. ``arch`` + ``pretrained`` (+ ``img_size``, default 224) instead of
-    ``checkpoint``: a timm network with local weights."""
+    ``checkpoint``: a timm network with local weights. (``resnetlab.embed`` is this function.)
+
+    Example::
+
+        import numpy as np
+        import resnetlab
+        resnetlab.embed("runs/photos/best.pt", ["photos/"], out="embeddings.npz")
+        features = np.load("embeddings.npz")["features"]   # N x D pooled backbone features
+    """
     inputs = [str(item) for item in inputs]
     suffix = check_output(out)  # before the model loads: a typo costs nothing
+    out = writable_file(out, example="embeddings.npz")  # and a folder that cannot be written, before the work
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if batch_size < 1:
@@ -116,8 +125,6 @@ def embed_files(checkpoint: str | Path | None, inputs: Iterable[str], *, out: st
     matrix = (torch.nn.functional.normalize(matrix, dim=1) if normalize else matrix).numpy().astype(DTYPES[dtype])
     info = {"model": classifier.meta.spec.arch, "source": classifier.meta.source,
             "img_size": str(classifier.meta.img_size)}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     _WRITERS[suffix](out, [path for path, _ in rows], [label for _, label in rows], matrix, info)
     if skipped:
         logger.warning(f"skipped {len(skipped)} unreadable file(s): {'; '.join(skipped[:10])}"
@@ -178,7 +185,9 @@ def _write_csv(out: Path, paths: list[str], labels: list[str], features: np.ndar
 
 
 def _write_parquet(out: Path, paths: list[str], labels: list[str], features: np.ndarray, info: dict) -> None:
-    columns = {"path": paths, "label": labels, **{f"f{j}": features[:, j] for j in range(features.shape[1])}}
+    # Parquet strings must be valid UTF-8: a name that is not is shown as \xNN, as in the .csv (fileio.NAME_BYTES)
+    columns = {"path": [readable(p) for p in paths], "label": [readable(label) for label in labels],
+               **{f"f{j}": features[:, j] for j in range(features.shape[1])}}
     with atomic_path(out) as tmp:
         try:
             import pyarrow

@@ -62,3 +62,10 @@ class ServeError(ResnetlabError, ValueError):
 
 class ReportError(ResnetlabError, ValueError):
     """The report cannot be built (no such folder); the message names it."""
+
+
+def one_line(err: BaseException) -> str:
+    """``TypeName: first line of its message`` (at most 400 characters): a library's exception inside our one-line
+    error message."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:400]

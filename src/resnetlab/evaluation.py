@@ -50,7 +50,14 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
              cache_dir: str | None = None, amp: str = "auto", tta: str = "none", progress: bool = True,
              mlflow: str | None = None) -> dict:
     """Metrics of ``checkpoint`` on ``split`` of ``data``; files are written to ``out``. ``mlflow`` ("auto" or a
-    URI): the metrics are also logged, as SPLIT_NAME, to the MLflow run that trained the checkpoint."""
+    URI): the metrics are also logged, as SPLIT_NAME, to the MLflow run that trained the checkpoint.
+
+    Example::
+
+        import resnetlab
+        metrics = resnetlab.evaluate("runs/photos/best.pt", "photos/", split="val")  # files in runs/photos/eval-val
+        print(metrics["accuracy"], metrics["macro_avg"]["f1"])
+    """
     require_at_least("--batch-size", batch_size)
     torch_device = resolve_device(device)
     exported = runtime_of(checkpoint) is not None

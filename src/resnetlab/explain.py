@@ -26,6 +26,7 @@ from .data.sources import open_data
 from .data.splits import SplitData, relabel, select_split
 from .data.transforms import to_rgb_array
 from .errors import DataError, ExplainError, ImageReadError
+from .fileio import NAME_BYTES
 from .log import logger
 from .metrics import rank_mistakes
 from .multilabel.outputs import explain_label_sets
@@ -75,7 +76,11 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
             classes: list[str] | None = None, img_size: int | None = None, progress: bool = True) -> dict:
     """Heat maps for image files/folders, or for the ``limit`` most confident mistakes of ``split`` of
     ``misclassified`` (a data set). Writes one overlay PNG per image, explain_grid.png and explain.csv to ``out``
-    (default: CHECKPOINT_DIR/explain, or CHECKPOINT_DIR/explain-misclassified-SPLIT)."""
+    (default: CHECKPOINT_DIR/explain, or CHECKPOINT_DIR/explain-misclassified-SPLIT). Example::
+
+        import resnetlab
+        resnetlab.explain("runs/photos/best.pt", misclassified="photos/", limit=8)  # the most confident mistakes
+    """
     cam_class(method)
     if bool(inputs) == bool(misclassified):
         raise ExplainError("give image files/folders or --misclassified DATA (one of the two)")
@@ -129,7 +134,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
     rows += [(entry.get("number", total), [entry["path"], "", "", "", "", "", entry["reason"]]) for entry in skipped]
     rows = [row for _, row in sorted(rows, key=lambda pair: pair[0])]
 
-    with open(out_dir / "explain.csv", "w", newline="", encoding="utf-8") as handle:
+    with open(out_dir / "explain.csv", "w", newline="", encoding="utf-8", errors=NAME_BYTES) as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "overlay", "true", "predicted", "probability", "target", "error"])
         writer.writerows(rows)

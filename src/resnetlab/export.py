@@ -12,6 +12,7 @@ mean/std and the input layout, so a consumer needs nothing else.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import tempfile
@@ -25,8 +26,9 @@ import torch
 from .checkpoint import load_model, read_checkpoint
 from .classifier import from_model, load_exported
 from .config import require_at_least
+from .data.builtin import BUILTIN_NAMES
 from .errors import ConfigError, ExportError
-from .fileio import write_text
+from .fileio import writable_file, write_json
 from .log import logger
 from .openvino_ir import embed_ir, move_ir, write_ir
 from .quantize import CALIBRATION_METHODS, ExportData, quantize_int8
@@ -48,20 +50,28 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", out: str | Pat
     """Write the model and its sidecar: checked against PyTorch's logits on random images, and (``check``, when
     the run's data is there; always for ``quantize="int8"``) against the original's accuracy on the validation
     split. A drop of more than ``max_drop`` points refuses the export: nothing is written. ``half``: fp16
-    weights and math (float32 input and output), for GPUs; with OpenVINO, fp16 weights computed in fp32."""
+    weights and math (float32 input and output), for GPUs; with OpenVINO, fp16 weights computed in fp32.
+    (``resnetlab.export`` is this function.)
+
+    Example::
+
+        import resnetlab
+        resnetlab.export("runs/photos/best.pt", format="onnx")   # runs/photos/best.onnx + best.onnx.json
+        clf = resnetlab.load("runs/photos/best.onnx")            # predicts like the checkpoint, in onnxruntime
+    """
     _check_options(format, quantize, half, calib_method)
     require_at_least("--calib-images", calib_images)
+    out = _checked_out(checkpoint, out, format)  # before any work: a bad --out costs nothing
     payload = read_checkpoint(checkpoint) if Path(checkpoint).suffix != ".safetensors" else None
     model, meta = load_model(checkpoint, device="cpu", arch=arch, classes=classes, img_size=img_size,
                              checkpoint=payload)
     model = model.float().eval()
-    out = Path(out) if out else Path(checkpoint).with_suffix(FORMATS[format])
-    out.parent.mkdir(parents=True, exist_ok=True)
     saved = (payload or {}).get("config") or {}
     images = None
-    if quantize or (check and (data or saved.get("data"))):
+    data = _run_data(saved, data, needed=bool(quantize)) if check or quantize else None
+    if quantize or (check and data):
         images = ExportData.open(saved, data, meta.classes, meta.img_size, workers, meta.crop)
-    elif check:
+    elif check and not saved.get("data"):
         logger.warning("no data to check the export's accuracy on (pass --data DATA); only its logits are compared")
     info = describe(meta, format, dynamic_batch=dynamic_batch or format in ("torchscript", "openvino"))
     # how the run split its data: evaluate on the exported file opens the same validation split
@@ -81,13 +91,41 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", out: str | Pat
         else:
             os.replace(written, out)
     sidecar = sidecar_path(out)
-    write_text(sidecar, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    write_json(sidecar, info)
     worst, sizes = info["check"]["max_abs_diff_logits"], info["check"]["batch_sizes"]
     logger.info(f"exported {format} {info['precision']} to {out} (+ {sidecar.name}); max |{format} - PyTorch| on "
                 f"logits = {worst:.1e} for batch sizes {sizes}" + (" (the fp32 graph, before quantisation)"
                                                                     if quantize else ""))
     return {"path": str(out), "sidecar": str(sidecar), "format": format, "max_abs_diff": worst,
             "batch_sizes": sizes, "validation": info.get("validation"), "precision": info["precision"]}
+
+
+def _checked_out(checkpoint: str | Path, out: str | Path | None, format: str) -> Path:
+    """The file to write: a file name (not a folder) in a folder that can be written; OpenVINO's writer takes
+    only an .xml name (the .bin goes beside it)."""
+    out = Path(out) if out else Path(checkpoint).with_suffix(FORMATS[format])
+    if format == "openvino" and out.suffix.lower() != ".xml" and not out.is_dir():
+        raise ConfigError(f"--out {out}: --format openvino writes an .xml file (and its .bin beside it); e.g. --out "
+                          f"{out.with_suffix('.xml')}")
+    return writable_file(out, example=Path(checkpoint).stem + FORMATS[format])
+
+
+def _run_data(saved: dict, data: str | None, *, needed: bool) -> str | None:
+    """What the accuracy check (and int8 calibration) reads: ``data``, else the run's data set when it is there.
+    Older runs stored the path as typed, relative to the folder training ran in: from elsewhere it is not found,
+    and the check is skipped with a warning (int8 needs the images: refused, naming --data)."""
+    if data or not saved.get("data"):
+        return data
+    spec = str(saved["data"])
+    if Path(spec).expanduser().exists() or spec.lower() in BUILTIN_NAMES:
+        return spec
+    where = f"{spec} (from {os.getcwd()})" if not Path(spec).is_absolute() else spec
+    if needed:
+        raise ExportError(f"--quantize int8 calibrates on the run's training images, but its data {where} is not "
+                          "there; pass --data DATA")
+    logger.warning(f"the run's data {where} is not there: the accuracy check is skipped (pass --data DATA to run "
+                   "it); the logits are still compared with PyTorch's")
+    return None
 
 
 def _check_options(format: str, quantize: str | None, half: bool, calib_method: str) -> None:
@@ -230,4 +268,13 @@ def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, out: Path
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, example)
-        torch.jit.save(traced, str(out), _extra_files={f"{METADATA_KEY}.json": json.dumps(info, ensure_ascii=False)})
+        # serialised in memory, written by Python: torch.jit.save into a file on a full disk throws from a C++
+        # destructor, which aborts the process (exit 134) and leaves the temp folder behind
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={f"{METADATA_KEY}.json": json.dumps(info, ensure_ascii=False)})
+    try:
+        out.write_bytes(buffer.getbuffer())
+    except OSError as err:  # out is in the caller's temp folder, which its folder holds: name that one
+        raise ExportError(f"TorchScript export of {info['model_spec']['arch']} failed: could not write "
+                          f"{len(buffer.getbuffer()) / 2**20:.1f} MiB in {out.parent.parent}: "
+                          f"{err.strerror or err}") from None

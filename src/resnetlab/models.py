@@ -8,9 +8,6 @@
 from __future__ import annotations
 
 import difflib
-import logging
-import os
-import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +16,8 @@ import torch
 from torch import nn
 
 from .data.images import CROP_MODES, SMALL_SIZE, Crop, default_layout_and_crop
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, one_line
+from .hub import available_weights, hub_state_dict  # noqa: F401 - available_weights: public here too
 
 SMALL_STEM_MAX_SIZE = 64  # the auto stem is the small one at or below this image size
 _PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -159,7 +157,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - unpickling refusals and truncated files both land here
-        reason = _short(err) if path.suffix == ".safetensors" else torch_load_failure(path, err)
+        reason = one_line(err) if path.suffix == ".safetensors" else torch_load_failure(path, err)
         raise ModelError(f"cannot read weights from {path}: {reason}") from None
     for key in ("model", "state_dict", "model_state_dict", "ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -200,11 +198,6 @@ def _strip_prefix(key: str) -> str:
     return key
 
 
-def _short(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:400]
-
-
 def load_pretrained(model: nn.Module, source: str, spec: ModelSpec,
                     state: dict[str, torch.Tensor] | None = None) -> list[str]:
     """Load ImageNet-style weights into ``model``; returns notes about what was re-initialised. ``state``: the
@@ -212,38 +205,6 @@ def load_pretrained(model: nn.Module, source: str, spec: ModelSpec,
     if state is None:
         state = hub_state_dict(spec.arch) if source == "hub" else read_state_dict(source)
     return load_matching(model, state, source)
-
-
-def hub_state_dict(arch: str) -> dict[str, torch.Tensor]:
-    """``arch``'s ImageNet weights from the Hugging Face hub (timm), or a ModelError saying what to pass instead."""
-    quiet = [logging.getLogger(name) for name in ("huggingface_hub", "timm", "urllib3", "httpx")]
-    levels = [logger.level for logger in quiet]
-    for logger in quiet:  # the hub client logs each failed retry with a traceback; we report once
-        logger.setLevel(logging.CRITICAL)
-    try:
-        _check_hub_reachable()
-        return timm.create_model(arch, pretrained=True).state_dict()
-    except Exception as err:  # noqa: BLE001 - no network, missing hub package, unknown tag...
-        raise ModelError(f"could not download pretrained weights for {arch} from the hub ({_short(err)}). "
-                         f"Offline? Pass a weights file: --pretrained FILE (a timm or torchvision {arch} state dict, "
-                         f".pth or .safetensors; saved where there is network with torch.save(timm.create_model("
-                         f"'{arch}', pretrained=True).state_dict(), '{arch}.pth')), or --pretrained none to start "
-                         "from random weights") from None
-    finally:
-        for logger, level in zip(quiet, levels):
-            logger.setLevel(level)
-
-
-def _check_hub_reachable() -> None:
-    """Fail in a second rather than after the hub client's ~50 s of retries when there is no network."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise OSError("HF_HUB_OFFLINE is set")
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    host, _, port = endpoint.partition(":")
-    try:
-        socket.create_connection((host, int(port or 443)), timeout=5).close()
-    except OSError as err:
-        raise OSError(f"cannot reach {host}: {err}") from None
 
 
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from .cam import cams_for_batch, overlay, overlay_name, save_png
 from .classifier import Classifier, Prediction, load
@@ -21,6 +21,7 @@ from .data.cache import decode_split
 from .data.images import expand_inputs, open_rgb
 from .data.splits import SplitData
 from .errors import ConfigError, DataError, ImageReadError
+from .fileio import NAME_BYTES, writable_file
 from .log import logger, progress_enabled
 from .multilabel.outputs import predict_label_sets
 
@@ -34,7 +35,13 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
     """Write one CSV row per input file; unreadable files get an ``error`` and the rest still run.
 
     ``cam``: a folder that gets a Grad-CAM overlay PNG of the predicted class per image (explain.py), its path in
-    a ``cam`` column before ``error``.
+    a ``cam`` column before ``error``. Returns counts and the CSV's path. (``resnetlab.predict`` is this function.)
+
+    Example::
+
+        import resnetlab
+        summary = resnetlab.predict("runs/photos/best.pt", ["new_photos/"], out="predictions.csv", topk=3)
+        print(summary["predicted"], "images predicted")
     """
     require_at_least("--batch-size", batch_size)  # before the model is loaded
     classifier = load(checkpoint, device=device, arch=arch, classes=classes, img_size=img_size, tta=tta)
@@ -51,14 +58,12 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
     if cam_dir:
         cam_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
-    out = Path(out)
-    if out.parent != Path(""):
-        out.parent.mkdir(parents=True, exist_ok=True)
+    out = writable_file(out, example="predictions.csv")  # before any image is decoded
     if classifier.meta.task == "multilabel":  # label sets and a probability per label (multilabel/outputs.py)
         return predict_label_sets(classifier, files, out=out, batch_size=batch_size, workers=workers,
                                   progress=progress, cam=cam_dir)
     counts: dict[str, int] = {}
-    with open(out, "w", newline="", encoding="utf-8") as handle:
+    with open(out, "w", newline="", encoding="utf-8", errors=NAME_BYTES) as handle:  # latin1_\xe9.png shown
         writer = csv.writer(handle)
         writer.writerow(header)
         bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress_enabled(progress), leave=False)

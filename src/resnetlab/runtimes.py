@@ -19,7 +19,7 @@ import torch
 from .checkpoint import ModelMeta
 from .errors import ExportError
 from .models import ModelSpec
-from .sidecar import METADATA_KEY, read_sidecar
+from .sidecar import METADATA_KEY, read_sidecar, sidecar_path
 
 RUNTIMES = {".onnx": "onnxruntime", ".xml": "openvino", ".torchscript": "torchscript"}
 
@@ -124,7 +124,9 @@ def _onnx(path: Path) -> OnnxBackend:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         raise ExportError(f"cannot load ONNX model {path}: {str(err)[:300]}") from None
-    return OnnxBackend(session, path, read_sidecar(path, session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)))
+    info = read_sidecar(path, session.get_modelmeta().custom_metadata_map.get(METADATA_KEY))
+    _check_shapes(path, info, session.get_inputs()[0].shape, session.get_outputs()[0].shape)
+    return OnnxBackend(session, path, info)
 
 
 def _openvino(path: Path) -> OpenVinoBackend:
@@ -137,6 +139,8 @@ def _openvino(path: Path) -> OpenVinoBackend:
         model = core.read_model(str(path))
         embedded = model.get_rt_info([METADATA_KEY]).astype(str) if model.has_rt_info([METADATA_KEY]) else None
         info = read_sidecar(path, embedded)
+        _check_shapes(path, info, *(_static_dims(port.get_partial_shape()) for port in (model.inputs[0],
+                                                                                         model.outputs[0])))
         compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads(),
                                                      "INFERENCE_PRECISION_HINT": "f32"})
     except ExportError:
@@ -154,5 +158,37 @@ def _torchscript(path: Path) -> TorchScriptBackend:
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as err:  # noqa: BLE001 - torch.jit raises RuntimeError with its own text
         raise ExportError(f"cannot load TorchScript model {path}: {str(err)[:300]}") from None
-    return TorchScriptBackend(module.eval(), path, read_sidecar(path, extra[f"{METADATA_KEY}.json"] or None))
+    info = read_sidecar(path, extra[f"{METADATA_KEY}.json"] or None)
+    backend = TorchScriptBackend(module.eval(), path, info)
+    size = int(info["img_size"])
+    try:  # a traced file keeps no shapes: one tiny pass on the sidecar's input shape shows them
+        output = backend.run_normalised(np.zeros((1, 3, size, size), dtype=np.float32)).shape
+    except Exception as err:  # noqa: BLE001 - torch.jit raises RuntimeError with its own text
+        raise ExportError(f"{path} does not run on the {size} x {size} input its sidecar ({_sidecar_name(path)}) "
+                          f"describes: {str(err).strip().splitlines()[-1][:200]}") from None
+    _check_shapes(path, info, [1, 3, size, size], output)
+    return backend
+
+
+def _static_dims(shape) -> list[int | None]:  # noqa: ANN001 - an OpenVINO PartialShape
+    return [dim.get_length() if dim.is_static else None for dim in shape]
+
+
+def _sidecar_name(path: Path) -> str:
+    sidecar = sidecar_path(path)
+    return str(sidecar) if sidecar.is_file() else f"the copy inside {path.name}"
+
+
+def _check_shapes(path: Path, info: dict, inputs: list, outputs: list) -> None:
+    """Refuse a sidecar that does not describe its model (a stale FILE.json beside a file exported again), naming
+    the mismatch: otherwise it loads, a service reports itself healthy, and every prediction fails in the runtime.
+    Dimensions that are not whole numbers (dynamic: 'batch', None) are not compared."""
+    size, classes = int(info["img_size"]), len(info["classes"])
+    wrong = [f"{name} {list(found)} where the sidecar says {expected}"
+             for name, found, expected in (("input", inputs, ["N", 3, size, size]), ("output", outputs, ["N", classes]))
+             if len(found) != len(expected)
+             or any(isinstance(f, int) and f != e for f, e in zip(list(found)[1:], expected[1:]))]
+    if wrong:
+        raise ExportError(f"{path} does not match its sidecar {_sidecar_name(path)} ({size} px, {classes} classes): "
+                          f"the model's {'; '.join(wrong)}; export the model again, or remove the stale sidecar")
 

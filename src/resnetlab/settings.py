@@ -68,6 +68,8 @@ def resolve(keywords: dict[str, Any] | None = None, *, config: TrainConfig | Non
              **(load_yaml(yaml_path) if yaml_path else {}), **keywords}
     values = {**PRE_0_3_SETTINGS, **saved_state["config"]}  # a run started before these settings keeps its path
     values.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
+    if given.get("data"):  # where the data is now (a run saved with a relative path, a moved folder)
+        values["data"] = _absolute(given["data"])
     values["stop_after_steps"] = given.get("stop_after_steps") or 0  # "in this invocation": never carried over
     values["resume"] = str(resume)
     return TrainConfig.from_dict(values), saved_state

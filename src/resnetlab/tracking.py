@@ -104,11 +104,13 @@ class MlflowTracker(_Soft):
     def for_run(cls, run_dir: Path, cfg: TrainConfig, uri: str, resumed: bool) -> MlflowTracker:
         """The MLflow run of a training run: a new one, or on --resume the one it started."""
         tracker = cls(uri)
-        tracker._guard(f"reach the tracking server at {uri}", tracker._start, run_dir, cfg, resumed)
+        where = "reach the tracking server" if urlparse(uri).scheme in ("http", "https") else "open the tracking store"
+        tracker._guard(f"{where} at {uri}", tracker._start, run_dir, cfg, resumed)
         return tracker
 
     def _connect(self) -> None:
         _check_reachable(self.uri)
+        _check_writable(self.uri)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # a server gone mid-run: seconds, not minutes
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         from mlflow.tracking import MlflowClient  # the optional extra: imported where it is needed
@@ -238,6 +240,28 @@ def _check_reachable(uri: str) -> None:
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     with socket.create_connection((parsed.hostname or "127.0.0.1", port), timeout=3):
         pass
+
+
+def _check_writable(uri: str) -> None:
+    """Fail at once when a SQLite store cannot be written (a read-only file or folder): MLflow logs each refused
+    write as an error with a traceback, and may retry it for minutes, before the run hears of it."""
+    if not uri.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    path = Path(uri.removeprefix("sqlite:///")).expanduser()
+    if not path.exists():
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError(f"cannot create {path}: its folder is not writable")
+        return
+    # a table made and rolled back: the only probe that a read-only mount refuses too (locks are not writes)
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=10, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("CREATE TABLE resnetlab_write_probe (x)")
+        connection.execute("ROLLBACK")
+    finally:
+        connection.close()
 
 
 def _read_tracking(run_dir: Path) -> dict:

@@ -16,6 +16,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
+from ..fileio import readable
+
 
 def model_view_box(width: int, height: int, fraction: float = 1.0, mode: str = "center") -> tuple[int, int, int, int]:
     """The centred part of a width x height image that decode_image shows the model: a square of ``fraction`` of the
@@ -54,7 +56,7 @@ def save_png(image: Image.Image, path: str | Path, text: dict[str, str]) -> None
     """PNG with ``text`` as tEXt/iTXt chunks (label, probability, method...), readable with PIL's ``.text``."""
     info = PngInfo()
     for key, value in text.items():
-        info.add_itxt(key, str(value))  # iTXt: UTF-8, so accented class names and paths survive
+        info.add_itxt(key, readable(str(value)))  # iTXt: UTF-8, so accented class names and paths survive
     image.save(path, format="PNG", pnginfo=info)
 
 

@@ -12,6 +12,7 @@ import sys
 
 from .._version import __version__
 from ..errors import ConfigError, ResnetlabError
+from ..fileio import NAME_BYTES
 from ..log import configure
 from ..signals import Terminated, sigterm_as_exception
 from .data import check_parser, check_run, lr_find_parser, lr_find_run, train_parser, train_run
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint problem, unreadable inputs); 2 a usage error (a flag or setting); 130 after Ctrl-C and 143 after
     SIGTERM (a training run writes its resumable last.pt first). Errors are one line on stderr."""
     args = build_parser().parse_args(argv)
+    _names_never_crash_printing()
     configure(-1 if args.quiet else 1 if args.verbose else 0)
     try:
         with sigterm_as_exception():
@@ -104,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
         return 143 if isinstance(stop, Terminated) else 130
+
+
+def _names_never_crash_printing() -> None:
+    """A file name that is not valid UTF-8 is printed as 'latin1_\\xe9.png' (fileio.NAME_BYTES): a UTF-8 terminal's
+    strict stdout would raise in the middle of a run, a surrogateescape one would print a byte the terminal garbles."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):  # a TextIOWrapper; a caller's own stream object is left as it is
+            stream.reconfigure(errors=NAME_BYTES)
 
 
 if __name__ == "__main__":

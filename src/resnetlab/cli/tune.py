@@ -55,7 +55,7 @@ def tune_parser(sub) -> None:
     study.add_argument("--name", dest="study_name", default=None,
                        help="study name (default: DATA's stem and a hash of the searched settings, so the same "
                             "command names the same study)")
-    study.add_argument("--out", dest="study_out", default=None, metavar="DIR",
+    study.add_argument("--out", "--output", dest="study_out", default=None, metavar="DIR",  # train's alias too
                        help="the study's folder (default: runs/tune/NAME)")
     study.add_argument("--workers", dest="study_workers", type=int, default=1, metavar="K",
                        help="trial processes on this machine, each with cores/K threads (default: 1)")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from .._version import __version__
 from ..errors import ImageReadError
@@ -120,11 +120,14 @@ def _decoded(images: np.ndarray, split: SplitData, info: dict, cache_file: str |
 def _cache_key(paths: list[str], layout: str) -> str:
     digest = hashlib.sha256(f"resnetlab-cache-{CACHE_FORMAT}-{__version__}-{layout}".encode())
     for path in paths:
+        # os.fsencode: the name's own bytes; a name that is not valid UTF-8 (latin1_\xe9.png) arrives as a str with
+        # surrogate escapes, which a plain .encode() refuses
+        name = os.fsencode(os.path.abspath(path))
         try:
             stat = os.stat(path)
-            digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(name + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         except OSError:
-            digest.update(f"{os.path.abspath(path)}\0missing\n".encode())
+            digest.update(name + b"\0missing\n")
     return digest.hexdigest()[:32]
 
 

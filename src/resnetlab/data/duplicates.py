@@ -25,7 +25,7 @@ from functools import cache
 import imagehash
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from ..log import progress_enabled
 from ..signals import raise_if_terminated

@@ -115,16 +115,35 @@ def _write_table(path: Path, table: dict[str, dict]) -> None:
 def _write_errors(path: Path, positives: np.ndarray, negatives: np.ndarray, probabilities: np.ndarray,
                   truth: np.ndarray, thresholds: np.ndarray, split: SplitData, kept: np.ndarray,
                   classes: list[str]) -> None:
-    """Every wrong (image, label) decision: false positives most confident first, then false negatives."""
+    """Every wrong (image, label) decision: false positives most confident first, then false negatives; with each
+    image's true and predicted sets (at most SET_SHOWN labels each, the most probable: see _label_set)."""
     predicted = probabilities >= thresholds[None, :]
+    sets: dict[int, tuple[str, str]] = {}  # per image, made once: an image has as many rows as wrong labels
     with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "error", "probability", "threshold", "true", "predicted"])
         for pairs, kind in ((positives, "false positive"), (negatives, "false negative")):
             for i, k in pairs.tolist():
+                if i not in sets:
+                    sets[i] = (_label_set(classes, truth[i] > 0, probabilities[i]),
+                               _label_set(classes, predicted[i], probabilities[i]))
                 writer.writerow([split.describe(int(kept[i])), classes[k], kind, f"{probabilities[i, k]:.4f}",
-                                 f"{thresholds[k]:.4f}", "|".join(c for c, on in zip(classes, truth[i]) if on),
-                                 "|".join(c for c, on in zip(classes, predicted[i]) if on)])
+                                 f"{thresholds[k]:.4f}", *sets[i]])
+
+
+# labels of a set written in full: each image's sets are repeated on each of its error rows, and with 1,837 labels
+# and 6 images, full sets made a 31.8 MB label_errors.csv (now ~2 MB, ~200 bytes an error)
+SET_SHOWN = 5
+
+
+def _label_set(classes: list[str], members: np.ndarray, probabilities: np.ndarray) -> str:
+    """'a|b|c' in class order; a set of more than SET_SHOWN labels as its SET_SHOWN most probable and a count,
+    'a|b|...|(+1817 more)', so the file grows with the errors, not with errors x labels."""
+    chosen = np.flatnonzero(members)
+    if len(chosen) <= SET_SHOWN:
+        return "|".join(classes[k] for k in chosen)
+    top = chosen[np.argsort(-probabilities[chosen], kind="stable")[:SET_SHOWN]]
+    return "|".join([classes[k] for k in top] + [f"(+{len(chosen) - SET_SHOWN} more)"])
 
 
 def print_summary(metrics: dict, classes: list[str], out_dir: Path) -> None:

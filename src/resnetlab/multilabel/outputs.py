@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from ..cam import caption, compute_cams, overlay, overlay_name, save_png
 from ..data.cache import decode_split
 from ..data.images import open_rgb
 from ..data.splits import SplitData
 from ..errors import ImageReadError
+from ..fileio import NAME_BYTES
 from ..log import logger, progress_enabled
 from ..plots import image_grid
 
@@ -63,7 +64,7 @@ def predict_label_sets(classifier, files: list[str], *, out: Path, batch_size: i
         ["error"]
     counts: dict[str, int] = {}
     failed = 0
-    with open(out, "w", newline="", encoding="utf-8") as handle:
+    with open(out, "w", newline="", encoding="utf-8", errors=NAME_BYTES) as handle:  # latin1_\xe9.png shown
         writer = csv.writer(handle)
         writer.writerow(header)
         bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress_enabled(progress), leave=False)
@@ -147,7 +148,7 @@ def explain_label_sets(classifier, files: list[str], *, target: int | None, meth
                     grid.append(picture)
                     titles.append(caption(None, label, probability))
     rows = [row for _, row in sorted(rows, key=lambda pair: pair[0])]
-    with open(out_dir / "explain.csv", "w", newline="", encoding="utf-8") as handle:
+    with open(out_dir / "explain.csv", "w", newline="", encoding="utf-8", errors=NAME_BYTES) as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "overlay", "true", "predicted", "probability", "target", "error"])
         writer.writerows(rows)

@@ -46,6 +46,11 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
     ``runtime``: auto (an exported file in its runtime; a checkpoint in torch on a GPU, else in the fastest
     installed CPU runtime), torch, onnxruntime or openvino (a checkpoint is exported, fp32, for the server's
     lifetime). A checkpoint also serves /explain, in torch, whatever runs /predict.
+
+    Example::
+
+        import resnetlab
+        resnetlab.serve("runs/photos/best.pt", port=8000)   # blocks; open http://127.0.0.1:8000, Ctrl-C stops
     """
     try:
         import uvicorn  # noqa: F401 - the 'serve' extra: checked before the model is loaded

@@ -131,7 +131,8 @@ def race(cfg: TrainConfig, source: DataSource, run_dir: Path, train_candidate: T
         _drop_weights(run_dir / "race" / candidate.name)
         table.append(_entry(candidate, rows, imbalanced, cfg.task))
     val_images = len(source.splits[source.val_name])
-    return _decide(cfg, entries, table, val_images, budget - (clock() - started))
+    won = _decide(cfg, entries, table, val_images, budget - (clock() - started))
+    return _replanned(won, table, train_images, parse_duration(won.time_limit))
 
 
 def _class_counts(source: DataSource) -> list[int]:
@@ -145,7 +146,8 @@ def _entry(candidate: Candidate, rows: list[dict], imbalanced: bool, task: str) 
     return {"candidate": candidate.name, "settings": candidate.settings, "epochs": len(rows),
             "val_acc": round(float(last["val_acc"]), 4) if last else None,
             "val_f1": round(float(last.get("val_f1", math.nan)), 4) if last and "val_f1" in last else None,
-            "score": round(race_score(last, imbalanced, task), 4) if last else -math.inf}
+            "score": round(race_score(last, imbalanced, task), 4) if last else -math.inf,
+            "img_per_s": round(float(np.median([r["img_per_s"] for r in rows])), 1) if rows else 0.0}
 
 
 def _decide(cfg: TrainConfig, entries: list[Candidate], table: list[dict], val_images: int, left_s: float
@@ -172,6 +174,21 @@ def _decide(cfg: TrainConfig, entries: list[Candidate], table: list[dict], val_i
         chosen[name] = {"value": value, "why": f"race: {winner}"}
     cfg = replace(cfg, **settings, time_limit=f"{max(1.0, left_s):.0f}s", chosen=chosen)
     return _with_race(cfg, {"value": winner, "why": why, "table": table})
+
+
+def _replanned(cfg: TrainConfig, table: list[dict], train_images: int, left_s: float) -> TrainConfig:
+    """The winner's first plan from its own measured speed in the race (the rules planned for the whole budget and
+    their own network): the epochs that fit in 80 % of what is left, at most 3x the rules' (fill_time re-plans
+    after each epoch in any case)."""
+    if "epochs" in set(cfg.given or []):
+        return cfg
+    speed = next(e["img_per_s"] for e in table if e["candidate"] == cfg.chosen["race"]["value"])
+    if not speed:
+        return cfg
+    epochs = int(max(1, min(3 * cfg.epochs, 0.8 * left_s * speed / max(1, train_images))))
+    why = f"race: {speed:.0f} img/s measured, {epochs} epochs of {train_images} images fit in {left_s:.0f}s"
+    logger.info(f"auto: epochs = {epochs} ({why})")
+    return replace(cfg, epochs=epochs, chosen={**cfg.chosen, "epochs": {"value": epochs, "why": why}})
 
 
 def _with_race(cfg: TrainConfig, result: dict) -> TrainConfig:

@@ -73,8 +73,11 @@ def train(config: TrainConfig | str | Path | None = None, *, clock: Callable[[],
     ``clock`` (seconds) times the epochs for ``--time-limit``; tests pass a scripted one. ``on_epoch(row)`` is
     called after each epoch's checkpoint with its metrics.csv row; a true result stops the run (stopped "pruned").
 
-        result = resnetlab.train(data="photos/", time_limit="5m")
-        result.run_dir, result.best_val_acc
+    Example::
+
+        import resnetlab
+        result = resnetlab.train(data="photos/", time_limit="5m")   # auto: chosen, raced, trained in 5 minutes
+        print(result.run_dir, result.best_val_acc)
     """
     yaml_path = None if config is None or isinstance(config, TrainConfig) else config
     cfg, saved = resolve(settings, config=config if isinstance(config, TrainConfig) else None, yaml_path=yaml_path)

@@ -20,6 +20,7 @@ from ..data.images import SMALL_SIZE
 from ..data.sources import open_data
 from ..data.splits import DataSource
 from ..distributed import DistInfo, from_main
+from ..hub import available_weights
 from ..log import logger
 from .auto import apply_auto, data_stats
 from .race import TrainCandidate, race
@@ -62,8 +63,6 @@ def _before_rules(cfg: TrainConfig, source: DataSource) -> dict[str, tuple]:
     (not given), and a validation split with enough images of the rarest class (class folders, not given)."""
     given, early = set(cfg.given or []), {}
     if "pretrained" not in given and not cfg.pretrained and data_stats(source).side > SMALL_SIZE:
-        from ..models import available_weights  # TODO(lead): module import once models.py has it
-
         value, why = available_weights(cfg.model)
         logger.info(f"auto: pretrained = {value} ({why})")
         if value:

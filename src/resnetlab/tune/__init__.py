@@ -22,7 +22,14 @@ def tune(data: str | None = None, *, trials: int | None = None, time_limit: str 
          options: dict[str, Any] | None = None, **settings: Any) -> Any:  # noqa: ANN401 - a StudyResult
     """Run or resume a study. ``settings``: train settings, fixed for every trial (``width=0.5``);
     ``options``: the other TuneOptions fields (``{"space": "space.yaml", "workers": 2, "trial_time": "3m"}``).
-    Returns a ``search.StudyResult`` (name, folder, trial counts, best trial)."""
+    Returns a ``search.StudyResult`` (name, folder, trial counts, best trial).
+
+    Example::
+
+        import resnetlab
+        study = resnetlab.tune("photos/", trials=20, options={"trial_time": "3m"}, epochs=10)
+        print(study.best_value, study.best_yaml)   # then: resnetlab train --config <best_yaml>
+    """
     from .search import run_study  # torch and optuna load here, not on `import resnetlab.tune`
 
     if data is not None:

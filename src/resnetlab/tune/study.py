@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..errors import ConfigError
+from ..errors import ConfigError, WriteError
 from ..log import logger
 from .plan import PROGRESS_STEPS, Plan
 
@@ -86,10 +86,11 @@ def make_pruner(plan: Plan) -> optuna.pruners.BasePruner:
 
 
 def make_sampler(plan: Plan, worker: int, trials_before: int) -> optuna.samplers.TPESampler:
-    """TPE, seeded from --seed, this machine, the worker and the trials already there: one worker on a fresh study
-    is reproducible, and workers (or a resumed study) do not all draw the same random start."""
-    key = f"{plan.seed}:{socket.gethostname()}:{worker}:{trials_before}" if (worker or trials_before) else \
-        str(plan.seed)
+    """TPE, seeded from --seed, this machine, the process, the worker and the trials already there: one worker on a
+    fresh study is reproducible, and workers (or a resumed study) do not all draw the same random start. The process
+    id: two commands on one machine number their workers alike and drew the same settings in lockstep."""
+    key = f"{plan.seed}:{socket.gethostname()}:{os.getpid()}:{worker}:{trials_before}" if (worker or trials_before) \
+        else str(plan.seed)
     seed = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)
     startup = min(10, max(3, plan.trials // 3)) if plan.trials else 10  # random trials before TPE models the space
     # constant liar: trials running elsewhere count as bad, so parallel workers spread out instead of piling up
@@ -99,7 +100,13 @@ def make_sampler(plan: Plan, worker: int, trials_before: int) -> optuna.samplers
 def load_study(plan: Plan, storage: optuna.storages.RDBStorage, worker: int) -> optuna.Study:
     """The study named ``plan.name`` in ``storage``, created on first use (load_if_exists: a re-run resumes it)."""
     direction = "minimize" if plan.metric == "val_loss" else "maximize"
-    probe = optuna.create_study(storage=storage, study_name=plan.name, direction=direction, load_if_exists=True)
+    try:  # its first write: a read-only study.db (or folder) fails here, even for a finished study
+        probe = optuna.create_study(storage=storage, study_name=plan.name, direction=direction, load_if_exists=True)
+    except optuna.exceptions.StorageInternalError as err:
+        cause = getattr(err.__cause__, "orig", None) or err.__cause__ or err  # sqlite's own words, not the SQL
+        raise WriteError(f"the study storage {plan.storage} cannot be written ({cause}): tune records every trial "
+                         "there; make it writable, or copy it and pass --storage (a finished study's trials.csv, "
+                         "best.yaml and report.html are in its folder)") from None
     if probe.direction.name.lower() != direction:
         raise ConfigError(f"study '{plan.name}' in {plan.storage} was created to {probe.direction.name.lower()} "
                           f"its metric; --best-metric {plan.metric} needs {direction}: give another --name")

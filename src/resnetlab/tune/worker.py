@@ -127,6 +127,10 @@ class Worker:
         tried = {json.dumps(t.params, sort_keys=True) for t in trials if t.state in FINISHED}
         if size is not None and len(tried) >= size:
             return f"every one of the space's {size} combinations has been tried"
+        # running ones too: a new trial could only draw one of them again (_not_twice), over and over
+        pending = tried | {json.dumps(t.params, sort_keys=True) for t in trials if t.state == TrialState.RUNNING}
+        if size is not None and len(pending) >= size:
+            return f"every one of the space's {size} combinations has been tried or is being tried"
         return None
 
     # ------------------------------------------------------------------ one trial
@@ -140,6 +144,8 @@ class Worker:
                            "settings": json.dumps(settings, default=str)}.items():
             trial.set_user_attr(key, value)
         twin = self._twin(params, trial.number)
+        if twin is not None and twin.state == TrialState.RUNNING:
+            return self._not_twice(trial, twin)
         if twin is not None:
             return self._repeat(trial, twin)
         shown = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
@@ -190,11 +196,23 @@ class Worker:
         return min(scores) if plan.metric == "val_loss" else max(scores)
 
     def _twin(self, params: dict, number: int) -> FrozenTrial | None:
-        """A finished trial with the very same settings: same seed, same result, so it is not trained again."""
-        for other in self.study.get_trials(deepcopy=False, states=FINISHED):
-            if other.number != number and other.params == params and "repeat_of" not in other.user_attrs:
+        """A finished trial with the very same settings (same seed, same result: not trained again), else one that
+        started before this one and is still running (another worker or command trains it: not twice at once)."""
+        running = None
+        for other in self.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)):
+            if other.number == number or other.params != params or "repeat_of" in other.user_attrs:
+                continue
+            if other.state in FINISHED:
                 return other
-        return None
+            if other.number < number and running is None:  # the lower number trains: two twins never both yield
+                running = other
+        return running
+
+    def _not_twice(self, trial: optuna.Trial, twin: FrozenTrial) -> float:
+        note = f"same settings as trial {twin.number}, which is running: not trained twice; drawing again"
+        trial.set_user_attr("note", note)
+        logger.info(f"trial {trial.number}: {note}")
+        return math.nan  # Optuna records it FAILED: it does not count toward --trials, and the sampler skips it
 
     def _repeat(self, trial: optuna.Trial, twin: FrozenTrial) -> float:
         trial.set_user_attr("repeat_of", twin.number)
@@ -283,4 +301,5 @@ def worker_process(plan: Plan, index: int, lock: Any, ready: Any) -> None:  # no
             logger.error(f"worker {os.getpid()}: {err}")
             code = 1
     sys.stdout.flush()
+    sys.stderr.flush()
     sys.exit(code)
