@@ -34,11 +34,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 import resnetlab  # noqa: E402
 from common import BENCH_CACHE, load_average, print_table, seed_everything  # noqa: E402
-from resnetlab.config import TrainConfig, recipe_values  # noqa: E402
+from resnetlab.config import TrainConfig  # noqa: E402
 from resnetlab.engine import resolve_device  # noqa: E402
 from resnetlab.evaluation import evaluate  # noqa: E402
 from resnetlab.models import ModelSpec, build_model  # noqa: E402
 from resnetlab.multilabel.metrics import summary, threshold_array  # noqa: E402
+from resnetlab.settings import merge  # noqa: E402
 
 EMPTY = 0.35  # probability that a mosaic cell holds no garment
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, as resnetlab's default --norm
@@ -85,7 +86,7 @@ def run_resnetlab(table: Path, args) -> tuple[dict, TrainConfig, float, int]:
                  "device": args.device, "time_limit": args.time_limit, "fill_time": True, "img_size": 56,
                  "stem": args.stem,
                  "workers": args.workers}
-    cfg = TrainConfig.from_sources(None, overrides, base=recipe_values("fast"))
+    cfg = merge({**overrides, "recipe": "fast"})  # the settings pipeline: the preset under these
     result = resnetlab.train(cfg)
     seconds = sum(float(row["epoch_s"]) for row in result.history)
     metrics = evaluate(result.best_checkpoint, str(table), split="test", out=args.out / "resnetlab" / "test",

@@ -30,10 +30,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 import resnetlab  # noqa: E402
 from common import fashion_mnist_folders, load_average, plain_loader, plain_train_step, print_table  # noqa: E402
-from resnetlab.cli import recipe_values  # noqa: E402
 from resnetlab.config import TrainConfig  # noqa: E402
 from resnetlab.engine import resolve_device  # noqa: E402
 from resnetlab.models import ModelSpec, build_model  # noqa: E402
+from resnetlab.settings import merge  # noqa: E402
 
 
 def run_resnetlab(args) -> tuple[list[tuple[float, float]], TrainConfig, float]:
@@ -45,7 +45,7 @@ def run_resnetlab(args) -> tuple[list[tuple[float, float]], TrainConfig, float]:
     for setting in args.set:
         key, _, value = setting.partition("=")
         overrides[key.replace("-", "_")] = yaml.safe_load(value)  # "0.5" -> 0.5, "true" -> True
-    cfg = TrainConfig.from_sources(None, overrides, base=recipe_values(args.recipe))
+    cfg = merge({**overrides, "recipe": args.recipe or "plain"})  # the settings pipeline: the recipe under these
     started = time.perf_counter()
     result = resnetlab.train(cfg)
     total = time.perf_counter() - started

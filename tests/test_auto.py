@@ -172,8 +172,9 @@ def test_the_api_treats_a_configs_own_values_and_named_presets_as_given(tmp_path
 
 def test_heat_maps_cover_the_part_of_the_picture_the_evaluation_crop_shows():
     from resnetlab.cam.overlay import model_view_box
+    from resnetlab.data.images import Crop
 
     assert model_view_box(200, 100) == (50, 0, 150, 100)
-    assert model_view_box(200, 100, 224 / 256) == (56, 6, 144, 94)
-    assert model_view_box(200, 100, 1.0, "squash") == (0, 0, 200, 100)  # the whole picture, stretched
-    assert model_view_box(200, 100, 0.5, "squash") == (50, 25, 150, 75)
+    assert model_view_box(200, 100, Crop(0.875), 224) == (56, 6, 144, 94)  # 224 of 256
+    assert model_view_box(200, 100, Crop(mode="squash"), 224) == (0, 0, 200, 100)  # the whole picture, stretched
+    assert model_view_box(200, 100, Crop(0.5, mode="squash"), 224) == (50, 25, 150, 75)

@@ -13,7 +13,7 @@ from resnetlab.classifier import load
 from resnetlab.cli import main
 from resnetlab.errors import ConfigError
 from resnetlab.export import export_model
-from serving import png_bytes, running_server, train_tiny
+from serving import assert_agrees, one_per_class, png_bytes, running_server, toy_images, train_tiny, uploads
 
 pytest.importorskip("onnxruntime")
 ov = pytest.importorskip("openvino", reason="the 'openvino' extra is not installed")
@@ -21,18 +21,18 @@ ov = pytest.importorskip("openvino", reason="the 'openvino' extra is not install
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> tuple[Path, Path]:
-    return train_tiny(tmp_path_factory.mktemp("deploy"))
+    return train_tiny(tmp_path_factory.mktemp("deploy"), learned=True)  # labels that follow the images
 
 
 @pytest.fixture(scope="module")
 def reference(model) -> np.ndarray:
-    """The checkpoint's probabilities on the validation images, in file order."""
+    """The checkpoint's probabilities on the 96 toy images, in toy_images order."""
     best, data = model
-    return np.stack([p.probabilities for p in load(best, device="cpu").predict(_val_images(data))])
+    return _probabilities(load(best, device="cpu"), data)
 
 
-def _val_images(data: Path) -> list[str]:
-    return sorted(str(p) for p in (data / "Val").rglob("*.png"))
+def _probabilities(classifier, data: Path) -> np.ndarray:  # noqa: ANN001 - a Classifier
+    return np.stack([p.probabilities for p in classifier.predict(toy_images(data))])
 
 
 def test_openvino_fp32_and_int8_work_like_a_checkpoint(model, reference, tmp_path: Path, capsys):
@@ -42,13 +42,13 @@ def test_openvino_fp32_and_int8_work_like_a_checkpoint(model, reference, tmp_pat
     assert fp32["validation"]["drop_points"] == pytest.approx(0.0, abs=1e-9)
     classifier = load(tmp_path / "m.xml")
     assert classifier.runtime == "openvino" and classifier.model is None
-    got = np.stack([p.probabilities for p in classifier.predict(_val_images(data))])
-    np.testing.assert_allclose(got, reference, atol=1e-5)
+    np.testing.assert_allclose(_probabilities(classifier, data), reference, atol=1e-5)
     (tmp_path / "m.xml.json").unlink()  # the sidecar inside the IR (rt_info) is enough
     assert load(tmp_path / "m.xml").classes == classifier.classes
 
     int8 = export_model(best, format="openvino", out=tmp_path / "q.xml", quantize="int8", calib_images=12,
-                        data=str(data), max_drop=100.0)
+                        data=str(data))  # the default --max-drop: at most 1 point lost
+    assert_agrees(_probabilities(load(tmp_path / "q.xml"), data), reference, "int8")
     sidecar = json.loads((tmp_path / "q.xml.json").read_text(encoding="utf-8"))
     assert sidecar["precision"] == "int8" and "NNCF" in sidecar["quantization"]["method"]
     assert sidecar["validation"] == int8["validation"]
@@ -65,20 +65,22 @@ def test_openvino_fp32_and_int8_work_like_a_checkpoint(model, reference, tmp_pat
 
 def test_half_exports_keep_float32_io_and_the_predictions(model, reference, tmp_path: Path):
     best, data = model
-    for fmt, name in (("onnx", "h.onnx"), ("torchscript", "h.torchscript")):
+    for fmt, name in (("onnx", "h.onnx"), ("torchscript", "h.torchscript"), ("openvino", "h.xml")):
         result = export_model(best, format=fmt, out=tmp_path / name, half=True, dynamic_batch=True, data=str(data))
         sidecar = json.loads(Path(result["sidecar"]).read_text(encoding="utf-8"))
         assert sidecar["precision"] == "fp16" and sidecar["input"]["dtype"] == "float32", fmt
-        got = np.stack([p.probabilities for p in load(tmp_path / name).predict(_val_images(data))])
-        np.testing.assert_allclose(got, reference, atol=5e-3)  # fp16: ~3 significant digits
-        assert (got.argmax(1) == reference.argmax(1)).all()
+        assert_agrees(_probabilities(load(tmp_path / name), data), reference, "fp16")
     import onnx
 
     weights = [i for i in onnx.load(tmp_path / "h.onnx").graph.initializer if len(i.dims) == 4]  # conv kernels
     assert weights and all(w.data_type == onnx.TensorProto.FLOAT16 for w in weights)
+    ir = ov.Core().read_model(str(tmp_path / "h.xml"))
+    constants = [op for op in ir.get_ops() if op.get_type_name() == "Constant"]
+    assert any(op.get_element_type() == ov.Type.f16 for op in constants)  # the IR stores fp16 weights
 
 
-def test_options_that_do_not_go_together_are_refused_before_anything_is_written(model, tmp_path: Path, capsys):
+def test_options_that_do_not_go_together_are_refused_before_anything_is_written(model, reference, tmp_path: Path,
+                                                                                 capsys):
     best, data = model
     with pytest.raises(ConfigError, match="--half and --quantize int8 exclude each other"):
         export_model(best, format="onnx", out=tmp_path / "x.onnx", half=True, quantize="int8")
@@ -88,8 +90,9 @@ def test_options_that_do_not_go_together_are_refused_before_anything_is_written(
     assert "use --format onnx or openvino" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
     percentile = export_model(best, format="onnx", out=tmp_path / "p.onnx", quantize="int8", calib_images=12,
-                              calib_method="percentile", data=str(data), max_drop=100.0)
+                              calib_method="percentile", data=str(data))
     assert "(percentile)" in json.loads(Path(percentile["sidecar"]).read_text())["quantization"]["method"]
+    assert_agrees(_probabilities(load(tmp_path / "p.onnx"), data), reference, "int8")
 
 
 def test_serve_auto_predicts_in_openvino_and_explains_in_torch(model, tmp_path: Path):
@@ -98,14 +101,17 @@ def test_serve_auto_predicts_in_openvino_and_explains_in_torch(model, tmp_path: 
     from resnetlab.serve import _load_for
     from resnetlab.serve.app import create_app
 
-    best, _ = model
+    best, data = model
     classifier, explainer = _load_for(best, "auto", "cpu", tmp_path)  # on a CPU: the fastest installed runtime
     assert classifier.runtime == "openvino" and explainer.runtime == "torch"
+    pictures = one_per_class(data)
+    expected = [p.label for p in load(best, device="cpu").predict([str(f) for f in pictures])]
+    assert expected == classifier.classes  # the checkpoint gets each class's picture right
     with running_server(create_app(classifier, explainer=explainer)) as url:
         health = httpx.get(f"{url}/health").json()
         assert health["runtime"] == "openvino" and health["explain"] is True
-        predicted = httpx.post(f"{url}/predict", files={"file": ("a.png", png_bytes(), "image/png")}).json()
-        assert predicted["predictions"][0]["label"] in classifier.classes
+        predicted = httpx.post(f"{url}/predict", files=uploads(pictures)).json()["predictions"]
+        assert [p["label"] for p in predicted] == expected  # the served file predicts what the checkpoint does
         heat = httpx.post(f"{url}/explain", files={"file": ("a.png", png_bytes(), "image/png")})
         assert heat.status_code == 200 and heat.headers["content-type"] == "image/png"
     exported, none = _load_for(tmp_path / "model.xml", "auto", "cpu", tmp_path)

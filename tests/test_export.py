@@ -25,12 +25,13 @@ TOLERANCE = 1e-4  # the issue's bar for |onnxruntime - PyTorch|
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, trained_run) -> dict:
-    """The session's tiny model, exported once as dynamic-batch ONNX, batch-1 ONNX and TorchScript (into a copy of
-    its run folder: the default export path is beside best.pt)."""
+def exported(tmp_path_factory, learned_run) -> dict:
+    """The session's three-epoch tiny model (its labels follow the images, so a label that matches the checkpoint's
+    means something), exported once as dynamic-batch ONNX, batch-1 ONNX and TorchScript (into a copy of its run
+    folder: the default export path is beside best.pt)."""
     root = tmp_path_factory.mktemp("export")
-    checkpoint = trained_run.copy_to(root / "run") / "best.pt"
-    files = {"checkpoint": checkpoint, "data": trained_run.data, "root": root}
+    checkpoint = learned_run.copy_to(root / "run") / "best.pt"
+    files = {"checkpoint": checkpoint, "data": learned_run.data, "root": root}
     files["dynamic"] = Path(export_model(checkpoint, format="onnx", dynamic_batch=True)["path"])
     files["fixed"] = Path(export_model(checkpoint, format="onnx", out=root / "fixed" / "b1.onnx")["path"])
     files["torchscript"] = Path(export_model(checkpoint, format="torchscript")["path"])
@@ -168,12 +169,16 @@ def test_serve_runs_an_onnx_model(exported):
     from fastapi.testclient import TestClient
 
     from resnetlab.serve import create_app
-    from serving import png_bytes
+    from serving import one_per_class, png_bytes, uploads
 
+    pictures = one_per_class(exported["data"])
+    expected = [p.label for p in resnetlab.load(exported["checkpoint"], device="cpu").predict(pictures)]
+    assert expected == sorted(TOY_CLASSES)  # the checkpoint gets each class's picture right
     with TestClient(create_app(load_onnx(exported["dynamic"]))) as client:
         health = client.get("/health").json()
         assert health["runtime"] == "onnxruntime" and health["classes"] == 3
-        response = client.post("/predict", files={"file": ("red.png", png_bytes(), "image/png")})
-        assert response.status_code == 200 and response.json()["predictions"][0]["label"] in TOY_CLASSES
+        response = client.post("/predict", files=uploads(pictures))
+        assert response.status_code == 200
+        assert [p["label"] for p in response.json()["predictions"]] == expected  # what the checkpoint says
         explained = client.post("/explain", files={"file": ("red.png", png_bytes(), "image/png")})
         assert explained.status_code == 501 and "explanations" in explained.json()["detail"]

@@ -27,8 +27,12 @@ from resnetlab.serve import create_app
 
 # Label -> colour of a square drawn in its own quadrant. Names with a space and accents on purpose.
 LABELS = {"blue sky": (40, 60, 230), "green léaf": (40, 200, 60), "red": (230, 40, 40), "yellow sün": (230, 220, 40)}
-SETTINGS = {"epochs": 2, "img_size": 16, "width": 0.25, "batch_size": 16, "lr": 0.05, "progress": False,
-            "workers": 1, "device": "cpu", "seed": 0, "mixup": 0.2, "balance": "weights", "recipe": "plain"}
+SETTINGS = {"epochs": 4, "img_size": 16, "width": 0.25, "batch_size": 16, "opt": "adamw", "lr": 0.01,
+            "progress": False, "workers": 1, "device": "cpu", "seed": 0, "mixup": 0.2, "balance": "weights",
+            "recipe": "plain"}
+# what the trained model reaches on the 24 validation images (chance: ~0.45): measured 0.92 (data seed 0) and
+# 0.95 (data seed 1) after 4 epochs; 2 epochs of SGD reached only 0.64-0.70
+MIN_MAP = 0.85
 
 
 def draw(rng: np.random.Generator, present: list[str], size: int = 20) -> Image.Image:
@@ -85,7 +89,7 @@ def test_training_records_task_metrics_thresholds_and_the_broken_file(trained):
     assert config["task"] == "multilabel" and config["best_metric"] == "map" and config["label_sep"] == "|"
     rows = read_rows(run / "metrics.csv")
     assert {"val_map", "val_map_micro", "val_f1", "val_f1_micro"} <= set(rows[0]) and "val_top5" not in rows[0]
-    assert all(0.0 <= float(r["val_map"]) <= 1.0 and 0.0 <= float(r["train_acc"]) <= 1.0 for r in rows)
+    assert len(rows) == 4 and float(rows[-1]["val_map"]) >= MIN_MAP > float(rows[0]["val_map"])  # it learned
     payload = read_checkpoint(run / "best.pt")
     assert payload["task"] == "multilabel" and payload["classes"] == sorted(LABELS)
     assert len(payload["thresholds"]) == len(LABELS) and all(0.0 < t < 1.0 for t in payload["thresholds"])
@@ -95,8 +99,12 @@ def test_training_records_task_metrics_thresholds_and_the_broken_file(trained):
     assert set(report["multilabel"]["train"]["counts"]) == set(LABELS)
     assert read_rows(run / "split.csv")[0].keys() == {"path", "labels", "split"}
     for name in ("metrics.json", "per_label.csv", "pr_curves.png", "cooccurrence.png", "predictions.png",
-                 "false_positives.png", "false_negatives.png", "report.html"):
+                 "label_errors.csv", "report.html"):
         assert (run / name).is_file(), name
+    errors = {row["error"] for row in read_rows(run / "label_errors.csv")}
+    assert "false positive" in errors  # a gallery for each kind of mistake the model made, and none without any
+    for kind in ("false positive", "false negative"):
+        assert (run / f"{kind.replace(' ', '_')}s.png").is_file() == (kind in errors), kind
     page = (run / "report.html").read_text(encoding="utf-8")
     assert "mAP (macro)" in page and "Per label" in page and "pr_curves.png" in page and "green léaf" in page
 
@@ -118,7 +126,8 @@ def test_evaluate_writes_map_the_per_label_table_and_pr_curves(trained, tmp_path
                  "--no-progress"]) == 0
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["task"] == "multilabel" and metrics["images"] == 24
-    assert 0.0 <= metrics["map_macro"] <= 1.0 and 0.0 <= metrics["map_micro"] <= 1.0
+    best = max(float(r["val_map"]) for r in read_rows(run / "metrics.csv"))  # best.pt: the best epoch's mAP
+    assert metrics["map_macro"] == pytest.approx(best, abs=1e-6) and metrics["map_macro"] >= MIN_MAP
     assert metrics["thresholds"] == pytest.approx(read_checkpoint(run / "best.pt")["thresholds"])
     table = read_rows(out / "per_label.csv")
     assert [r["label"] for r in table] == sorted(LABELS)

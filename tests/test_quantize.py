@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from resnetlab.checkpoint import read_checkpoint, save_checkpoint
+from resnetlab.classifier import load
 from resnetlab.cli import main
 from resnetlab.errors import ExportError
 from resnetlab.export import export_model
-from serving import train_tiny
+from serving import assert_agrees, toy_images, train_tiny
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -23,15 +25,25 @@ def model(tmp_path: Path) -> tuple[Path, Path]:
     return train_tiny(tmp_path / "model")
 
 
-def test_int8_export_is_quantised_checked_and_used_like_a_checkpoint(model, tmp_path: Path, capsys):
-    best, data = model
+@pytest.fixture
+def learned(tmp_path: Path) -> tuple[Path, Path]:
+    """(best.pt, data): a private copy of the session's three-epoch run, whose labels follow the images."""
+    return train_tiny(tmp_path / "learned", learned=True)
+
+
+def test_int8_export_is_quantised_checked_and_used_like_a_checkpoint(learned, tmp_path: Path, capsys):
+    best, data = learned
     out = tmp_path / "int8.onnx"
     result = export_model(best, format="onnx", out=out, dynamic_batch=True, quantize="int8", calib_images=12,
-                          data=str(data), max_drop=100.0)
+                          data=str(data))  # the default --max-drop: at most 1 point lost
     sidecar = json.loads(Path(result["sidecar"]).read_text(encoding="utf-8"))
     assert sidecar["quantization"]["type"] == "int8" and sidecar["quantization"]["calibration_images"] == 12
     validation = sidecar["validation"]
-    assert validation["images"] == 24 and 0 <= validation["accuracy_exported"] <= 1
+    assert validation["images"] == 24 and validation["drop_points"] <= 1.0
+    files = toy_images(data)
+    reference = np.stack([p.probabilities for p in load(best, device="cpu").predict(files)])
+    got = np.stack([p.probabilities for p in load(out).predict(files)])
+    assert_agrees(got, reference, "int8")
     assert validation["drop_points"] == pytest.approx(100 * (validation["accuracy_pytorch"] -
                                                              validation["accuracy_exported"]))
     ops = {node.op_type for node in onnx.load(out).graph.node}

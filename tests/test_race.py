@@ -62,8 +62,8 @@ def test_the_best_candidate_wins_by_more_than_the_noise_and_a_tie_keeps_the_rule
     won = race(cfg, toy_source, tmp_path, _scripted({"rules": 0.5, "plain": 0.9}), clock=clock, proposed=proposed)
     assert (won.width, won.aug) == (1.0, "flip") and won.chosen["race"]["value"] == "plain"
     assert won.chosen["width"]["why"] == "race: plain" and len(won.chosen["race"]["table"]) == 2
-    assert won.time_limit == "590s"  # the race's own time comes out of the budget
-    assert won.epochs == int(0.8 * 590 * 10 / 144)  # planned from the winner's own speed in the race
+    assert won.time_limit == "570s"  # the race's own time (3 clock reads after its start: 30 s) is spent
+    assert won.epochs == int(0.8 * 570 * 10 / 144)  # planned from the winner's own speed in the race
     tie = race(cfg, toy_source, tmp_path, _scripted({"rules": 0.80, "plain": 0.82}), proposed=proposed)
     assert (tie.width, tie.aug) == (0.5, "light") and tie.chosen["race"]["value"] == "rules"
     assert "cannot separate" in tie.chosen["race"]["why"]  # 36 validation images: 2 points is noise
@@ -72,7 +72,7 @@ def test_the_best_candidate_wins_by_more_than_the_noise_and_a_tie_keeps_the_rule
 
 def test_a_budget_too_short_to_compare_skips_the_race(tmp_path, toy_source):
     scripted = _scripted({"rules": 0.5, "plain": 0.9})
-    kept = race(_ruled(time_limit="4s", epochs=1), toy_source, tmp_path, scripted)
+    kept = race(_ruled(time_limit="60s", epochs=1), toy_source, tmp_path, scripted)
     assert not scripted.calls and kept.chosen["race"]["value"] == "rules"
     assert "too few to compare" in kept.chosen["race"]["why"]
 
@@ -127,3 +127,44 @@ def test_auto_fine_tunes_imagenet_weights_found_offline_and_says_why(tmp_path, m
     scratch = resnetlab.train(data=str(tmp_path / "photos"), out=str(tmp_path / "scratch"), epochs=1, img_size=72,
                               batch_size=4, workers=1, progress=False, cache_dir=str(tmp_path / "cache"))
     assert yaml.safe_load((scratch.run_dir / "config.yaml").read_text(encoding="utf-8"))["pretrained"] is None
+
+
+def test_the_plain_candidate_keeps_a_given_optimizer_group_whole():
+    plain = {c.name: c.settings for c in candidates(_ruled(given=["lr"], opt="sgd", lr=0.1))}["plain"]
+    assert not {"opt", "lr", "weight_decay"} & set(plain) and plain["aug"] == "flip"
+
+
+def test_a_failing_candidate_scores_nothing_and_given_epochs_skip_the_race(tmp_path, toy_source):
+    from resnetlab.errors import NonFiniteLossError
+
+    def train_candidate(cfg: TrainConfig, source) -> list[dict]:  # noqa: ANN001
+        if cfg.out.endswith("plain"):
+            raise NonFiniteLossError("loss is nan at epoch 1")
+        return [{"epoch": 1, "val_acc": 0.5, "val_f1": 0.5, "img_per_s": 10.0}]
+
+    proposed = [Candidate("rules", {}, "r"), Candidate("plain", {"width": 1.0}, "p")]
+    kept = race(_ruled(balance="none", epochs=40), toy_source, tmp_path, train_candidate, proposed=proposed)
+    table = {row["candidate"]: row for row in kept.chosen["race"]["table"]}
+    assert kept.chosen["race"]["value"] == "rules" and "loss is nan" in table["plain"]["note"]
+    fixed = race(_ruled(given=["epochs"]), toy_source, tmp_path, train_candidate, proposed=proposed)
+    assert "--epochs was given" in fixed.chosen["race"]["why"] and fixed.epochs == 20
+
+
+def test_without_a_val_split_the_race_validates_on_a_hold_out_of_train_never_on_test(tmp_path):
+    data = tmp_path / "toy"
+    write_class_folders(data / "train", 60, seed=1)
+    write_class_folders(data / "test", 10, seed=2)
+    source = open_data(str(data), val_split=0.1, seed=0)
+    assert source.val_name == "test"
+    seen = []
+
+    def train_candidate(cfg: TrainConfig, part) -> list[dict]:  # noqa: ANN001
+        seen.append(part)
+        return [{"epoch": 1, "val_acc": 0.5, "val_f1": 0.5, "img_per_s": 10.0}]
+
+    race(_ruled(balance="none", epochs=40), source, tmp_path, train_candidate,
+         proposed=[Candidate("rules", {}, "r"), Candidate("plain", {"width": 1.0}, "p")])
+    test_files = set(source.splits["test"].paths)
+    for part in seen:
+        assert set(part.splits) == {"train", "val"} and not test_files & set(part.splits["val"].paths)
+        assert not set(part.splits["train"].paths) & set(part.splits["val"].paths)

@@ -23,14 +23,6 @@ from resnetlab.serve import Busy, InferenceWorker, ServeLimits, create_app
 from serving import png_bytes, running_server, train_tiny
 
 
-def explain_available() -> bool:
-    try:
-        from resnetlab.cam import overlay_for_image  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> tuple:
     checkpoint, data = train_tiny(tmp_path_factory.mktemp("serve"))
@@ -50,7 +42,7 @@ def one(name: str, data: bytes, kind: str = "image/png") -> dict:
 def test_health_classes_page_and_openapi(client):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["model"] == "resnet18" and health["classes"] == 3
-    assert health["img_size"] == 16 and health["runtime"] == "pytorch" and health["explain"] == explain_available()
+    assert health["img_size"] == 16 and health["runtime"] == "pytorch" and health["explain"] is True
     assert health["limits"]["max_upload_bytes"] == 10 * 1024 * 1024 and health["limits"]["max_files"] == 16
     assert client.get("/classes").json() == {"classes": sorted(TOY_CLASSES)}
     page = client.get("/")
@@ -137,19 +129,20 @@ def test_bad_query_values_are_422(client):
     assert client.get("/predict").status_code == 405
 
 
-def test_explain_returns_a_png_or_a_clear_501(client):
-    response = client.post("/explain", files=one("red.png", png_bytes(32)))
-    if explain_available():
-        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
-        assert Image.open(io.BytesIO(response.content)).format == "PNG"
-        assert client.post("/explain", files=one("x.txt", b"nope", "text/plain")).status_code == 415
-    else:  # resnetlab.explain not installed/merged: the route says so and the page hides the heat map
-        assert response.status_code == 501
-        assert "explanations are not available in this installation" in response.json()["detail"]
+def test_explain_returns_the_heat_map_png_of_the_predicted_class(client, model):
+    from resnetlab.cam import overlay_for_image  # grad-cam is a dependency: /explain always has it
+
+    picture = png_bytes(32)
+    response = client.post("/explain", files=one("red.png", picture))
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    served = Image.open(io.BytesIO(response.content))
+    assert served.format == "PNG"
+    expected = overlay_for_image(model[0], Image.open(io.BytesIO(picture)).convert("RGB"))
+    assert served.size == expected.size and np.array_equal(np.asarray(served.convert("RGB")), np.asarray(expected))
+    assert client.post("/explain", files=one("x.txt", b"nope", "text/plain")).status_code == 415
     assert client.post("/explain").status_code == 422  # the file field is required
 
 
-@pytest.mark.skipif(not explain_available(), reason="resnetlab.explain (grad-cam) is not installed")
 def test_explain_serves_only_single_pass_methods(client):
     # scorecam/ablationcam: one forward pass per channel on the model thread /predict waits on
     for method in ("scorecam", "ablationcam", "gradkam"):
@@ -302,9 +295,8 @@ def test_the_pixel_limit_is_the_one_configured(limited):
         assert response.status_code == 413
         assert response.json()["detail"] == ("wide.png: 31 x 10 = 310 pixels; this server accepts at most 300 "
                                              "pixels per image (--max-pixels)")
-        if explain_available():  # /explain decodes through the same check
-            response = client.post("/explain", files=one("big.png", image_bytes(20, 20)))
-            assert response.status_code == 413 and "(--max-pixels)" in response.json()["detail"]
+        response = client.post("/explain", files=one("big.png", image_bytes(20, 20)))  # decoded the same way
+        assert response.status_code == 413 and "(--max-pixels)" in response.json()["detail"]
 
 
 def test_the_file_count_limit_is_the_one_configured(limited):
@@ -343,8 +335,7 @@ def test_a_full_queue_is_a_503_with_retry_after_on_every_model_route(model):
             waiting = [worker.submit_logits(images) for _ in range(2)]  # the queue is full
             health = client.get("/health").json()  # answered without the model
             assert health["queue"]["waiting"] == 2 and health["limits"]["max_pending"] == 2
-            routes = ["/predict"] + (["/explain"] if explain_available() else [])
-            for route in routes:
+            for route in ("/predict", "/explain"):
                 response = client.post(route, files=one("a.png", png_bytes(32)))
                 assert response.status_code == 503, route
                 assert response.headers["retry-after"] == "1"

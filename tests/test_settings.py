@@ -78,3 +78,9 @@ def test_a_resume_from_another_folder_finds_moved_data_when_it_is_given(tmp_path
     monkeypatch.chdir(tmp_path)
     resumed = resnetlab.train(resume=str(tmp_path / "run"), data=str(tmp_path / "moved"), progress=False)
     assert resumed.stopped is None and resumed.epochs_done == 2
+
+
+def test_a_resumed_runs_own_config_yaml_resumes_it_rather_than_starting_over(tmp_path):
+    (tmp_path / "config.yaml").write_text(f"data: x\nresume: {tmp_path / 'nothing'}\n", encoding="utf-8")
+    with pytest.raises(Exception, match="nothing/last.pt"):  # it reads the run's last.pt: never a fresh start
+        resolve({}, yaml_path=tmp_path / "config.yaml")

@@ -3,18 +3,18 @@ MLflow through a real `mlflow server` (SQLite backend) started on 127.0.0.1 and 
 
 from __future__ import annotations
 
-import os
-import signal
+import re
 import socket
-import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 import resnetlab
+from processes import Process
 from resnetlab.cli import main
 
 pytest.importorskip("mlflow", reason="the 'track' extra is not installed")
@@ -29,43 +29,36 @@ CLI_TINY = ["--img-size", "16", "--width", "0.25", "--batch-size", "16", "--no-p
 SERVER_START_S = 180  # the server's first start creates its database; a loaded 2-core CI machine is slow
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server on 127.0.0.1 with a SQLite backend; its process group is killed afterwards."""
+    """A real MLflow tracking server on 127.0.0.1 with a SQLite backend, on a port the OS picks (--port 0; read
+    back from the address it prints: a port probed free and reused later could be taken by then); its process
+    tree is killed afterwards."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}",
-               "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+               "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", "0",
                "--workers", "1"]
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(SERVER_START_S * 4):
-            if server.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
+    with Process(command) as server:
+        started = server.read_until("http://127.0.0.1:", timeout=SERVER_START_S)  # "Uvicorn running on http://..."
+        uri = re.search(r"http://127\.0\.0\.1:[1-9][0-9]*", started)[0]
+        deadline = time.monotonic() + SERVER_START_S
+        while True:  # listening; the app answers once its startup is complete
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 MlflowClient(uri).search_experiments()
                 break
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:  # noqa: BLE001 - not answering yet
+                assert time.monotonic() < deadline, f"mlflow server at {uri} did not answer:\n{started}"
                 time.sleep(0.25)
-        else:
-            pytest.fail("mlflow server did not start")
         yield uri
-    finally:
-        try:
-            os.killpg(server.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        server.wait(timeout=30)
-        log.close()
+
+
+@pytest.fixture
+def refusing_uri() -> Iterator[str]:
+    """An address where nothing listens: a port bound (so nothing else can take it) but never listening, so every
+    connection is refused."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{holder.getsockname()[1]}"
 
 
 def test_tensorboard_events_hold_metrics_hparams_and_figures(split_folders: Path, tmp_path: Path):
@@ -109,9 +102,10 @@ def test_mlflow_server_gets_params_metrics_tags_artifacts_and_a_resume_continues
     assert "val_accuracy" in client.get_run(run_id).data.metrics
 
 
-def test_a_tracker_that_is_down_costs_one_warning_and_nothing_else(split_folders: Path, tmp_path: Path, capsys):
-    closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
-    result = resnetlab.train(data=str(split_folders), out=str(tmp_path / "down"), epochs=1, mlflow=closed, **TINY)
+def test_a_tracker_that_is_down_costs_one_warning_and_nothing_else(split_folders: Path, tmp_path: Path, capsys,
+                                                                   refusing_uri: str):
+    result = resnetlab.train(data=str(split_folders), out=str(tmp_path / "down"), epochs=1, mlflow=refusing_uri,
+                             **TINY)
     out = capsys.readouterr().err
     assert out.count("warning: mlflow: could not") == 1 and "the run and its files go on" in out
     assert result.stopped is None and result.best_checkpoint.is_file() and (result.run_dir / "report.html").is_file()

@@ -44,7 +44,7 @@ def test_the_unaugmented_training_view_of_a_whole_image_is_the_squashed_picture(
     image = textured(160, 100, 3)
     array, height, width = letterbox(image, 144)
     x = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255
-    view = BatchAugment("none", 96, crop_mode="squash")(x, torch.Generator(), torch.tensor([[height, width]]))
+    view = BatchAugment("none", 96, crop=Crop(mode="squash"))(x, torch.Generator(), torch.tensor([[height, width]]))
     expected = decode_image(image, 96, Crop(1.0, "bilinear", "squash")).float() / 255
     assert (view[0] - expected).abs().mean() < 0.03  # two bilinear resamplings of a noisy picture
     centre = decode_image(image, 96).float() / 255
@@ -64,7 +64,7 @@ def test_a_mark_at_the_edge_stays_in_every_light_view():
     def bar_share(views: torch.Tensor) -> torch.Tensor:
         return ((views[:, 0] - 80 / 255).abs() < 0.02).flatten(1).float().mean(dim=1)
 
-    squashed = BatchAugment("light", 64, hflip=False, crop_mode="squash")(x, generator, content)
+    squashed = BatchAugment("light", 64, hflip=False, crop=Crop(mode="squash"))(x, generator, content)
     assert bar_share(squashed).min() > 0.02  # a 1/6 bar, at worst shifted 1/8 of the view out
     assert bar_share(BatchAugment("light", 64, hflip=False)(x, generator, content)).max() < 0.01
 

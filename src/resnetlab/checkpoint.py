@@ -10,14 +10,14 @@ when the architecture and classes are given.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .data.images import Crop
+from .data.crop import Crop
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import CheckpointError, ModelError
 from .fileio import atomic_open
@@ -36,29 +36,26 @@ class ModelMeta:
     img_size: int
     mean: list[float]
     std: list[float]
+    _: KW_ONLY
+    crop: Crop = Crop()  # the evaluation crop, whole (its keys stay flat in the file: crop_pct, interpolation...)
+    task: str = "multiclass"  # or "multilabel": one sigmoid per class, labels at or above their threshold
+    thresholds: list[float] | None = None  # multilabel: per class, chosen after training (None: 0.5 for all)
     epoch: int | None = None
     metrics: dict = field(default_factory=dict)
     source: str = ""
-    crop_pct: float = 1.0  # the evaluation crop (data.images.Crop); checkpoints before 0.3 used the whole square
-    interpolation: str = "bilinear"
-    task: str = "multiclass"  # or "multilabel": one sigmoid per class, labels at or above their threshold
-    thresholds: list[float] | None = None  # multilabel: per class, chosen after training (None: 0.5 for all)
-    crop_mode: str = "center"  # the evaluation crop's shape (timm's crop_mode); older checkpoints: center
-
-    @property
-    def crop(self) -> Crop:
-        return Crop(self.crop_pct, self.interpolation, self.crop_mode)
-
-    @property
-    def view_fraction(self) -> float:
-        """The share of an image's shorter side that the evaluation crop shows the model (heat-map overlays)."""
-        return self.img_size / self.crop.scale_size(self.img_size)
 
     def to_dict(self) -> dict:
         return {"model_spec": self.spec.to_dict(), "classes": list(self.classes), "img_size": self.img_size,
-                "mean": list(self.mean), "std": list(self.std), "crop_pct": self.crop_pct,
-                "interpolation": self.interpolation, "crop_mode": self.crop_mode, "task": self.task,
+                "mean": list(self.mean), "std": list(self.std), **self.crop.to_dict(), "task": self.task,
                 "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds]}
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any], source: str = "") -> ModelMeta:
+        """From a checkpoint payload or an exported model's sidecar (the same keys; a sidecar has no epoch)."""
+        return cls(ModelSpec.from_dict(payload["model_spec"]), list(payload["classes"]), int(payload["img_size"]),
+                   list(payload["mean"]), list(payload["std"]), crop=Crop.from_dict(payload),
+                   task=str(payload.get("task", "multiclass")), thresholds=payload.get("thresholds"),
+                   epoch=payload.get("epoch"), metrics=dict(payload.get("metrics") or {}), source=source)
 
 
 def describe_model(meta: ModelMeta, config: dict[str, Any]) -> dict[str, Any]:
@@ -94,12 +91,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", arch: st
     else:
         payload = checkpoint if checkpoint is not None else read_checkpoint(path)
     if payload.get("format") == FORMAT:
-        meta = ModelMeta(ModelSpec.from_dict(payload["model_spec"]), list(payload["classes"]),
-                         int(payload["img_size"]), list(payload["mean"]), list(payload["std"]),
-                         payload.get("epoch"), dict(payload.get("metrics") or {}), str(path),
-                         float(payload.get("crop_pct", 1.0)), str(payload.get("interpolation", "bilinear")),
-                         str(payload.get("task", "multiclass")), payload.get("thresholds"),
-                         str(payload.get("crop_mode", "center")))
+        meta = ModelMeta.from_dict(payload, str(path))
         model = build_model(meta.spec)
         try:
             model.load_state_dict(payload["model"])

@@ -45,8 +45,7 @@ def pretrained_classifier(arch: str, weights: str | Path, *, img_size: int = 224
     for note in notes:
         logger.info(f"pretrained: {note}")
     crop, _ = default_crop(arch, img_size, pretrained=True)  # the weights' own evaluation crop
-    meta = ModelMeta(spec=spec, classes=[str(i) for i in range(num_classes)], img_size=img_size,
-                     crop_pct=crop.pct, interpolation=crop.interpolation, crop_mode=crop.mode,
+    meta = ModelMeta(spec=spec, classes=[str(i) for i in range(num_classes)], img_size=img_size, crop=crop,
                      mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), source=str(weights))
     return from_model(model.eval(), meta, resolve_device(device))
 

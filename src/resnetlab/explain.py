@@ -190,7 +190,7 @@ def _explain_chunk(classifier, items: list[_Item], total: int, out_dir: Path, ro
             true = meta.classes[item.true] if item.true is not None else None
             label = meta.classes[int(predicted[j])]
             try:
-                picture = overlay(_original(item), cam, fraction=meta.view_fraction, mode=meta.crop_mode)
+                picture = overlay(_original(item), cam, crop=meta.crop, size=meta.img_size)
             except ImageReadError as err:  # changed or removed since it was decoded
                 logger.warning(f"skipped {item.source}: {err.reason}")
                 rows.append((item.number, [item.source, "", true or "", "", "", "", err.reason]))

@@ -115,8 +115,7 @@ def _write_cams(classifier: Classifier, batch: torch.Tensor, targets: list[int],
     cams = cams_for_batch(classifier, batch, targets)  # forward/backward passes of 32 images
     for cam, prediction, path, number in zip(cams, predictions, paths, numbers):
         try:
-            picture = overlay(open_rgb(path), cam, fraction=classifier.meta.view_fraction,
-                              mode=classifier.meta.crop_mode)
+            picture = overlay(open_rgb(path), cam, crop=classifier.meta.crop, size=classifier.meta.img_size)
         except ImageReadError:  # changed since it was decoded: the row keeps its prediction, no heat map
             continue
         file = cam_dir / overlay_name(number, path, total)

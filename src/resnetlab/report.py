@@ -27,6 +27,7 @@ import yaml
 
 from ._version import __version__
 from .checkpoint import read_checkpoint
+from .data.crop import Crop
 from .errors import ReportError
 from .fileio import write_text
 from .multilabel.report import evaluation_body as multilabel_body
@@ -352,8 +353,7 @@ def _model_section(run_dir: Path, evaluations: list[Path]) -> str:
     except Exception as err:  # noqa: BLE001 - a summary we cannot compute must not cost the whole report
         return _section("model", "Model", _note(f"could not summarise {checkpoint}: {type(err).__name__}: {err}"))
     spec = payload.get("model_spec", {})
-    crop = (f"{payload.get('crop_mode', 'center')} crop {payload.get('crop_pct', 1.0):g}, "
-            f"{payload.get('interpolation', 'bilinear')}")
+    crop = Crop.from_dict(payload).describe()
     kpis = [("parameters", human(summary.total_params)), ("trainable", human(summary.trainable_params)),
             ("MACs per image", human(summary.macs)), ("FLOPs per image", human(summary.flops)),
             ("input", f"{summary.img_size}x{summary.img_size}"), ("evaluation view", crop)]

@@ -50,7 +50,7 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
 
 # what a run writes before its first checkpoint: a folder holding only these is a start that failed
 _FIRST_FILES = {"data_report.json", "split.csv", "samples.png", "config.yaml", "lr_find.png", "lr_find.csv",
-                "tracking.json", "mlruns", "tensorboard"}
+                "tracking.json", "mlruns", "tensorboard", "race"}
 
 
 def _only_a_failed_start(run_dir: Path) -> bool:

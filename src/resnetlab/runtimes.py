@@ -18,7 +18,6 @@ import torch
 
 from .checkpoint import ModelMeta
 from .errors import ExportError
-from .models import ModelSpec
 from .sidecar import METADATA_KEY, read_sidecar, sidecar_path
 
 RUNTIMES = {".onnx": "onnxruntime", ".xml": "openvino", ".torchscript": "torchscript"}
@@ -105,12 +104,7 @@ def open_exported(path: str | Path) -> ExportedBackend:
 
 
 def meta_from_sidecar(info: dict, path: Path) -> ModelMeta:
-    return ModelMeta(ModelSpec.from_dict(info["model_spec"]), list(info["classes"]), int(info["img_size"]),
-                     list(info["mean"]), list(info["std"]), source=str(path),
-                     crop_pct=float(info.get("crop_pct", 1.0)),
-                     interpolation=str(info.get("interpolation", "bilinear")),
-                     crop_mode=str(info.get("crop_mode", "center")),
-                     task=str(info.get("task", "multiclass")), thresholds=info.get("thresholds"))
+    return ModelMeta.from_dict(info, str(path))
 
 
 def _onnx(path: Path) -> OnnxBackend:

@@ -55,7 +55,8 @@ def resolve(keywords: dict[str, Any] | None = None, *, config: TrainConfig | Non
     """The run's settings and, for a resume, its last.pt (read once): a fresh run needs data; a resumed one takes
     its saved settings and changes only those a resume may change, and only where they were given now."""
     keywords = _given(keywords)
-    resume = keywords.get("resume") or (config.resume if config is not None else None)
+    resume = (keywords.get("resume") or (config.resume if config is not None else None)
+              or (load_yaml(yaml_path).get("resume") if yaml_path else None))  # a resumed run's own config.yaml
     if not resume:
         cfg = merge(keywords, config=config, yaml_path=yaml_path)
         if not cfg.data:

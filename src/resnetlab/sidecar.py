@@ -9,11 +9,11 @@ only this JSON.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from ._version import __version__
+from .data.crop import Crop
 from .errors import ExportError
 
 METADATA_KEY = "resnetlab"  # ONNX metadata_props key / OpenVINO rt_info key / TorchScript extra file: the JSON
@@ -35,16 +35,14 @@ def describe(meta: Any, fmt: str, *, dynamic_batch: bool) -> dict[str, Any]:
         "task": meta.task,  # multilabel: one sigmoid per class, a class predicted at or above its threshold
         "thresholds": None if meta.thresholds is None else [float(t) for t in meta.thresholds],
         "img_size": s,
-        "crop_pct": meta.crop_pct,
-        "interpolation": meta.interpolation,
-        "crop_mode": meta.crop_mode,
+        **meta.crop.to_dict(),  # crop_pct, interpolation, crop_mode
         "mean": list(meta.mean),
         "std": list(meta.std),
         "model_spec": meta.spec.to_dict(),
         "input": {"name": "image", "layout": "NCHW", "channels": "RGB", "dtype": "float32",
                   "shape": ["batch" if dynamic_batch else 1, 3, s, s],
                   "preprocessing": "the steps under 'preprocessing', in order"},
-        "preprocessing": preprocessing_steps(s, meta.crop_pct, meta.interpolation, meta.crop_mode),
+        "preprocessing": preprocessing_steps(s, meta.crop),
         "output": {"name": "logits", "shape": ["batch" if dynamic_batch else 1, len(meta.classes)],
                    "note": "raw logits in the order of 'classes'; " + (
                        "apply a sigmoid per class for probabilities; the labels are those at or above their "
@@ -58,16 +56,15 @@ def embedded_json(info: dict) -> str:
     return json.dumps({k: v for k, v in info.items() if k != "check"}, ensure_ascii=False)
 
 
-def preprocessing_steps(s: int, crop_pct: float = 1.0, interpolation: str = "bilinear", crop_mode: str = "center"
-                        ) -> list[str]:
+def preprocessing_steps(s: int, crop: Crop = Crop()) -> list[str]:
     """What ``data.images.decode_image`` and ``Classifier.preprocess`` do, in order, so that a client with PIL,
     numpy and onnxruntime alone gets the same input (tests/test_sidecar.py is such a client, on every image mode).
     """
-    scale = int(math.floor(s / crop_pct))
+    scale, crop_pct, interpolation = crop.scale_size(s), crop.pct, crop.interpolation
     resize = (f"resize (aspect kept) so the shorter side is {scale} = floor({s} / crop_pct {crop_pct:g}), the longer "
               f"side int({scale} * longer / shorter), with PIL's {interpolation} filter: image.resize((w, h), "
               f"Image.Resampling.{interpolation.upper()}) (torchvision's Resize({scale}))")
-    if crop_mode == "squash":
+    if crop.mode == "squash":
         resize = (f"resize both sides to {scale} = floor({s} / crop_pct {crop_pct:g}), the aspect ratio not kept "
                   f"(crop_mode squash), with PIL's {interpolation} filter: image.resize(({scale}, {scale}), "
                   f"Image.Resampling.{interpolation.upper()}) (torchvision's Resize(({scale}, {scale})))")

@@ -39,7 +39,7 @@ def overlay_for_image(classifier, image: Image.Image, method: str = "gradcam") -
     probabilities = (logits.sigmoid() if classifier.meta.task == "multilabel" else logits.softmax(dim=1))[0]
     predicted = int(probabilities.argmax())
     cams = cams_for_batch(classifier, batch, [predicted], method=method, progress=False)  # a server: no bars
-    result = overlay(rgb, cams[0], fraction=classifier.meta.view_fraction, mode=classifier.meta.crop_mode)
+    result = overlay(rgb, cams[0], crop=classifier.meta.crop, size=classifier.meta.img_size)
     probability = float(probabilities[predicted])
     result.info.update({"predicted": classifier.classes[predicted], "probability": f"{probability:.6f}",
                         "method": method})

@@ -16,33 +16,36 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
+from ..data.crop import Crop
 from ..fileio import readable
 
 
-def model_view_box(width: int, height: int, fraction: float = 1.0, mode: str = "center") -> tuple[int, int, int, int]:
-    """The centred part of a width x height image that decode_image shows the model: a square of ``fraction`` of the
-    shorter side (the evaluation crop's share, ModelMeta.view_fraction; 1.0: the whole centre square), or with
-    ``mode`` "squash" (ModelMeta.crop_mode) ``fraction`` of each side (1.0: the whole image)."""
-    box_w, box_h = ((max(1, round(width * fraction)), max(1, round(height * fraction))) if mode == "squash" else
+def model_view_box(width: int, height: int, crop: Crop = Crop(), size: int | None = None
+                   ) -> tuple[int, int, int, int]:
+    """The centred part of a width x height image that decode_image(image, size, crop) shows the model: a square of
+    the crop's share of the shorter side (``crop.view_fraction(size)``; without ``size``: the whole centre square),
+    or with crop mode "squash" that share of each side (1.0: the whole image)."""
+    fraction = crop.view_fraction(size) if size else 1.0
+    box_w, box_h = ((max(1, round(width * fraction)), max(1, round(height * fraction))) if crop.mode == "squash" else
                     (max(1, round(min(width, height) * fraction)),) * 2)
     left, top = (width - box_w) // 2, (height - box_h) // 2
     return left, top, left + box_w, top + box_h
 
 
-def overlay(image: Image.Image, cam: np.ndarray, alpha: float = 0.5, fraction: float = 1.0, mode: str = "center"
+def overlay(image: Image.Image, cam: np.ndarray, alpha: float = 0.5, crop: Crop = Crop(), size: int | None = None
             ) -> Image.Image:
     """The heat map (H x W in [0, 1], the model's square view) blended on ``image`` at its original size; RGB.
 
-    The model sees the centred square of a non-square image (``fraction`` of its shorter side, the evaluation
-    crop), so the map covers that square (with ``mode`` squash: that part of the whole image, stretched back); the
-    parts it never saw are kept but dimmed.
+    The model sees the centred square of a non-square image (the evaluation ``crop``'s share of its shorter side at
+    input ``size``: ModelMeta.crop and .img_size), so the map covers that square (crop mode squash: that part of the
+    whole image, stretched back); the parts it never saw are kept but dimmed.
     """
     if cam.ndim != 2:
         raise ValueError(f"cam must be a 2-D map (H x W), got shape {tuple(cam.shape)}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     image = image if image.mode == "RGB" else image.convert("RGB")
-    box = model_view_box(*image.size, fraction, mode)
+    box = model_view_box(*image.size, crop, size)
     seen = image.crop(box)
     heat = cv2.resize(np.clip(cam, 0.0, 1.0).astype(np.float32), seen.size, interpolation=cv2.INTER_LINEAR)
     blended = show_cam_on_image(np.asarray(seen, dtype=np.float32) / 255.0, heat, use_rgb=True,

@@ -75,9 +75,10 @@ def decode_split(split: SplitData, size: int, *, crop: Crop = Crop(), layout: st
         return DecodedSplit(_resize_array(split.images, size), torch.from_numpy(split.labels),
                             np.arange(len(split)))
     cache_root = Path(cache_dir or os.environ.get("RESNETLAB_CACHE", DEFAULT_CACHE_DIR)).expanduser()
-    job = (size, crop.pct, crop.interpolation, layout, crop.mode)
+    job = (size, crop, layout)
     squashed = crop.mode == "squash" and layout == "square"  # the only case the mode changes what is stored
-    key = _cache_key(split.paths, "-".join(map(str, job if squashed else job[:4])))
+    named = (size, crop.pct, crop.interpolation, layout) + ((crop.mode,) if squashed else ())  # existing keys kept
+    key = _cache_key(split.paths, "-".join(map(str, named)))
     array_file, meta_file = cache_root / f"{key}.npy", cache_root / f"{key}.json"
     if use_cache and array_file.is_file() and meta_file.is_file():
         try:
@@ -136,8 +137,8 @@ Decoded = tuple  # (H x W x 3 uint8 array, content digest, EXIF-rotated?, pixels
 
 
 def _decode_one(job: tuple) -> Decoded | str:
-    path, size, pct, interpolation, layout, mode = job
-    return decode_bytes(path, None, size, Crop(pct, interpolation, mode), layout)
+    path, size, crop, layout = job
+    return decode_bytes(path, None, size, crop, layout)
 
 
 def decode_bytes(path: str, data: bytes | None, size: int, crop: Crop = Crop(), layout: str = "square"

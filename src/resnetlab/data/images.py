@@ -16,7 +16,6 @@ import stat
 import struct
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..errors import ImageReadError
 from ..log import logger
+from .crop import Crop
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Decompression-bomb guard (PIL's default): PIL raises DecompressionBombError above twice this many pixels.
@@ -177,25 +177,9 @@ def open_rgb(source: str | os.PathLike | Image.Image, *, draft_size: int | None 
         raise ImageReadError(path, f"corrupt image data ({type(err).__name__}: {err})") from None
 
 
-CROP_MODES = ("center", "squash")  # timm's crop_mode values resnetlab implements ("border" is not one)
 INTERPOLATIONS = {"bilinear": TF.InterpolationMode.BILINEAR, "bicubic": TF.InterpolationMode.BICUBIC}
 WHOLE_SCALE = 1.5  # a whole-image cache keeps the longer side at this multiple of the training size
 SMALL_SIZE = 64  # training sizes up to this keep the centre-square cache (the fast path of small images)
-
-
-@dataclass(frozen=True)
-class Crop:
-    """The standard evaluation crop (timm's and torchvision's): resize the shorter side to floor(size / pct) with
-    ``interpolation``, then centre-crop size x size. pct 1.0 is the whole centre square. ``mode`` is timm's
-    ``crop_mode``: "center" (that), or "squash": resize the whole image to floor(size / pct) on both sides (the
-    aspect ratio is not kept), then centre-crop; with pct 1.0 the model sees all of the picture, edges included."""
-
-    pct: float = 1.0
-    interpolation: str = "bilinear"
-    mode: str = "center"
-
-    def scale_size(self, size: int) -> int:
-        return int(math.floor(size / self.pct))  # timm's transforms_imagenet_eval rounds down too
 
 
 def default_layout_and_crop(size: int) -> tuple[str, Crop]:

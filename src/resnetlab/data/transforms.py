@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from .crop import Crop
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -78,15 +80,13 @@ class BatchAugment:
     of any preset, the regulariser of the best Fashion-MNIST entries (Zhong et al. 2017).
     """
 
-    def __init__(self, preset: str, size: int, *, hflip: bool = True, erase: float = 0.0, crop_pct: float = 1.0,
-                 crop_mode: str = "center"):
+    def __init__(self, preset: str, size: int, *, hflip: bool = True, erase: float = 0.0, crop: Crop = Crop()):
         if preset not in AUG_PRESETS:
             raise ValueError(f"augmentation preset '{preset}' is not one of {', '.join(AUG_PRESETS)}")
         if not 0.0 <= erase <= 1.0:
             raise ValueError(f"random erasing probability must be within 0-1, got {erase}")
         self.preset, self.size, self.hflip = preset, size, hflip
-        self.crop_pct = crop_pct  # whole images, presets without random-resized-crop: the evaluation crop's zoom
-        self.crop_mode = crop_mode  # ... and its shape: the centre square, or the whole picture squashed (squash)
+        self.crop = crop  # whole images, presets without random-resized-crop: the evaluation crop's zoom and shape
         self.erase = erase if erase or preset != "strong" else 0.25
         self._trivial = None
         if preset == "strong":
@@ -127,10 +127,10 @@ class BatchAugment:
             sign = torch.where(torch.rand(n, generator=g, device=device) < 0.5, -sign, sign)
         if self.preset in ("none", "flip", "crop", "light"):
             theta = self._square_window(n, sign, g, device)
-            if content is not None and self.crop_mode == "squash":  # the window spans the evaluation crop's share
-                theta *= self.crop_pct                                 # of each side of the whole image
+            if content is not None and self.crop.mode == "squash":  # the window spans the evaluation crop's share
+                theta *= self.crop.pct                                 # of each side of the whole image
             elif content is not None:  # the window lives in the evaluation crop's centre square of the whole image
-                shorter = torch.minimum(heights, widths) * self.crop_pct
+                shorter = torch.minimum(heights, widths) * self.crop.pct
                 theta[:, 0] *= (shorter / widths).view(n, 1)
                 theta[:, 1] *= (shorter / heights).view(n, 1)
         else:

@@ -102,8 +102,8 @@ def _write_cams(classifier, batch: torch.Tensor, predictions: list, paths: list[
     written: dict[int, list[str]] = {}
     for (j, k), heat in zip(pairs, _label_cams(classifier, batch, pairs)):
         try:
-            picture = overlay(open_rgb(paths[j]), heat, fraction=classifier.meta.view_fraction,
-                              mode=classifier.meta.crop_mode)
+            picture = overlay(open_rgb(paths[j]), heat, crop=classifier.meta.crop,
+                              size=classifier.meta.img_size)
         except ImageReadError:  # changed since it was decoded: the row keeps its prediction
             continue
         file = cam_dir / label_overlay_name(numbers[j], paths[j], total, classifier.classes[k])
@@ -133,8 +133,8 @@ def explain_label_sets(classifier, files: list[str], *, target: int | None, meth
                 path, number, p = chunk[positions[j]], start + int(positions[j]), predictions[j]
                 label, probability = classifier.classes[k], float(p.probabilities[k])
                 try:
-                    picture = overlay(open_rgb(path), heat, fraction=classifier.meta.view_fraction,
-                                      mode=classifier.meta.crop_mode)
+                    picture = overlay(open_rgb(path), heat, crop=classifier.meta.crop,
+                                      size=classifier.meta.img_size)
                 except ImageReadError as err:
                     rows.append((number, [path, "", "", p.label, "", label, err.reason]))
                     continue

@@ -48,15 +48,15 @@ class PreparedData:
 
 
 def resolve_crop(cfg: TrainConfig, img_size: int) -> tuple[Crop, str]:
-    """--crop-pct, --interpolation and --crop-mode, each as given or else by ``models.default_crop``'s rule; and
-    why."""
+    """--crop-pct, --interpolation and --crop-mode (the TrainConfig fields named as Crop.to_dict's keys), each as
+    given or else by ``models.default_crop``'s rule; and why."""
     chosen, reason = default_crop(cfg.model, img_size, bool(cfg.pretrained))
     if "crop_mode" in (cfg.chosen or {}):
         reason = "auto: " + cfg.chosen["crop_mode"]["why"]
     elif cfg.crop_pct is not None or cfg.crop_mode is not None:
         reason = "given"
-    return Crop(cfg.crop_pct or chosen.pct, cfg.interpolation or chosen.interpolation,
-                cfg.crop_mode or chosen.mode), reason
+    given = {key: getattr(cfg, key, None) for key in chosen.to_dict() if getattr(cfg, key, None) is not None}
+    return Crop.from_dict({**chosen.to_dict(), **given}), reason
 
 
 def resolve_norm(cfg: TrainConfig, train: DecodedSplit, split: SplitData | None = None, img_size: int = 0,
@@ -159,8 +159,7 @@ def _log_data_path(cfg: TrainConfig, train: DecodedSplit, side: int) -> None:
 def training_batches(data: PreparedData, cfg: TrainConfig, device: torch.device, *, drop_last: bool,
                      sample_weights: torch.Tensor | None = None, rank: int = 0, world_size: int = 1) -> Batches:
     """The training split's shuffled, augmented batches: slices of the decoded array, or streamed from files."""
-    augment = (BatchAugment(cfg.aug, data.img_size, hflip=cfg.hflip, erase=cfg.erase, crop_pct=data.crop.pct,
-                            crop_mode=data.crop.mode)
+    augment = (BatchAugment(cfg.aug, data.img_size, hflip=cfg.hflip, erase=cfg.erase, crop=data.crop)
                if cfg.aug != "none" or cfg.erase or data.layout == "whole" else None)
     options = {"batch_size": cfg.batch_size, "device": device, "mean": data.mean, "std": data.std, "shuffle": True,
                "augment": augment, "seed": cfg.seed, "drop_last": drop_last, "sample_weights": sample_weights,

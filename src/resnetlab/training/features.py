@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.crop import Crop
 from ..data.loaders import Batches
 from ..data.transforms import BatchAugment
 from ..engine import autocast
@@ -72,14 +73,13 @@ class FrozenFeatures:
 
     @classmethod
     def build(cls, model: nn.Module, batches: Batches, *, views: int, preset: str, hflip: bool, size: int,
-              seed: int, amp_dtype: torch.dtype | None, crop_pct: float = 1.0, crop_mode: str = "center"
-              ) -> FrozenFeatures:
+              seed: int, amp_dtype: torch.dtype | None, crop: Crop = Crop()) -> FrozenFeatures:
         """Features of every training image: one unaugmented view, or ``views`` augmented ones."""
         started = time.perf_counter()
         device = batches.device
         count = len(batches.labels)
-        augments = [BatchAugment("none", size, crop_pct=crop_pct, crop_mode=crop_mode)] if views == 1 else [
-            BatchAugment(preset, size, hflip=hflip, crop_pct=crop_pct, crop_mode=crop_mode) for _ in range(views)]
+        augments = [BatchAugment("none", size, crop=crop)] if views == 1 else [
+            BatchAugment(preset, size, hflip=hflip, crop=crop) for _ in range(views)]
         was_training = model.training
         model.eval()
         computed, readable = [], torch.zeros(count, dtype=torch.bool, device=device)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..data.crop import Crop
 from ..data.loaders import Batches
 from ..distributed import DistInfo, any_rank, from_main, gather_lists, sum_over_ranks, sync_buffers
 from ..engine import EpochResult, EpochTotals, optimizer_steps, run_epoch
@@ -163,8 +164,7 @@ def frozen_features(run: Run) -> tuple[FrozenFeatures | None, float]:
         return None, 0.0
     run.features = FrozenFeatures.build(run.model, run.train_batches, views=cfg.feature_views, preset=cfg.aug,
                                         hflip=cfg.hflip, size=int(run.meta["img_size"]), seed=cfg.seed,
-                                        amp_dtype=run.amp_dtype, crop_pct=float(run.meta.get("crop_pct", 1.0)),
-                                        crop_mode=str(run.meta.get("crop_mode", "center")))
+                                        amp_dtype=run.amp_dtype, crop=Crop.from_dict(run.meta))
     return run.features, run.features.seconds
 
 
@@ -295,7 +295,8 @@ def _epochs(run: Run, history: list[dict], stop: StopRequests, start_epoch: int,
             plot_curves(run.run_dir, history)
         stop.raise_if_aborted()
         # e.g. a tuner's pruner (no end-of-run evaluation); it also gets the epochs planned now
-        if run.on_epoch is not None and run.on_epoch({**row, "planned_epochs": planned}):
+        # (not after a Ctrl-C: the stop below must see it, whatever the callback would say)
+        if run.on_epoch is not None and not stop.requested and run.on_epoch({**row, "planned_epochs": planned}):
             logger.info(f"stopped after epoch {epoch} by the epoch callback (pruned)")
             return "pruned"
         reason = _stop_reason(run, epoch, planned, stop)

@@ -23,15 +23,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..config import TrainConfig, parse_duration
 from ..data.splits import DataSource, stratified_split
+from ..errors import ResnetlabError, one_line
 from ..log import logger
 from .auto import IMBALANCE  # the class ratio above which the score weighs macro F1 too
 
 RACE_SHARE = 0.25  # of the run's budget, for the whole race
 RACE_EPOCHS = 4  # epochs a candidate should get over its share of the training split
 MIN_PER_CLASS = 8  # a share with fewer images of a class than this is no test of the recipe
+MIN_SLICE_S = 2.0  # seconds a candidate needs at the least (a start-up, one epoch, one validation)
+RACE_HOLD_OUT = 0.15  # of the training split, the race's validation where the test split is the validation
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ def candidates(cfg: TrainConfig) -> list[Candidate]:
              "opt": "adamw", "lr": 2e-3, "weight_decay": 0.05, "mixup": 0.0, "cutmix": 0.0}
     if cfg.pretrained:  # ImageNet weights: the fine-tuning rate the rules use
         plain.update(lr=cfg.lr, norm="imagenet")
+    if given & {"opt", "lr", "weight_decay"}:  # one group (auto._optimisation): a given part keeps the rules' three
+        plain = {k: v for k, v in plain.items() if k not in ("opt", "lr", "weight_decay")}
     proposed = [Candidate("rules", {}, "auto's rule choice"),
                 Candidate("plain", plain, "the plain script: full width, flips only, unweighted loss, avg pooling, "
                                           "AdamW 2e-3")]
@@ -113,26 +119,52 @@ def race(cfg: TrainConfig, source: DataSource, run_dir: Path, train_candidate: T
     wanted = int(speed * 0.7 * slice_s / RACE_EPOCHS)
     counts = _class_counts(source)
     rarest, imbalanced = max(1, min(counts)), max(counts) > IMBALANCE * max(1, min(counts))
-    if len(entries) < 2 or wanted * rarest / max(train_images, 1) < MIN_PER_CLASS:
-        why = ("one candidate left after the given settings" if len(entries) < 2 else
-               f"{slice_s:.0f}s per candidate trains ~{max(wanted, 0)} images {RACE_EPOCHS} times: too few to compare")
+    why = ("one candidate left after the given settings" if len(entries) < 2 else
+           "--epochs was given: the race plans by time" if "epochs" in set(cfg.given or []) else
+           f"{slice_s:.1f}s per candidate" if slice_s < MIN_SLICE_S else
+           f"{slice_s:.0f}s per candidate trains ~{max(wanted, 0)} images {RACE_EPOCHS} times: too few to compare"
+           if wanted * rarest / max(train_images, 1) < MIN_PER_CLASS else None)
+    if why:
         logger.info(f"race: skipped ({why}); the rule choice is kept")
         return _with_race(cfg, {"value": "rules", "why": f"no race: {why}", "table": []})
-    part, images = share_of(source, wanted, cfg.seed)
-    logger.info(f"race: {len(entries)} candidates, {slice_s:.0f}s each on {images} of {train_images} training images "
-                f"({', '.join(c.name for c in entries)}); then the winner trains for the rest of the budget")
+    part = _race_source(source, wanted, cfg.seed)
+    logger.info(f"race: {len(entries)} candidates, {slice_s:.0f}s each on {len(part.splits['train'])} of "
+                f"{train_images} training images ({', '.join(c.name for c in entries)}); then the winner trains for "
+                "the rest of the budget")
     table = []
     for candidate in entries:
-        settings = {**candidate.settings, "time_limit": f"{slice_s:.0f}s", "fill_time": True, "race": "off",
+        if clock() - started > 1.5 * RACE_SHARE * budget:  # a slow start must not eat the winner's time
+            table.append(_entry(candidate, [], imbalanced, cfg.task, note="not run: the race's time was spent"))
+            continue
+        settings = {**candidate.settings, "time_limit": f"{slice_s:.1f}s", "fill_time": True, "race": "off",
                     "epochs": RACE_EPOCHS, "warmup_epochs": 0.5, "out": str(run_dir / "race" / candidate.name),
                     "exist_ok": True, "tensorboard": False, "mlflow": None, "keep": 0, "save_every": 0,
-                    "early_stop": 0, "best_metric": "last"}
-        rows = train_candidate(replace(cfg, **settings), part)
+                    "early_stop": 0, "best_metric": "last", "stop_after_steps": 0}
+        rows, note = _run_candidate(train_candidate, replace(cfg, **settings), part)
         _drop_weights(run_dir / "race" / candidate.name)
-        table.append(_entry(candidate, rows, imbalanced, cfg.task))
-    val_images = len(source.splits[source.val_name])
-    won = _decide(cfg, entries, table, val_images, budget - (clock() - started))
+        table.append(_entry(candidate, rows, imbalanced, cfg.task, note))
+    won = _decide(cfg, entries, table, len(part.splits["val"]), budget - (clock() - started))
     return _replanned(won, table, train_images, parse_duration(won.time_limit))
+
+
+def _race_source(source: DataSource, images: int, seed: int) -> DataSource:
+    """The candidates' data: a stratified share of the training split, validated on the validation split; where
+    the test split stands in for it (no val split), on a hold-out of the training split instead, so the recipe is
+    never chosen on test images."""
+    if source.val_name == "test":
+        train, held_out = stratified_split(source.splits["train"], RACE_HOLD_OUT, seed)
+        source = replace(source, splits={"train": train, "val": held_out})
+    part, _ = share_of(source, images, seed)
+    return replace(part, splits={"train": part.splits["train"], "val": part.splits["val"]})
+
+
+def _run_candidate(train_candidate: TrainCandidate, cfg: TrainConfig, part: DataSource) -> tuple[list[dict], str]:
+    """A candidate's metrics rows; one that fails (a diverging loss, out of memory) scores nothing and says why."""
+    try:
+        return train_candidate(cfg, part), ""
+    except (ResnetlabError, torch.OutOfMemoryError) as err:
+        logger.warning(f"race: candidate {Path(cfg.out).name} failed: {one_line(err)}")
+        return [], f"failed: {one_line(err)}"
 
 
 def _class_counts(source: DataSource) -> list[int]:
@@ -141,9 +173,9 @@ def _class_counts(source: DataSource) -> list[int]:
     return [int(c) for c in counts]
 
 
-def _entry(candidate: Candidate, rows: list[dict], imbalanced: bool, task: str) -> dict:
+def _entry(candidate: Candidate, rows: list[dict], imbalanced: bool, task: str, note: str = "") -> dict:
     last = rows[-1] if rows else None
-    return {"candidate": candidate.name, "settings": candidate.settings, "epochs": len(rows),
+    return {"candidate": candidate.name, "settings": candidate.settings, "epochs": len(rows), "note": note,
             "val_acc": round(float(last["val_acc"]), 4) if last else None,
             "val_f1": round(float(last.get("val_f1", math.nan)), 4) if last and "val_f1" in last else None,
             "score": round(race_score(last, imbalanced, task), 4) if last else -math.inf,
@@ -159,7 +191,7 @@ def _decide(cfg: TrainConfig, entries: list[Candidate], table: list[dict], val_i
     rules = next(e for e in table if e["candidate"] == "rules")
     best = max(table, key=lambda e: e["score"])
     margin = standard_error(rules["score"], val_images)
-    if best is rules or best["score"] - rules["score"] <= margin:
+    if best is rules or not math.isfinite(best["score"]) or best["score"] - rules["score"] <= margin:
         winner = "rules"
         why = ("the rule choice scored best" if best is rules else
                f"cannot separate: {best['candidate']} {best['score']:.4f} vs rules {rules['score']:.4f} is within one "

@@ -8,7 +8,10 @@
 from __future__ import annotations
 
 import functools
+import gc
 import random
+import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -30,6 +33,7 @@ from ..log import logger, progress_enabled
 from ..models import count_parameters, first_stage_side, set_backbone_trainable
 from ..runfiles import prepare_run_dir, read_history
 from ..settings import resolve
+from ..signals import Terminated
 from ..tracking import open_trackers
 from .data import PreparedData, prepare_data, report_streamed_skips, training_batches, validation_batches
 from .finish import check_replicas, finish_run, plot_samples, release_training_memory
@@ -152,10 +156,18 @@ def _train(cfg: TrainConfig, saved: dict | None, info: DistInfo, clock: Callable
 def _race_candidate(cfg: TrainConfig, source: DataSource, weights: dict | None, *, info: DistInfo,
                     clock: Callable[[], float]) -> list[dict]:
     """One candidate of the race (race.py): trained to the end of its plan (no end-of-run evaluation); its rows."""
-    result = _train(cfg, None, info, clock, lambda row: row["epoch"] >= row["planned_epochs"],
-                    Inputs(cfg, source, weights))
-    if result.stopped == "signal":  # Ctrl-C during the race: nothing to keep yet, stop the whole run
-        raise KeyboardInterrupt
+    try:
+        result = _train(cfg, None, info, clock, lambda row: row["epoch"] >= row["planned_epochs"],
+                        Inputs(cfg, source, weights))
+    finally:  # its batches and moments go before the next candidate or the run measures free memory
+        gc.collect()
+        if info.device.type == "cuda":
+            torch.cuda.empty_cache()
+    if result.stopped == "signal":  # Ctrl-C during the race: no run to resume yet (the candidate's is no user's)
+        shutil.rmtree(Path(cfg.out), ignore_errors=True)
+        logger.warning("interrupted during the race of --recipe auto: nothing was trained yet; start the same "
+                       "command again (or add --race off)")
+        raise Terminated if result.stop_signal == signal.SIGTERM else KeyboardInterrupt
     return result.history
 
 
@@ -200,8 +212,7 @@ def _set_up(cfg: TrainConfig, saved: dict | None, info: DistInfo, run_dir: Path,
                     "the learning rate is used as given (no automatic scaling with the process count)")
     forward = wrap(model, cfg, info)
     state.ema = build_ema(cfg, model)
-    meta = describe_model(ModelMeta(spec, classes, data.img_size, data.mean, data.std, crop_pct=data.crop.pct,
-                                    interpolation=data.crop.interpolation, crop_mode=data.crop.mode,
+    meta = describe_model(ModelMeta(spec, classes, data.img_size, data.mean, data.std, crop=data.crop,
                                     task=data.source.task), cfg.to_dict())
     return Run(cfg, info, run_dir, model, forward, state, schedule, objective, train_batches,
                validation_batches(data, cfg, device, info), amp_dtype, meta)

@@ -20,6 +20,7 @@ from ..data.images import SMALL_SIZE
 from ..data.sources import open_data
 from ..data.splits import DataSource
 from ..distributed import DistInfo, from_main
+from ..errors import ResnetlabError, one_line
 from ..hub import available_weights
 from ..log import logger
 from .auto import apply_auto, data_stats
@@ -37,7 +38,8 @@ def settle(inputs: Inputs, info: DistInfo, run_dir: Path, train_candidate: Train
     cfg = inputs.cfg
     if cfg.recipe != "auto" or cfg.chosen is not None:
         return inputs
-    early = from_main(_before_rules(cfg, inputs.source) if info.is_main else None, info)
+    early, weights = _before_rules(cfg, inputs.source) if info.is_main else (None, None)
+    early = from_main(early, info)
     cfg = replace(cfg, **{name: value for name, (value, _) in early.items()})
     source = inputs.source
     if "val_split" in early:
@@ -48,7 +50,10 @@ def settle(inputs: Inputs, info: DistInfo, run_dir: Path, train_candidate: Train
     chosen = {**{name: {"value": value, "why": why} for name, (value, why) in early.items()}, **cfg.chosen}
     cfg = replace(cfg, chosen=chosen)
     cfg = replace(cfg, **_best_metric(cfg, source))
-    weights = read_weights(cfg) if "pretrained" in early else inputs.weights
+    if "pretrained" not in early:
+        weights = inputs.weights
+    elif weights is None:  # the other ranks read what rank 0 read
+        weights = read_weights(cfg)
     if cfg.race == "on" and cfg.time_limit is not None:
         if info.enabled:
             logger.info("race: skipped under torchrun (every process would race); the rule choice is kept")
@@ -58,15 +63,22 @@ def settle(inputs: Inputs, info: DistInfo, run_dir: Path, train_candidate: Train
     return Inputs(cfg, source, weights)
 
 
-def _before_rules(cfg: TrainConfig, source: DataSource) -> dict[str, tuple]:
-    """What the rules build on: ImageNet weights for photo-sized images when they can be had without asking
-    (not given), and a validation split with enough images of the rarest class (class folders, not given)."""
-    given, early = set(cfg.given or []), {}
-    if "pretrained" not in given and not cfg.pretrained and data_stats(source).side > SMALL_SIZE:
+def _before_rules(cfg: TrainConfig, source: DataSource) -> tuple[dict[str, tuple], dict | None]:
+    """What the rules build on, and the weights read: ImageNet weights for photo-sized images when they can be had
+    without asking and fit the network asked for (not given), and a validation split with enough images of the
+    rarest class (class folders, not given)."""
+    given, early, weights = set(cfg.given or []), {}, None
+    fits = not ("width" in given and cfg.width != 1.0) and not ("stem" in given and cfg.stem == "small")
+    if "pretrained" not in given and not cfg.pretrained and fits and data_stats(source).side > SMALL_SIZE:
         value, why = available_weights(cfg.model)
-        logger.info(f"auto: pretrained = {value} ({why})")
         if value:
-            early["pretrained"] = (value, f"fine-tuning ImageNet weights beats training from scratch on photos: {why}")
+            try:  # a hub that answered the check but fails the download: from scratch, not a failed run
+                weights = read_weights(replace(cfg, pretrained=value))
+                early["pretrained"] = (value, f"fine-tuning ImageNet weights beats training from scratch on photos: "
+                                              f"{why}")
+            except ResnetlabError as err:
+                value, why = None, f"{why}, but they could not be read ({one_line(err)}): trained from scratch"
+        logger.info(f"auto: pretrained = {value} ({why})")
     if source.kind == "class folders" and "val_split" not in given:
         counts = [sum(n) for n in zip(*(source.class_counts(s).values() for s in ("train", "val")))]
         rarest = max(1, min(counts))
@@ -74,13 +86,14 @@ def _before_rules(cfg: TrainConfig, source: DataSource) -> dict[str, tuple]:
         if share > cfg.val_split + 1e-9:
             early["val_split"] = (round(share, 3), f"the rarest class has {rarest} images: {share:.0%} of each class "
                                                    f"for validation keeps ~{round(rarest * share)} of it there")
-    return early
+    return early, weights
 
 
 def _best_metric(cfg: TrainConfig, source: DataSource) -> dict:
     """best.pt by the last epoch of a finished one-cycle or cosine schedule when the validation split is too small
     for its metric to be trusted (one image would move it by more than the differences between epochs)."""
-    if "best_metric" in set(cfg.given or []) or cfg.task == "multilabel" or cfg.sched not in ("onecycle", "cosine"):
+    if ("best_metric" in set(cfg.given or []) or cfg.task == "multilabel" or cfg.sched not in ("onecycle", "cosine")
+            or cfg.early_stop):  # --early-stop watches a metric: "last" would never stop
         return {}
     labels = np.asarray(source.splits[source.val_name].labels)
     rarest = int(np.bincount(labels, minlength=len(source.classes)).min())

@@ -168,7 +168,9 @@ class Worker:
 
         plan = self.plan
         column = BEST_METRIC_COLUMNS[plan.metric]
-        cfg = TrainConfig.from_dict({**settings, "out": str(run_dir), "exist_ok": True, "mlflow": plan.mlflow,
+        # a study stored before recipes were always named ran the plain defaults: it still does (not auto)
+        cfg = TrainConfig.from_dict({**settings, "recipe": settings.get("recipe") or "plain", "out": str(run_dir),
+                                     "exist_ok": True, "mlflow": plan.mlflow,
                                      "progress": bool(settings.get("progress")) and plan.workers == 1})
         linked: list[bool] = []
         reported: set[int] = set()
