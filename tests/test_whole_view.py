@@ -100,7 +100,7 @@ def test_auto_trains_grey_pictures_whole_and_every_verb_and_the_export_see_them_
                              progress=False, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
     best = result.run_dir / "best.pt"
     saved = read_checkpoint(best)
-    assert (saved["crop_mode"], saved["crop_pct"], saved["model_spec"]["pool"]) == ("squash", 1.0, "avgmax")
+    assert (saved["crop_mode"], saved["crop_pct"], saved["model_spec"]["pool"]) == ("squash", 1.0, "avg")
     chosen = saved["config"]["chosen"]
     assert chosen["crop_mode"]["value"] == "squash" and "whole field of view" in chosen["crop_mode"]["why"]
     classifier = resnetlab.load(best, device="cpu")

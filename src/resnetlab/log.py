@@ -27,8 +27,18 @@ def is_rank_zero() -> bool:
 
 
 class _RankZero(logging.Filter):
+    """Rank 0 only; and a message naming a file whose name is not UTF-8 made printable first (each such byte shown
+    as backslash-x-NN, fileio.readable), for every handler (a caller's, pytest's, a tracker's), not only ours."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return is_rank_zero()
+        if not is_rank_zero():
+            return False
+        message = record.getMessage()
+        if any("\udc80" <= ch <= "\udcff" for ch in message):
+            from .fileio import readable
+
+            record.msg, record.args = readable(message), None
+        return True
 
 
 class _Format(logging.Formatter):

@@ -74,14 +74,17 @@ def build_model(spec: ModelSpec) -> nn.Module:
     if spec.width != 1.0:  # timm's ResNet takes the stage widths; narrower nets are what 2-core CPUs afford
         channels = tuple(max(8, int(round(c * spec.width))) for c in (64, 128, 256, 512))
         options.update(channels=channels, stem_width=channels[0])
-    # timm zero-initialises the last BatchNorm of every residual block (zero_init_last); trained from scratch in a
-    # short CPU budget, that kept a full ResNet-18 at the majority class for 4 epochs where torchvision's init (the
-    # blocks live from the start, what a plain PyTorch script gets) reached 86 % (benchmarks/README.md, "Defaults")
-    options["zero_init_last"] = False
+    # timm zero-initialises the last BatchNorm of every residual block (zero_init_last); trained from scratch on
+    # photo-sized images in a short CPU budget, that kept a full ResNet-18 at the majority class for 4 epochs where
+    # torchvision's init (the blocks live from the start, what a plain PyTorch script gets) reached 86 %
+    # (benchmarks/README.md, "Defaults", session 16). Where measured: the full-width standard-stem network; the
+    # narrow and small-stem presets were measured with timm's init and keep it.
+    if spec.stem != "small" and spec.width == 1.0:
+        options["zero_init_last"] = False
     try:
         model = timm.create_model(spec.arch, pretrained=False, num_classes=spec.num_classes, **options)
     except TypeError:
-        options.pop("zero_init_last")  # a timm network that has no such option
+        options.pop("zero_init_last", None)  # a timm network that has no such option
         try:
             model = timm.create_model(spec.arch, pretrained=False, num_classes=spec.num_classes, **options)
         except TypeError as err:

@@ -38,7 +38,11 @@ CPU_BUDGET_S = 15 * 60  # the budget on a CPU when none is given
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 TRAIN_SHARE = 0.8  # of the budget, for the training epochs
 IMBALANCE = 3.0  # largest / smallest class above which classes are balanced and best.pt is picked by macro F1
-LADDER_SIZES = (224, 192, 160, 128, 112, 96, 80, 64)  # photo-sized inputs: resolution first, then width
+LADDER_SIZES = (224, 192, 160, 128, 112, 96, 80, 64)  # photo-sized inputs with ImageNet weights
+# from scratch: the plain script's full-width ResNet-18 at <= 160 px learnt issue 25's real set (and the grey defects
+# set in 3 epochs) where half width at 128 px with 5x the epochs did not: width first, then pixels, then epochs
+SCRATCH_SIZES = (160, 128, 112, 96, 80, 64)
+SCRATCH_FIT_EPOCHS = 8  # a full-width rung is kept while this many epochs fit (the plain script fitted 5-9)
 WHOLE_VIEW_MIN_SIZE = 128  # grey photo-sized images are not trained below this (1-3 px marks of 300 px vanish)
 Speed = Callable[[int, str, float, int], float]  # (img_size, stem, width, batch) -> training images per second
 
@@ -98,12 +102,11 @@ def candidates(stats: DataStats, pretrained: bool, whole: bool = False) -> list[
         ladder = [(side, "small", 1.0), (side, "small", 0.5), (side, "small", 0.25), (side, "standard", 1.0),
                   (side, "standard", 0.5)]
     else:
-        sizes = [s for s in LADDER_SIZES if s <= side] or [side]
+        sizes = [s for s in (LADDER_SIZES if pretrained else SCRATCH_SIZES) if s <= side] or [side]
         if whole:  # the whole-picture view (_view): a small mark needs pixels, the epochs wait
             sizes = [s for s in sizes if s >= min(WHOLE_VIEW_MIN_SIZE, side)] or sizes[:1]
-        ladder = [(s, "standard", 1.0) for s in sizes if s >= 160] + [(s, "standard", 0.5) for s in sizes
-                                                                     if s <= 160]
-        if side < 160:
+        ladder = [(s, "standard", 1.0) for s in sizes] + [(s, "standard", 0.5) for s in sizes if s <= 128]
+        if side < sizes[0]:
             ladder.insert(0, (side, "standard", 1.0))
     if pretrained:  # ImageNet weights fix the width and the stem
         ladder = [entry for entry in ladder if entry[1:] == ("standard", 1.0)] or [(side, "standard", 1.0)]
@@ -156,7 +159,8 @@ def choose(stats: DataStats, *, budget_s: float | None, speed: Speed, pretrained
     ladder = _agreeing(candidates(stats, pretrained, whole_view(stats, pretrained, fixed)), fixed)
     pick, epochs, measured = ladder[0], want, 0.0
     if budget_s:
-        pick, measured = _fit_ladder(ladder, speed, batch, TRAIN_SHARE * budget_s * 1.0 / (n * want))
+        fit = min(want, SCRATCH_FIT_EPOCHS) if stats.side > SMALL_SIZE and not pretrained else want
+        pick, measured = _fit_ladder(ladder, speed, batch, TRAIN_SHARE * budget_s * 1.0 / (n * fit))
         epochs = int(max(1, min(TRAIN_SHARE * budget_s * measured / n, 3 * want)))
     size, stem, width = pick
     why = (f"{measured:.0f} img/s measured: {epochs} epochs of {n} images fit in {budget_s:.0f}s (wanted {want})"
@@ -214,7 +218,12 @@ def _optimisation(stats: DataStats, epochs: int, batch: int, pretrained: bool, f
         chosen["weight_decay"] = (0.05 if opt == "adamw" else 0.0, "decoupled decay" if opt == "adamw" else
                                   "Adam's decay acts on the gradient: off")
     chosen["sched"] = ("onecycle", "one-cycle: best in short, time-limited runs")
-    chosen["warmup_epochs"] = (round(min(2.0, max(0.3, 0.1 * epochs)), 2), "a tenth of the run, 0.3-2 epochs")
+    if stats.side > SMALL_SIZE and not pretrained:
+        chosen["warmup_epochs"] = (round(0.3 * epochs, 2), "30 % of the run (one-cycle's usual rise): a 0.4-epoch "
+                                   "rise kept a from-scratch ResNet-18 at the majority class where 1.2 epochs learnt "
+                                   "86 % in 4 epochs (benchmarks/README.md, Defaults, session 16)")
+    else:
+        chosen["warmup_epochs"] = (round(min(2.0, max(0.3, 0.1 * epochs)), 2), "a tenth of the run, 0.3-2 epochs")
     whole = whole_view(stats, pretrained, fixed)
     chosen.update(_view(stats, epochs, whole, "crop_pct" in fixed))
     long_run = epochs * max(1, stats.images // batch) >= 3000
@@ -225,7 +234,11 @@ def _optimisation(stats: DataStats, epochs: int, batch: int, pretrained: bool, f
     chosen["label_smoothing"] = (0.1, "every preset's value")
     chosen["ema"] = ((0.999, ">= 3000 optimizer steps") if long_run else (0.0, "too few steps for an average"))
     imbalanced = stats.imbalance > IMBALANCE
-    chosen["balance"] = (("sqrt", f"classes {stats.imbalance:.0f}:1 imbalanced: loss weights 1/sqrt(frequency) "
+    photo = stats.side > SMALL_SIZE and not pretrained
+    chosen["balance"] = (("none", f"classes {stats.imbalance:.0f}:1 imbalanced, but photo-sized from scratch: the "
+                          "plain unweighted loss (weights sent issue 25's majority-class images to the rarest class; "
+                          "the race tries them)") if imbalanced and photo else
+                         ("sqrt", f"classes {stats.imbalance:.0f}:1 imbalanced: loss weights 1/sqrt(frequency) "
                           "(full 1/frequency weights collapse short runs onto the rarest class)")
                          if imbalanced else ("none", f"classes within {IMBALANCE:g}:1"))
     chosen["best_metric"] = (("macro_f1", "imbalanced: best.pt by macro F1, not accuracy") if imbalanced
@@ -239,8 +252,8 @@ def _optimisation(stats: DataStats, epochs: int, batch: int, pretrained: bool, f
 def _view(stats: DataStats, epochs: int, whole: bool, pct_given: bool) -> dict[str, tuple]:
     """What the network sees of each image: augmentation, and for grey photo-sized images trained from scratch
     (surfaces, scans, X-rays: what matters can be a small mark anywhere) the whole picture squashed to a square
-    (timm's crop_mode squash, no crop), no random-resized crops (they cut small marks out of most views), and
-    average + max pooling (a mark covering 1 % of the picture is not averaged away). Measured in
+    (timm's crop_mode squash, no crop) with flips only (random-resized crops cut small marks out of most views;
+    shifts, rotations and average + max pooling learnt slower: the race tries them). Measured in
     benchmarks/README.md ("Defaults", the grey defects set)."""
     if stats.side <= SMALL_SIZE:
         return {"aug": ("crop", "flips and padded crops (small images: rotation slows short schedules)")}
@@ -249,9 +262,9 @@ def _view(stats: DataStats, epochs: int, whole: bool, pct_given: bool) -> dict[s
         view = {"crop_mode": ("squash", f"{why}: all of each picture, edges included, resized to a square")}
         if not pct_given:
             view["crop_pct"] = (1.0, f"{why}: no crop")
-        view["aug"] = ("light", "flips, shifts, small rotations of the whole picture (random-resized crops would "
-                                "cut small marks out of most views)")
-        view["pool"] = ("avgmax", "average + max pooling: a small mark on a large surface is not averaged away")
+        view["aug"] = ("flip", "flips of the whole picture, as the plain script: shifts, rotations and "
+                               "random-resized crops learnt nothing in 4 epochs where flips learnt 86 % (the race "
+                               "tries shifts and max pooling)")
         return view
     return {"aug": ("standard", "random-resized crops of the whole picture + colour") if epochs >= 15 else
             ("light", "flips, shifts, small rotations: too few epochs for random-resized crops")}

@@ -33,6 +33,7 @@ from .auto import IMBALANCE  # the class ratio above which the score weighs macr
 
 RACE_SHARE = 0.25  # of the run's budget, for the whole race
 RACE_EPOCHS = 4  # epochs a candidate should get over its share of the training split
+MAX_CANDIDATES = 3  # the rules and two others: each gets a third of the race's time
 MIN_PER_CLASS = 8  # a share with fewer images of a class than this is no test of the recipe
 MIN_SLICE_S = 2.0  # seconds a candidate needs at the least (a start-up, one epoch, one validation)
 RACE_HOLD_OUT = 0.15  # of the training split, the race's validation where the test split is the validation
@@ -60,6 +61,11 @@ def candidates(cfg: TrainConfig) -> list[Candidate]:
                                           "AdamW 2e-3")]
     if cfg.balance != "none":
         proposed.append(Candidate("unweighted", {"balance": "none"}, "the rules without class weights"))
+    elif "balance" in chosen and "imbalanced" in chosen["balance"]["why"]:
+        proposed.append(Candidate("weighted", {"balance": "sqrt"}, "the rules with 1/sqrt(frequency) class weights"))
+    if cfg.crop_mode == "squash" and "crop_mode" in chosen:  # the whole-picture view of grey images
+        proposed.append(Candidate("marks", {"aug": "light", "pool": "avgmax"}, "shifts, small rotations and average "
+                                                                               "+ max pooling for small marks"))
     elif cfg.aug in ("light", "crop") and "aug" in chosen:
         proposed.append(Candidate("stronger-aug", {"aug": "standard"}, "random-resized crops and colour jitter"))
     elif cfg.aug == "standard":
@@ -73,7 +79,7 @@ def candidates(cfg: TrainConfig) -> list[Candidate]:
             continue
         seen.append(effective)
         out.append(replace(candidate, settings=settings))
-    return out
+    return out[:MAX_CANDIDATES]
 
 
 def race_score(row: dict, imbalanced: bool, task: str) -> float:
@@ -137,7 +143,8 @@ def race(cfg: TrainConfig, source: DataSource, run_dir: Path, train_candidate: T
             table.append(_entry(candidate, [], imbalanced, cfg.task, note="not run: the race's time was spent"))
             continue
         settings = {**candidate.settings, "time_limit": f"{slice_s:.1f}s", "fill_time": True, "race": "off",
-                    "epochs": RACE_EPOCHS, "warmup_epochs": 0.5, "out": str(run_dir / "race" / candidate.name),
+                    "epochs": RACE_EPOCHS, "warmup_epochs": 0.3 * RACE_EPOCHS,
+                    "out": str(run_dir / "race" / candidate.name),
                     "exist_ok": True, "tensorboard": False, "mlflow": None, "keep": 0, "save_every": 0,
                     "early_stop": 0, "best_metric": "last", "stop_after_steps": 0}
         rows, note = _run_candidate(train_candidate, replace(cfg, **settings), part)
