@@ -278,3 +278,20 @@ def test_timm_flag_names_are_aliases_of_the_canonical_settings(capsys):
     # tune: --out/--output name the study's folder there (as --out did), -j stays the decode workers of each trial
     tune = build_parser().parse_args(["tune", "photos/", "--output", "study", "-j", "3"])
     assert tune.study_out == "study" and tune.workers == 3 and "out" not in vars(tune)
+
+
+def test_a_timm_users_command_line_trains(tmp_path, no_figures):
+    """The issue's line, as typed: `resnetlab train DATA --smoothing 0.1 --clip-grad 1 -b 64 -j 2 --reprob 0.25`."""
+    import yaml
+
+    from conftest import write_class_folders
+    from resnetlab.cli import main
+
+    data = write_class_folders(tmp_path / "toy", 8)
+    assert main(["train", str(data), "--smoothing", "0.1", "--clip-grad", "1", "-b", "64", "-j", "2", "--reprob",
+                 "0.25", "--epochs", "1", "--img-size", "16", "--width", "0.25", "--no-progress",
+                 "--output", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))
+    assert (saved["label_smoothing"], saved["grad_clip"], saved["batch_size"], saved["workers"], saved["erase"]) == (
+        0.1, 1.0, 64, 2, 0.25)
+    assert (tmp_path / "run" / "best.pt").is_file()
