@@ -5,8 +5,9 @@ of a quarter of the budget, and the one that scores best on the validation split
 Why: rules measured on synthetic sets missed a real one (issue 25: a plain 50-line script beat auto by 10
 points on grey surface images); a short run on the user's data checks the choice where it matters. The
 candidates: ``rules`` (auto's choice), ``plain`` (the plain script's recipe: full width, horizontal flips only,
-unweighted loss, average pooling, AdamW 2e-3 one-cycle) and one ``variant`` along the axis the rules are least
-sure of (class weighting when they weighted, else augmentation strength). A candidate must beat the rule choice
+unweighted loss, average pooling, AdamW 2e-3 one-cycle; dropped where it equals the rules) and variants along the
+axes the rules are least sure of (class weights on or off; shifts + max pooling for the whole-picture view, else
+augmentation strength), three at most. A candidate must beat the rule choice
 by more than the validation split's standard error to replace it; otherwise the race says it cannot separate
 them and keeps the rules.
 
@@ -47,8 +48,9 @@ class Candidate:
 
 
 def candidates(cfg: TrainConfig) -> list[Candidate]:
-    """The rule choice, the plain script's recipe and one variant, less the settings the user gave (a candidate
-    that would then equal another is dropped)."""
+    """The rule choice, the plain script's recipe and variants along the axes the rules are least sure of (class
+    weighting; the whole-picture view or augmentation strength), less the settings the user gave; a candidate that
+    would then equal another is dropped, and at most MAX_CANDIDATES race."""
     chosen, given = cfg.chosen or {}, set(cfg.given or [])
     plain = {"width": 1.0, "aug": "flip", "balance": "none", "pool": "avg", "erase": 0.0, "ema": 0.0,
              "opt": "adamw", "lr": 2e-3, "weight_decay": 0.05, "mixup": 0.0, "cutmix": 0.0}
@@ -99,13 +101,13 @@ def standard_error(score: float, images: int) -> float:
     return math.sqrt(max(p * (1 - p), 0.25 / max(images, 1)) / max(images, 1))
 
 
-def share_of(source: DataSource, images: int, seed: int) -> tuple[DataSource, int]:
+def share_of(source: DataSource, images: int, seed: int) -> DataSource:
     """The source with a stratified share of ``images`` training images (all of them when fewer)."""
     train = source.splits["train"]
     if images >= len(train):
-        return source, len(train)
+        return source
     _, part = stratified_split(train, images / len(train), seed)
-    return replace(source, splits={**source.splits, "train": part}), len(part)
+    return replace(source, splits={**source.splits, "train": part})
 
 
 TrainCandidate = Callable[[TrainConfig, DataSource], list[dict]]  # (settings, source) -> metrics rows
@@ -161,7 +163,7 @@ def _race_source(source: DataSource, images: int, seed: int) -> DataSource:
     if source.val_name == "test":
         train, held_out = stratified_split(source.splits["train"], RACE_HOLD_OUT, seed)
         source = replace(source, splits={"train": train, "val": held_out})
-    part, _ = share_of(source, images, seed)
+    part = share_of(source, images, seed)
     return replace(part, splits={"train": part.splits["train"], "val": part.splits["val"]})
 
 
