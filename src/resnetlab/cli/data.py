@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import TrainConfig, add_train_flags
+from ..config import TrainConfig
 from ..settings import merge
 from .flags import decode_flags
+from .train_flags import add_train_flags
 
 
 def train_parser(sub) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import TrainConfig, add_train_flags
+from ..config import TrainConfig
 from ..errors import ConfigError
+from .train_flags import add_train_flags
 
 
 def tune_parser(sub) -> None:
