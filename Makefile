@@ -5,24 +5,31 @@ BIN := $(VENV)/bin
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_MINUTES ?= 12
 
-.PHONY: install dev demo test lint bench clean browser docs
+.PHONY: install dev demo test lint bench clean browser docs lock postgres
 
-# The stamp makes re-runs instant; it is rebuilt when the package metadata changes.
-$(VENV)/.installed: pyproject.toml constraints.txt
+# The stamp makes re-runs instant; it is rebuilt when the package metadata changes. requirements.lock pins every
+# package (make lock rewrites it), so two fresh installs a month apart get the same versions.
+$(VENV)/.installed: pyproject.toml constraints.txt requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -c requirements.lock -e '.[dev]'
 	touch $@
 
 # The demo needs the base package only (torch, timm, scikit-learn...): no export, serving, tracking, tuning, docs or
 # test extras. The dev install above includes it, so after `make test` the demo installs nothing more.
-$(VENV)/.installed-base: pyproject.toml constraints.txt
+$(VENV)/.installed-base: pyproject.toml constraints.txt requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e .
+	$(BIN)/python -m pip install -q -c constraints.txt -c requirements.lock -e .
 	touch $@
 
 install dev: $(VENV)/.installed
+
+# requirements.lock afresh: the newest versions pyproject.toml and constraints.txt allow (pip resolves, installs
+# nothing: .ci/lock.py); then `make test` installs and tests them. Commit the new lock with the change.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python .ci/lock.py
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist; without it the demo uses sklearn's digits.
 demo: $(VENV)/.installed-base
@@ -55,7 +62,17 @@ browser:
 	  ( $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 ) ) || \
 	echo "could not install chromium (needs root or 'sudo -n' and Debian's archive): the browser test will be skipped"
 
-test: $(VENV)/.installed browser
+# Debian's PostgreSQL server for the shared-study tune test (tests/test_tune_postgres.py starts its own server on a
+# free port), installed when missing and possible (root or passwordless sudo); otherwise that test is skipped.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
+	echo "installing Debian's postgresql for the tune test: apt-get install postgresql"; \
+	SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo "sudo -n" ); \
+	( $$SUDO apt-get install -y -q postgresql >/dev/null 2>&1 || \
+	  ( $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q postgresql >/dev/null 2>&1 ) ) || \
+	echo "could not install postgresql (needs root or 'sudo -n' and Debian's archive): the PostgreSQL tune test will be skipped"
+
+test: $(VENV)/.installed browser postgres
 	$(BIN)/python -m pytest -q
 
 # The docs site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or a missing API reference.

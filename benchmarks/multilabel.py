@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import resnetlab  # noqa: E402
 from common import BENCH_CACHE, load_average, print_table, seed_everything  # noqa: E402
 from resnetlab.config import TrainConfig  # noqa: E402
-from resnetlab.engine import resolve_device  # noqa: E402
+from resnetlab.device import resolve_device  # noqa: E402
 from resnetlab.evaluation import evaluate  # noqa: E402
 from resnetlab.models import ModelSpec, build_model  # noqa: E402
 from resnetlab.multilabel.metrics import summary, threshold_array  # noqa: E402

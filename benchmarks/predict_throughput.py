@@ -27,7 +27,7 @@ from common import BENCH_CACHE, load_average, print_table  # noqa: E402
 from resnetlab.checkpoint import load_model, save_checkpoint  # noqa: E402
 from resnetlab.data.builtin import load_builtin  # noqa: E402
 from resnetlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from resnetlab.engine import resolve_device  # noqa: E402
+from resnetlab.device import resolve_device  # noqa: E402
 from resnetlab.models import ModelSpec, build_model  # noqa: E402
 from resnetlab.predict import predict_files  # noqa: E402
 

@@ -28,7 +28,7 @@ from common import load_average, print_table  # noqa: E402
 from resnetlab.checkpoint import ModelMeta, load_model, save_checkpoint  # noqa: E402
 from resnetlab.data.splits import SplitData  # noqa: E402
 from resnetlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from resnetlab.engine import cpu_has_native_bf16  # noqa: E402
+from resnetlab.device import cpu_has_native_bf16  # noqa: E402
 from resnetlab.export import _write, export_model  # noqa: E402
 from resnetlab.models import ModelSpec, build_model  # noqa: E402
 from resnetlab.openvino_ir import write_ir  # noqa: E402

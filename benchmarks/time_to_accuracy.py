@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import resnetlab  # noqa: E402
 from common import fashion_mnist_folders, load_average, plain_loader, plain_train_step, print_table  # noqa: E402
 from resnetlab.config import TrainConfig  # noqa: E402
-from resnetlab.engine import resolve_device  # noqa: E402
+from resnetlab.device import resolve_device  # noqa: E402
 from resnetlab.models import ModelSpec, build_model  # noqa: E402
 from resnetlab.settings import merge  # noqa: E402
 

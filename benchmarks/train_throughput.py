@@ -36,7 +36,8 @@ from resnetlab.data.loaders import Batches  # noqa: E402
 from resnetlab.data.sources import open_data  # noqa: E402
 from resnetlab.data.stream import StreamBatches  # noqa: E402
 from resnetlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment  # noqa: E402
-from resnetlab.engine import amp_dtype_for, resolve_device, run_epoch  # noqa: E402
+from resnetlab.device import amp_dtype_for, resolve_device  # noqa: E402
+from resnetlab.engine import Step, train_one_epoch  # noqa: E402
 from resnetlab.models import ModelSpec, build_model, first_stage_side  # noqa: E402
 
 
@@ -112,8 +113,8 @@ def _stepper(model, optimizer, batches, device: torch.device, dtype: torch.dtype
     loss = torch.nn.CrossEntropyLoss()
 
     def run(count: int) -> float:
-        return run_epoch(model, batches(count), criterion=loss, device=device, optimizer=optimizer, amp_dtype=dtype,
-                         total_steps=count, progress=False).images_per_second
+        step = Step(loss, device, dtype, steps=count, optimizer=optimizer)
+        return train_one_epoch(model, batches(count), step).images_per_second
 
     return run
 

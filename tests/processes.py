@@ -89,19 +89,22 @@ def run(command: list[str], *, timeout: float, env: dict | None = None) -> subpr
 
 
 class Process:
-    """A command in a session of its own, stdout and stderr merged and read line by line by a thread, so that
-    reading (``read_until``) and waiting (``communicate``) both take a timeout. Use it as a context manager:
-    leaving the block kills the whole process tree."""
+    """A command in a session of its own, stdout and stderr merged (or stderr alone) and read line by line by a
+    thread, so that reading (``read_until``) and waiting (``communicate``) both take a timeout. Use it as a context
+    manager: leaving the block kills the whole process tree."""
 
-    def __init__(self, command: list[str], *, env: dict | None = None):
-        self.popen = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    def __init__(self, command: list[str], *, env: dict | None = None, stderr_only: bool = False):
+        """``stderr_only``: read stderr alone (stdout goes to /dev/null), to check that a message is on stderr."""
+        self.popen = subprocess.Popen(command, stdout=subprocess.DEVNULL if stderr_only else subprocess.PIPE,
+                                      stderr=subprocess.PIPE if stderr_only else subprocess.STDOUT, text=True,
                                       errors="replace", env=env, start_new_session=True)
+        self._stream = self.popen.stderr if stderr_only else self.popen.stdout
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, name=f"output of {self.popen.pid}", daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        for line in self.popen.stdout:
+        for line in self._stream:
             self._lines.put(line)
         self._lines.put(None)  # end of output: every writer has exited
 
@@ -155,4 +158,4 @@ class Process:
         kill_tree(self.popen)
         self._reader.join(timeout=REAP_S)  # every writer is dead: the pipe ends
         if not self._reader.is_alive():
-            self.popen.stdout.close()
+            self._stream.close()

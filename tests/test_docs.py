@@ -18,7 +18,7 @@ README_MAX_LINES = 150
 # flags of other programs that the docs show: torchrun, SLURM's #SBATCH, tensorboard, the code-shape tool
 FOREIGN_FLAGS = {"--standalone", "--nnodes", "--nproc-per-node", "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id",
                  "--nodes", "--ntasks-per-node", "--gpus-per-node", "--cpus-per-task", "--logdir", "--max-file",
-                 "--max-func"}
+                 "--max-func", "--max-restarts"}
 
 
 def _mkdocs() -> list[str]:

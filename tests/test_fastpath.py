@@ -18,7 +18,7 @@ from resnetlab.data.images import decode_image
 from resnetlab.data.loaders import Batches
 from resnetlab.data.sources import open_data
 from resnetlab.data.transforms import BatchAugment
-from resnetlab.engine import amp_dtype_for, cpu_has_native_bf16
+from resnetlab.device import amp_dtype_for, cpu_has_native_bf16
 from resnetlab.models import ModelSpec, first_stage_side
 
 TINY = {"img_size": 16, "width": 0.25, "batch_size": 16, "progress": False, "workers": 1, "lr": 0.05}

@@ -24,14 +24,15 @@ TINY = {"img_size": 16, "width": 0.25, "batch_size": 16, "progress": False, "wor
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"])
 def test_family_builds_with_our_head_and_both_stems(arch: str):
+    # quarter width: the stems and the head are what is tested (tests/test_family.py runs every member)
     for stem, size, expected_side in (("small", 32, 4), ("standard", 64, 2)):
-        model = build_model(ModelSpec(arch, 7, stem=stem)).eval()
+        model = build_model(ModelSpec(arch, 7, stem=stem, width=0.25)).eval()
         with torch.no_grad():
             features = model.forward_features(torch.zeros(1, 3, size, size))
             logits = model(torch.zeros(2, 3, size, size))
         assert logits.shape == (2, 7)
         assert features.shape[-1] == expected_side, f"{arch} {stem}: {tuple(features.shape)}"
-    small = build_model(ModelSpec(arch, 7, stem="small"))
+    small = build_model(ModelSpec(arch, 7, stem="small", width=0.25))
     assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
     assert isinstance(small.maxpool, torch.nn.Identity)
 

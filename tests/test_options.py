@@ -15,7 +15,8 @@ from torch import nn
 
 import resnetlab
 from resnetlab.cli import main
-from resnetlab.engine import optimizer_steps, resolve_device, run_epoch
+from resnetlab.device import resolve_device
+from resnetlab.engine import Step, optimizer_steps, train_one_epoch
 from resnetlab.errors import ConfigError
 
 TINY = {"img_size": 16, "width": 0.25, "batch_size": 16, "progress": False, "workers": 1, "device": "cpu"}
@@ -27,8 +28,8 @@ def _linear_step(batches: list[tuple[torch.Tensor, torch.Tensor]], accum: int) -
     model = nn.Linear(6, 3)  # no BatchNorm: a batch of 4B and 4 batches of B see the same statistics
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     items = [(x, y, torch.arange(len(y))) for x, y in batches]
-    run_epoch(model, items, criterion=nn.CrossEntropyLoss(), device=torch.device("cpu"), optimizer=optimizer,
-              total_steps=len(items), progress=False, accum_steps=accum)
+    step = Step(nn.CrossEntropyLoss(), torch.device("cpu"), steps=len(items), optimizer=optimizer, accum_steps=accum)
+    train_one_epoch(model, items, step)
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 

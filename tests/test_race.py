@@ -70,6 +70,20 @@ def test_the_best_candidate_wins_by_more_than_the_noise_and_a_tie_keeps_the_rule
     assert standard_error(0.8, 36) > 0.02 > standard_error(0.8, 100_000)
 
 
+def test_a_winner_at_chance_level_is_noise_and_keeps_the_rules(tmp_path, toy_source):
+    from resnetlab.training.race import chance_score
+
+    proposed = [Candidate("rules", {}, "r"), Candidate("plain", {"width": 1.0, "aug": "flip"}, "p")]
+    share = chance_score(toy_source.splits["val"].labels, False, "single")
+    assert share == pytest.approx(max(__import__("numpy").bincount(toy_source.splits["val"].labels)) /
+                                  len(toy_source.splits["val"]))
+    # both far below chance, the plain one "better" by many standard errors: still a pick among non-learners
+    kept = race(_ruled(balance="none", epochs=40), toy_source, tmp_path,
+                _scripted({"rules": 0.0, "plain": share}), proposed=proposed)
+    assert kept.chosen["race"]["value"] == "rules" and "most common class" in kept.chosen["race"]["why"]
+    assert chance_score([0] * 9 + [1], True, "single") == pytest.approx(0.5 * (0.9 + 2 * 0.9 / 1.9 / 2))
+
+
 def test_a_budget_too_short_to_compare_skips_the_race(tmp_path, toy_source):
     scripted = _scripted({"rules": 0.5, "plain": 0.9})
     kept = race(_ruled(time_limit="60s", epochs=1), toy_source, tmp_path, scripted)
@@ -82,9 +96,9 @@ def test_a_candidate_that_cannot_learn_loses_a_real_race(tmp_path, monkeypatch, 
     # the rule choice made unable to learn (a learning rate of 1e-9): the race must find the one that learns
     monkeypatch.setattr(race_module, "candidates", lambda cfg: [Candidate("rules", {"lr": 1e-9}, "stuck"),
                                                                 Candidate("plain", {"lr": 0.05}, "learns")])
-    monkeypatch.setattr(race_module, "RACE_SHARE", 0.5)
+    monkeypatch.setattr(race_module, "RACE_SHARE", 0.7)  # ~8 s per candidate, then a short final run
     result = resnetlab.train(data=str(data), out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
-                             time_limit="40s", opt="sgd", **TINY)
+                             time_limit="24s", opt="sgd", **TINY)
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text(encoding="utf-8"))
     table = {row["candidate"]: row for row in saved["chosen"]["race"]["table"]}
     assert saved["chosen"]["race"]["value"] == "plain" and saved["lr"] == 0.05

@@ -195,7 +195,9 @@ def test_signal_saves_a_resumable_checkpoint(split_folders: Path, tmp_path: Path
 
 
 def test_second_ctrl_c_exits_at_once(split_folders: Path, tmp_path: Path):
-    # large steps (~1 s each), so the second Ctrl-C lands while the first waits for the step to end
+    # one large step per epoch (~1 s at 96 px), so the second Ctrl-C lands while the first waits for the step (or
+    # the epoch's validation and checkpoint) to end; one that came later would find a clean stop, which the
+    # asserts below tell apart: it fails here instead of passing for the wrong reason
     with _start_training([str(split_folders), "--out", str(tmp_path / "run"), "--epochs", "30", "--img-size", "96",
                           "--batch-size", "72", "--no-progress", "--workers", "1"]) as process:
         process.read_until("epoch   1/30", timeout=STARTED_S)
@@ -204,8 +206,9 @@ def test_second_ctrl_c_exits_at_once(split_folders: Path, tmp_path: Path):
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=60)
     assert process.returncode == 130 and "interrupted" in output, output
+    assert "stopped after epoch" not in output, output  # not the first Ctrl-C's clean stop: the second cut it short
     # exits at once, yet says how to finish: last.pt holds the last finished epoch
-    assert f"resume with: resnetlab train --resume {tmp_path / 'run'}" in output.lower()
+    assert f"holds the last saved state. resume with: resnetlab train --resume {tmp_path / 'run'}" in output.lower()
     assert (tmp_path / "run" / "last.pt").is_file()
 
 
@@ -246,8 +249,8 @@ def test_crafted_pickle_is_refused_everywhere(split_folders: Path, tmp_path: Pat
     assert not marker.exists()
 
 
-def test_wrong_checkpoints_say_what_differs(split_folders: Path, tmp_path: Path, capsys):
-    result = resnetlab.train(data=str(split_folders), out=str(tmp_path / "r"), epochs=1, **TINY)
+def test_wrong_checkpoints_say_what_differs(split_folders: Path, tmp_path: Path, capsys, trained_run):
+    best = trained_run.checkpoint  # the session's one-epoch run on the toy classes (read only)
     other = tmp_path / "other"
     write_class_folders(other / "train", 2)
     write_class_folders(other / "val", 2)
@@ -255,10 +258,10 @@ def test_wrong_checkpoints_say_what_differs(split_folders: Path, tmp_path: Path,
     make_image(np.random.default_rng(0), (9, 9, 9)).save(other / "val" / "zebra" / "z.png")
     make_image(np.random.default_rng(0), (9, 9, 9)).save(other / "train" / "zebra.png")
     shutil.copytree(other / "val" / "zebra", other / "train" / "zebra")
-    assert main(["evaluate", str(result.best_checkpoint), str(other), "--no-progress"]) == 1
+    assert main(["evaluate", str(best), str(other), "--no-progress"]) == 1
     assert "not trained on: zebra" in capsys.readouterr().err
     truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(result.best_checkpoint.read_bytes()[:5000])
+    truncated.write_bytes(best.read_bytes()[:5000])
     assert main(["predict", str(truncated), str(split_folders / "Val"), "--no-progress"]) == 1
     assert "truncated" in capsys.readouterr().err
     import timm

@@ -57,7 +57,7 @@ def test_health_classes_page_and_openapi(client):
     fields = schema["components"]["schemas"][form["$ref"].split("/")[-1]]["properties"]
     assert {"file", "files"} <= set(fields)
     assert {"200", "413", "415", "422", "503"} <= set(predict["responses"])
-    assert [p["name"] for p in predict["parameters"]] == ["topk"]
+    assert [p["name"] for p in predict["parameters"]] == ["topk", "min_confidence"]
     explain = schema["paths"]["/explain"]["post"]
     assert "image/png" in explain["responses"]["200"]["content"] and "501" in explain["responses"]
     assert "ImagePrediction" in schema["components"]["schemas"]

@@ -3,6 +3,7 @@ MLflow through a real `mlflow server` (SQLite backend) started on 127.0.0.1 and 
 
 from __future__ import annotations
 
+import csv
 import re
 import socket
 import sys
@@ -121,3 +122,88 @@ def test_mlflow_without_a_uri_writes_a_local_store_in_the_run_folder(split_folde
     client = MlflowClient(f"sqlite:///{store}")
     run = client.search_runs([client.get_experiment_by_name("resnetlab").experiment_id])[0]
     assert "best.pt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def _wandb_records(path: Path) -> list:
+    """The records of a .wandb file: W&B's LevelDB-style log (a 7-byte ':W&B' header, then 32 KiB blocks of
+    chunks, each checksum (4) + length (2) + type (1: whole, 2/3/4: first/middle/last) + data), decoded with W&B's
+    own protobuf Record."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    position, pending, records = 7, b"", []
+    while position + 7 <= len(data):
+        left = 32768 - position % 32768
+        if left < 7:  # a block's tail too short for a chunk header is padding
+            position += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        pending += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def test_wandb_offline_run_holds_settings_metrics_figures_and_the_checkpoint(split_folders: Path, tmp_path: Path,
+                                                                             monkeypatch):
+    pytest.importorskip("wandb", reason="the 'track' extra is not installed")
+    for name in ("DIR", "CACHE_DIR", "DATA_DIR", "CONFIG_DIR"):  # nothing outside tmp_path, no network
+        (tmp_path / name).mkdir()
+        monkeypatch.setenv(f"WANDB_{name}", str(tmp_path / name))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "wb"
+    assert main(["train", str(split_folders), "--out", str(out), "--epochs", "1", "--wandb", "toys", *CLI_TINY]) == 0
+    run_folder, = (tmp_path / "DIR" / "wandb").glob("offline-run-*")
+    records = _wandb_records(next(run_folder.glob("run-*.wandb")))
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    config = {item.key: yaml.safe_load(item.value_json) for item in run.config.update}
+    assert (run.project, run.display_name) == ("toys", "wb") and config["epochs"] == 1
+    history = [{i.key or "/".join(i.nested_key): i.value_json for i in r.history.item}
+               for r in records if r.WhichOneof("record_type") == "history"]
+    with open(out / "metrics.csv", encoding="utf-8", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["epoch"] != "0"]
+    assert [int(h["epoch"]) for h in history] == [1]
+    assert [round(float(h["val_acc"]), 5) for h in history] == [round(float(row["val_acc"]), 5) for row in rows]
+    assert {"curves/path", "confusion_matrix/path"} <= set(history[-1])
+    assert list((run_folder / "files" / "media" / "images").glob("curves_*.png"))
+    summary = {i.key: i.value_json for r in records if r.WhichOneof("record_type") == "summary"
+               for i in r.summary.update}
+    assert any(key.startswith("final_") for key in summary)
+    artifact = next(r.artifact for r in records if r.WhichOneof("record_type") == "artifact")
+    assert artifact.type == "model" and {"best.pt", "config.yaml", "metrics.csv"} <= {
+        entry.path for entry in artifact.manifest.contents}
+    assert next(r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit") == 0
+    assert yaml.safe_load((out / "tracking.json").read_text())["wandb_project"] == "toys"
+
+
+def test_wandb_missing_costs_one_warning(tmp_path: Path, monkeypatch, capsys):
+    from resnetlab.config import TrainConfig
+    from resnetlab.tracking import open_trackers
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
+    trackers = open_trackers(TrainConfig(wandb="auto"), tmp_path, resumed=False)
+    assert trackers.trackers == []
+    err = capsys.readouterr().err
+    assert err.count("warning: wandb: could not start a run in project resnetlab") == 1
+
+
+def test_wandb_without_a_key_is_one_warning_not_a_login_prompt(tmp_path: Path, monkeypatch, capsys):
+    from resnetlab.config import TrainConfig
+    from resnetlab.tracking import open_trackers
+
+    pytest.importorskip("wandb", reason="the 'track' extra is not installed")
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc from `wandb login`
+    trackers = open_trackers(TrainConfig(wandb="auto"), tmp_path, resumed=False)
+    assert trackers.trackers == []
+    err = capsys.readouterr().err
+    assert err.count("warning: wandb: could not start a run") == 1 and "no W&B API key" in err
+    assert "WANDB_MODE=offline" in err

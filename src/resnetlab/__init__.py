@@ -5,9 +5,9 @@
     clf = load(result.best_checkpoint)
     clf.predict(["photos/cat/1.jpg"])[0].label
 
-Every verb of the CLI is a function here (train, evaluate, predict, embed, explain, export, tune, serve), with
-``load``/``Classifier`` for use in code and ``set_verbosity`` for how much it says. Messages go to stderr and
-show by default when the caller has configured no logging.
+Every verb of the CLI is a function here (train, evaluate, calibrate, predict, embed, explain, export, tune,
+serve), with ``load``/``Classifier`` for use in code and ``set_verbosity`` for how much it says. Messages go to
+stderr and show by default when the caller has configured no logging.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from ._version import __version__
 from .errors import ResnetlabError
 from .log import set_verbosity
 
-__all__ = ["train", "evaluate", "predict", "predict_files", "embed", "explain", "export", "tune", "serve", "load",
-           "Classifier", "TrainConfig", "set_verbosity", "ResnetlabError", "__version__"]
+__all__ = ["train", "evaluate", "calibrate", "predict", "predict_files", "embed", "explain", "export", "tune",
+           "serve", "load", "Classifier", "TrainConfig", "set_verbosity", "ResnetlabError", "__version__"]
 
 # name -> (module, attribute), loaded on first use, so `import resnetlab` and `resnetlab --help` stay fast (torch
 # loads only when needed).
 _LAZY = {
     "train": ("resnetlab.training", "train"),
     "evaluate": ("resnetlab.evaluation", "evaluate"),
+    "calibrate": ("resnetlab.calibrate", "calibrate"),
     "predict": ("resnetlab.predict", "predict_files"),
     "predict_files": ("resnetlab.predict", "predict_files"),
     "embed": ("resnetlab.embed", "embed_files"),
@@ -68,7 +69,8 @@ def _verb(name: str) -> property:
     return property(lambda _package: _lazy(name), lambda _package, _submodule: None)
 
 
-for _name in ("predict", "embed", "explain", "export", "tune", "serve"):  # the verbs that share a submodule's name
+# the verbs that share a submodule's name
+for _name in ("predict", "embed", "explain", "export", "tune", "serve", "calibrate"):
     setattr(_Package, _name, _verb(_name))
 del _name
 sys.modules[__name__].__class__ = _Package

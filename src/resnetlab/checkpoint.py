@@ -40,6 +40,7 @@ class ModelMeta:
     crop: Crop = Crop()  # the evaluation crop, whole (its keys stay flat in the file: crop_pct, interpolation...)
     task: str = "multiclass"  # or "multilabel": one sigmoid per class, labels at or above their threshold
     thresholds: list[float] | None = None  # multilabel: per class, chosen after training (None: 0.5 for all)
+    temperature: float = 1.0  # calibration: probabilities are softmax(logits / temperature) (resnetlab.calibrate)
     epoch: int | None = None
     metrics: dict = field(default_factory=dict)
     source: str = ""
@@ -47,7 +48,8 @@ class ModelMeta:
     def to_dict(self) -> dict:
         return {"model_spec": self.spec.to_dict(), "classes": list(self.classes), "img_size": self.img_size,
                 "mean": list(self.mean), "std": list(self.std), **self.crop.to_dict(), "task": self.task,
-                "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds]}
+                "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds],
+                "temperature": float(self.temperature)}
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any], source: str = "") -> ModelMeta:
@@ -55,6 +57,7 @@ class ModelMeta:
         return cls(ModelSpec.from_dict(payload["model_spec"]), list(payload["classes"]), int(payload["img_size"]),
                    list(payload["mean"]), list(payload["std"]), crop=Crop.from_dict(payload),
                    task=str(payload.get("task", "multiclass")), thresholds=payload.get("thresholds"),
+                   temperature=float(payload.get("temperature") or 1.0),
                    epoch=payload.get("epoch"), metrics=dict(payload.get("metrics") or {}), source=source)
 
 

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .calibration import UNSURE
 from .checkpoint import ModelMeta, load_model
 from .data.images import decode_image
 from .data.transforms import preprocess_batch, stats_tensor
-from .engine import amp_dtype_for, autocast, resolve_device
+from .device import amp_dtype_for, autocast, resolve_device
 from .errors import ConfigError, ModelError
 from .models import first_stage_side, unwrap
 from .multilabel.predictions import label_sets, tta_model
@@ -43,17 +44,20 @@ class Prediction:
 
 
 class TorchBackend:
-    """A PyTorch network in eval mode on ``device`` (channels-last, optional autocast)."""
+    """A PyTorch network in eval mode on ``device`` (channels-last, optional autocast); its logits are divided by the
+    checkpoint's calibration ``temperature`` (an exported graph holds that division itself)."""
 
     runtime = "torch"
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, amp_dtype: torch.dtype | None = None):
-        self.model, self.device, self.amp_dtype = model.eval(), device, amp_dtype
+    def __init__(self, model: torch.nn.Module, device: torch.device, amp_dtype: torch.dtype | None = None,
+                 temperature: float = 1.0):
+        self.model, self.device, self.amp_dtype, self.temperature = model.eval(), device, amp_dtype, temperature
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised float N x 3 x S x S on ``device`` -> logits N x K, float32 on CPU."""
         with torch.inference_mode(), autocast(self.device, self.amp_dtype):
-            return self.model(x).float().cpu()
+            logits = self.model(x).float().cpu()
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
 
 class Classifier:
@@ -136,13 +140,15 @@ class Classifier:
                              f"{self.runtime}, which gives logits only")
         return unwrap(self.model)
 
-    def to_predictions(self, logits: torch.Tensor, topk: int) -> list[Prediction]:
+    def to_predictions(self, logits: torch.Tensor, topk: int, *, min_confidence: float = 0.0) -> list[Prediction]:
+        """``min_confidence``: a single-label prediction whose top probability is under it gets the label 'unsure'
+        (its ``top`` still lists the best guesses)."""
         if self.meta.task == "multilabel":  # sigmoid per label, thresholds (multilabel/predictions.py)
             return [Prediction(**row) for row in label_sets(logits, self.classes, self.meta.thresholds, topk)]
         probabilities = logits.softmax(dim=1)
         k = min(topk, len(self.classes))
         top_p, top_i = probabilities.topk(k, dim=1)
-        return [Prediction(self.classes[int(i[0])], float(p[0]),
+        return [Prediction(self.classes[int(i[0])] if p[0] >= min_confidence else UNSURE, float(p[0]),
                            [(self.classes[int(c)], float(q)) for c, q in zip(i, p)], row.numpy())
                 for p, i, row in zip(top_p, top_i, probabilities)]
 
@@ -150,7 +156,8 @@ class Classifier:
 def from_model(model: torch.nn.Module, meta: ModelMeta, device: torch.device, *, amp: str = "off") -> Classifier:
     """A torch-backed Classifier around an already-built network (channels-last on ``device``)."""
     amp_dtype = amp_dtype_for(amp, device, first_stage_side(meta.spec, meta.img_size))
-    return Classifier(TorchBackend(model.to(device, memory_format=torch.channels_last), device, amp_dtype), meta)
+    return Classifier(TorchBackend(model.to(device, memory_format=torch.channels_last), device, amp_dtype,
+                                   meta.temperature), meta)
 
 
 def load(path: str | Path, *, device: str = "auto", arch: str | None = None, classes: list[str] | None = None,

@@ -27,6 +27,18 @@ def require_at_least(flag: str, value: int, minimum: int = 1) -> None:
         raise ConfigError(f"{flag} must be at least {minimum}, got {value}")
 
 
+# timm's optimizers (timm.optim.list_optimizers()) less the CUDA-only bnb*/fused* and adahessian (second-order
+# backward); tests/test_optimizers.py keeps the list in step with the installed timm. torch-free: read at parse time.
+OPTIMIZERS = tuple("""sgd adam adamw adabelief adadelta adafactor adafactorbv adafactorbvc adagrad adamax adamc adamp
+    adamuon adamwlegacy adan adanw adopt adoptc adoptw cadafactor cadafactorbv cadafactorbvc cadamc cadamp cadamw cadan
+    cadanw cadopt cadoptc cadoptw clamb clambw claprop clion clionc cmars cnadamc cnadamw crmsproptf csgdc csgdp csgdw
+    kron kronc kronw lamb lambc lambcd lambcw lambw laprop lapropc larc lars lion lionc madgrad madgradw mars momentum
+    muon nadam nadamc nadamlegacy nadamuon nadamw nesterov nesterovw nlarc nlars nmuon novograd novogradc novogradw
+    radabelief radam radamlegacy radamw rmsprop rmsproptf rmsproptfc rmsproptfw sgdc sgdp sgdw""".split())
+SGD_LIKE = ("sgd", "momentum", "nesterov", "nesterovw", "sgdc", "sgdp", "sgdw", "csgdc", "csgdp", "csgdw", "lars",
+            "larc", "nlars", "nlarc")
+
+
 def _opt(default: Any, help: str, choices: tuple | None = None, const: str | None = None, internal: bool = False
          ) -> Any:
     """A setting: its default, help text and choices; ``const``: the value of the flag given without one;
@@ -95,9 +107,14 @@ class TrainConfig:
     label_sep: str = _opt("|", "separator of the names in a multi-label CSV's 'labels' cells (an empty cell: no label)")
     threshold: float | None = _opt(None, "multi-label: the probability at or above which a label is predicted, for "
                                          "every label; default: per label, the F1-optimal one on the validation split")
+    calibrate: bool = _opt(False, "at the end of the run, fit a temperature on the validation split (minimum NLL) and "
+                                  "store it in best.pt and last.pt: every verb and export then gives calibrated "
+                                  "probabilities (single-label models; resnetlab calibrate does it afterwards)")
     # model
-    model: str = _opt("resnet18", "architecture: resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, "
-                                  "or any timm ResNet name")
+    model: str = _opt("resnet18", "architecture, one of the ResNet family (models.ARCHITECTURES): "
+                                  "resnet18/34/50/101/152, their d variants (resnet18d ... resnet152d), "
+                                  "resnext50_32x4d, wide_resnet50_2, seresnet50, resnetrs50; a timm weights tag may "
+                                  "follow (resnet50.tv_in1k); any other name is refused")
     pretrained: str | None = _opt(None, "weights: a local .pth/.safetensors file (timm or torchvision), 'hub' (timm "
                                         "download), or none (random weights)")
     head: str = _opt("linear", "classifier head: linear, or mlp (Linear-ReLU-Dropout-Linear)", ("linear", "mlp"))
@@ -118,9 +135,12 @@ class TrainConfig:
     epochs: int = _opt(10, "number of epochs")
     batch_size: int = _opt(128, "images per step (per process)")
     lr: float | str | None = _opt(None, "peak learning rate, or 'auto' (a learning-rate range test picks it); "
-                                        "default 0.1 for sgd, 0.001 for adam/adamw")
-    opt: str = _opt("sgd", "optimizer", ("sgd", "adam", "adamw"))
-    momentum: float = _opt(0.9, "SGD momentum (beta1 for adam/adamw)")
+                                        "default 0.1 for sgd-like (sgd, momentum, lars...), 1e-4 for lion, 0.001 for "
+                                        "the others")
+    opt: str = _opt("sgd", "optimizer, any of timm's (create_optimizer_v2): sgd (Nesterov), adam, adamw, lamb, lars, "
+                           "lion, rmsprop, nadam, ...", OPTIMIZERS)
+    momentum: float = _opt(0.9, "SGD momentum; another value than 0.9 also sets beta1 of the optimizers with betas "
+                                "(adam, adamw, lamb, lion, ...)")
     weight_decay: float = _opt(5e-4, "weight decay (not applied to norm layers and biases)")
     sched: str = _opt("onecycle", "learning-rate schedule, stepped every batch",
                       ("onecycle", "cosine", "step", "none"))
@@ -167,7 +187,9 @@ class TrainConfig:
     out: str | None = _opt(None, "run folder (default: runs/NAME)")
     name: str | None = _opt(None, "run name (default: MODEL-DATA-TIMESTAMP)")
     exist_ok: bool = _opt(False, "reuse an existing run folder (files are overwritten)")
-    resume: str | None = _opt(None, "continue the run in this folder from its last.pt")
+    resume: str | None = _opt(None, "continue the run in this folder from its last.pt; auto: the --out/--name "
+                                    "folder's last.pt when it has one, else a fresh run (torchrun --max-restarts "
+                                    "N > 0 makes auto the default)")
     progress: bool = _opt(True, "show progress bars (only when the output is a terminal)")
     # where the settings came from (written by the CLI and the run; not flags of their own)
     recipe: str | None = _opt(None, "the preset under the settings: auto (chosen from the data and the time budget: "
@@ -179,6 +201,9 @@ class TrainConfig:
     tensorboard: bool = _opt(False, "write TensorBoard event files to RUN_DIR/tensorboard/ (tensorboard --logdir runs)")
     mlflow: str | None = _opt(None, "log to MLflow: --mlflow alone uses $MLFLOW_TRACKING_URI, else a SQLite store in "
                                     "RUN_DIR/mlruns; --mlflow URI for a server (http://HOST:PORT)", const="auto")
+    wandb: str | None = _opt(None, "log to Weights & Biases: --wandb alone uses the project 'resnetlab', --wandb "
+                                   "PROJECT another; files in RUN_DIR/wandb/ ($WANDB_DIR), WANDB_MODE=offline for no "
+                                   "network", const="auto")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -273,7 +298,12 @@ class TrainConfig:
     def peak_lr(self) -> float:
         if isinstance(self.lr, (int, float)):
             return float(self.lr)
-        return 0.1 if self.opt == "sgd" else 1e-3
+        return default_lr(self.opt)
+
+
+def default_lr(opt: str) -> float:
+    """The peak learning rate of an optimizer when --lr is not given: SGD-like 0.1, Lion 1e-4, the others 1e-3."""
+    return 0.1 if opt in SGD_LIKE else 1e-4 if "lion" in opt else 1e-3
 
 
 def check_names(values: dict[str, Any], origin: str) -> None:

@@ -17,7 +17,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .engine import resolve_device
+from .device import resolve_device
+from .log import logger
 
 # A collective that waits longer than this means a peer is gone: fail instead of hanging.
 COLLECTIVE_TIMEOUT = timedelta(minutes=int(os.environ.get("RESNETLAB_DIST_TIMEOUT_MIN", "10")))
@@ -47,6 +48,11 @@ def init_distributed(device_name: str) -> DistInfo:
     """Join the process group when started by torchrun; otherwise a single process on ``device_name``."""
     if not launched_by_torchrun():
         return DistInfo(device=resolve_device(device_name))
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and os.environ.get("TORCHELASTIC_MAX_RESTARTS",
+                                                                                   "0") not in ("", "0"):
+        logger.warning("torchrun shares its rendezvous store with the workers, so restarted workers may read the "
+                       "addresses of the ones they replace and fail to connect (pytorch#135712): launch torchrun "
+                       "with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 when --max-restarts > 0")
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name != "cpu" and torch.cuda.is_available()

@@ -21,11 +21,11 @@ from .checkpoint import ModelMeta
 from .classifier import Classifier, from_model, load
 from .data.images import expand_inputs
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from .engine import resolve_device
+from .device import resolve_device
 from .errors import ConfigError, DataError, ImageReadError, ModelError
 from .fileio import atomic_open, atomic_path, readable, writable_file
 from .log import logger, progress_enabled
-from .models import ModelSpec, build_model, default_crop, load_matching, read_state_dict
+from .models import ModelSpec, build_model, default_crop, head_weight_key, load_matching, read_state_dict
 
 FORMATS = (".npz", ".csv", ".parquet")
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
@@ -35,7 +35,7 @@ def pretrained_classifier(arch: str, weights: str | Path, *, img_size: int = 224
     """A Classifier around a timm ``arch`` with the weights of a local .pth/.safetensors file (ImageNet mean/std,
     standard stem, classes unknown: named by index). A file that does not fit the backbone is refused."""
     state = read_state_dict(weights)
-    head = state.get("fc.weight")
+    head = state.get(head_weight_key(arch))  # "fc.weight": the classifier timm's config names
     num_classes = int(head.shape[0]) if head is not None else 1000  # timm's default head when the file has none
     spec = ModelSpec(arch, num_classes)
     model = build_model(spec)

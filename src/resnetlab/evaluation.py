@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .calibration import calibration_scores, confidence_and_correct
 from .cam import cam_class, caption, compute_cams, overlay
 from .checkpoint import ModelMeta, load_model, read_checkpoint
 from .classifier import Classifier, load
@@ -25,7 +27,9 @@ from .data.loaders import Batches
 from .data.sources import open_data
 from .data.splits import SplitData, relabel, select_split
 from .data.transforms import preprocess_batch, stats_tensor, to_rgb_array
-from .engine import EpochResult, amp_dtype_for, resolve_device, run_epoch
+from .device import amp_dtype_for, resolve_device
+from .engine import EpochResult, Step
+from .engine import evaluate as evaluate_batches
 from .errors import DataError
 from .fileio import atomic_open, write_json
 from .log import logger
@@ -33,7 +37,7 @@ from .metrics import classification_metrics, rank_mistakes
 from .models import TTAModel, first_stage_side
 from .multilabel.evaluation import check_task, write_multilabel_evaluation
 from .multilabel.evaluation import print_summary as print_multilabel_summary
-from .plots import image_grid, plot_confusion_matrix
+from .plots import image_grid, plot_confusion_matrix, plot_reliability
 from .report import write_report
 from .runtimes import runtime_of
 from .tracking import attach_evaluation
@@ -41,7 +45,8 @@ from .tracking import attach_evaluation
 PREDICTION_GALLERY = 24  # validation images in predictions.png
 MISCLASSIFIED_GALLERY = 16  # mistakes in misclassified.png
 GALLERIES = ("predictions.png", "misclassified.png")
-EVALUATION_FILES = ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "misclassified.csv", *GALLERIES)
+EVALUATION_FILES = ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "reliability.png",
+                    "misclassified.csv", "predictions.csv", *GALLERIES)
 
 
 def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str | Path | None = None,
@@ -69,7 +74,26 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
         model, meta = load_model(checkpoint, device=torch_device, arch=arch, classes=classes, img_size=img_size,
                                  checkpoint=payload)
         scorer, saved = None, (payload or {}).get("config") or {}
-    # the same split as training saw: its val fraction and seed come from the checkpoint
+    split_name, chosen, decoded = open_split(data, split, meta, saved, data_root=data_root, cache_dir=cache_dir,
+                                             workers=workers, progress=progress)
+    out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{split_name}"
+    metrics = write_evaluation(model, meta, decoded, chosen, out_dir, device=torch_device, batch_size=batch_size,
+                               amp=amp, tta=tta, progress=progress, scorer=scorer,
+                               extra={"checkpoint": str(checkpoint), "data": str(data), "split": split_name})
+    (print_multilabel_summary if meta.task == "multilabel" else _print_summary)(metrics, meta.classes, out_dir)
+    if mlflow is not None:
+        attach_evaluation(Path(checkpoint), mlflow, metrics, split_name)
+    report = _write_eval_report(Path(checkpoint), out_dir)
+    if report is not None:
+        logger.info(f"report: {report}")
+    return metrics
+
+
+def open_split(data: str, split: str, meta: ModelMeta, saved: dict, *, data_root: str | None = None,
+               cache_dir: str | None = None, workers: int | None = None,
+               progress: bool = True) -> tuple[str, SplitData, DecodedSplit]:
+    """(split name, the split in the model's class order, its decoded images) of ``data``, split as in training:
+    the val fraction and seed come from ``saved``, the run's settings (the checkpoint's config or the sidecar)."""
     source = open_data(data, val_split=saved.get("val_split", 0.1), seed=saved.get("seed", 0),
                        data_root=data_root or saved.get("data_root"), follow_links=bool(saved.get("follow_links")),
                        label_sep=saved.get("label_sep", "|"))
@@ -82,17 +106,19 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
                            progress=progress)
     if len(decoded) == 0:
         raise DataError(f"no readable images in the {split_name} split of {data}")
-    out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{split_name}"
-    metrics = write_evaluation(model, meta, decoded, chosen, out_dir, device=torch_device, batch_size=batch_size,
-                               amp=amp, tta=tta, progress=progress, scorer=scorer,
-                               extra={"checkpoint": str(checkpoint), "data": str(data), "split": split_name})
-    (print_multilabel_summary if meta.task == "multilabel" else _print_summary)(metrics, meta.classes, out_dir)
-    if mlflow is not None:
-        attach_evaluation(Path(checkpoint), mlflow, metrics, split_name)
-    report = _write_eval_report(Path(checkpoint), out_dir)
-    if report is not None:
-        logger.info(f"report: {report}")
-    return metrics
+    return split_name, chosen, decoded
+
+
+def score_model(model: nn.Module, meta: ModelMeta, decoded: DecodedSplit, device: torch.device, *,
+                batch_size: int = 256, amp: str = "auto", tta: str = "none", progress: bool = True,
+                desc: str = "evaluate") -> EpochResult:
+    """The network's raw logits (no temperature) on every image of ``decoded``, in order, with loss and accuracy."""
+    batches = Batches(decoded.images, decoded.labels, batch_size=batch_size, device=device,
+                      mean=meta.mean, std=meta.std, channels_last=True)
+    network = TTAModel(model.to(memory_format=torch.channels_last), tta)
+    amp_dtype = amp_dtype_for(amp, device, first_stage_side(meta.spec, meta.img_size))  # as training validated
+    step = Step(nn.CrossEntropyLoss(), device, amp_dtype, steps=len(batches), progress=progress)
+    return evaluate_batches(network, batches.epoch(0), step, desc=desc, keep_outputs=True)
 
 
 def write_evaluation(model: nn.Module | None, meta: ModelMeta, decoded: DecodedSplit, split: SplitData,
@@ -110,20 +136,17 @@ def write_evaluation(model: nn.Module | None, meta: ModelMeta, decoded: DecodedS
                                            amp=amp, tta=tta, progress=progress, extra=extra, figures=figures,
                                            scorer=scorer)
     split_name = (extra or {}).get("split", split.name)
-    if model is None:
+    if model is None:  # an exported graph already divides by the temperature
         result = _score_exported(scorer, decoded, batch_size)
     else:
-        batches = Batches(decoded.images, decoded.labels, batch_size=batch_size, device=device,
-                          mean=meta.mean, std=meta.std, channels_last=True)
-        network = TTAModel(model.to(memory_format=torch.channels_last), tta)
-        amp_dtype = amp_dtype_for(amp, device, first_stage_side(meta.spec, meta.img_size))  # as training validated
-        result = run_epoch(network, batches.epoch(0), criterion=nn.CrossEntropyLoss(),
-                           device=device, amp_dtype=amp_dtype, total_steps=len(batches),
-                           desc=f"evaluate {split_name}", progress=progress, keep_outputs=True)
+        result = score_model(model, meta, decoded, device, batch_size=batch_size, amp=amp, tta=tta,
+                             progress=progress, desc=f"evaluate {split_name}")
+        result = replace(result, logits=result.logits / meta.temperature)
     # batches are in order, so outputs line up with decoded.kept
     metrics = classification_metrics(result.logits, result.targets, meta.classes)
     metrics.update({**(extra or {}), "split": split_name, "tta": tta, "skipped": decoded.skipped,
                     "images_per_s": result.images_per_second})
+    metrics.update(_calibration_metrics(result.logits, result.targets, meta.temperature))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in GALLERIES:  # an earlier run's gallery must never sit beside these metrics
@@ -136,8 +159,11 @@ def write_evaluation(model: nn.Module | None, meta: ModelMeta, decoded: DecodedS
         for name, row in zip(meta.classes, matrix):
             writer.writerow([name, *row.tolist()])
     plot_confusion_matrix(matrix, meta.classes, out_dir / "confusion_matrix.png")
+    _plot_reliability(out_dir / "reliability.png", result.logits, result.targets, meta.temperature)
     _write_misclassified(out_dir / "misclassified.csv", result.logits, result.targets, split, decoded.kept,
                          meta.classes)
+    _write_misclassified(out_dir / "predictions.csv", result.logits, result.targets, split, decoded.kept,
+                         meta.classes, every=True)  # every image in split order: what `resnetlab compare` pairs
     if figures:
         # one try per gallery: a figure that cannot be drawn loses neither the metrics above nor the other one
         galleries = [("predictions.png", lambda path: _plot_predictions(path, decoded.images, result.logits,
@@ -154,8 +180,27 @@ def write_evaluation(model: nn.Module | None, meta: ModelMeta, decoded: DecodedS
     return metrics
 
 
+def _calibration_metrics(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> dict:
+    """ECE, adaptive ECE, Brier and NLL of the probabilities every verb gives (``logits``: already divided by the
+    checkpoint's temperature); a calibrated checkpoint's scores before scaling beside them."""
+    scores: dict = {**calibration_scores(logits, targets), "temperature": temperature}
+    if temperature != 1.0:
+        scores["before_calibration"] = calibration_scores(logits * temperature, targets)
+    return scores
+
+
+def _plot_reliability(path: Path, logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> None:
+    """reliability.png; a figure that cannot be drawn costs a warning, never the metrics."""
+    try:
+        before = confidence_and_correct(logits * temperature, targets) if temperature != 1.0 else None
+        plot_reliability(*confidence_and_correct(logits, targets), path, before=before, temperature=temperature)
+    except Exception as err:  # noqa: BLE001
+        path.unlink(missing_ok=True)
+        logger.warning(f"could not draw {path}: {type(err).__name__}: {err}")
+
+
 def _score_exported(scorer: Classifier, decoded: DecodedSplit, batch_size: int) -> EpochResult:
-    """Logits of an exported model (onnxruntime, OpenVINO, torch.jit) on the decoded split, in order, as run_epoch
+    """Logits of an exported model (onnxruntime, OpenVINO, torch.jit) on the decoded split, in order, as engine.evaluate
     reports them."""
     started = time.perf_counter()
     logits = torch.cat([scorer.logits(decoded.images[i:i + batch_size]) for i in range(0, len(decoded), batch_size)])
@@ -233,9 +278,9 @@ def _write_eval_report(checkpoint: Path, out_dir: Path) -> Path | None:
 
 
 def _write_misclassified(path: Path, logits: torch.Tensor, targets: torch.Tensor, split: SplitData,
-                         kept: np.ndarray, classes: list[str]) -> None:
+                         kept: np.ndarray, classes: list[str], every: bool = False) -> None:
     confidence, predicted = logits.softmax(dim=1).max(dim=1)
-    wrong = rank_mistakes(logits, targets)  # most confident mistakes first
+    wrong = torch.arange(len(targets)) if every else rank_mistakes(logits, targets)  # most confident mistakes first
     with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "true", "predicted", "confidence"])

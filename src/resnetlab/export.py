@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .calibration import tempered
 from .checkpoint import load_model, read_checkpoint
 from .classifier import from_model, load_exported
 from .config import require_at_least
@@ -79,8 +80,9 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", out: str | Pat
                         if k in saved}
     info["precision"] = "int8" if quantize else "fp16" if half else "fp32"
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as folder:  # gone on any failure
-        written = _write_checked(model, meta, info, Path(folder), out.name, half=half, opset=opset,
-                                 images=images, quantize=quantize, calib=(calib_images, calib_method))
+        # a calibrated checkpoint's temperature goes into the graph: a plain client's softmax is calibrated
+        written = _write_checked(tempered(model, meta.temperature), meta, info, Path(folder), out.name, half=half,
+                                 opset=opset, images=images, quantize=quantize, calib=(calib_images, calib_method))
         if images is not None:
             info["validation"] = _accuracy_check(model, meta, written, info, images, max_drop)
         if format == "onnx":

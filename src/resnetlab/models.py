@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,13 +59,27 @@ def first_stage_side(spec: ModelSpec, img_size: int) -> int:
     return img_size if spec.stem == "small" else max(1, img_size // 4)
 
 
-def check_arch(arch: str) -> None:
-    if timm.is_model(arch):
+# The ResNet family resnetlab builds, trains, fine-tunes, explains and exports: tests/test_family.py runs each one.
+# A timm weights tag may follow a name (resnet50.tv_in1k). Every one is timm's ResNet class, so the head, the stem
+# and the stages are found through timm's own metadata (get_classifier, pretrained_cfg, feature_info).
+ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                 "resnet18d", "resnet34d", "resnet50d", "resnet101d", "resnet152d",
+                 "resnext50_32x4d", "wide_resnet50_2", "seresnet50", "resnetrs50")
+_WIDTHS = (0.125, 0.25, 0.5, 0.75, 1.0)  # tried, on a refusal, for the narrowest --width an architecture takes
+
+
+def check_arch(arch: str, width: float | None = None) -> None:
+    """Refuse, before any work, a name outside ARCHITECTURES (a ConfigError with the list and a near name), and a
+    ``width`` the architecture cannot be built at (naming the narrowest it takes; None: not chosen yet)."""
+    if arch.partition(".")[0] in ARCHITECTURES and timm.is_model(arch):
+        if width not in (None, 1.0) and _has_empty_layers(arch, width):
+            raise ConfigError(str(_width_refusal(arch, width)))
         return
-    candidates = timm.list_models("*res*")
-    close = difflib.get_close_matches(arch, candidates, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"unknown model '{arch}'{hint} (see timm.list_models('resnet*'))")
+    close = difflib.get_close_matches(arch.partition(".")[0], ARCHITECTURES, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    kind = "unsupported" if timm.is_model(arch) else "unknown"
+    raise ConfigError(f"{kind} model '{arch}'{hint}; resnetlab supports the ResNet family: {', '.join(ARCHITECTURES)} "
+                      "(a timm weights tag may follow, e.g. resnet50.tv_in1k)")
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
@@ -72,8 +87,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
     check_arch(spec.arch)
     options = {} if spec.pool == "avg" else {"global_pool": spec.pool}
     if spec.width != 1.0:  # timm's ResNet takes the stage widths; narrower nets are what 2-core CPUs afford
-        channels = tuple(max(8, int(round(c * spec.width))) for c in (64, 128, 256, 512))
-        options.update(channels=channels, stem_width=channels[0])
+        options.update(_stage_widths(spec.width))
     # timm zero-initialises the last BatchNorm of every residual block (zero_init_last); trained from scratch on
     # photo-sized images in a short CPU budget, that kept a full ResNet-18 at the majority class for 4 epochs where
     # torchvision's init (the blocks live from the start, what a plain PyTorch script gets) reached 86 %
@@ -81,41 +95,110 @@ def build_model(spec: ModelSpec) -> nn.Module:
     # narrow and small-stem presets were measured with timm's init and keep it.
     if spec.stem != "small" and spec.width == 1.0:
         options["zero_init_last"] = False
-    try:
-        model = timm.create_model(spec.arch, pretrained=False, num_classes=spec.num_classes, **options)
-    except TypeError:
-        options.pop("zero_init_last", None)  # a timm network that has no such option
-        try:
-            model = timm.create_model(spec.arch, pretrained=False, num_classes=spec.num_classes, **options)
-        except TypeError as err:
-            raise ModelError(f"{spec.arch} does not take a width multiplier ({err}); use --width 1") from None
+    model = _create(spec, options)
     if spec.stem == "small":
         _use_small_stem(model)
     if spec.head == "mlp":
         in_features = head_module(model).in_features
-        model.fc = nn.Sequential(nn.Linear(in_features, spec.hidden), nn.ReLU(inplace=True),
-                                 nn.Dropout(spec.dropout), nn.Linear(spec.hidden, spec.num_classes))
+        model.set_submodule(head_name(model), nn.Sequential(
+            nn.Linear(in_features, spec.hidden), nn.ReLU(inplace=True), nn.Dropout(spec.dropout),
+            nn.Linear(spec.hidden, spec.num_classes)))
     return model
 
 
+def _stage_widths(width: float) -> dict:
+    channels = tuple(max(8, int(round(c * width))) for c in (64, 128, 256, 512))
+    return {"channels": channels, "stem_width": channels[0]}
+
+
+def _create(spec: ModelSpec, options: dict) -> nn.Module:
+    """timm's network (every ARCHITECTURES member is timm's ResNet: it takes the stage widths and zero_init_last);
+    a --width that leaves a layer without channels (ResNeXt's 32 groups of 4 below --width 0.25) is refused."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")  # refused just below
+        model = timm.create_model(spec.arch, pretrained=False, num_classes=spec.num_classes, **options)
+    if spec.width != 1.0 and any(p.numel() == 0 for p in model.parameters()):
+        raise _width_refusal(spec.arch, spec.width)
+    return model
+
+
+def _has_empty_layers(arch: str, width: float) -> bool:
+    """True when ``arch`` at ``width`` has a layer without channels; built on the meta device (no memory, ~0.2 s)."""
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")  # timm's and torch's init of zero-element tensors
+        model = timm.create_model(arch, num_classes=1, **_stage_widths(width))
+    return any(p.numel() == 0 for p in model.parameters())
+
+
+def _width_refusal(arch: str, width: float) -> ModelError:
+    fits = next((w for w in _WIDTHS if w > width and not _has_empty_layers(arch, w)), 1.0)
+    return ModelError(f"{arch} cannot be made as narrow as --width {width:g}: a layer would have no channels "
+                      f"(grouped convolutions need a whole channel per group); use --width {fits:g} or more, or "
+                      "resnet50 for narrower networks")
+
+
 def head_module(model: nn.Module) -> nn.Module:
-    head = getattr(model, "fc", None)
-    if head is None:
-        raise ModelError(f"{type(model).__name__} has no 'fc' classifier; resnetlab supports the ResNet family")
+    """The classifier head (timm's ``get_classifier``): a Linear, or the mlp head's Sequential."""
+    network = unwrap(model)
+    head = network.get_classifier() if hasattr(network, "get_classifier") else None
+    if not isinstance(head, nn.Module) or isinstance(head, nn.Identity):
+        raise ModelError(f"{type(network).__name__} has no classifier head; resnetlab supports the ResNet family")
     return head
 
 
+def head_name(model: nn.Module) -> str:
+    """The head's module name ("fc" for timm's ResNets): state-dict keys start with it."""
+    head = head_module(model)
+    return next(name for name, module in unwrap(model).named_modules() if module is head)
+
+
+def head_weight_key(arch: str) -> str:
+    """The state-dict key of ``arch``'s classifier weight in a weights file ("fc.weight"), from timm's config; an
+    architecture outside ARCHITECTURES is refused here."""
+    check_arch(arch)
+    config = timm.models.get_pretrained_cfg(arch)
+    return f"{getattr(config, 'classifier', None) or 'fc'}.weight"
+
+
+def first_conv_name(model: nn.Module) -> str:
+    """The stem's first convolution ("conv1"; "conv1.0" in the deep stems of the d and rs variants), as timm's
+    pretrained config names it; else the network's first Conv2d."""
+    network = unwrap(model)
+    name = (getattr(network, "pretrained_cfg", None) or {}).get("first_conv")
+    if isinstance(name, str) and isinstance(network.get_submodule(name), nn.Conv2d):
+        return name
+    found = next((n for n, m in network.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if found is None:
+        raise ModelError(f"{type(network).__name__} has no convolution; resnetlab supports the ResNet family")
+    return found
+
+
+def _stem(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The (name, module) children before the first stage: timm's feature_info lists the stem's output, then the
+    stages."""
+    first_stage = model.feature_info[1]["module"]  # ResNets: [act1 (stem), layer1, layer2, layer3, layer4]
+    stem = []
+    for name, child in model.named_children():
+        if name == first_stage:
+            return stem
+        stem.append((name, child))
+    raise ModelError(f"{type(model).__name__} has no stage '{first_stage}'; use --stem standard")
+
+
 def _use_small_stem(model: nn.Module) -> None:
-    """CIFAR-style stem: 3x3 stride-1 first conv and no max-pool, so 28-64 px inputs keep their detail."""
-    conv1 = getattr(model, "conv1", None)
-    if isinstance(conv1, nn.Conv2d):
-        model.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, 3, stride=1, padding=1, bias=False)
-    elif isinstance(conv1, nn.Sequential):  # deep stems ('d', 't' variants): keep them, remove the stride
-        first = next(m for m in conv1.modules() if isinstance(m, nn.Conv2d))
-        first.stride = (1, 1)
-    else:
-        raise ModelError(f"{type(model).__name__} has no conv1 stem to replace; use --stem standard")
-    model.maxpool = nn.Identity()
+    """CIFAR-style stem: 3x3 stride-1 first conv and no max-pool, so 28-64 px inputs keep their detail. A single
+    7x7 conv becomes a 3x3; deep stems (d, rs variants) keep their convs with the strides removed (the rs variants'
+    strided conv in place of the max-pool included)."""
+    name = first_conv_name(model)
+    first = model.get_submodule(name)
+    if first.kernel_size[0] > 3:
+        model.set_submodule(name, nn.Conv2d(first.in_channels, first.out_channels, 3, stride=1, padding=1, bias=False))
+    for child_name, child in _stem(model):
+        if isinstance(child, nn.MaxPool2d):
+            model.set_submodule(child_name, nn.Identity())
+        for module in child.modules():
+            if isinstance(module, nn.Conv2d):
+                module.stride = (1, 1)
 
 
 def default_crop(arch: str, img_size: int, pretrained: bool) -> tuple[Crop, str]:
@@ -142,8 +225,12 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
 
 def backbone_frozen(model: nn.Module) -> bool:
     """True when the stem's first conv does not train (--freeze-backbone); False for networks without one."""
-    stem = getattr(unwrap(model), "conv1", None)
-    return isinstance(stem, nn.Module) and not any(p.requires_grad for p in stem.parameters())
+    network = unwrap(model)
+    try:
+        stem = network.get_submodule(first_conv_name(network))
+    except ModelError:
+        return False
+    return not any(p.requires_grad for p in stem.parameters())
 
 
 def train_mode(model: nn.Module) -> None:
@@ -229,16 +316,17 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str)
             usable[key] = value
         elif key in own:
             mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}")
-    reinit_ok = ("fc.", "conv1.")
+    head, first = f"{head_name(model)}.", f"{first_conv_name(model)}."  # "fc.", "conv1." (or "conv1.0.")
+    reinit_ok = (head, first)
     missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
     serious = [k for k in missing if not k.startswith(reinit_ok)]
     if serious:
         raise ModelError(f"{source} does not fit {type(model).__name__}: {len(serious)} weights missing or of "
                          f"another shape (e.g. {', '.join(serious[:3])}); is it for another architecture?")
     model.load_state_dict(usable, strict=False)
-    if any(k.startswith("fc.") for k in missing):
+    if any(k.startswith(head) for k in missing):
         notes.append("classifier head re-initialised (its shape differs from the weights file)")
-    if any(k.startswith("conv1.") for k in missing):
+    if any(k.startswith(first) for k in missing):
         notes.append("first conv re-initialised (small stem differs from the weights file)")
     unexpected = [k for k in state if k not in own]
     if unexpected:

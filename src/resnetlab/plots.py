@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from .calibration import ECE_BINS, expected_calibration_error, reliability_bins  # noqa: E402
 from .fileio import atomic_path  # noqa: E402
 
 
@@ -56,6 +57,30 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: list[str], path: str | Pa
                 for j in range(n):
                     ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=font,
                             color="white" if values[i, j] > threshold else "black")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_reliability(confidence: np.ndarray, correct: np.ndarray, path: str | Path, *,
+                     before: tuple[np.ndarray, np.ndarray] | None = None, temperature: float = 1.0) -> None:
+    """Reliability diagram: accuracy against mean confidence per equal-width bin (the diagonal is perfect
+    calibration) over a histogram of the confidences; ``before``: (confidence, correct) without the temperature."""
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, height_ratios=(3, 1))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    curves = [("before (T = 1)", before, "s--", "tab:grey")] if before is not None else []
+    curves.append((f"T = {temperature:.3g}" if before is not None else "model", (confidence, correct), "o-",
+                   "tab:blue"))
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    for label, (conf, right), style, colour in curves:
+        rows = reliability_bins(conf, right)
+        ece = expected_calibration_error(conf, right)
+        ax.plot([r[0] for r in rows], [r[1] for r in rows], style, color=colour, label=f"{label}: ECE {ece:.3f}")
+        ax_count.hist(conf, bins=edges, histtype="step" if style == "s--" else "stepfilled", color=colour, alpha=0.6)
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.01),
+           title=f"Reliability ({ECE_BINS} equal-width bins, {len(confidence)} images)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax_count.set(xlabel="confidence (top probability)", ylabel="images")
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -19,6 +19,7 @@ from .classifier import Classifier, Prediction, load
 from .config import require_at_least
 from .data.cache import decode_split
 from .data.images import expand_inputs, open_rgb
+from .data.shards import shard_inputs
 from .data.splits import SplitData
 from .errors import ConfigError, DataError, ImageReadError
 from .fileio import NAME_BYTES, writable_file
@@ -31,8 +32,12 @@ PREDICT_CHUNK = 1024  # files decoded per round: bounds memory on huge folders
 def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | Path = "predictions.csv",
                   topk: int = 3, batch_size: int = 256, device: str = "auto", workers: int | None = None,
                   arch: str | None = None, classes: list[str] | None = None, img_size: int | None = None,
-                  progress: bool = True, tta: str = "none", cam: str | Path | None = None) -> dict:
+                  progress: bool = True, tta: str = "none", cam: str | Path | None = None,
+                  min_confidence: float = 0.0) -> dict:
     """Write one CSV row per input file; unreadable files get an ``error`` and the rest still run.
+
+    ``min_confidence``: a row whose top probability is under it gets the label ``unsure`` (the other columns still
+    show the best guesses); best on a calibrated checkpoint (resnetlab.calibrate).
 
     ``cam``: a folder that gets a Grad-CAM overlay PNG of the predicted class per image (explain.py), its path in
     a ``cam`` column before ``error``. Returns counts and the CSV's path. (``resnetlab.predict`` is this function.)
@@ -45,7 +50,8 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
     """
     require_at_least("--batch-size", batch_size)  # before the model is loaded
     classifier = load(checkpoint, device=device, arch=arch, classes=classes, img_size=img_size, tta=tta)
-    files = expand_inputs(inputs)
+    _check_min_confidence(min_confidence, classifier.meta.task)
+    files = expand_inputs(shard_inputs(inputs))  # tar shards: their records' images (data/shards.py)
     if not files:
         raise DataError(f"no input images found in {', '.join(map(str, inputs))}")
     k = max(1, min(topk, len(classifier.classes)))
@@ -78,7 +84,7 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
             for b in range(0, len(decoded), batch_size):
                 batch = decoded.images[b:b + batch_size]
                 logits = classifier.logits(batch)
-                batch_predictions = classifier.to_predictions(logits, k)
+                batch_predictions = classifier.to_predictions(logits, k, min_confidence=min_confidence)
                 for position, prediction in zip(decoded.kept[b:b + batch_size], batch_predictions):
                     predictions[int(position)] = prediction
                 if cam_dir:
@@ -90,11 +96,7 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
             for i, path in enumerate(chunk):
                 if i in predictions:
                     p = predictions[i]
-                    row = [path, p.label, f"{p.confidence:.6f}"]
-                    for label, probability in p.top[1:]:
-                        row += [label, f"{probability:.6f}"]
-                    row += [""] * (len(header) - len(row) - (2 if cam_dir else 1))
-                    writer.writerow(row + ([overlays.get(start + i, ""), ""] if cam_dir else [""]))
+                    writer.writerow(_row(path, p, len(header), [overlays.get(start + i, "")] if cam_dir else []))
                     counts[p.label] = counts.get(p.label, 0) + 1
                 else:
                     failed += 1
@@ -106,6 +108,22 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
     logger.info(f"predicted {summary['predicted']} of {len(files)} image(s), {failed} failed; wrote {out}"
                 + (f" and heat maps in {cam_dir}" if cam_dir else ""))
     return summary
+
+
+def _check_min_confidence(min_confidence: float, task: str) -> None:
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ConfigError(f"--min-confidence must be a probability between 0 and 1, got {min_confidence}")
+    if min_confidence and task == "multilabel":
+        logger.warning("--min-confidence applies to single-label models; a multi-label model's labels are those at "
+                       "or above their thresholds")
+
+
+def _row(path: str, p: Prediction, width: int, cam: list[str]) -> list[str]:
+    """path, label, confidence, the other top-k labels and probabilities, padded to ``width``: [cam,] error ''."""
+    row = [path, p.label, f"{p.confidence:.6f}"]
+    for label, probability in p.top[1:]:
+        row += [label, f"{probability:.6f}"]
+    return row + [""] * (width - len(row) - len(cam) - 1) + cam + [""]
 
 
 def _write_cams(classifier: Classifier, batch: torch.Tensor, targets: list[int], predictions: list[Prediction],

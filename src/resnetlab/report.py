@@ -38,6 +38,7 @@ KNOWN_FIGURES = {
     "curves.png": "Training curves: loss and accuracy per epoch, train vs validation",
     "samples.png": "A training batch as the model sees it (after augmentation, de-normalised)",
     "confusion_matrix.png": "Confusion matrix: counts and row-normalised (recall)",
+    "reliability.png": "Reliability diagram: accuracy against confidence per bin (the diagonal is perfect calibration)",
     "predictions.png": "Validation images: predicted (probability) / true; mistakes in red",
     "misclassified.png": "The most confident mistakes, each beside its Grad-CAM heat map",
     "explain_grid.png": "Grad-CAM explanations",
@@ -50,7 +51,7 @@ KNOWN_FIGURES = {
 MAIN_SETTINGS = ("data", "model", "pretrained", "img_size", "width", "stem", "head", "epochs", "batch_size", "lr",
                  "opt", "sched", "aug", "crop_mode", "pool", "mixup", "cutmix", "ema", "label_smoothing", "balance",
                  "seed", "device", "amp")
-EVALUATION_FIGURES = ("confusion_matrix.png", "pr_curves.png", "cooccurrence.png", "predictions.png",
+EVALUATION_FIGURES = ("confusion_matrix.png", "reliability.png", "pr_curves.png", "cooccurrence.png", "predictions.png",
                       "misclassified.png", "false_positives.png", "false_negatives.png")
 
 CSS = """
@@ -311,6 +312,7 @@ def _evaluation_section(run_dir: Path, folder: Path) -> str:
                              ""])
         body += "<h3>Per class</h3>" + _table(["class", "precision", "recall", "F1", "support"], rows,
                                               numeric={1, 2, 3, 4})
+    body += _calibration_table(metrics)
     skipped = metrics.get("skipped") or []
     if skipped:
         body += _note(f"{len(skipped)} unreadable image(s) were skipped (listed in metrics.json)")
@@ -320,6 +322,19 @@ def _evaluation_section(run_dir: Path, folder: Path) -> str:
         elif name == "misclassified.png" and (folder / "predictions.png").is_file() and not multilabel:
             body += _note("no misclassified.png: no mistakes, or Grad-CAM (resnetlab.explain) was not available")
     return _section(anchor, title, body)
+
+
+def _calibration_table(metrics: dict) -> str:
+    """ECE, adaptive ECE, Brier score and NLL; before and after temperature scaling for a calibrated checkpoint."""
+    if "ece" not in metrics:
+        return ""
+    before = metrics.get("before_calibration")
+    header = ["", "before (T = 1)", f"after (T = {metrics.get('temperature', 1.0):.3g})"] if before else ["", "value"]
+    rows = [[label, *([before.get(key)] if before else []), metrics.get(key)] for key, label in (
+        ("ece", "ECE (15 equal-width bins)"), ("adaptive_ece", "adaptive ECE (15 equal-mass bins)"),
+        ("brier", "Brier score"), ("nll", "negative log-likelihood"))]
+    hint = "" if before else '<p class="muted">Not calibrated: resnetlab calibrate fits a temperature.</p>'
+    return "<h3>Calibration</h3>" + _table(header, rows, numeric={1, 2}) + hint
 
 
 def _other_figures_section(run_dir: Path) -> str:

@@ -35,8 +35,8 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
         run_dir = Path("runs") / name
     if run_dir.is_dir() and any(run_dir.iterdir()) and not cfg.exist_ok:
         if not _only_a_failed_start(run_dir):
-            raise ConfigError(f"run folder {run_dir} already exists and is not empty; use --resume {run_dir} to "
-                              "continue it, --exist-ok to overwrite it, or another --name/--out")
+            raise ConfigError(f"run folder {run_dir} already exists and is not empty; use --resume {run_dir} (or "
+                              "--resume auto) to continue it, --exist-ok to overwrite it, or another --name/--out")
         logger.info(f"reusing {run_dir}: an earlier start wrote no checkpoint there")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -50,7 +50,7 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
 
 # what a run writes before its first checkpoint: a folder holding only these is a start that failed
 _FIRST_FILES = {"data_report.json", "split.csv", "samples.png", "config.yaml", "lr_find.png", "lr_find.csv",
-                "tracking.json", "mlruns", "tensorboard", "race"}
+                "tracking.json", "mlruns", "tensorboard", "race", "wandb"}
 
 
 def _only_a_failed_start(run_dir: Path) -> bool:

@@ -11,13 +11,17 @@ auto's choices, the race) and returns a new one. Nothing changes a TrainConfig a
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig, check_names, load_yaml, recipe_values
 from .errors import ConfigError
+from .log import logger
 
 DEFAULT_RECIPE = "auto"  # the CLI's and the API's: settings chosen from the data and the time budget
+AUTO = "auto"  # --resume auto: continue from RUN/last.pt when it exists, else start fresh (torchrun's default)
 
 # Settings a resumed run may change; everything else comes from the run's saved config.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "progress", "time_limit", "early_stop", "cache_dir",
@@ -57,14 +61,24 @@ def resolve(keywords: dict[str, Any] | None = None, *, config: TrainConfig | Non
     keywords = _given(keywords)
     resume = (keywords.get("resume") or (config.resume if config is not None else None)
               or (load_yaml(yaml_path).get("resume") if yaml_path else None))  # a resumed run's own config.yaml
+    auto = (resume or _elastic_default()) == AUTO
+    if auto:  # the run folder when it holds a last.pt, else a fresh run
+        folder = _auto_folder(merge(keywords, config=config, yaml_path=yaml_path), asked=resume == AUTO)
+        resume = str(folder) if folder is not None and (folder / "last.pt").is_file() else None
     if not resume:
         cfg = merge(keywords, config=config, yaml_path=yaml_path)
+        if auto:  # nothing to continue: a fresh run, in a folder a start killed before its first checkpoint left
+            cfg = replace(cfg, resume=None, exist_ok=cfg.exist_ok or _holds_no_checkpoint(folder))
         if not cfg.data:
             raise ConfigError("no data given: pass a folder, a CSV file or a built-in name")
         return cfg, None
     from .checkpoint import read_checkpoint  # torch: only a resume reads a checkpoint here
 
     saved_state = read_checkpoint(Path(resume) / "last.pt")
+    if auto:
+        step = int(saved_state.get("step") or 0)
+        logger.info(f"{_restart_text()}continuing {resume} from its last.pt: epoch {int(saved_state['epoch'])} "
+                    "finished" + (f", {step} steps into the next" if step else ""))
     given = {**(_non_defaults(config) if config is not None else {}),
              **(load_yaml(yaml_path) if yaml_path else {}), **keywords}
     values = {**PRE_0_3_SETTINGS, **saved_state["config"]}  # a run started before these settings keeps its path
@@ -74,6 +88,40 @@ def resolve(keywords: dict[str, Any] | None = None, *, config: TrainConfig | Non
     values["stop_after_steps"] = given.get("stop_after_steps") or 0  # "in this invocation": never carried over
     values["resume"] = str(resume)
     return TrainConfig.from_dict(values), saved_state
+
+
+def _elastic_default() -> str | None:
+    """``auto`` under torchrun with ``--max-restarts`` N > 0: a restarted worker continues the run from its last.pt
+    (on a node whose worker did not fail TORCHELASTIC_RESTART_COUNT stays 0, yet its workers restart too)."""
+    restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
+    return AUTO if "RANK" in os.environ and restarts.isdigit() and int(restarts) > 0 else None
+
+
+def _auto_folder(cfg: TrainConfig, *, asked: bool) -> Path | None:
+    """--resume auto's run folder: --out, or runs/NAME (None without either: the default name holds the time; None
+    when torchrun's default meets --exist-ok, which asked to overwrite the folder)."""
+    if not asked and cfg.exist_ok:
+        logger.warning("--exist-ok: if torchrun restarts this run (--max-restarts > 0) it starts over; give "
+                       "--resume auto instead to continue it from its last.pt")
+        return None
+    folder = Path(cfg.out) if cfg.out else Path("runs") / cfg.name if cfg.name else None
+    if folder is None and asked:
+        raise ConfigError("--resume auto needs the run folder: give --out or --name (a default name holds the "
+                          "start time, so a restart would not find it)")
+    if folder is None:
+        logger.warning("torchrun may restart this run (--max-restarts > 0) but it has no --out or --name: a restart "
+                       "starts a new run folder instead of continuing this one")
+    return folder
+
+
+def _holds_no_checkpoint(folder: Path | None) -> bool:
+    """A run folder with files but no checkpoint (killed in its first epoch): nothing in it to keep."""
+    return folder is not None and folder.is_dir() and not any(folder.glob("*.pt"))
+
+
+def _restart_text() -> str:
+    count = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    return f"torchrun restart {count}: " if count and count != "0" else ""
 
 
 def _given(keywords: dict[str, Any] | None) -> dict[str, Any]:

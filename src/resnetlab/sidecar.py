@@ -34,6 +34,7 @@ def describe(meta: Any, fmt: str, *, dynamic_batch: bool) -> dict[str, Any]:
         "classes": list(meta.classes),
         "task": meta.task,  # multilabel: one sigmoid per class, a class predicted at or above its threshold
         "thresholds": None if meta.thresholds is None else [float(t) for t in meta.thresholds],
+        "temperature": float(meta.temperature),  # calibration: the graph already divides its logits by it
         "img_size": s,
         **meta.crop.to_dict(),  # crop_pct, interpolation, crop_mode
         "mean": list(meta.mean),
@@ -44,10 +45,12 @@ def describe(meta: Any, fmt: str, *, dynamic_batch: bool) -> dict[str, Any]:
                   "preprocessing": "the steps under 'preprocessing', in order"},
         "preprocessing": preprocessing_steps(s, meta.crop),
         "output": {"name": "logits", "shape": ["batch" if dynamic_batch else 1, len(meta.classes)],
-                   "note": "raw logits in the order of 'classes'; " + (
+                   "note": "logits in the order of 'classes'; " + (
                        "apply a sigmoid per class for probabilities; the labels are those at or above their "
                        "'thresholds' (0.5 where null)" if meta.task == "multilabel" else
-                       "apply softmax for probabilities")},
+                       "apply softmax for probabilities" if meta.temperature == 1.0 else
+                       f"already divided by the calibration 'temperature' {meta.temperature:.4g}: apply softmax for "
+                       "calibrated probabilities (do not divide again)")},
     }
 
 

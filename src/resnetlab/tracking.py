@@ -1,8 +1,8 @@
-"""Experiment tracking: TensorBoard event files and MLflow runs, each optional (``pip install resnetlab[track]``)
-and failing soft: a tracker that cannot be reached or fails costs one warning and is switched off; the run and
-its own files go on. Rank 0 only (the trainer creates trackers on rank 0 alone).
+"""Experiment tracking: TensorBoard event files, MLflow and Weights & Biases runs, each optional (``pip install
+resnetlab[track]``) and failing soft: a tracker that cannot be reached or fails costs one warning and is switched
+off; the run and its own files go on. Rank 0 only (the trainer creates trackers on rank 0 alone).
 
-    trackers = open_trackers(cfg, run_dir, resumed=False)     # --tensorboard, --mlflow [URI]
+    trackers = open_trackers(cfg, run_dir, resumed=False)     # --tensorboard, --mlflow [URI], --wandb [PROJECT]
     trackers.log_epoch(row)                                    # every epoch's metrics, step = epoch
     trackers.finish(run_dir)                                    # figures and files, then close
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -170,6 +171,81 @@ class MlflowTracker(_Soft):
         self.client.set_terminated(self.run_id, status=status)
 
 
+def _wandb_can_log() -> bool:
+    """An offline/disabled mode, or an API key in the environment or in ~/.netrc (where `wandb login` puts it)."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+class WandbTracker(_Soft):
+    """One Weights & Biases run per resnetlab run (continued on --resume): the settings as config, per-epoch metrics,
+    figures, the final metrics as summary and the run's files (best.pt included) as a model artifact. Its files go
+    to RUN_DIR/wandb/ unless $WANDB_DIR says otherwise; WANDB_MODE=offline logs there for a later `wandb sync`."""
+
+    name = "wandb"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run = None
+
+    @classmethod
+    def for_run(cls, run_dir: Path, cfg: TrainConfig, project: str, resumed: bool) -> WandbTracker:
+        tracker = cls()
+        tracker._guard(f"start a run in project {project}", tracker._start, run_dir, cfg, project, resumed)
+        return tracker
+
+    def _start(self, run_dir: Path, cfg: TrainConfig, project: str, resumed: bool) -> None:
+        import wandb  # the optional extra: imported where it is needed
+
+        if not _wandb_can_log():  # wandb.init would stop a terminal run at its login prompt
+            raise RuntimeError("no W&B API key (WANDB_API_KEY, or `wandb login`); WANDB_MODE=offline logs to "
+                               "RUN_DIR/wandb for a later `wandb sync`")
+        saved = _read_tracking(run_dir)
+        run_id = saved.get("wandb_run_id") if resumed and saved.get("wandb_project") == project else None
+        self.run = wandb.init(project=project, name=run_dir.name, id=run_id, resume="allow" if run_id else None,
+                              dir=os.environ.get("WANDB_DIR") or str(run_dir), config=_flat_settings(cfg),
+                              tags=[cfg.model], settings=wandb.Settings(init_timeout=30, console="off", quiet=True))
+        write_json(run_dir / TRACKING_FILE, {**saved, "wandb_run_id": self.run.id, "wandb_project": project})
+        logger.info(f"wandb: {'continuing ' if run_id else ''}run {self.run.id} in project '{project}'")
+
+    def log_epoch(self, row: dict) -> None:
+        self._guard("log epoch metrics", self._log_epoch, row)
+
+    def _log_epoch(self, row: dict) -> None:
+        step = int(row["epoch"])
+        self.run.log({"epoch": step, **{k: float(row[k]) for k in EPOCH_METRICS if row.get(k) is not None}},
+                     step=step)
+
+    def finish(self, run_dir: Path, final: dict | None, status: str = "FINISHED") -> None:
+        self._guard("upload the run's files", self._finish, run_dir, final or {}, status)
+
+    def _finish(self, run_dir: Path, final: dict, status: str) -> None:
+        import wandb
+
+        self.run.summary.update({f"final_{k}": v for k, v in final.items() if isinstance(v, (int, float))})
+        figures = {name.removesuffix(".png"): wandb.Image(str(run_dir / name)) for name in FIGURES
+                   if (run_dir / name).is_file()}
+        if figures:
+            self.run.log(figures)
+        files = [run_dir / name for name in ARTIFACTS if (run_dir / name).is_file()]
+        if files:
+            artifact = wandb.Artifact(re.sub(r"[^\w.-]", "-", run_dir.name), type="model")
+            for file in files:
+                artifact.add_file(str(file))
+            self.run.log_artifact(artifact)
+        if status == "KILLED":  # stopped to be resumed
+            self.run.mark_preempting()
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
+
+
 class Trackers:
     """The trackers a run asked for, called together; an empty list when none (or not rank 0)."""
 
@@ -182,7 +258,7 @@ class Trackers:
 
     def finish(self, run_dir: Path, final: dict | None = None, *, stopped: str | None = None) -> None:
         for tracker in self.trackers:
-            if isinstance(tracker, MlflowTracker):
+            if isinstance(tracker, (MlflowTracker, WandbTracker)):
                 # KILLED: stopped to be resumed (the resume sets it RUNNING again); FAILED: ended by an error
                 status = {None: "FINISHED", "early-stop": "FINISHED", "failed": "FAILED"}.get(stopped, "KILLED")
                 tracker.finish(run_dir, final, status=status)
@@ -196,6 +272,8 @@ def open_trackers(cfg: TrainConfig, run_dir: Path, *, resumed: bool) -> Trackers
         trackers.append(TensorBoardTracker(run_dir, cfg))
     if cfg.mlflow is not None:
         trackers.append(MlflowTracker.for_run(run_dir, cfg, mlflow_uri(cfg.mlflow, run_dir), resumed))
+    if cfg.wandb is not None:
+        trackers.append(WandbTracker.for_run(run_dir, cfg, "resnetlab" if cfg.wandb == "auto" else cfg.wandb, resumed))
     return Trackers([t for t in trackers if t.active])
 
 

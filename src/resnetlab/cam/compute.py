@@ -44,15 +44,22 @@ CAM_METHODS: dict[str, type] = {
     "scorecam": ScoreCAM,
     "ablationcam": AblationCAM,
 }
+
+
 def default_target_layer(model: nn.Module) -> nn.Module:
-    """The last block of the last stage (``layer4[-1]``): the finest map that still sees whole objects."""
+    """The last block of the last stage (``layer4[-1]`` in every ResNet of models.ARCHITECTURES): the finest map
+    that still sees whole objects. The stage is the last of timm's ``feature_info``; without one, the last Conv2d."""
     network = unwrap(model)
-    stage = getattr(network, "layer4", None)
-    if isinstance(stage, nn.Sequential) and len(stage):
-        return stage[-1]
+    info = getattr(network, "feature_info", None)
+    if info:
+        stage = network.get_submodule(info[-1]["module"])
+        if isinstance(stage, nn.Sequential) and len(stage):
+            return stage[-1]
+        if not isinstance(stage, nn.Identity):
+            return stage
     convs = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise ExplainError(f"{type(network).__name__} has no layer4 and no Conv2d layer; pass --layer NAME")
+        raise ExplainError(f"{type(network).__name__} has no last stage and no Conv2d layer; pass --layer NAME")
     return convs[-1]
 
 

@@ -15,6 +15,8 @@ from ..errors import ConfigError, ResnetlabError
 from ..fileio import NAME_BYTES
 from ..log import configure
 from ..signals import Terminated, sigterm_as_exception
+from .calibrate import calibrate_parser, calibrate_run
+from .compare import compare_parser, compare_run
 from .data import check_parser, check_run, lr_find_parser, lr_find_run, train_parser, train_run
 from .models import (
     embed_parser,
@@ -34,6 +36,7 @@ from .models import (
     summary_parser,
     summary_run,
 )
+from .shards import shards_parser, shards_run
 from .tune import tune_parser, tune_run
 
 EPILOG = """Examples:
@@ -43,6 +46,7 @@ EPILOG = """Examples:
   resnetlab train --resume runs/my-run                 continue from runs/my-run/last.pt
   resnetlab evaluate runs/my-run/best.pt photos/ --split test
   resnetlab predict runs/my-run/best.pt new_photos/ --out predictions.csv --topk 3
+  resnetlab calibrate runs/my-run/best.pt photos/ --out runs/my-run/calibrated.pt   temperature scaling
   resnetlab embed runs/my-run/best.pt photos/ --out embeddings.npz   pooled features, paths and labels
   resnetlab embed --model resnet50 --pretrained resnet50.safetensors photos/ --out embeddings.csv --l2-normalize
   resnetlab explain runs/my-run/best.pt photos/ --method gradcam++   heat maps in runs/my-run/explain/
@@ -54,6 +58,8 @@ EPILOG = """Examples:
   resnetlab summary --model resnet50 --img-size 224    layer table, parameters, MACs and FLOPs
   resnetlab report runs/my-run                         one self-contained report.html (mail it, open offline)
   resnetlab tune photos/ --trials 30 --trial-time 3m   hyper-parameter search; runs/tune/NAME/best.yaml
+  resnetlab compare runs/a/test runs/b/test --out cmp   settings, metrics, McNemar p of two runs
+  resnetlab shards photos/ shards/ --shard-size 1000   WebDataset tar shards; then: resnetlab train shards/
 """
 
 
@@ -62,6 +68,7 @@ COMMANDS = {
     "train": (train_parser, train_run),
     "lr-find": (lr_find_parser, lr_find_run),
     "evaluate": (evaluate_parser, evaluate_run),
+    "calibrate": (calibrate_parser, calibrate_run),
     "predict": (predict_parser, predict_run),
     "embed": (embed_parser, embed_run),
     "explain": (explain_parser, explain_run),
@@ -71,6 +78,8 @@ COMMANDS = {
     "summary": (summary_parser, summary_run),
     "report": (report_parser, report_run),
     "tune": (tune_parser, tune_run),
+    "compare": (compare_parser, compare_run),
+    "shards": (shards_parser, shards_run),
 }
 
 

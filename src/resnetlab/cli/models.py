@@ -12,7 +12,8 @@ from .flags import bare, checkpoint_flags, common_model_flags
 
 def evaluate_parser(sub) -> None:
     evaluate = sub.add_parser("evaluate", help="metrics of a checkpoint on a data split",
-                              description="Writes metrics.json, confusion_matrix.csv/.png, misclassified.csv, "
+                              description="Writes metrics.json (with ECE, adaptive ECE, Brier score and NLL), "
+                                          "confusion_matrix.csv/.png, reliability.png, misclassified.csv, "
                                           "predictions.png and misclassified.png (Grad-CAM) to --out. Then "
                                           "refreshes the run's report.html when the checkpoint is in a run "
                                           "folder and --out is inside it (the default), else writes "
@@ -46,6 +47,9 @@ def predict_parser(sub) -> None:
     predict.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     predict.add_argument("--out", default="predictions.csv", help="CSV path (default: predictions.csv)")
     predict.add_argument("--topk", type=int, default=3, help="labels per image (default: 3)")
+    predict.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                         help="label a row 'unsure' when its top probability is under P (best on a calibrated "
+                              "checkpoint: resnetlab calibrate; default: 0, never)")
     predict.add_argument("--allow-errors", action="store_true",
                          help="exit 0 when some inputs could not be read (their rows carry the error); default: 1")
     predict.add_argument("--cam", default=None, metavar="DIR",
@@ -59,7 +63,7 @@ def predict_run(args: argparse.Namespace) -> int:
 
     summary = predict_files(args.checkpoint, args.inputs, out=args.out, topk=args.topk, batch_size=args.batch_size,
                             device=args.device, workers=args.workers, progress=args.progress, tta=args.tta,
-                            cam=args.cam, **bare(args))
+                            cam=args.cam, min_confidence=args.min_confidence, **bare(args))
     return 0 if summary["predicted"] and (not summary["failed"] or args.allow_errors) else 1
 
 

@@ -46,7 +46,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         elif meta.get("const"):
             parser.add_argument(*flags, nargs="?", const=meta["const"], default=argparse.SUPPRESS, help=text,
-                                metavar="URI")
+                                metavar="PROJECT" if f.name == "wandb" else "URI")
         else:
             parser.add_argument(*flags, type=_flag_type(str(f.type)), choices=meta.get("choices"),
                                 default=argparse.SUPPRESS, help=text, metavar=None if meta.get("choices") else

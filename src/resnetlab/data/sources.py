@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from . import builtin
+from . import builtin, hf, shards
 from .images import image_size, is_image_file, list_images
 from .multilabel import check_single_labels, csv_task, read_multilabel_csv
 from .splits import DataSource, SplitData, splits_from_column, stratified_split
@@ -44,6 +44,10 @@ def open_data(spec: str, *, val_split: float = 0.1, seed: int = 0, data_root: st
 def _open(spec: str, val_split: float, seed: int, data_root: str | None, follow_links: bool, task: str,
           label_sep: str) -> DataSource:
     path = Path(spec).expanduser()
+    if shards.is_shards(spec):  # a folder of train-*.tar, a .tar file or 'train-{000000..000009}.tar'
+        return shards.open_shards(spec, val_split=val_split, seed=seed)
+    if hf.is_hf(spec):  # a Hugging Face save_to_disk folder or Parquet files
+        return hf.open_hf(spec, val_split=val_split, seed=seed)
     if not path.exists() and spec.lower() in builtin.BUILTIN_NAMES:
         return builtin.load_builtin(spec.lower(), data_root=data_root)
     if not path.exists():

@@ -29,6 +29,7 @@ from .thresholds import score_split
 
 FIGURES = ("pr_curves.png", "cooccurrence.png", "predictions.png", "false_positives.png", "false_negatives.png")
 FILES = ("metrics.json", "per_label.csv", "label_errors.csv", *FIGURES)
+TABLE_SHOWN = 40  # labels in the printed per-label table (all of them in per_label.csv and metrics.json)
 ERROR_GALLERY = 16  # (image, label) pairs per false-positive / false-negative gallery
 
 
@@ -152,13 +153,16 @@ def print_summary(metrics: dict, classes: list[str], out_dir: Path) -> None:
                 f"{metrics['map_micro']:.4f}), F1 macro {metrics['macro_avg']['f1']:.4f} micro "
                 f"{metrics['micro_avg']['f1']:.4f}, exact match {metrics['exact_match']:.4f}, loss "
                 f"{metrics['loss']:.4f} (thresholds: {metrics['threshold_rule']})")
-    width = max(len(c) for c in classes + ["label"])
+    listed = classes[:TABLE_SHOWN]  # thousands of labels: the first rows, the rest in per_label.csv
+    width = max(len(c) for c in listed + ["label"])
     rows = [f"{'label':<{width}}  precision  recall     f1     AP  support  threshold"]
-    for name in classes:
+    for name in listed:
         m = metrics["per_class"][name]
         ap = "   n/a" if m["ap"] is None else f"{m['ap']:6.3f}"
         rows.append(f"{name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f} {ap}  "
                     f"{m['support']:7d}  {m['threshold']:9.3f}")
+    if len(classes) > TABLE_SHOWN:
+        rows.append(f"... (+{len(classes) - TABLE_SHOWN} more labels in {out_dir / 'per_label.csv'})")
     logger.info("\n".join(rows))
     if metrics["skipped"]:
         logger.warning(f"skipped {len(metrics['skipped'])} unreadable image(s) (listed in metrics.json)")

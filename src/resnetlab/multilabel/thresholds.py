@@ -15,7 +15,8 @@ from torch import nn
 from ..checkpoint import ModelMeta, load_model, read_checkpoint, save_checkpoint
 from ..data.cache import DecodedSplit
 from ..data.loaders import Batches
-from ..engine import EpochResult, amp_dtype_for, run_epoch
+from ..device import amp_dtype_for
+from ..engine import EpochResult, Step, evaluate
 from ..log import logger
 from ..models import first_stage_side
 from .metrics import choose_thresholds, to_numpy
@@ -29,9 +30,8 @@ def score_split(model: nn.Module, meta: ModelMeta, decoded: DecodedSplit, device
     batches = Batches(decoded.images, decoded.labels, batch_size=batch_size, device=device, mean=meta.mean,
                       std=meta.std, channels_last=True)
     amp_dtype = amp_dtype_for(amp, device, first_stage_side(meta.spec, meta.img_size))  # as training validated
-    return run_epoch(model.to(memory_format=torch.channels_last), batches.epoch(0), criterion=MultiHotLoss(),
-                     device=device, amp_dtype=amp_dtype, total_steps=len(batches), desc=desc, progress=progress,
-                     keep_outputs=True, hits=exact_hits)
+    step = Step(MultiHotLoss(), device, amp_dtype, exact_hits, steps=len(batches), progress=progress)
+    return evaluate(model.to(memory_format=torch.channels_last), batches.epoch(0), step, desc=desc, keep_outputs=True)
 
 
 def store_thresholds(best: Path, data, device: torch.device, cfg) -> list[float]:  # noqa: ANN001

@@ -66,7 +66,7 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
 def _load_for(checkpoint: str | Path, runtime: str, device: str, folder: Path) -> tuple:
     """(the Classifier that predicts, the torch Classifier that explains or None)."""
     from ..classifier import load  # torch: loaded when serving starts, not when the CLI builds its parser
-    from ..engine import resolve_device
+    from ..device import resolve_device
     from ..runtimes import runtime_of
 
     if runtime not in RUNTIMES:

@@ -64,6 +64,7 @@ class Health(BaseModel):
     limits: dict[str, int]
     queue: dict[str, int]
     task: str = "multiclass"  # or "multilabel": /predict's 'labels' lists every label above its threshold
+    temperature: float = 1.0  # calibration: probabilities are softmax(logits / temperature)
 
 
 class Error(BaseModel):
@@ -132,7 +133,7 @@ class _Service:
     def health(self) -> dict:
         limits, worker = self.limits, self.worker
         return {"status": "ok", "model": self.classifier.meta.spec.arch, "classes": len(self.classifier.classes),
-                "task": self.classifier.meta.task,
+                "task": self.classifier.meta.task, "temperature": self.classifier.meta.temperature,
                 "img_size": self.size, "runtime": self.runtime,
                 "explain": self.explainer is not None and not isinstance(self.explain, ImportError),
                 "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
@@ -197,7 +198,9 @@ def _add_predict_route(app: FastAPI, service: _Service) -> None:
               response_model_exclude_none=True)
     async def predict(file: UploadFile | None = File(None, description="one image"),
                       files: list[UploadFile] | None = File(None, description="several images (field repeated)"),
-                      topk: int = Query(limits.topk, ge=1, le=1000, description="labels per image")) -> dict:
+                      topk: int = Query(limits.topk, ge=1, le=1000, description="labels per image"),
+                      min_confidence: float = Query(0.0, ge=0.0, le=1.0, description="label 'unsure' under this "
+                                                    "top probability (single-label models)")) -> dict:
         uploads = ([file] if file is not None else []) + list(files or [])
         if not uploads:
             raise HTTPException(422, "no image: send one in the multipart field 'file' (or several in 'files')")
@@ -209,7 +212,7 @@ def _add_predict_route(app: FastAPI, service: _Service) -> None:
             {"filename": Path(upload.filename or "upload").name, "label": p.label, "confidence": p.confidence,
              "top": [{"label": label, "probability": q} for label, q in p.top],
              "labels": None if p.labels is None else [{"label": label, "probability": q} for label, q in p.labels]}
-            for upload, p in zip(uploads, classifier.to_predictions(logits, topk))]}
+            for upload, p in zip(uploads, classifier.to_predictions(logits, topk, min_confidence=min_confidence))]}
 
 
 def _add_explain_route(app: FastAPI, service: _Service) -> None:

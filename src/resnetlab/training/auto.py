@@ -30,7 +30,7 @@ from PIL import Image
 from ..config import TrainConfig, parse_duration
 from ..data.images import SMALL_SIZE
 from ..data.splits import DataSource
-from ..engine import amp_dtype_for, autocast
+from ..device import amp_dtype_for, autocast
 from ..log import logger
 from ..models import ModelSpec, build_model, first_stage_side
 

@@ -115,12 +115,21 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None, 
                         crop, layout)
 
 
+COUNTS_SHOWN = 40  # classes or labels named in the log's per-split count line; data_report.json has them all
+
+
+def counts_text(counts: dict[str, int], shown: int = COUNTS_SHOWN) -> str:
+    """'cat=12, dog=9' for the first ``shown`` classes and a count of the rest: the line stays short with thousands of
+    labels (1,837 labels made a 230 KB training log, issue 27)."""
+    text = ", ".join(f"{c}={n}" for c, n in list(counts.items())[:shown])
+    return text + (f", ... (+{len(counts) - shown} more in data_report.json)" if len(counts) > shown else "")
+
+
 def _log_report(cfg: TrainConfig, source: DataSource, decoded: dict[str, DecodedSplit], report: dict,
                 run_dir: Path) -> None:
     """Counts per split and class; unreadable files and warnings named; an unusable split is an error."""
     for name, split in decoded.items():
-        logger.info(f"  {name}: {len(split)} images; per class: "
-                    + ", ".join(f"{c}={n}" for c, n in report["counts"][name].items()))
+        logger.info(f"  {name}: {len(split)} images; per class: {counts_text(report['counts'][name])}")
         if len(split) == 0:
             first = split.skipped[0] if split.skipped else None
             raise DataError(f"none of the {len(source.splits[name])} images of the {name} split could be read"
@@ -135,8 +144,11 @@ def _log_report(cfg: TrainConfig, source: DataSource, decoded: dict[str, Decoded
     for problem in report["problems"]:
         if problem["severity"] == "warning":
             reason = problem["reason"]
+            chosen = (cfg.chosen or {}).get("balance")
             if reason.startswith("class imbalance") and cfg.balance != "none":  # not advice for what is done
                 reason = reason.split("; consider")[0] + f"; balanced with --balance {cfg.balance}"
+            elif reason.startswith("class imbalance") and chosen:  # auto's own choice, and why
+                reason = reason.split("; consider")[0] + f"; auto chose --balance none ({chosen['why']})"
             logger.warning(f"{problem['path'] + ': ' if problem['path'] else ''}{reason}")
 
 

@@ -9,7 +9,7 @@ unaugmented image, as a linear probe sees it; K views are K augmented copies, ep
 Runs that mix images (mixup, cutmix) or span several processes keep the plain loop.
 
     features = FrozenFeatures.build(run, views=1)
-    run_epoch(features.head, features.epoch(run.train_batches, epoch), ...)
+    train_one_epoch(features.head, features.epoch(run.train_batches, epoch), run.train_step)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 from ..data.crop import Crop
 from ..data.loaders import Batches
 from ..data.transforms import BatchAugment
-from ..engine import autocast
+from ..device import autocast
 from ..log import logger
 from ..models import head_module, unwrap
 
@@ -33,17 +33,18 @@ FEATURE_BATCH = 256  # images per forward pass while computing features (no grad
 
 
 class HeadOnly(nn.Module):
-    """The network's classifier as it runs on pooled features: timm's dropout before the head, then the head."""
+    """The network's classifier (timm's get_classifier) as it runs on pooled features: timm's dropout before the
+    head, then the head."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.fc = head_module(model)
+        self.classifier = head_module(model)
         self.drop_rate = float(getattr(model, "drop_rate", 0.0) or 0.0)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.drop_rate:
             features = F.dropout(features, p=self.drop_rate, training=self.training)
-        return self.fc(features)
+        return self.classifier(features)
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -77,7 +77,8 @@ def release_training_memory(optimizer: torch.optim.Optimizer, device: torch.devi
 
 
 def finish_run(run_dir: Path, data: PreparedData, device: torch.device, cfg: TrainConfig) -> None:
-    """best.pt on the validation split -> metrics.json, confusion matrix, galleries; then report.html."""
+    """best.pt on the validation split -> metrics.json, confusion matrix, galleries; then report.html. With
+    ``cfg.calibrate``, best.pt and last.pt get their temperature first (the evaluation shows ECE before and after)."""
     best = run_dir / "best.pt"
     try:
         # imported here, not at the top: a broken optional dependency (grad-cam, matplotlib, OpenCV) must
@@ -91,6 +92,10 @@ def finish_run(run_dir: Path, data: PreparedData, device: torch.device, cfg: Tra
                 from ..multilabel.thresholds import store_thresholds
 
                 store_thresholds(best, data, device, cfg)
+            if cfg.calibrate:  # a temperature fitted on the validation split, into best.pt and last.pt
+                from ..calibrate import store_temperatures
+
+                store_temperatures(run_dir, data, device, cfg)
             model, meta = load_model(best, device=device)
             metrics = write_evaluation(model, meta, data.val, data.source.splits[data.val_name], run_dir,
                                        device=device, batch_size=max(256, cfg.batch_size * 2), amp=cfg.amp,

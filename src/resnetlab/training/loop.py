@@ -1,4 +1,4 @@
-"""The epoch loop: train_one_epoch -> validate -> record -> checkpoint -> stop or re-plan, as plain functions
+"""The epoch loop: train_epoch -> validate -> record -> checkpoint -> stop or re-plan, as plain functions
 over one ``Run`` (everything setup built). Nothing is lost: Ctrl-C/SIGTERM or --stop-after-steps saves a
 mid-epoch resumable last.pt, a NaN loss stops without overwriting the last good checkpoint.
 
@@ -20,9 +20,9 @@ from ..config import TrainConfig
 from ..data.crop import Crop
 from ..data.loaders import Batches
 from ..distributed import DistInfo, any_rank, from_main, gather_lists, sum_over_ranks, sync_buffers
-from ..engine import EpochResult, EpochTotals, optimizer_steps, run_epoch
+from ..engine import EpochResult, EpochTotals, Step, evaluate, optimizer_steps, train_one_epoch
 from ..errors import NonFiniteLossError
-from ..log import logger, progress_enabled
+from ..log import logger
 from ..metrics import macro_f1, topk_accuracy
 from ..models import backbone_frozen, set_backbone_trainable
 from ..runfiles import write_history
@@ -57,6 +57,17 @@ class Run:
     features: FrozenFeatures | None = None  # the frozen backbone's features, while it is frozen (features.py)
     feature_path: str | None = None  # why the frozen phase runs the plain loop ("" once decided: it does not)
     on_epoch: Callable[[dict], bool | None] | None = None  # after each epoch's checkpoint; True stops ("pruned")
+    train_step: Step = field(init=False)  # what every training step uses, built once below
+    val_step: Step = field(init=False)  # and every validation step
+
+    def __post_init__(self) -> None:
+        cfg, state, objective = self.cfg, self.state, self.objective
+        self.train_step = Step(objective.train, self.device, self.amp_dtype, objective.hits,
+                               steps=self.steps_per_epoch, progress=cfg.progress, optimizer=state.optimizer,
+                               scheduler=state.scheduler, scaler=state.scaler, grad_clip=cfg.grad_clip or None,
+                               accum_steps=cfg.accum_steps)
+        self.val_step = Step(objective.val, self.device, self.amp_dtype, objective.hits, steps=len(self.val_batches),
+                             progress=cfg.progress and self.info.is_main)
 
     @property
     def device(self) -> torch.device:
@@ -103,9 +114,10 @@ def combine(result: EpochResult, totals: EpochTotals, info: DistInfo) -> EpochRe
     return EpochResult(loss_sum / max(seen, 1), correct / max(seen, 1), int(seen), result.seconds, result.steps)
 
 
-def train_one_epoch(run: Run, epoch: int, planned: int, stop: StopRequests, *, start_step: int = 0,
-                    partial: dict | None = None) -> EpochResult:
-    """One epoch of optimizer steps (from ``start_step`` when resuming mid-epoch); raises StopRun on a stop."""
+def train_epoch(run: Run, epoch: int, planned: int, stop: StopRequests, *, start_step: int = 0,
+                partial: dict | None = None) -> EpochResult:
+    """One epoch of optimizer steps (from ``start_step`` when resuming mid-epoch), with the run's EMA, stops and
+    mid-epoch saves after each step (engine.train_one_epoch runs the steps); raises StopRun on a stop."""
     cfg, info, state = run.cfg, run.info, run.state
     totals = EpochTotals(run.device, partial)
     steps = run.steps_per_epoch
@@ -133,12 +145,8 @@ def train_one_epoch(run: Run, epoch: int, planned: int, stop: StopRequests, *, s
     elif run.objective.mixer is not None:
         batches = mixed(batches, run.objective.mixer, cfg.seed, epoch, start_step, info.rank)
     try:
-        result = run_epoch(forward, batches, criterion=run.objective.train, device=run.device,
-                           optimizer=state.optimizer, scheduler=state.scheduler, scaler=state.scaler,
-                           amp_dtype=run.amp_dtype, total_steps=steps, start_step=start_step,
-                           desc=f"epoch {epoch}/{planned}", progress=progress_enabled(cfg.progress), epoch=epoch,
-                           totals=totals, on_step=after_step, grad_clip=cfg.grad_clip or None,
-                           accum_steps=cfg.accum_steps, hits=run.objective.hits)
+        result = train_one_epoch(forward, batches, run.train_step, desc=f"epoch {epoch}/{planned}", epoch=epoch,
+                                 start=start_step, totals=totals, on_step=after_step)
     except NonFiniteLossError as err:
         good = f"{run.run_dir / 'last.pt'} (epoch {epoch - 1})" if epoch > 1 else "none (first epoch)"
         raise NonFiniteLossError(f"{err}. Last good checkpoint kept: {good}") from None
@@ -176,10 +184,8 @@ def validate(run: Run, network: nn.Module, epoch: int) -> tuple[EpochResult, dic
     if run.features is not None:  # a frozen backbone: the validation images' features are computed once too
         batches, network = run.features.validation(run.model, run.val_batches, run.amp_dtype), HeadOnly(network)
     # the bare module, not the DDP wrapper: ranks may have different numbers of validation batches
-    result = run_epoch(network, batches, criterion=run.objective.val, device=run.device,
-                       amp_dtype=run.amp_dtype, total_steps=len(run.val_batches), desc="  validate",
-                       progress=progress_enabled(run.cfg.progress) and run.info.is_main, epoch=epoch, totals=totals,
-                       keep_outputs=True, hits=run.objective.hits)
+    result = evaluate(network, batches, run.val_step, desc="  validate", epoch=epoch, totals=totals,
+                      keep_outputs=True)
     parts = gather_lists([(result.logits, result.targets)] if result.logits is not None else [], run.info)
     logits, targets = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])  # N x K, N (all ranks)
     if run.objective.epoch_metrics is not None:  # multi-label: mAP and F1 (multilabel.metrics.epoch_scores)
@@ -281,7 +287,7 @@ def _epochs(run: Run, history: list[dict], stop: StopRequests, start_epoch: int,
             run.forward = wrap(run.model, cfg, info)  # DDP registers trainable parameters when it wraps
             logger.info(f"epoch {epoch}: backbone unfrozen")
         try:
-            trained = train_one_epoch(run, epoch, planned, stop, start_step=start_step, partial=partial)
+            trained = train_epoch(run, epoch, planned, stop, start_step=start_step, partial=partial)
         except StopRun as halt:
             logger.info(f"stopped at epoch {epoch}, step {halt.step} of {run.steps_per_epoch}; saved "
                         f"{run.run_dir / 'last.pt'}. Resume with: resnetlab train --resume {run.run_dir}")

@@ -20,9 +20,10 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data.loaders import Batches
-from ..engine import EpochTotals, resolve_device, run_epoch
+from ..device import resolve_device
+from ..engine import EpochTotals, Step, train_one_epoch
 from ..errors import NonFiniteLossError
-from ..log import logger, progress_enabled
+from ..log import logger
 from ..multilabel.training import MultiHotLoss
 from .auto import apply_auto
 from .data import prepare_data, training_batches
@@ -89,9 +90,9 @@ def lr_range_test(model: nn.Module, batches: Batches, *, criterion: nn.Module, d
             raise _Diverged
 
     try:
-        run_epoch(probe, itertools.islice(stream, steps), criterion=criterion, device=device, optimizer=optimizer,
-                  scheduler=scheduler, total_steps=steps, desc="lr-find", progress=progress, totals=totals,
-                  on_step=record, sync_every=10**9)
+        step = Step(criterion, device, steps=steps, progress=progress, sync_every=10**9, optimizer=optimizer,
+                    scheduler=scheduler)
+        train_one_epoch(probe, itertools.islice(stream, steps), step, desc="lr-find", totals=totals, on_step=record)
     except (_Diverged, NonFiniteLossError):
         pass
     result.suggestion = _steepest_descent(result.lrs, result.losses)
@@ -113,8 +114,7 @@ def find_lr(cfg: TrainConfig, out: Path) -> LrFindResult:
     batches = training_batches(data, cfg, device, drop_last=True)
     criterion = MultiHotLoss(cfg.label_smoothing) if data.source.task == "multilabel" else \
         nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    result = lr_range_test(model, batches, criterion=criterion, device=device, cfg=cfg,
-                           progress=progress_enabled(cfg.progress))
+    result = lr_range_test(model, batches, criterion=criterion, device=device, cfg=cfg, progress=cfg.progress)
     table, figure = result.write(out)
     logger.info(f"suggested learning rate for {cfg.opt}: {result.suggestion:.3g} (steepest fall of the smoothed loss); "
                 f"wrote {figure} and {table}")

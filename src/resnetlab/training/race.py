@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig, parse_duration
-from ..data.splits import DataSource, stratified_split
+from ..data.splits import DataSource, SplitData, stratified_split
 from ..errors import ResnetlabError, one_line
 from ..log import logger
 from .auto import IMBALANCE  # the class ratio above which the score weighs macro F1 too
@@ -152,7 +152,7 @@ def race(cfg: TrainConfig, source: DataSource, run_dir: Path, train_candidate: T
         rows, note = _run_candidate(train_candidate, replace(cfg, **settings), part)
         _drop_weights(run_dir / "race" / candidate.name)
         table.append(_entry(candidate, rows, imbalanced, cfg.task, note))
-    won = _decide(cfg, entries, table, len(part.splits["val"]), budget - (clock() - started))
+    won = _decide(cfg, entries, table, part.splits["val"], imbalanced, budget - (clock() - started))
     return _replanned(won, table, train_images, parse_duration(won.time_limit))
 
 
@@ -191,18 +191,36 @@ def _entry(candidate: Candidate, rows: list[dict], imbalanced: bool, task: str, 
             "img_per_s": round(float(np.median([r["img_per_s"] for r in rows])), 1) if rows else 0.0}
 
 
-def _decide(cfg: TrainConfig, entries: list[Candidate], table: list[dict], val_images: int, left_s: float
-            ) -> TrainConfig:
-    """The winner (beating the rules by more than one standard error), its settings applied, the rest logged."""
+def chance_score(labels: Sequence, imbalanced: bool, task: str) -> float:
+    """What always answering the most common validation class scores (accuracy: its share; macro F1: its F1 over
+    the number of classes); 0 for multi-label data, whose mAP has no such floor here."""
+    values = np.asarray(labels)
+    if task == "multilabel" or values.ndim != 1 or not len(values):
+        return 0.0
+    counts = np.bincount(values)
+    share = float(counts.max() / len(values))
+    f1 = 2 * share / (1 + share) / max(1, int((counts > 0).sum()))
+    return race_score({"val_acc": share, "val_f1": f1}, imbalanced, task)
+
+
+def _decide(cfg: TrainConfig, entries: list[Candidate], table: list[dict], val: SplitData, imbalanced: bool,
+            left_s: float) -> TrainConfig:
+    """The winner (beating the rules by more than one standard error, and the most common class's score by as
+    much: a pick among candidates that learnt nothing is noise), its settings applied, the rest logged."""
     for entry in table:
         logger.info(f"race: {entry['candidate']:<13} {entry['epochs']} epochs  val acc {entry['val_acc']}  "
                     f"macro F1 {entry['val_f1']}  score {entry['score']}  {entry['settings'] or ''}")
     rules = next(e for e in table if e["candidate"] == "rules")
     best = max(table, key=lambda e: e["score"])
-    margin = standard_error(rules["score"], val_images)
-    if best is rules or not math.isfinite(best["score"]) or best["score"] - rules["score"] <= margin:
+    margin = standard_error(rules["score"], len(val))
+    chance = chance_score(val.labels, imbalanced, cfg.task)
+    if best is rules or not math.isfinite(best["score"]) or best["score"] - rules["score"] <= margin or \
+            best["score"] - chance <= standard_error(chance, len(val)):
         winner = "rules"
         why = ("the rule choice scored best" if best is rules else
+               f"cannot separate: the best, {best['candidate']} {best['score']:.4f}, is within one standard error of "
+               f"always answering the most common class ({chance:.4f}); the rule choice is kept"
+               if math.isfinite(best["score"]) and best["score"] - chance <= standard_error(chance, len(val)) else
                f"cannot separate: {best['candidate']} {best['score']:.4f} vs rules {rules['score']:.4f} is within one "
                f"standard error ({margin:.4f}); the rule choice is kept")
     else:

@@ -26,10 +26,11 @@ from torch import nn
 from ..checkpoint import ModelMeta, describe_model
 from ..config import TrainConfig, parse_duration
 from ..data.splits import DataSource
+from ..device import amp_dtype_for
 from ..distributed import DistInfo, from_main, gather_lists, init_distributed, shutdown
-from ..engine import amp_dtype_for, optimizer_steps
+from ..engine import optimizer_steps
 from ..fileio import write_text
-from ..log import logger, progress_enabled
+from ..log import logger
 from ..models import count_parameters, first_stage_side, set_backbone_trainable
 from ..runfiles import prepare_run_dir, read_history
 from ..settings import resolve
@@ -236,8 +237,7 @@ def _auto_lr(cfg: TrainConfig, model: nn.Module, batches, criterion: nn.Module, 
     """--lr auto: a learning-rate range test on a copy of the model picks the peak LR (rank 0 decides)."""
     suggestion = None
     if info.is_main:
-        result = lr_range_test(model, batches, criterion=criterion, device=info.device, cfg=cfg,
-                               progress=progress_enabled(cfg.progress))
+        result = lr_range_test(model, batches, criterion=criterion, device=info.device, cfg=cfg, progress=cfg.progress)
         result.write(run_dir)
         suggestion = result.suggestion
         logger.info(f"--lr auto: the range test suggests {suggestion:.3g} (plot: {run_dir / 'lr_find.png'})")

@@ -7,12 +7,14 @@ AMP, EMA and the module the steps call (DDP, torch.compile). Plain functions wit
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2, get_optimizer_class, get_optimizer_info
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -64,7 +66,7 @@ class Inputs:
 def check_inputs(cfg: TrainConfig) -> Inputs:
     """Every input of a fresh run, checked before the run folder exists: the architecture, the --pretrained file
     (read once, here) and the data's layout; a mistake leaves nothing behind that would refuse the same --out."""
-    check_arch(cfg.model)
+    check_arch(cfg.model, cfg.width)  # an architecture outside the family, or a --width it cannot take
     source = open_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, data_root=cfg.data_root,
                        follow_links=cfg.follow_links, task=cfg.task, label_sep=cfg.label_sep)
     cfg = replace(cfg, **task_settings(cfg, source))  # --task auto -> the data's; config.yaml records it
@@ -82,15 +84,25 @@ def read_weights(cfg: TrainConfig) -> dict[str, torch.Tensor] | None:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on conv/linear weights only: decaying BatchNorm scales and biases only hurts."""
+    """timm's optimizer ``cfg.opt`` (create_optimizer_v2) over two groups: weight decay on conv/linear weights only,
+    none on norm scales and biases (decaying them only hurts; timm's filter_bias_and_bn rule). The groups hold every
+    parameter, frozen ones too, so --unfreeze-at trains the backbone with the same optimizer. sgd is Nesterov's when
+    momentum > 0; a momentum other than 0.9 also sets beta1 where the optimizer has betas (adam: betas=(m, 0.999))."""
     decay, no_decay = [], []
-    for parameter in model.parameters():
-        (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    for name, parameter in model.named_parameters():
+        (no_decay if parameter.ndim <= 1 or name.endswith(".bias") else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.opt == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    optimizer_class = torch.optim.AdamW if cfg.opt == "adamw" else torch.optim.Adam
-    return optimizer_class(groups, lr=cfg.peak_lr, betas=(cfg.momentum, 0.999))
+    info = get_optimizer_info(cfg.opt)
+    extra: dict = {"nesterov": cfg.momentum > 0} if cfg.opt == "sgd" else {}
+    if info.has_betas and cfg.momentum != 0.9:
+        betas = inspect.signature(get_optimizer_class(cfg.opt, bind_defaults=False)).parameters["betas"].default
+        if isinstance(betas, tuple):  # adafactor's None: its own schedule, left alone
+            extra["betas"] = (cfg.momentum, *betas[1:])
+    try:
+        return create_optimizer_v2(groups, cfg.opt, lr=cfg.peak_lr, weight_decay=cfg.weight_decay,
+                                   momentum=cfg.momentum, **extra)
+    except ValueError as err:  # e.g. nesterov without momentum, a beta out of range
+        raise ConfigError(f"optimizer {cfg.opt} with momentum {cfg.momentum:g}: {err}") from None
 
 
 def class_balance(cfg: TrainConfig, labels: torch.Tensor, num_classes: int, device: torch.device

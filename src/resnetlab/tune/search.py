@@ -161,7 +161,7 @@ def _study_settings(study: optuna.Study, base: dict, space: dict | None, fixed: 
 
 def _resolve_auto(base: dict, source: Any, options: TuneOptions) -> dict:  # noqa: ANN401 - a DataSource
     """--recipe auto, once for the whole study: every trial shares its choices (a trial does not re-measure)."""
-    from ..engine import resolve_device
+    from ..device import resolve_device
     from ..training.auto import apply_auto
 
     values = apply_auto(TrainConfig.from_dict(base), source, resolve_device(base["device"])).to_dict()

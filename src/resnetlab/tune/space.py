@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig, check_names, load_yaml
+from ..config import SGD_LIKE, TrainConfig, check_names, default_lr, load_yaml
 from ..errors import ConfigError
 
 SPEC_KEYS = ("low", "high", "log", "step", "choices")
@@ -149,7 +149,7 @@ def default_space(images: int, base: dict[str, Any], fixed: set[str]) -> Space:
     """The space searched without --space, by the number of training images (the README's table); settings given
     as flags (``fixed``) are left out: they stay as given."""
     small, large = images < SMALL, images >= LARGE
-    sgd = base.get("opt", "sgd") == "sgd"
+    sgd = base.get("opt", "sgd") in SGD_LIKE
     space: Space = {
         # peak learning rate of the one-cycle schedule; SGD with momentum and Adam live two decades apart
         "lr": Dimension("float", 0.01, 0.4, log=True) if sgd else Dimension("float", 1e-4, 3e-3, log=True),
@@ -173,7 +173,7 @@ def base_params(space: Space, base: dict[str, Any]) -> dict[str, Any]:
     trial runs them, so the search always measures where it started."""
     values = dict(base)
     if values.get("lr") in (None, "auto"):  # the default peak LR of the optimizer
-        values["lr"] = 0.1 if values.get("opt", "sgd") == "sgd" else 1e-3
+        values["lr"] = default_lr(values.get("opt", "sgd"))
     return {name: values[name] for name, dimension in space.items()
             if name in values and dimension.contains(values[name]) and not _off_grid(dimension, values[name])}
 

@@ -63,13 +63,19 @@ def open_storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
     takes_new = "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
     callback = {"heartbeat_stale_trial_callback" if takes_new else "failed_trial_callback": _log_stale}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
-                                          grace_period=2 * heartbeat_s, **callback)
+        return optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs,
+                                          heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s, **callback)
     except (ImportError, ModuleNotFoundError) as err:
         raise ConfigError(f"storage {url}: its database driver is not installed ({err}); e.g. pip install "
-                          "psycopg2-binary for postgresql://, PyMySQL for mysql+pymysql://") from None
+                          "'psycopg[binary]' for postgresql://, PyMySQL for mysql+pymysql://") from None
     except Exception as err:  # noqa: BLE001 - sqlalchemy's errors: a bad URL, a server that is not there
         raise ConfigError(f"cannot open the study storage {url}: {type(err).__name__}: {str(err)[:300]}") from None
+
+
+def _with_driver(url: str) -> str:
+    """postgresql:// through psycopg 3 (the 'tune' extra's driver), as SQLAlchemy >= 2.1 reads it; 2.0 would look
+    for psycopg2. A URL naming its driver (postgresql+psycopg2://...) is kept."""
+    return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
 
 
 def _log_stale(study: optuna.Study, trial: FrozenTrial) -> None:

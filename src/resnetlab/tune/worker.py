@@ -35,6 +35,9 @@ from .study import fail_orphans, load_study, open_storage, this_worker
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LOCK_WAIT_S = 120  # a process killed while holding the start lock leaves it held: then go on without it
+# an earlier trial draws its settings right after it is registered; one that has not within this (its process died
+# in between) is left to fail_orphans or the heartbeat, and the twin check goes on without its settings
+SETTLE_S = 30
 
 
 def _caught() -> tuple[type[BaseException], ...]:
@@ -140,8 +143,10 @@ class Worker:
         params = {name: dimension.suggest(trial, name) for name, dimension in plan.space.items()}
         settings = {**plan.base, **params}
         run_dir = plan.trial_dir(trial.number)
-        for key, value in {**this_worker(), "threads": _threads(), "run_dir": str(run_dir),
-                           "settings": json.dumps(settings, default=str)}.items():
+        attrs = {**this_worker(), "threads": _threads(), "run_dir": str(run_dir),
+                 "settings": json.dumps(settings, default=str)}
+        attrs["pid"] = attrs.pop("pid")  # last: another command's fail_orphans judges a trial once it has a pid
+        for key, value in attrs.items():
             trial.set_user_attr(key, value)
         twin = self._twin(params, trial.number)
         if twin is not None and twin.state == TrialState.RUNNING:
@@ -201,7 +206,7 @@ class Worker:
         """A finished trial with the very same settings (same seed, same result: not trained again), else one that
         started before this one and is still running (another worker or command trains it: not twice at once)."""
         running = None
-        for other in self.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)):
+        for other in self._settled_trials(number):
             if other.number == number or other.params != params or "repeat_of" in other.user_attrs:
                 continue
             if other.state in FINISHED:
@@ -209,6 +214,19 @@ class Worker:
             if other.number < number and running is None:  # the lower number trains: two twins never both yield
                 running = other
         return running
+
+    def _settled_trials(self, number: int) -> list[FrozenTrial]:
+        """The finished and running trials, once every running trial numbered below ``number`` has stored all its
+        settings. A trial is registered first and draws after: a check made in between missed its twin, and as only
+        the higher number gives way, both trained (two commands on one study, issue 27)."""
+        names, deadline = set(self.plan.space), time.monotonic() + SETTLE_S
+        while True:
+            trials = self.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+            drawing = [t for t in trials if t.state == TrialState.RUNNING and t.number < number
+                       and not names <= set(t.params)]
+            if not drawing or time.monotonic() > deadline:
+                return trials
+            time.sleep(0.05)
 
     def _not_twice(self, trial: optuna.Trial, twin: FrozenTrial) -> float:
         note = f"same settings as trial {twin.number}, which is running: not trained twice; drawing again"

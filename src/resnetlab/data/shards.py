@@ -1,0 +1,279 @@
+"""WebDataset tar shards: write them from any source resnetlab reads, and read them back as a ``DataSource``.
+
+A shard holds records ``KEY.jpg`` or ``KEY.png`` (the original encoded bytes; other formats re-encoded as PNG) and
+``KEY.cls`` (the class index); ``classes.json`` and ``classes.txt`` beside the shards hold the class names. Reading
+unpacks each shard once (through ``webdataset``) into the cache folder, keyed by the shard's path, size and time, so
+the decode cache, checks, evaluation and exact mid-epoch resume work as for a folder of files. Streaming straight
+from the tar files (no unpacked copy) is not implemented.
+
+    write_shards(open_data("photos/"), "shards/", shard_size=1000)   # shards/train-000000.tar, ..., classes.json
+    source = open_shards("shards/")            # or "shards/train-{000000..000003}.tar"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+from ..fileio import write_json, write_text
+from .splits import DataSource, SplitData, stratified_split
+
+SPLITS = ("train", "val", "test")
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")  # a record's image member, first found
+UNPACK_FORMAT = 2
+
+
+def is_shards(spec: str) -> bool:
+    """Whether ``spec`` names shards: a .tar file, a brace pattern of them, or a folder holding train-*.tar."""
+    if spec.lower().endswith(".tar"):
+        return True
+    path = Path(spec).expanduser()
+    return path.is_dir() and any(path.glob("train-*.tar"))
+
+
+def _webdataset():  # noqa: ANN202 - the module
+    try:
+        import webdataset
+    except ImportError:
+        raise DataError("tar shards need the webdataset package: pip install 'resnetlab[shards]'") from None
+    return webdataset
+
+
+# ---------------------------------------------------------------------- writing
+def write_shards(source: DataSource, out: str | os.PathLike, shard_size: int) -> dict[str, dict]:
+    """Write each split of ``source`` to ``out/SPLIT-NNNNNN.tar`` (at most ``shard_size`` records each) and the class
+    names to classes.json and classes.txt; returns per split its record count, shard files and skipped images."""
+    if source.task != "multiclass":
+        raise DataError(f"{source.location}: shards hold one class per image (KEY.cls); {source.task} data cannot be "
+                        "written as shards")
+    if shard_size < 1:
+        raise DataError(f"--shard-size must be at least 1, got {shard_size}")
+    out = Path(out).expanduser()
+    existing = sorted(p.name for p in out.glob("*-*.tar")) if out.is_dir() else []
+    if existing:
+        raise DataError(f"{out} already holds shards ({existing[0]}, ...); give an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    wds = _webdataset()
+    summary = {}
+    for name in SPLITS:
+        if name not in source.splits:
+            continue
+        split, skipped, count = source.splits[name], [], 0
+        with wds.ShardWriter(str(out / f"{name}-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
+            for i in range(len(split)):
+                try:
+                    ext, data = _encoded(split, i)
+                except (OSError, ValueError) as err:
+                    skipped.append({"path": split.describe(i), "reason": str(err)})
+                    continue
+                sink.write({"__key__": f"{i:08d}", ext: data, "cls": str(int(split.labels[i]))})
+                count += 1
+        summary[name] = {"records": count, "shards": sorted(p.name for p in out.glob(f"{name}-*.tar")),
+                         "skipped": skipped}
+    write_json(out / "classes.json", list(source.classes))
+    write_text(out / "classes.txt", "".join(f"{c}\n" for c in source.classes))
+    return summary
+
+
+def _encoded(split: SplitData, i: int) -> tuple[str, bytes]:
+    """Image ``i`` as (extension, bytes): a JPEG or PNG file's own bytes, anything else encoded as PNG."""
+    if split.images is not None:
+        array = split.images[i]
+        image = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
+        return "png", _png(image)
+    path = Path(split.paths[i])
+    suffix = path.suffix.lower()
+    if suffix in (".jpg", ".jpeg", ".png"):
+        return ("png" if suffix == ".png" else "jpg"), path.read_bytes()
+    with Image.open(path) as image:
+        image.load()
+        return "png", _png(image if image.mode in ("RGB", "RGBA", "L") else image.convert("RGB"))
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------- reading
+def open_shards(spec: str, *, val_split: float = 0.1, seed: int = 0) -> DataSource:
+    """The shards ``spec`` names as a DataSource: each record unpacked once to a file, labelled by its .cls; records
+    without a usable image or class are left out and named (shard file and key) in the notes."""
+    urls, home = _shard_files(spec)
+    classes = _class_names(home)
+    notes: list[str] = []
+    splits = {}
+    for name, files in urls.items():
+        if files:
+            splits[name] = _read_split(name, files, classes, notes)
+    if classes is None:
+        top = max((int(s.labels.max()) for s in splits.values() if len(s)), default=-1)
+        classes = [str(i) for i in range(top + 1)]
+        notes.append(f"no classes.json or classes.txt in {home}: classes named by their index 0-{top}")
+    if not len(splits["train"]):
+        raise DataError(f"no usable records in the training shards {urls['train'][0]}, ...")
+    if len(classes) < 2:
+        raise DataError(f"{home}: only {len(classes)} class(es); a classifier needs at least two")
+    if "val" not in splits and "test" in splits:
+        notes.append("no val-*.tar shards: the test shards serve as the validation split")
+    elif "val" not in splits:
+        notes.append(f"no val-*.tar or test-*.tar shards: {val_split:.0%} of train is held out for validation")
+        splits["train"], splits["val"] = stratified_split(splits["train"], val_split, seed)
+    total = sum(len(s) for s in splits.values())
+    notes.append(f"shards: {total} records unpacked once to {_unpack_root()}; read as files from there, so resume is "
+                 "exact as for folders (streaming straight from the tar files is not implemented)")
+    return DataSource(classes, splits, "shards", spec, notes)
+
+
+def shard_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """``inputs`` with each shard folder, .tar file or brace pattern replaced by its records' unpacked image files
+    (every split's, labelled or not): what predict reads."""
+    files: list[str] = []
+    for item in inputs:
+        if not is_shards(str(item)):
+            files.append(str(item))
+            continue
+        urls, _ = _shard_files(str(item))
+        folder = Path(item).expanduser()
+        tars = sorted(str(p) for p in folder.glob("*.tar")) if folder.is_dir() else urls["train"]
+        for url in tars:
+            index = _unpack(url)
+            files += [str(Path(index["folder"]) / record[0]) for record in index["records"]]
+    return files
+
+
+def _shard_files(spec: str) -> tuple[dict[str, list[str]], Path]:
+    """Per split, its shard files; and the folder holding them (where classes.json is looked for)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        found = {name: sorted(str(p) for p in path.glob(f"{name}-*.tar")) for name in SPLITS}
+        return found, path
+    urls = _webdataset().shardlists.expand_urls(str(path))
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        raise DataError(f"shard file {missing[0]} does not exist ({len(missing)} of the {len(urls)} files that "
+                        f"'{spec}' names are missing)")
+    home = Path(urls[0]).parent
+    found = {"train": urls}
+    if Path(urls[0]).name.startswith("train"):  # 'train-{...}.tar': its val-*.tar and test-*.tar siblings too
+        found.update({name: sorted(str(p) for p in home.glob(f"{name}-*.tar")) for name in ("val", "test")})
+    return found, home
+
+
+def _class_names(home: Path) -> list[str] | None:
+    as_json, as_text = home / "classes.json", home / "classes.txt"
+    if as_json.is_file():
+        try:
+            names = json.loads(as_json.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise DataError(f"{as_json}: not valid JSON ({err})") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DataError(f"{as_json}: expected a list of class names")
+        return names
+    if as_text.is_file():
+        return [line.strip() for line in as_text.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return None
+
+
+def _read_split(name: str, files: list[str], classes: list[str] | None, notes: list[str]) -> SplitData:
+    paths, labels, origins = [], [], []
+    for url in files:
+        index = _unpack(url)
+        for shard_key, reason in index["bad"]:
+            notes.append(f"warning: skipped record {Path(url).name} key {shard_key}: {reason}")
+        for file, label, shard_key, why in index["records"]:
+            if label < 0:
+                notes.append(f"warning: skipped record {Path(url).name} key {shard_key}: {why}")
+                continue
+            if classes is not None and label >= len(classes):
+                notes.append(f"warning: skipped record {Path(url).name} key {shard_key}: class index {label} is not "
+                             f"in 0-{len(classes) - 1} (classes.json)")
+                continue
+            paths.append(str(Path(index["folder"]) / file))
+            labels.append(label)
+            origins.append(f"{Path(url).name} key {shard_key}")
+    return SplitData(name, np.asarray(labels, dtype=np.int64), paths, origins=origins)
+
+
+def _unpack_root() -> Path:
+    from .cache import DEFAULT_CACHE_DIR
+
+    return Path(os.environ.get("RESNETLAB_CACHE", DEFAULT_CACHE_DIR)).expanduser() / "shards"
+
+
+def _unpack(url: str) -> dict:
+    """Unpack one shard's records to files (once: reused while the shard's path, size and time are the same);
+    returns {"folder", "records": [[file, class or -1, key, why no class]], "bad": [[key, reason]]}."""
+    stat = os.stat(url)
+    tag = f"{os.path.realpath(url)}|{stat.st_size}|{stat.st_mtime_ns}|{UNPACK_FORMAT}"
+    root = _unpack_root()
+    final = root / f"{Path(url).stem}-{hashlib.sha256(tag.encode()).hexdigest()[:16]}"
+    if (final / "records.json").is_file():
+        try:
+            return dict(json.loads((final / "records.json").read_text(encoding="utf-8")), folder=str(final))
+        except ValueError:
+            shutil.rmtree(final, ignore_errors=True)  # a damaged index is unpacked again below
+    tmp = root / f".{final.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        index = _unpack_into(url, tmp)
+        write_json(tmp / "records.json", index)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process (a torchrun rank) unpacked it first: use theirs
+            if not (final / "records.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dict(index, folder=str(final))
+
+
+def _unpack_into(url: str, folder: Path) -> dict:
+    wds = _webdataset()
+    records, bad = [], []
+    try:
+        for n, sample in enumerate(wds.WebDataset(url, shardshuffle=False, empty_check=False)):
+            key = sample["__key__"]
+            image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+            label, why = _label(sample)
+            if image_key is None:
+                bad.append([key, f"no image member ({', '.join(IMAGE_KEYS[:3])}, ...)"])
+                continue
+            file = f"{n:07d}_{re.sub(r'[^A-Za-z0-9_-]', '_', key)[-80:]}.{image_key}"
+            (folder / file).write_bytes(sample[image_key])
+            records.append([file, -1 if label is None else label, key, why])  # unlabelled: predict still reads it
+    except (tarfile.TarError, OSError, ValueError, KeyError) as err:  # truncated or not a tar: keep what was read
+        reason = err.args[0] if err.args and isinstance(err.args[0], str) else str(err)
+        bad.append([f"(after {len(records) + len(bad)} record(s))", f"unreadable tar data, rest of the shard "
+                    f"skipped: {type(err).__name__}: {reason}"])
+    return {"records": records, "bad": bad}
+
+
+def _label(sample: dict) -> tuple[int | None, str]:
+    """The record's class index from KEY.cls (or a KEY.json's "cls"/"label" number), else None and why not."""
+    if "cls" in sample:
+        text = sample["cls"].decode("utf-8", "replace").strip()
+        return (int(text), "") if re.fullmatch(r"\d+", text) else (None, f"KEY.cls '{text[:20]}' is not a class index")
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"])
+        except ValueError:
+            return None, "KEY.json is not valid JSON"
+        value = meta.get("cls", meta.get("label")) if isinstance(meta, dict) else None
+        if isinstance(value, int) and value >= 0:
+            return value, ""
+        return None, "KEY.json has no class index ('cls' or 'label')"
+    return None, "no .cls member (class index)"

@@ -1,0 +1,157 @@
+"""WebDataset tar shards: `resnetlab shards` writes them from a folder; train, check and evaluate read them back."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FAST, TOY_CLASSES, make_image, write_class_folders
+from resnetlab.checkpoint import read_checkpoint
+from resnetlab.cli import main
+from resnetlab.data.sources import open_data
+from resnetlab.errors import DataError
+
+wds = pytest.importorskip("webdataset", reason="the shards extra: pip install 'resnetlab[shards]'")
+CLASSES = sorted(TOY_CLASSES)
+
+
+def members(tar_path: Path) -> dict[str, bytes]:
+    with tarfile.open(tar_path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def test_folder_to_shards_then_train_and_evaluate(tmp_path: Path, capsys, no_figures):
+    data = tmp_path / "toy"
+    write_class_folders(data / "train", 8, seed=1, ext="jpg")
+    write_class_folders(data / "val", 3, seed=2)
+    write_class_folders(data / "test", 3, seed=3)
+    out = tmp_path / "shards"
+    assert main(["shards", str(data), str(out), "--shard-size", "10"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {name: split["records"] for name, split in summary["splits"].items()} == {"train": 24, "val": 9, "test": 9}
+    assert sorted(p.name for p in out.glob("*.tar")) == ["test-000000.tar", "train-000000.tar", "train-000001.tar",
+                                                         "train-000002.tar", "val-000000.tar"]
+    assert json.loads((out / "classes.json").read_text(encoding="utf-8")) == CLASSES
+    assert (out / "classes.txt").read_text(encoding="utf-8").splitlines() == CLASSES
+
+    first = members(out / "train-000000.tar")
+    assert sorted(first)[:4] == ["00000000.cls", "00000000.jpg", "00000001.cls", "00000001.jpg"]
+    assert len(first) == 20  # 10 records of two members
+    source_files = sorted((data / "train" / CLASSES[0]).iterdir())
+    assert first["00000000.jpg"] == source_files[0].read_bytes()  # the original JPEG bytes, not re-encoded
+    labels = [int(members(out / f"train-00000{i}.tar")[f"{n:08d}.cls"]) for n in range(24) for i in (n // 10,)]
+    assert labels == [0] * 8 + [1] * 8 + [2] * 8
+    assert sorted(members(out / "val-000000.tar"))[:2] == ["00000000.cls", "00000000.png"]
+
+    run = tmp_path / "run"
+    train = ["--epochs", "1", "--img-size", "16", *FAST, "--batch-size", "16", "--lr", "0.05", "--out", str(run)]
+    assert main(["train", str(out), *train]) == 0
+    err = capsys.readouterr().err
+    assert "resume is exact as for folders" in err
+    assert read_checkpoint(run / "best.pt")["classes"] == CLASSES
+    report = json.loads((run / "data_report.json").read_text(encoding="utf-8"))
+    assert json.dumps(report).count("train-000000.tar") == 0  # nothing skipped, so no shard is named
+
+    assert main(["evaluate", str(run / "best.pt"), str(out), "--split", "test", "--no-progress"]) == 0
+    metrics = json.loads((run / "eval-test" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["images"] == 9
+    assert sorted(metrics["per_class"]) == CLASSES
+
+    predictions = tmp_path / "predictions.csv"
+    assert main(["predict", str(run / "best.pt"), str(out / "test-000000.tar"), "--out", str(predictions),
+                 "--workers", "1", "--no-progress"]) == 0
+    with open(predictions, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 9 and all(row["label"] in CLASSES and not row["error"] for row in rows)
+    assert sorted(Path(row["path"]).name for row in rows)[0] == "0000000_00000000.png"  # record 0, key 00000000
+
+
+def write_shard(path: Path, records: list[dict]) -> None:
+    with wds.TarWriter(str(path)) as sink:
+        for record in records:
+            sink.write(record)
+
+
+def png_bytes(seed: int, colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    make_image(np.random.default_rng(seed), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_bad_records_are_skipped_and_named_and_brace_patterns_read(tmp_path: Path, capsys):
+    out = tmp_path / "shards"
+    out.mkdir()
+    colours = list(TOY_CLASSES.values())[:2]
+    good = [{"__key__": f"good{i}", "png": png_bytes(i, colours[i % 2]), "cls": str(i % 2)} for i in range(8)]
+    write_shard(out / "train-000000.tar", good[:4] + [{"__key__": "broken", "png": b"not a png", "cls": "1"}])
+    write_shard(out / "train-000001.tar", good[4:] + [{"__key__": "nolabel", "png": good[0]["png"]},
+                                                       {"__key__": "badlabel", "png": good[1]["png"], "cls": "7"}])
+    write_shard(out / "val-000000.tar", good[:4])
+    (out / "classes.txt").write_text("cat\ndog\n", encoding="utf-8")
+
+    source = open_data(str(out / "train-{000000..000001}.tar"))
+    assert source.kind == "shards" and source.classes == ["cat", "dog"]
+    assert len(source.splits["train"]) == 9 and len(source.splits["val"]) == 4  # val-*.tar found beside the pattern
+    assert list(source.splits["train"].labels[:5]) == [0, 1, 0, 1, 1]
+    notes = "\n".join(source.notes)
+    assert "train-000001.tar key nolabel: no .cls member" in notes
+    assert "train-000001.tar key badlabel: class index 7 is not in 0-1" in notes
+
+    (out / "train-000002.tar").write_bytes((out / "train-000000.tar").read_bytes()[:3000])  # a truncated shard
+    assert main(["check", str(out), "--no-near-dups", "--img-size", "16", "--workers", "1", "--no-progress"]) == 1
+    printed = capsys.readouterr().out
+    assert "train-000000.tar key broken" in printed  # the undecodable image, named by its shard and key
+    assert "key nolabel" in printed and "key badlabel" in printed
+    assert re.search(r"train-000002.tar key \(after \d record\(s\)\): unreadable tar data, rest of the shard", printed)
+    assert printed.count("leakage: the same image is in train") == 4  # val repeats 4 training records
+
+    with pytest.raises(DataError, match=r"train-000003.tar does not exist \(7 of the 10 files"):
+        open_data(str(out / "train-{000000..000009}.tar"))
+    assert main(["shards", str(out), str(out), "--shard-size", "4"]) == 1  # never into a folder holding shards
+    assert "already holds shards" in capsys.readouterr().err
+
+
+def test_hugging_face_save_to_disk_and_parquet_train_and_evaluate(tmp_path: Path, capsys, no_figures):
+    datasets = pytest.importorskip("datasets", reason="the shards extra: pip install 'resnetlab[shards]'")
+    names = ["zebra", "apple"]  # ClassLabel order, not sorted: the names are kept as the data set gives them
+    colours = list(TOY_CLASSES.values())[:2]
+    features = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=names)})
+
+    def split(count: int, seed: int, missing: int | None = None) -> object:
+        labels = [i % 2 for i in range(count)]
+        images = [{"bytes": png_bytes(seed + i, colours[y]), "path": None} for i, y in enumerate(labels)]
+        if missing is not None:
+            labels[missing] = -1  # ClassLabel's "no label"
+        return datasets.Dataset.from_dict({"img": images, "y": labels}, features=features)
+
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": split(16, 0, missing=3), "validation": split(6, 100),
+                          "test": split(6, 200)}).save_to_disk(str(saved))
+    source = open_data(str(saved))
+    assert source.kind == "hugging face" and source.classes == names
+    assert {k: len(v) for k, v in source.splits.items()} == {"train": 15, "val": 6, "test": 6}
+    assert any("split train row 3" in note and "label -1" in note for note in source.notes)
+    assert list(source.splits["train"].labels[:4]) == [0, 1, 0, 0]  # row 3 left out
+
+    run = tmp_path / "run"
+    train = ["--epochs", "1", "--img-size", "16", *FAST, "--batch-size", "16", "--lr", "0.05", "--out", str(run)]
+    assert main(["train", str(saved), *train]) == 0
+    assert read_checkpoint(run / "best.pt")["classes"] == names
+    assert main(["evaluate", str(run / "best.pt"), str(saved), "--split", "test", "--no-progress"]) == 0
+    assert json.loads((run / "eval-test" / "metrics.json").read_text(encoding="utf-8"))["images"] == 6
+
+    parquet = tmp_path / "pq"
+    parquet.mkdir()
+    split(8, 300).to_parquet(str(parquet / "train-00000-of-00001.parquet"))
+    split(4, 400).to_parquet(str(parquet / "test-00000-of-00001.parquet"))
+    source = open_data(str(parquet))
+    assert source.classes == names  # the ClassLabel travels in the Parquet schema
+    assert {k: len(v) for k, v in source.splits.items()} == {"train": 8, "test": 4}
+    capsys.readouterr()
