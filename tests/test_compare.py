@@ -81,3 +81,10 @@ def test_folders_of_the_same_name_and_different_splits_are_told_apart(tmp_path: 
     assert any("different splits (test, val)" in note for note in comparison.notes)
     assert any("compares two runs" in note for note in comparison.notes)
     assert format_table(comparison).splitlines()[1].split() == ["epochs", "1", "2", "1"]
+
+
+def test_a_predict_csv_has_no_true_labels_to_pair(tmp_path):
+    from resnetlab.compare import _correct
+
+    (tmp_path / "predictions.csv").write_text("path,label,confidence\na.png,cat,0.9\n", encoding="utf-8")
+    assert _correct(tmp_path / "predictions.csv") is None  # `resnetlab predict` output: no KeyError, no pairing

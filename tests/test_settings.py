@@ -12,6 +12,7 @@ import resnetlab
 from conftest import write_class_folders
 from resnetlab.cli import build_parser, main
 from resnetlab.cli.data import train_config
+from resnetlab.config import TrainConfig
 from resnetlab.errors import ConfigError
 from resnetlab.settings import merge, resolve
 
@@ -84,3 +85,18 @@ def test_a_resumed_runs_own_config_yaml_resumes_it_rather_than_starting_over(tmp
     (tmp_path / "config.yaml").write_text(f"data: x\nresume: {tmp_path / 'nothing'}\n", encoding="utf-8")
     with pytest.raises(Exception, match="nothing/last.pt"):  # it reads the run's last.pt: never a fresh start
         resolve({}, yaml_path=tmp_path / "config.yaml")
+
+
+def test_a_resume_names_the_settings_it_ignores(tmp_path, caplog):
+    import logging
+
+    import torch
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = TrainConfig(data=str(tmp_path), lr=0.01).to_dict()
+    torch.save({"epoch": 2, "config": saved}, run / "last.pt")
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        cfg, _ = resolve({"resume": str(run), "lr": 0.5, "epochs": 9})
+    assert cfg.lr == 0.01 and cfg.epochs == 9  # lr is not a resumable setting; epochs is
+    assert "--lr ignored" in caplog.text and "--epochs" not in caplog.text.split("ignored")[0]

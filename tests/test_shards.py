@@ -112,6 +112,13 @@ def test_bad_records_are_skipped_and_named_and_brace_patterns_read(tmp_path: Pat
     assert re.search(r"train-000002.tar key \(after \d record\(s\)\): unreadable tar data, rest of the shard", printed)
     assert printed.count("leakage: the same image is in train") == 4  # val repeats 4 training records
 
+    val = open_data(str(out / "val-000000.tar"))  # a lone val shard is the val split; its train siblings come along
+    assert len(val.splits["val"]) == 4 and len(val.splits["train"]) == 9
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "test-000000.tar").write_bytes((out / "val-000000.tar").read_bytes())
+    with pytest.raises(DataError, match="no train-\\*.tar shards"):  # as for a folder with test/ but no train/
+        open_data(str(alone))
     with pytest.raises(DataError, match=r"train-000003.tar does not exist \(7 of the 10 files"):
         open_data(str(out / "train-{000000..000009}.tar"))
     assert main(["shards", str(out), str(out), "--shard-size", "4"]) == 1  # never into a folder holding shards
@@ -155,3 +162,12 @@ def test_hugging_face_save_to_disk_and_parquet_train_and_evaluate(tmp_path: Path
     assert source.classes == names  # the ClassLabel travels in the Parquet schema
     assert {k: len(v) for k, v in source.splits.items()} == {"train": 8, "test": 4}
     capsys.readouterr()
+
+
+def test_hugging_face_label_cells_floats_nans_and_lists():
+    from resnetlab.data.hf import _label_value, _names_from_values
+
+    assert [_label_value(v) for v in (2.0, float("nan"), None, 1, "cat")] == [2, None, None, 1, "cat"]
+    assert _names_from_values({"train": {"label": [0.0, 2.0, float("nan")]}}, "label") == ["0", "1", "2"]
+    with pytest.raises(DataError, match="holds lists"):
+        _names_from_values({"train": {"label": [[0, 1], [1]]}}, "label")

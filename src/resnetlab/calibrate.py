@@ -101,6 +101,12 @@ def _fit_into(payload: dict, model: torch.nn.Module, meta: ModelMeta, decoded: D
                          desc="calibrate")
     logits, targets = result.logits, result.targets
     temperature = fit_temperature(logits, targets)
+    at_bound = any(math.isclose(temperature, bound, rel_tol=1e-3) for bound in TEMPERATURE_BOUNDS)
+    if at_bound:  # a split the model gets all right pushes T to 0.05: every probability ~1.0 from then on
+        logger.warning(f"the temperature reached its bound {temperature:g}: the {len(targets)} images say little "
+                       "about calibration (all right, or too few); T = 1 is kept (fit it on a larger or harder "
+                       "split)")
+        temperature = 1.0
     before, after = calibration_scores(logits, targets), calibration_scores(logits / temperature, targets)
     summary = {"temperature": temperature, "fitted_on": fitted_on, "images": len(targets),
                "accuracy": float((logits.argmax(dim=1) == targets).float().mean()), "before": before, "after": after}
@@ -109,9 +115,6 @@ def _fit_into(payload: dict, model: torch.nn.Module, meta: ModelMeta, decoded: D
     logger.info(f"{where}temperature {temperature:.4g} fitted on {len(targets)} images of {fitted_on} (minimum NLL); "
                 f"before: {describe_scores(before)}; after: {describe_scores(after)}; accuracy "
                 f"{summary['accuracy']:.4f} either way")
-    if any(math.isclose(temperature, bound, rel_tol=1e-3) for bound in TEMPERATURE_BOUNDS):
-        logger.warning(f"the temperature reached its bound {temperature:g}: the {len(targets)} images say little "
-                       "about calibration (all right, or too few); fit it on a larger or harder split")
     return summary
 
 

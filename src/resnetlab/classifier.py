@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .calibration import UNSURE
+from .calibration import UNSURE, tempered
 from .checkpoint import ModelMeta, load_model
 from .data.images import decode_image
 from .data.transforms import preprocess_batch, stats_tensor
@@ -153,11 +153,13 @@ class Classifier:
                 for p, i, row in zip(top_p, top_i, probabilities)]
 
 
-def from_model(model: torch.nn.Module, meta: ModelMeta, device: torch.device, *, amp: str = "off") -> Classifier:
-    """A torch-backed Classifier around an already-built network (channels-last on ``device``)."""
+def from_model(model: torch.nn.Module, meta: ModelMeta, device: torch.device, *, amp: str = "off",
+               temperature: float | None = None) -> Classifier:
+    """A torch-backed Classifier around an already-built network (channels-last on ``device``) whose logits are
+    divided by ``temperature`` (default: the checkpoint's; 1.0 where ``model`` divides them itself)."""
     amp_dtype = amp_dtype_for(amp, device, first_stage_side(meta.spec, meta.img_size))
     return Classifier(TorchBackend(model.to(device, memory_format=torch.channels_last), device, amp_dtype,
-                                   meta.temperature), meta)
+                                   meta.temperature if temperature is None else temperature), meta)
 
 
 def load(path: str | Path, *, device: str = "auto", arch: str | None = None, classes: list[str] | None = None,
@@ -179,7 +181,11 @@ def load(path: str | Path, *, device: str = "auto", arch: str | None = None, cla
     torch_device = resolve_device(device)
     model, meta = load_model(path, device=torch_device, arch=arch, classes=classes, img_size=img_size,
                              checkpoint=checkpoint)
-    return from_model(tta_model(model, tta, meta.task) if tta != "none" else model, meta, torch_device)
+    if tta == "none":
+        return from_model(model, meta, torch_device)
+    # each view's logits divided by T before the views' probabilities are averaged (what T was fitted for)
+    return from_model(tta_model(tempered(model, meta.temperature), tta, meta.task), meta, torch_device,
+                      temperature=1.0)
 
 
 def load_exported(path: str | Path) -> Classifier:

@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .fileio import atomic_open
 
 METRICS = ("images", "accuracy", "balanced_accuracy", "top5_accuracy", "macro_f1", "loss", "ece", "adaptive_ece",
-           "nll", "brier", "temperature", "mAP")
+           "nll", "brier", "temperature", "map_macro", "map_micro")
 IGNORED = {"out", "name", "exist_ok", "resume", "progress", "given", "chosen", "workers", "cache_dir", "tensorboard",
            "mlflow", "wandb"}  # where and how a run was written, not what it learned
 
@@ -94,7 +94,10 @@ def _correct(path: Path) -> dict[str, bool] | None:
     if not path.is_file():
         return None
     with open(path, encoding="utf-8", newline="") as handle:
-        return {row["path"]: row["true"] == row["predicted"] for row in csv.DictReader(handle)}
+        reader = csv.DictReader(handle)
+        if not {"path", "true", "predicted"} <= set(reader.fieldnames or []):
+            return None  # `resnetlab predict`'s predictions.csv: no true labels, nothing to pair
+        return {row["path"]: row["true"] == row["predicted"] for row in reader}
 
 
 def compare(paths: list[str | Path], out: str | Path | None = None) -> Comparison:
@@ -131,8 +134,11 @@ def _test_pair(comparison: Comparison) -> None:
     first, second = (run.correct for run in runs)
     if first is None or second is None:
         missing = [run.label for run in runs if run.correct is None]
-        comparison.notes.append(f"no per-image predictions (predictions.csv) in {', '.join(missing)}: evaluate the "
-                                "runs with this version of resnetlab for McNemar's test")
+        multilabel = any(run.settings.get("task") == "multilabel" for run in runs)
+        comparison.notes.append(f"no per-image predictions (predictions.csv with path, true, predicted) in "
+                                f"{', '.join(missing)}: " + ("McNemar's test is for single-label runs" if multilabel
+                                                             else "evaluate the runs with `resnetlab evaluate` (this "
+                                                             "version) for McNemar's test"))
     elif set(first) != set(second):
         shared = len(set(first) & set(second))
         comparison.notes.append(f"the runs were scored on different images ({len(first)} and {len(second)}, "

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .calibration import calibration_scores, confidence_and_correct
+from .calibration import calibration_scores, confidence_and_correct, tempered
 from .cam import cam_class, caption, compute_cams, overlay
 from .checkpoint import ModelMeta, load_model, read_checkpoint
 from .classifier import Classifier, load
@@ -139,14 +139,16 @@ def write_evaluation(model: nn.Module | None, meta: ModelMeta, decoded: DecodedS
     if model is None:  # an exported graph already divides by the temperature
         result = _score_exported(scorer, decoded, batch_size)
     else:
-        result = score_model(model, meta, decoded, device, batch_size=batch_size, amp=amp, tta=tta,
+        views = tempered(model, meta.temperature) if tta != "none" else model  # T inside each view, as predict
+        result = score_model(views, meta, decoded, device, batch_size=batch_size, amp=amp, tta=tta,
                              progress=progress, desc=f"evaluate {split_name}")
-        result = replace(result, logits=result.logits / meta.temperature)
+        if tta == "none":
+            result = replace(result, logits=result.logits / meta.temperature)
     # batches are in order, so outputs line up with decoded.kept
     metrics = classification_metrics(result.logits, result.targets, meta.classes)
     metrics.update({**(extra or {}), "split": split_name, "tta": tta, "skipped": decoded.skipped,
                     "images_per_s": result.images_per_second})
-    metrics.update(_calibration_metrics(result.logits, result.targets, meta.temperature))
+    metrics.update(_calibration_metrics(result.logits, result.targets, meta.temperature, tta == "none"))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in GALLERIES:  # an earlier run's gallery must never sit beside these metrics
@@ -159,7 +161,8 @@ def write_evaluation(model: nn.Module | None, meta: ModelMeta, decoded: DecodedS
         for name, row in zip(meta.classes, matrix):
             writer.writerow([name, *row.tolist()])
     plot_confusion_matrix(matrix, meta.classes, out_dir / "confusion_matrix.png")
-    _plot_reliability(out_dir / "reliability.png", result.logits, result.targets, meta.temperature)
+    _plot_reliability(out_dir / "reliability.png", result.logits, result.targets,
+                      meta.temperature if tta == "none" else 1.0)
     _write_misclassified(out_dir / "misclassified.csv", result.logits, result.targets, split, decoded.kept,
                          meta.classes)
     _write_misclassified(out_dir / "predictions.csv", result.logits, result.targets, split, decoded.kept,
@@ -180,11 +183,13 @@ def write_evaluation(model: nn.Module | None, meta: ModelMeta, decoded: DecodedS
     return metrics
 
 
-def _calibration_metrics(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> dict:
+def _calibration_metrics(logits: torch.Tensor, targets: torch.Tensor, temperature: float, before: bool = True
+                         ) -> dict:
     """ECE, adaptive ECE, Brier and NLL of the probabilities every verb gives (``logits``: already divided by the
-    checkpoint's temperature); a calibrated checkpoint's scores before scaling beside them."""
+    checkpoint's temperature); a calibrated checkpoint's scores before scaling beside them (not under --tta, whose
+    averaged views cannot be un-scaled)."""
     scores: dict = {**calibration_scores(logits, targets), "temperature": temperature}
-    if temperature != 1.0:
+    if temperature != 1.0 and before:
         scores["before_calibration"] = calibration_scores(logits * temperature, targets)
     return scores
 

@@ -34,7 +34,7 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
         name = cfg.name or f"{cfg.model}-{data_name}-{datetime.now():%Y%m%d-%H%M%S}"
         run_dir = Path("runs") / name
     if run_dir.is_dir() and any(run_dir.iterdir()) and not cfg.exist_ok:
-        if not _only_a_failed_start(run_dir):
+        if not only_a_failed_start(run_dir):
             raise ConfigError(f"run folder {run_dir} already exists and is not empty; use --resume {run_dir} (or "
                               "--resume auto) to continue it, --exist-ok to overwrite it, or another --name/--out")
         logger.info(f"reusing {run_dir}: an earlier start wrote no checkpoint there")
@@ -53,7 +53,7 @@ _FIRST_FILES = {"data_report.json", "split.csv", "samples.png", "config.yaml", "
                 "tracking.json", "mlruns", "tensorboard", "race", "wandb"}
 
 
-def _only_a_failed_start(run_dir: Path) -> bool:
+def only_a_failed_start(run_dir: Path) -> bool:
     return all(entry.name in _FIRST_FILES for entry in run_dir.iterdir())
 
 

@@ -25,7 +25,8 @@ AUTO = "auto"  # --resume auto: continue from RUN/last.pt when it exists, else s
 
 # Settings a resumed run may change; everything else comes from the run's saved config.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "progress", "time_limit", "early_stop", "cache_dir",
-                       "save_every", "stop_after_steps", "fill_time", "keep", "tensorboard", "mlflow")
+                       "save_every", "stop_after_steps", "fill_time", "keep", "tensorboard", "mlflow", "wandb",
+                       "calibrate")
 
 # What a run saved before the photo path (0.3) trained and evaluated with: resumed, it goes on the same way.
 # A run saved before --crop-mode resumes with the centre crop it was validated with.
@@ -83,6 +84,11 @@ def resolve(keywords: dict[str, Any] | None = None, *, config: TrainConfig | Non
              **(load_yaml(yaml_path) if yaml_path else {}), **keywords}
     values = {**PRE_0_3_SETTINGS, **saved_state["config"]}  # a run started before these settings keeps its path
     values.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
+    ignored = sorted(k for k, v in given.items() if k not in (*RESUMABLE_OVERRIDES, "data", "resume", "out", "name",
+                                                               "exist_ok", "recipe") and values.get(k) != v)
+    if ignored:  # say so rather than train with other settings than the user believes
+        logger.warning(f"resume: {', '.join('--' + k.replace('_', '-') for k in ignored)} ignored; a resumed run "
+                       f"keeps its saved settings (it may change {', '.join(RESUMABLE_OVERRIDES)})")
     if given.get("data"):  # where the data is now (a run saved with a relative path, a moved folder)
         values["data"] = _absolute(given["data"])
     values["stop_after_steps"] = given.get("stop_after_steps") or 0  # "in this invocation": never carried over
@@ -115,8 +121,11 @@ def _auto_folder(cfg: TrainConfig, *, asked: bool) -> Path | None:
 
 
 def _holds_no_checkpoint(folder: Path | None) -> bool:
-    """A run folder with files but no checkpoint (killed in its first epoch): nothing in it to keep."""
-    return folder is not None and folder.is_dir() and not any(folder.glob("*.pt"))
+    """A run folder holding only what a start writes before its first checkpoint (killed in its first epoch):
+    nothing in it to keep. A folder of anything else is still refused unless --exist-ok."""
+    from .runfiles import only_a_failed_start
+
+    return folder is not None and folder.is_dir() and only_a_failed_start(folder)
 
 
 def _restart_text() -> str:

@@ -21,12 +21,13 @@ import numpy as np
 
 from ..errors import DataError
 from ..fileio import write_json
+from .shards import compact_notes
 from .splits import DataSource, SplitData, stratified_split
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "test": "test", "testing": "test"}
 MAGIC = ((b"\x89PNG", "png"), (b"\xff\xd8", "jpg"), (b"GIF8", "gif"), (b"BM", "bmp"), (b"RIFF", "webp"))
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # +1 when the exported rows change (2: float labels read as ints)
 
 
 def is_hf(spec: str) -> bool:
@@ -44,13 +45,16 @@ def open_hf(spec: str, *, val_split: float = 0.1, seed: int = 0) -> DataSource:
     """The data set at ``spec`` as a DataSource (image and label columns detected, ClassLabel names kept)."""
     path = Path(spec).expanduser()
     tables, files = _load(path)
-    image_col, label_col, names = _columns(next(iter(tables.values())), path)
+    image_col, label_col, names = _columns(tables.get("train") or next(iter(tables.values())), path)
     if names is None:
         names = _names_from_values(tables, label_col)
     notes = [f"Hugging Face data set: image column '{image_col}', label column '{label_col}'"]
     key = _key(files, image_col, label_col)
     splits = {name: _export(name, table, image_col, label_col, names, key, spec, notes)
               for name, table in tables.items()}
+    for name in [n for n, split in splits.items() if n != "train" and not len(split)]:
+        notes.append(f"split {name} has no labelled rows: left out")  # never an empty validation split
+        del splits[name]
     if "train" not in splits:
         raise DataError(f"{spec}: no train split (found {', '.join(tables)})")
     if len(names) < 2:
@@ -60,7 +64,7 @@ def open_hf(spec: str, *, val_split: float = 0.1, seed: int = 0) -> DataSource:
     elif "val" not in splits:
         notes.append(f"no validation split: {val_split:.0%} of train is held out for validation (seed {seed})")
         splits["train"], splits["val"] = stratified_split(splits["train"], val_split, seed)
-    return DataSource(list(names), splits, "hugging face", spec, notes)
+    return DataSource(list(names), splits, "hugging face", spec, compact_notes(notes))
 
 
 def _datasets():  # noqa: ANN202 - the module
@@ -114,11 +118,23 @@ def _columns(table, path: Path) -> tuple[str, str, list[str] | None]:  # noqa: A
 
 
 def _names_from_values(tables: dict, label_col: str) -> list[str]:
-    values = set(tables["train"][label_col]) if "train" in tables else set()
+    column = tables["train"][label_col] if "train" in tables else []
+    if any(isinstance(v, (list, tuple, dict)) for v in column[:1000]):
+        raise DataError(f"label column '{label_col}' holds lists (several labels per image): Hugging Face data sets "
+                        "are read as one label per image; write a CSV with a 'labels' column for multi-label data")
+    values = {_label_value(v) for v in column}
     values.discard(None)
     if all(isinstance(v, (int, np.integer)) for v in values):
         return [str(i) for i in range(max(values, default=-1) + 1)]
     return sorted(str(v) for v in values)
+
+
+def _label_value(value):  # noqa: ANN001, ANN202 - a cell of the label column
+    """A label cell as a class index or name: integral floats (an int column with gaps, written by pandas) as ints,
+    NaN and None as None (unlabelled)."""
+    if isinstance(value, float):
+        return None if value != value else int(value) if value.is_integer() else value
+    return value
 
 
 def _key(files: list[Path], image_col: str, label_col: str) -> str:
@@ -166,6 +182,7 @@ def _write_images(table, image_col: str, label_col: str, names: list[str], folde
     pairs = ((image, value) for batch in table.select_columns([image_col, label_col]).iter(batch_size=256)
              for image, value in zip(batch[image_col], batch[label_col]))  # a batch of rows in memory at a time
     for row, (image, value) in enumerate(pairs):
+        value = _label_value(value)
         label = value if isinstance(value, int) else index.get(str(value), -1) if value is not None else -1
         why = "" if 0 <= label < len(names) else f"label {value!r} is not a class ({len(names)} classes)"
         data = image.get("bytes") if isinstance(image, dict) else image if isinstance(image, bytes) else None

@@ -35,11 +35,11 @@ UNPACK_FORMAT = 2
 
 
 def is_shards(spec: str) -> bool:
-    """Whether ``spec`` names shards: a .tar file, a brace pattern of them, or a folder holding train-*.tar."""
+    """Whether ``spec`` names shards: a .tar file, a brace pattern of them, or a folder of train/val/test-*.tar."""
     if spec.lower().endswith(".tar"):
         return True
     path = Path(spec).expanduser()
-    return path.is_dir() and any(path.glob("train-*.tar"))
+    return path.is_dir() and any(next(path.glob(f"{name}-*.tar"), None) for name in SPLITS)
 
 
 def _webdataset():  # noqa: ANN202 - the module
@@ -70,7 +70,8 @@ def write_shards(source: DataSource, out: str | os.PathLike, shard_size: int) ->
         if name not in source.splits:
             continue
         split, skipped, count = source.splits[name], [], 0
-        with wds.ShardWriter(str(out / f"{name}-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
+        pattern = str(out).replace("%", "%%") + f"/{name}-%06d.tar"  # webdataset formats it with %
+        with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
             for i in range(len(split)):
                 try:
                     ext, data = _encoded(split, i)
@@ -108,6 +109,20 @@ def _png(image: Image.Image) -> bytes:
 
 
 # ---------------------------------------------------------------------- reading
+SHOWN_SKIPS = 10  # skipped records named one by one; the rest as a count (an unlabelled test split: 100k rows)
+
+
+def compact_notes(notes: list[str]) -> list[str]:
+    """``notes`` with the "skipped" warnings past the first SHOWN_SKIPS replaced by one line that counts them."""
+    skips = [n for n in notes if n.startswith("warning: skipped")]
+    if len(skips) <= SHOWN_SKIPS:
+        return notes
+    kept = set(skips[:SHOWN_SKIPS])
+    return [n for n in notes if not n.startswith("warning: skipped") or n in kept] + [
+        f"warning: skipped {len(skips) - SHOWN_SKIPS} more records for the same kinds of reasons (the first "
+        f"{SHOWN_SKIPS} are named above)"]
+
+
 def open_shards(spec: str, *, val_split: float = 0.1, seed: int = 0) -> DataSource:
     """The shards ``spec`` names as a DataSource: each record unpacked once to a file, labelled by its .cls; records
     without a usable image or class are left out and named (shard file and key) in the notes."""
@@ -122,6 +137,9 @@ def open_shards(spec: str, *, val_split: float = 0.1, seed: int = 0) -> DataSour
         top = max((int(s.labels.max()) for s in splits.values() if len(s)), default=-1)
         classes = [str(i) for i in range(top + 1)]
         notes.append(f"no classes.json or classes.txt in {home}: classes named by their index 0-{top}")
+    if "train" not in splits:  # as for a folder with test/ but no train/
+        raise DataError(f"{spec}: no train-*.tar shards in {home} (found {', '.join(splits) or 'none'}); a data set "
+                        "needs its training shards beside the others, or give the files to `resnetlab predict`")
     if not len(splits["train"]):
         raise DataError(f"no usable records in the training shards {urls['train'][0]}, ...")
     if len(classes) < 2:
@@ -134,7 +152,7 @@ def open_shards(spec: str, *, val_split: float = 0.1, seed: int = 0) -> DataSour
     total = sum(len(s) for s in splits.values())
     notes.append(f"shards: {total} records unpacked once to {_unpack_root()}; read as files from there, so resume is "
                  "exact as for folders (streaming straight from the tar files is not implemented)")
-    return DataSource(classes, splits, "shards", spec, notes)
+    return DataSource(classes, splits, "shards", spec, compact_notes(notes))
 
 
 def shard_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
@@ -145,9 +163,10 @@ def shard_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
         if not is_shards(str(item)):
             files.append(str(item))
             continue
-        urls, _ = _shard_files(str(item))
         folder = Path(item).expanduser()
-        tars = sorted(str(p) for p in folder.glob("*.tar")) if folder.is_dir() else urls["train"]
+        urls, _ = _shard_files(str(item))  # checks that the files exist
+        named = _webdataset().shardlists.expand_urls(str(folder))  # the .tar files given, not their siblings
+        tars = sorted(str(p) for p in folder.glob("*.tar")) if folder.is_dir() else named
         for url in tars:
             index = _unpack(url)
             files += [str(Path(index["folder"]) / record[0]) for record in index["records"]]
@@ -166,10 +185,12 @@ def _shard_files(spec: str) -> tuple[dict[str, list[str]], Path]:
         raise DataError(f"shard file {missing[0]} does not exist ({len(missing)} of the {len(urls)} files that "
                         f"'{spec}' names are missing)")
     home = Path(urls[0]).parent
-    found = {"train": urls}
-    if Path(urls[0]).name.startswith("train"):  # 'train-{...}.tar': its val-*.tar and test-*.tar siblings too
-        found.update({name: sorted(str(p) for p in home.glob(f"{name}-*.tar")) for name in ("val", "test")})
-    return found, home
+    named = Path(urls[0]).name.split("-")[0]
+    if named not in SPLITS:  # 'data.tar', 'part-{0..9}.tar': training shards
+        return {"train": urls}, home
+    # 'test-{...}.tar' is the test split, its train-*.tar and val-*.tar siblings the others (as for a folder)
+    found = {name: sorted(str(p) for p in home.glob(f"{name}-*.tar")) for name in SPLITS if name != named}
+    return {named: urls, **found}, home
 
 
 def _class_names(home: Path) -> list[str] | None:

@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import timm
 import torch
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
@@ -92,7 +93,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     for name, parameter in model.named_parameters():
         (no_decay if parameter.ndim <= 1 or name.endswith(".bias") else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    info = get_optimizer_info(cfg.opt)
+    try:
+        info = get_optimizer_info(cfg.opt)
+    except ValueError as err:  # a name this timm release does not have (the list is timm 1.0.31's)
+        raise ConfigError(f"optimizer {cfg.opt}: {err} (installed timm {timm.__version__})") from None
     extra: dict = {"nesterov": cfg.momentum > 0} if cfg.opt == "sgd" else {}
     if info.has_betas and cfg.momentum != 0.9:
         betas = inspect.signature(get_optimizer_class(cfg.opt, bind_defaults=False)).parameters["betas"].default
