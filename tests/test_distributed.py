@@ -154,6 +154,10 @@ def test_resume_auto_starts_fresh_without_last_checkpoint(split_folders: Path, t
     (tmp_path / "run" / "metrics.csv").write_text("epoch\n1\n")  # killed between metrics.csv and last.pt
     cfg, saved = resolve({"data": str(split_folders), "out": str(tmp_path / "run"), "resume": "auto"})
     assert saved is None and cfg.exist_ok  # nothing to keep there: the fresh run may reuse the folder
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")  # a folder of someone's files is never taken over
+    cfg, _ = resolve({"data": str(split_folders), "out": str(tmp_path / "other"), "resume": "auto"})
+    assert not cfg.exist_ok
     with pytest.raises(ConfigError, match="--resume auto needs the run folder"):
         resolve({"data": str(split_folders), "resume": "auto"})
     monkeypatch.setenv("RANK", "0")

@@ -53,8 +53,9 @@ _FIRST_FILES = {"data_report.json", "split.csv", "samples.png", "config.yaml", "
                 "tracking.json", "mlruns", "tensorboard", "race", "wandb"}
 
 
-def only_a_failed_start(run_dir: Path) -> bool:
-    return all(entry.name in _FIRST_FILES for entry in run_dir.iterdir())
+def only_a_failed_start(run_dir: Path, also: tuple[str, ...] = ()) -> bool:
+    """Whether ``run_dir`` holds only what a start writes before its first checkpoint (and ``also``)."""
+    return all(entry.name in _FIRST_FILES or entry.name in also for entry in run_dir.iterdir())
 
 
 def read_history(run_dir: Path, up_to_epoch: int) -> list[dict]:

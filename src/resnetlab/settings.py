@@ -125,7 +125,8 @@ def _holds_no_checkpoint(folder: Path | None) -> bool:
     nothing in it to keep. A folder of anything else is still refused unless --exist-ok."""
     from .runfiles import only_a_failed_start
 
-    return folder is not None and folder.is_dir() and only_a_failed_start(folder)
+    # metrics.csv: killed between an epoch's row and its last.pt
+    return folder is not None and folder.is_dir() and only_a_failed_start(folder, also=("metrics.csv",))
 
 
 def _restart_text() -> str:
