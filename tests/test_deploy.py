@@ -4,6 +4,7 @@ TorchScript (--half), the calibration method, and serve's runtime choice: each f
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,12 @@ def test_openvino_fp32_and_int8_work_like_a_checkpoint(model, reference, tmp_pat
 def test_half_exports_keep_float32_io_and_the_predictions(model, reference, tmp_path: Path):
     best, data = model
     for fmt, name in (("onnx", "h.onnx"), ("torchscript", "h.torchscript"), ("openvino", "h.xml")):
-        result = export_model(best, format=fmt, out=tmp_path / name, half=True, dynamic_batch=True, data=str(data))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = export_model(best, format=fmt, out=tmp_path / name, half=True, dynamic_batch=True,
+                                  data=str(data))
+        # the fp16 wrapper is in eval mode too: no false "Exporting a model while it is in training mode"
+        assert not [w for w in caught if "training mode" in str(w.message)], fmt
         sidecar = json.loads(Path(result["sidecar"]).read_text(encoding="utf-8"))
         assert sidecar["precision"] == "fp16" and sidecar["input"]["dtype"] == "float32", fmt
         assert_agrees(_probabilities(load(tmp_path / name), data), reference, "fp16")

@@ -209,6 +209,22 @@ class _Evil:
         return (os.system, ("echo pwned",))
 
 
+def test_an_onnx_file_without_its_extension_is_named_as_onnx(tmp_path: Path, split_folders: Path, capsys):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])])
+    bare = tmp_path / "model"  # ONNX bytes, no .onnx: once called "not a torch checkpoint"
+    onnx.save(helper.make_model(graph), str(bare))
+    with pytest.raises(CheckpointError) as caught:
+        read_checkpoint(bare)
+    assert str(caught.value) == f"cannot load {bare}: it looks like an ONNX model: give it a .onnx extension"
+    assert main(["predict", str(bare), str(split_folders / "Val"), "--no-progress"]) == 1
+    assert "it looks like an ONNX model: give it a .onnx extension" in capsys.readouterr().err
+
+
 def test_weights_files_are_described_for_what_they_are(tmp_path: Path, split_folders: Path, capsys):
     noise = tmp_path / "noise.pt"
     noise.write_bytes(np.random.default_rng(0).bytes(4096))

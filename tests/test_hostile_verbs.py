@@ -316,3 +316,29 @@ def test_the_training_log_stays_small_with_thousands_of_labels(tmp_path: Path, c
     printed = capsys.readouterr().err
     assert printed.count("label number ") == TABLE_SHOWN and len(printed) < 100 * TABLE_SHOWN + 1000
     assert f"... (+{1837 - TABLE_SHOWN} more labels in {tmp_path / 'per_label.csv'})" in printed
+
+
+def test_an_empty_validation_split_says_why_and_what_to_do(tmp_path: Path, capsys):
+    one_each = write_class_folders(tmp_path / "one", 1)  # one image per class: nothing can be held out
+    code, printed = _run(["train", one_each, "--out", tmp_path / "run1", "--epochs", "1", *CLI_TINY], capsys)
+    assert code != 0 and "could be read" not in printed
+    assert (f"the val split of {one_each} is empty: every class has a single image, so none can be held out for "
+            "validation; add images (with 2 or more per class --val-split holds some out) or give a val/ folder of "
+            "class folders (a CSV: rows with split 'val')") in printed
+    split = tmp_path / "split"
+    write_class_folders(split / "train", 3)
+    for name in ("red", "blue sky"):
+        (split / "val" / name).mkdir(parents=True)  # a val/ folder with class folders but no images
+    code, printed = _run(["train", split, "--out", tmp_path / "run2", "--epochs", "1", *CLI_TINY], capsys)
+    assert code != 0 and "could be read" not in printed
+    assert (f"the val split of {split} is empty (no images in its class folders or rows); add images to it, or "
+            "leave it out and --val-split holds out a share of train") in printed
+
+
+def test_check_fills_the_cache_dir_it_is_given(tmp_path: Path, capsys):
+    data = write_class_folders(tmp_path / "data", 2)
+    cache = tmp_path / "my cache"
+    code, printed = _run(["check", data, "--img-size", "16", "--cache-dir", cache, "--no-near-dups", "--workers", 1,
+                          "--no-progress"], capsys)
+    assert code == 0, printed
+    assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".json", ".npy", ".npy"]  # train and val, here

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import TOY_CLASSES, make_image, write_class_folders
+from resnetlab.data.images import read_regular
 from resnetlab.data.sources import DataError, open_data
+from resnetlab.errors import ImageReadError
 
 
 def test_split_folders_case_insensitive_and_sorted(split_folders: Path):
@@ -115,3 +117,35 @@ def test_csv_mistakes_name_the_line(csv_dataset: Path, text: str, message: str):
     bad = _write_csv(csv_dataset.parent / "bad.csv", text)
     with pytest.raises(DataError, match=message):
         open_data(str(bad))
+
+
+def test_a_broken_link_is_named_as_one(tmp_path: Path):
+    data = write_class_folders(tmp_path / "data", 3)
+    link = data / "red" / "gone.png"
+    link.symlink_to(tmp_path / "nowhere.png")
+    source = open_data(str(data), val_split=0.3, seed=0)
+    assert (f"warning: {link}: a broken link (to {tmp_path / 'nowhere.png'}, which does not exist), not read"
+            in source.notes)
+    with pytest.raises(ImageReadError) as err:
+        read_regular(link)
+    assert str(err.value) == f"{link}: a broken link (to {tmp_path / 'nowhere.png'}, which does not exist)"
+
+
+def test_nfc_and_nfd_spellings_of_a_class_are_one_class(tmp_path: Path):
+    nfc, nfd = "caf\u00e9", "cafe\u0301"  # print alike: typed vs. as macOS stores file names
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for i, name in enumerate([nfc, nfd, "dog", "dog"]):
+        (data / name).mkdir(parents=True, exist_ok=True)
+        make_image(rng, (200, 40, 40)).save(data / name / f"{i}.png")
+    source = open_data(str(data), val_split=0.5, seed=0)
+    assert source.classes == [nfc, "dog"]
+    assert source.class_counts("train")[nfc] + source.class_counts("val")[nfc] == 2
+    assert (f"1 class name(s) in {data} are written in more than one Unicode form (NFC and NFD, which look alike) "
+            f"and were merged into one class each: '{nfc}'") in source.notes
+    rows = "".join(f"{name}/{i}.png,{name}\n" for i, name in enumerate([nfc, nfd, "dog", "dog"]))
+    csv_path = _write_csv(data / "labels.csv", "path,label\n" + rows)
+    source = open_data(str(csv_path), val_split=0.5, seed=0)
+    assert source.classes == [nfc, "dog"]
+    assert (f"1 class name(s) in {csv_path} are written in more than one Unicode form (NFC and NFD, which look "
+            f"alike) and were merged into one class each: '{nfc}'") in source.notes

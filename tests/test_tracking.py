@@ -207,3 +207,30 @@ def test_wandb_without_a_key_is_one_warning_not_a_login_prompt(tmp_path: Path, m
     err = capsys.readouterr().err
     assert err.count("warning: wandb: could not start a run") == 1 and "no W&B API key" in err
     assert "WANDB_MODE=offline" in err
+
+
+def test_tensorboard_in_a_folder_it_cannot_write_is_one_warning(tmp_path: Path, monkeypatch, caplog):
+    """Once the warning was followed by the event writer thread's 30-line traceback."""
+    import threading
+
+    from resnetlab.config import TrainConfig
+    from resnetlab.tracking import TensorBoardTracker
+
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc: a folder nobody (root included) can create files in")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "tensorboard").symlink_to("/proc/self")  # read-only even for root, unlike chmod
+    crashed: list = []
+    monkeypatch.setattr(threading, "excepthook", crashed.append)
+    with caplog.at_level("WARNING", logger="resnetlab"):
+        tracker = TensorBoardTracker(run_dir, TrainConfig(data="x"))
+        for thread in threading.enumerate():  # the writer's thread, if one was started
+            if type(thread).__name__ == "_AsyncWriterThread":
+                thread.join(timeout=5)
+        tracker.log_epoch({"epoch": 1, "val_acc": 0.5})
+        tracker.finish(run_dir, {})
+    assert crashed == [] and tracker.writer is None  # no thread traceback after the warning
+    assert [r.getMessage() for r in caplog.records] == [
+        f"tensorboard: could not start (OSError: cannot write in {run_dir / 'tensorboard'}: No such file or "
+        "directory); tensorboard logging is off for the rest of this run; the run and its files go on"]

@@ -206,3 +206,27 @@ def test_study_resumes_prunes_survives_a_lost_machine_and_best_yaml_trains_the_s
     assert [float(r[c]) for r in again_rows for c in columns] == pytest.approx(
         [float(r[c]) for r in trial_rows for c in columns], abs=1e-6)
     assert max(float(r["val_acc"]) for r in again_rows) == pytest.approx(best.value, abs=1e-6)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_trial_exits_like_train_and_names_no_deleted_folder(toy: Path, tmp_path: Path, monkeypatch,
+                                                                         caplog, signum: int, code: int):
+    """A trial stopped by Ctrl-C or SIGTERM: exit 130 or 143 (the README's codes); its folder is deleted with the
+    failed trial, so training's "resume with: ... trials/000" hint is not shown for it."""
+    from types import SimpleNamespace
+
+    from resnetlab.log import logger
+
+    def stopped_train(cfg, on_epoch):  # noqa: ANN001, ANN202, ARG001 - training.train's signature
+        Path(cfg.out).mkdir(parents=True)
+        logger.info(f"stopped after epoch 1; resume with: resnetlab train --resume {cfg.out}")
+        return SimpleNamespace(history=[], stopped="signal", stop_signal=signum)
+
+    monkeypatch.setattr("resnetlab.training.train", stopped_train)
+    out = tmp_path / "study"
+    with caplog.at_level("INFO", logger="resnetlab"):
+        assert main(["tune", str(toy), *TINY, "--trials", "2", "--out", str(out)]) == code
+    messages = [r.getMessage() for r in caplog.records]
+    assert "trial 0: stopped after epoch 1" in messages, messages
+    assert not [m for m in messages if "resume with" in m], messages
+    assert not (out / "trials" / "000").exists()

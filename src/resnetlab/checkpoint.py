@@ -81,7 +81,24 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - pickle refusals, truncation and non-torch files
+        if _looks_like_onnx(path):
+            raise CheckpointError(f"cannot load {path}: it looks like an ONNX model: give it a .onnx extension") \
+                from None
         raise CheckpointError(f"cannot load {path}: {torch_load_failure(path, err)}") from None
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    """An ONNX protobuf (ir_version first, then a graph with nodes) under another name, e.g. ``model``."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(1) != b"\x08":  # field 1 (ir_version), a varint: how every ONNX file starts
+                return False
+        import onnx
+
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - no onnx installed, or not a protobuf: not an ONNX model
+        return False
+    return proto.ir_version > 0 and len(proto.graph.node) > 0
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu", arch: str | None = None,

@@ -179,6 +179,7 @@ class _Half(torch.nn.Module):
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = copy.deepcopy(model).half()
+        self.eval()  # a new Module trains by default: the exporter would warn "training mode" for the wrapper
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.half()).float()

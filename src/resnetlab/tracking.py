@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,15 @@ class TensorBoardTracker(_Soft):
     def _start(self, run_dir: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter  # the optional extra: imported where it is needed
 
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        folder = run_dir / "tensorboard"
+        folder.mkdir(parents=True, exist_ok=True)
+        # the writer opens its file in a thread, which would print a traceback after the warning: try here first
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise OSError(f"cannot write in {folder}: {err.strerror or err}") from None
+        self.writer = SummaryWriter(log_dir=str(folder))
         self.writer.add_text("settings", "\n".join(f"    {k}: {v}" for k, v in self.settings.items()))
 
     def log_epoch(self, row: dict) -> None:

@@ -74,6 +74,8 @@ def check_parser(sub) -> None:
     check.add_argument("--val-split", type=float, default=0.1, help="as for train (default: 0.1)")
     check.add_argument("--seed", type=int, default=0, help="as for train (default: 0)")
     check.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")
+    check.add_argument("--cache-dir", default=None, help="as for train: folder for decoded-image caches (default: "
+                       "$RESNETLAB_CACHE or ~/.cache/resnetlab)")
     check.add_argument("--json", default=None, help="also write the full report to this JSON file")
     check.add_argument("--follow-links", action="store_true", help="as for train: follow folder links out of DATA")
     check.add_argument("--task", default="auto", choices=("auto", "multiclass", "multilabel"),
@@ -111,7 +113,8 @@ def check_run(args: argparse.Namespace) -> int:
                        follow_links=args.follow_links, task=args.task, label_sep=args.label_sep)
     size = args.img_size or default_img_size(source)
     distance = DEFAULT_DISTANCE if args.near_dup_distance is None else args.near_dup_distance
-    report = check_data(source, size, workers=args.workers, progress=progress_enabled(args.progress),
+    report = check_data(source, size, cache_dir=args.cache_dir, workers=args.workers,
+                        progress=progress_enabled(args.progress),
                         near_dup_distance=None if args.no_near_dups else distance)
     print(format_report(report))  # the report is the command's output (stdout), not a log message
     if args.json:

@@ -83,6 +83,9 @@ def list_images(folder: str | os.PathLike, *, notes: list[str] | None = None, ro
             if not entry.is_dir() and is_image_file(entry.name):
                 if entry.is_file():
                     found.append(Path(entry.path))
+                elif entry.is_symlink() and not os.path.exists(entry.path):
+                    skipped.append(f"{entry.path}: a broken link (to {os.readlink(entry.path)}, which does not "
+                                   "exist), not read")
                 else:
                     skipped.append(f"{entry.path}: not a regular file (a pipe, socket or device), not read")
         for entry in entries:
@@ -103,6 +106,8 @@ def read_regular(path: str | os.PathLike) -> bytes:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageReadError(path, f"a broken link (to {os.readlink(path)}, which does not exist)") from None
         raise ImageReadError(path, "file not found") from None
     except OSError as err:
         raise ImageReadError(path, f"cannot read: {err.strerror or err}") from None
@@ -167,6 +172,8 @@ def open_rgb(source: str | os.PathLike | Image.Image, *, draft_size: int | None 
     except Image.DecompressionBombError as err:
         raise ImageReadError(path, f"too many pixels (decompression-bomb limit): {err}") from None
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageReadError(path, f"a broken link (to {os.readlink(path)}, which does not exist)") from None
         raise ImageReadError(path, "file not found") from None
     except OSError as err:  # PIL raises UnidentifiedImageError/OSError for broken or non-image data
         reason = str(err).replace(str(path), "").strip(" :'") or type(err).__name__

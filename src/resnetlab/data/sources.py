@@ -21,7 +21,7 @@ from ..errors import DataError
 from . import builtin, hf, shards
 from .images import image_size, is_image_file, list_images
 from .multilabel import check_single_labels, csv_task, read_multilabel_csv
-from .splits import DataSource, SplitData, splits_from_column, stratified_split
+from .splits import ClassNames, DataSource, SplitData, splits_from_column, stratified_split
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
@@ -96,13 +96,16 @@ class _Scanner:
     def class_folders(self, parent: Path) -> dict[str, list[str]]:
         """Class name -> image paths, one class per sub-folder (images found recursively)."""
         found: dict[str, list[str]] = {}
+        names = ClassNames()
         hidden = sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name.startswith("."))
         if hidden:
             self.notes.append(f"warning: hidden folders in {parent} are not classes and were left out: "
                               f"{', '.join(hidden)}")
         for folder in sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            found[folder.name] = [str(p) for p in list_images(folder, notes=self.notes, root=self.root,
-                                                              follow_links_out=self.follow_links, seen=self.seen)]
+            found.setdefault(names(folder.name), []).extend(
+                str(p) for p in list_images(folder, notes=self.notes, root=self.root,
+                                            follow_links_out=self.follow_links, seen=self.seen))
+        self.notes += names.merged_note(parent)
         return found
 
 
@@ -180,6 +183,7 @@ def _read_csv_text(csv_path: Path) -> str:
 def _from_csv(csv_path: Path, *, val_split: float, seed: int, task: str = "auto", label_sep: str = "|") -> DataSource:
     base = csv_path.parent
     rows: list[tuple[str, str, str | None, int]] = []
+    names = ClassNames()
     with io.StringIO(_read_csv_text(csv_path), newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
@@ -200,7 +204,7 @@ def _from_csv(csv_path: Path, *, val_split: float, seed: int, task: str = "auto"
                 continue
             if len(row) < len(columns):
                 raise DataError(f"{csv_path} line {line_no}: {len(row)} fields, expected {len(columns)}")
-            path, label = row[col_path].strip(), row[col_label].strip()
+            path, label = row[col_path].strip(), names(row[col_label].strip())
             if not path:
                 raise DataError(f"{csv_path} line {line_no}: empty path")
             if not label:
@@ -238,7 +242,7 @@ def _from_csv(csv_path: Path, *, val_split: float, seed: int, task: str = "auto"
         return SplitData(name, np.asarray([index[r[1]] for r in subset], dtype=np.int64),
                          [str(base / r[0]) for r in subset], origins=[f"{csv_path.name} line {r[3]}" for r in subset])
 
-    notes: list[str] = []
+    notes: list[str] = names.merged_note(csv_path)
     if col_split is None:
         train, val = stratified_split(make("all", rows), val_split, seed)
         notes.append(f"CSV without a split column: stratified split, {val_split:.0%} for validation (seed {seed})")

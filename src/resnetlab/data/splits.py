@@ -7,6 +7,7 @@ and the operations on them that every verb shares (stratified hold-out, choosing
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,6 +62,30 @@ class DataSource:
         labels = self.splits[split].labels
         counts = labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=len(self.classes))
         return dict(zip(self.classes, (int(c) for c in counts)))
+
+
+class ClassNames:
+    """Class names read from folder names or CSV cells, in Unicode NFC: "café" typed (NFC) and as macOS stores file
+    names (NFD) print alike and are one class, not two (issue 27). ``merged_note`` says which names had several
+    spellings."""
+
+    def __init__(self) -> None:
+        self.spellings: dict[str, set[str]] = {}
+
+    def __call__(self, name: str) -> str:
+        normal = unicodedata.normalize("NFC", name)
+        self.spellings.setdefault(normal, set()).add(name)
+        return normal
+
+    def merged_note(self, where: object) -> list[str]:
+        """One note (in a list, or none) naming the class names that were written in more than one form."""
+        merged = [name for name, forms in self.spellings.items() if len(forms) > 1]
+        if not merged:
+            return []
+        shown = ", ".join(f"'{name}'" for name in merged[:5]) + (f" and {len(merged) - 5} more" if len(merged) > 5
+                                                                   else "")
+        return [f"{len(merged)} class name(s) in {where} are written in more than one Unicode form (NFC and NFD, "
+                f"which look alike) and were merged into one class each: {shown}"]
 
 
 def stratified_split(split: SplitData, val_fraction: float, seed: int) -> tuple[SplitData, SplitData]:

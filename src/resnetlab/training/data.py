@@ -87,6 +87,7 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None, 
                            follow_links=cfg.follow_links, task=cfg.task, label_sep=cfg.label_sep)
     for note in source.notes:
         logger.info(note)
+    _require_images(source)
     img_size = cfg.img_size or default_img_size(source)
     crop, why = resolve_crop(cfg, img_size)
     layout = cfg.cache_layout if cfg.cache_layout != "auto" else "whole" if img_size > SMALL_SIZE else "square"
@@ -113,6 +114,21 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None, 
     mean, std = resolve_norm(cfg, decoded["train"], source.splits["train"], img_size, Crop(mode=crop.mode))
     return PreparedData(source, img_size, source.val_name, decoded["train"], decoded[source.val_name], mean, std,
                         crop, layout)
+
+
+def _require_images(source: DataSource) -> None:
+    """An empty training or validation split is an error that says why and what to do (not "none of the 0 images
+    could be read", issue 27)."""
+    for name in ("train", source.val_name):
+        if len(source.splits[name]):
+            continue
+        held_out = name == "val" and any("held out" in n or "stratified split" in n for n in source.notes)
+        if held_out:
+            raise DataError(f"the val split of {source.location} is empty: every class has a single image, so none "
+                            "can be held out for validation; add images (with 2 or more per class --val-split holds "
+                            "some out) or give a val/ folder of class folders (a CSV: rows with split 'val')")
+        raise DataError(f"the {name} split of {source.location} is empty (no images in its class folders or rows); "
+                        f"add images to it, or leave it out and --val-split holds out a share of train")
 
 
 COUNTS_SHOWN = 40  # classes or labels named in the log's per-split count line; data_report.json has them all

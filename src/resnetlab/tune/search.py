@@ -86,6 +86,7 @@ def run_study(options: TuneOptions) -> StudyResult:
         _run_workers(plan, worker)
     except BaseException:
         refresh(plan, study)  # trials.csv and best.yaml as far as the study got; the database has it all
+        worker.prefix.resume_hint()  # only for a trial folder the refresh kept
         raise
     return _finish(plan, study, options.plots)
 

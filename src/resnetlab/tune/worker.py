@@ -14,10 +14,12 @@ import json
 import logging
 import math
 import os
+import signal
 import statistics
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -26,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..config import TrainConfig
 from ..errors import ConfigError, ResnetlabError
 from ..log import configure, logger
-from ..signals import sigterm_as_exception
+from ..signals import Terminated, sigterm_as_exception
 from . import tracking
 from .outputs import refresh
 from .plan import Plan, progress_step
@@ -38,6 +40,7 @@ LOCK_WAIT_S = 120  # a process killed while holding the start lock leaves it hel
 # an earlier trial draws its settings right after it is registered; one that has not within this (its process died
 # in between) is left to fail_orphans or the heartbeat, and the twin check goes on without its settings
 SETTLE_S = 30
+RESUME_HINT = "resume with: resnetlab train --resume "  # as training/loop.py says it
 
 
 def _caught() -> tuple[type[BaseException], ...]:
@@ -52,11 +55,20 @@ class _TrialPrefix(logging.Filter):
     """'trial 7: ' before every message while a trial runs: several workers print to one terminal."""
 
     prefix = ""
+    resume = ""  # the folder a stopped trial's "resume with" named: said only if tune keeps it (resume_hint)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.prefix and not getattr(record, "tune_prefixed", False):
+            text, hint, folder = str(record.msg).partition(RESUME_HINT)
+            if hint:  # tune may delete the trial's folder afterwards (--keep-trials): said later if it is kept
+                record.msg, self.resume = text.rstrip("; "), folder.strip()
             record.msg, record.tune_prefixed = f"{self.prefix}{record.msg}", True
         return True
+
+    def resume_hint(self) -> None:
+        """After an interruption and the study's refresh: the stopped trial's hint, if its folder is still there."""
+        if self.resume and Path(self.resume).is_dir():
+            logger.info(f"the interrupted trial's run: resume with: resnetlab train --resume {self.resume}")
 
 
 class Worker:
@@ -193,8 +205,8 @@ class Worker:
 
         result = train(cfg, on_epoch=on_epoch)
         trial.set_user_attr("epochs", len(result.history))
-        if result.stopped == "signal":
-            raise KeyboardInterrupt
+        if result.stopped == "signal":  # 143 after SIGTERM, 130 after Ctrl-C (the CLI's exit codes)
+            raise Terminated if result.stop_signal == signal.SIGTERM else KeyboardInterrupt
         scores = [float(row[column]) for row in result.history if row.get(column) is not None]
         if result.stopped == "pruned":
             raise optuna.TrialPruned(f"pruned after epoch {len(result.history)}: {plan.metric} {scores[-1]:.4f}")
@@ -315,8 +327,8 @@ def worker_process(plan: Plan, index: int, lock: Any, ready: Any) -> None:  # no
             with ready.get_lock():
                 ready.value += 1
             worker.run(lock)
-        except KeyboardInterrupt:
-            code = 130
+        except KeyboardInterrupt as stop:
+            code = 143 if isinstance(stop, Terminated) else 130
         except ResnetlabError as err:
             logger.error(f"worker {os.getpid()}: {err}")
             code = 1
