@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import DataError
 from ..fileio import write_json
 from .shards import compact_notes
-from .splits import DataSource, SplitData, stratified_split
+from .splits import DataSource, SplitData, settle_val
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "test": "test", "testing": "test"}
@@ -59,11 +59,7 @@ def open_hf(spec: str, *, val_split: float = 0.1, seed: int = 0) -> DataSource:
         raise DataError(f"{spec}: no train split (found {', '.join(tables)})")
     if len(names) < 2:
         raise DataError(f"{spec}: only {len(names)} class(es) in column '{label_col}'; a classifier needs two or more")
-    if "val" not in splits and "test" in splits:
-        notes.append("no validation split: the test split serves as the validation split")
-    elif "val" not in splits:
-        notes.append(f"no validation split: {val_split:.0%} of train is held out for validation (seed {seed})")
-        splits["train"], splits["val"] = stratified_split(splits["train"], val_split, seed)
+    settle_val(splits, notes, val_split, seed, "validation split")
     return DataSource(list(names), splits, "hugging face", spec, compact_notes(notes))
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 
 from ..errors import DataError
 from ..fileio import write_json, write_text
-from .splits import DataSource, SplitData, stratified_split
+from .splits import DataSource, SplitData, settle_val
 
 SPLITS = ("train", "val", "test")
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")  # a record's image member, first found
@@ -144,11 +144,7 @@ def open_shards(spec: str, *, val_split: float = 0.1, seed: int = 0) -> DataSour
         raise DataError(f"no usable records in the training shards {urls['train'][0]}, ...")
     if len(classes) < 2:
         raise DataError(f"{home}: only {len(classes)} class(es); a classifier needs at least two")
-    if "val" not in splits and "test" in splits:
-        notes.append("no val-*.tar shards: the test shards serve as the validation split")
-    elif "val" not in splits:
-        notes.append(f"no val-*.tar or test-*.tar shards: {val_split:.0%} of train is held out for validation")
-        splits["train"], splits["val"] = stratified_split(splits["train"], val_split, seed)
+    settle_val(splits, notes, val_split, seed, "val-*.tar shards")
     total = sum(len(s) for s in splits.values())
     notes.append(f"shards: {total} records unpacked once to {_unpack_root()}; read as files from there, so resume is "
                  "exact as for folders (streaming straight from the tar files is not implemented)")

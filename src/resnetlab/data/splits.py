@@ -88,6 +88,16 @@ class ClassNames:
                 f"which look alike) and were merged into one class each: {shown}"]
 
 
+def settle_val(splits: dict[str, SplitData], notes: list[str], val_split: float, seed: int, what: str) -> None:
+    """Without a val split, the test split validates; without either, ``val_split`` of train is held out (stratified).
+    ``what`` names the missing split in the note ("val-*.tar shards", "validation split")."""
+    if "val" not in splits and "test" in splits:
+        notes.append(f"no {what}: the test split serves as the validation split")
+    elif "val" not in splits:
+        notes.append(f"no {what} or test split: {val_split:.0%} of train is held out for validation (seed {seed})")
+        splits["train"], splits["val"] = stratified_split(splits["train"], val_split, seed)
+
+
 def stratified_split(split: SplitData, val_fraction: float, seed: int) -> tuple[SplitData, SplitData]:
     """Hold out ``val_fraction`` of every class (at least one image of each class with two or more).
 
