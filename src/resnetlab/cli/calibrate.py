@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from .flags import decode_flags
+from .flags import common_model_flags
 
 
 def calibrate_parser(sub) -> None:
@@ -26,9 +26,7 @@ def calibrate_parser(sub) -> None:
     calibrate.add_argument("--split", default="val", choices=("train", "val", "test"),
                            help="images the temperature is fitted on (default: val; never the split you report on)")
     calibrate.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")
-    calibrate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    calibrate.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
-    decode_flags(calibrate)
+    common_model_flags(calibrate, tta=False)  # --device, --batch-size, --workers, --progress
 
 
 def calibrate_run(args: argparse.Namespace) -> int:
