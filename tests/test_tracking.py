@@ -160,8 +160,13 @@ def test_wandb_offline_run_holds_settings_metrics_figures_and_the_checkpoint(spl
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "wb"
     assert main(["train", str(split_folders), "--out", str(out), "--epochs", "1", "--wandb", "toys", *CLI_TINY]) == 0
+    import wandb
+
+    wandb.teardown()  # waits for W&B's service to write its log: run.finish() may return before (seen in CI)
     run_folder, = (tmp_path / "DIR" / "wandb").glob("offline-run-*")
     records = _wandb_records(next(run_folder.glob("run-*.wandb")))
+    kinds = [r.WhichOneof("record_type") for r in records]
+    assert "run" in kinds and "exit" in kinds, kinds
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     config = {item.key: yaml.safe_load(item.value_json) for item in run.config.update}
     assert (run.project, run.display_name) == ("toys", "wb") and config["epochs"] == 1
