@@ -32,7 +32,7 @@ from common import (  # noqa: E402
     seed_everything,
 )
 from resnetlab.data.cache import decode_split  # noqa: E402
-from resnetlab.data.loaders import Batches  # noqa: E402
+from resnetlab.data.loaders import Batches, Order  # noqa: E402
 from resnetlab.data.sources import open_data  # noqa: E402
 from resnetlab.data.stream import StreamBatches  # noqa: E402
 from resnetlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment  # noqa: E402
@@ -82,8 +82,8 @@ def resnetlab_path(args, root: Path, device: torch.device, dtype: torch.dtype | 
         decode_s = time.perf_counter() - started
     model, optimizer = _model(args, device, channels_last=True)
     batches = Batches(decoded.images, decoded.labels, batch_size=args.batch_size, device=device, mean=IMAGENET_MEAN,
-                      std=IMAGENET_STD, shuffle=True, augment=BatchAugment("light", args.img_size), drop_last=True,
-                      channels_last=True)
+                      std=IMAGENET_STD, order=Order(shuffle=True, drop_last=True),
+                      augment=BatchAugment("light", args.img_size), channels_last=True)
     stream = (b for epoch in itertools.count() for b in batches.epoch(epoch))
     return _stepper(model, optimizer, lambda count: itertools.islice(stream, count), device, dtype), decode_s, \
         len(decoded) / decode_s
@@ -94,8 +94,9 @@ def streamed_path(args, root: Path, device: torch.device, dtype: torch.dtype | N
     source = open_data(str(root))
     model, optimizer = _model(args, device, channels_last=True)
     batches = StreamBatches(source.splits["train"], args.img_size, workers=args.workers, batch_size=args.batch_size,
-                            device=device, mean=IMAGENET_MEAN, std=IMAGENET_STD, shuffle=True,
-                            augment=BatchAugment("light", args.img_size), drop_last=True, channels_last=True)
+                            device=device, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                            order=Order(shuffle=True, drop_last=True), augment=BatchAugment("light", args.img_size),
+                            channels_last=True)
     stream = (b for epoch in itertools.count() for b in batches.epoch(epoch))
     return _stepper(model, optimizer, lambda count: itertools.islice(stream, count), device, dtype)
 

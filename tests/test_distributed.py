@@ -166,3 +166,20 @@ def test_resume_auto_starts_fresh_without_last_checkpoint(split_folders: Path, t
     assert saved is None and cfg.exist_ok and cfg.resume is None
     cfg, saved = resolve({"data": str(split_folders), "out": str(tmp_path / "run"), "exist_ok": True})
     assert saved is None and cfg.resume is None  # --exist-ok asked to overwrite: torchrun's default leaves it so
+
+
+def test_ranks_that_see_different_run_folders_fail_together_with_one_message(monkeypatch):
+    """--resume auto is decided by each rank from the run folder it sees: a node without the shared folder would
+    start fresh while the others continue. Every rank's decision is compared; a mismatch names the ranks."""
+    from resnetlab import distributed
+    from resnetlab.distributed import DistInfo, agree_on_start
+
+    info = DistInfo(rank=0, world_size=2)
+    same = [(0, "node-a", ("runs/x", 3, 0)), (1, "node-b", ("runs/x", 3, 0))]
+    monkeypatch.setattr(distributed, "gather_lists", lambda items, info: same)
+    agree_on_start(("runs/x", 3, 0), "runs/x", info)  # agreed: nothing said
+    monkeypatch.setattr(distributed, "gather_lists", lambda items, info: [same[0], (1, "node-b", None)])
+    with pytest.raises(ConfigError, match=r"rank 0 on node-a: \('runs/x', 3, 0\); rank 1 on node-b: a fresh run\): "
+                                          r"every node must see the same run folder runs/x"):
+        agree_on_start(("runs/x", 3, 0), "runs/x", info)
+    agree_on_start(None, "runs/x", DistInfo())  # one process: nothing to compare

@@ -100,6 +100,33 @@ def test_copies_across_splits_are_found_with_both_paths_and_nothing_else(tmp_pat
     assert len(about_broken) == 1 and "unreadable" in about_broken[0]["reason"]
 
 
+def test_a_few_pixels_cut_from_a_side_or_corner_are_within_the_default_and_distinct_photos_beyond_it():
+    """Issue 27: a 3-px crop of a 96-px image was 23 bits away and not found at the old default of 20. On the 78
+    96-px patches of scikit-learn's two sample photos and matplotlib's grace_hopper: 3 px cut from any side is within
+    DEFAULT_DISTANCE, from a corner for at least 98 % (the rest within 31), and every two distinct patches are at
+    least 6 bits beyond it."""
+    from matplotlib import cbook
+    from sklearn.datasets import load_sample_images
+
+    from resnetlab.data.duplicates import image_hash
+
+    def distance(a: np.ndarray, b: np.ndarray) -> int:
+        return int(popcount(np.bitwise_xor(a, b)).sum())
+
+    photos = [*load_sample_images().images, np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg")))]
+    patches = [Image.fromarray(photo).crop((x, y, x + 96, y + 96)) for photo in photos
+               for x in range(0, photo.shape[1] - 96, 100) for y in range(0, photo.shape[0] - 96, 100)]
+    hashes = [image_hash(patch) for patch in patches]
+    sides = [distance(h, image_hash(patch.crop(box))) for patch, h in zip(patches, hashes)
+             for box in ((3, 0, 96, 96), (0, 0, 93, 96), (0, 3, 96, 96), (0, 0, 96, 93))]
+    corners = np.array([distance(h, image_hash(patch.crop(box))) for patch, h in zip(patches, hashes)
+                        for box in ((3, 3, 96, 96), (0, 0, 93, 93), (3, 0, 96, 93), (0, 3, 93, 96))])
+    closest = min(distance(hashes[i], hashes[j]) for i in range(len(hashes)) for j in range(i))
+    assert len(patches) == 78 and max(sides) <= DEFAULT_DISTANCE, max(sides)
+    assert (corners <= DEFAULT_DISTANCE).mean() >= 0.98 and corners.max() <= 31, sorted(corners)[-5:]
+    assert closest >= DEFAULT_DISTANCE + 6, closest
+
+
 def test_listing_is_capped_closest_first_and_the_rest_counted(tmp_path: Path):
     root = tmp_path / "data"
     write_copies(root)

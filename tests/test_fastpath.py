@@ -15,7 +15,7 @@ from conftest import TOY_CLASSES, write_class_folders
 from resnetlab.config import ConfigError, TrainConfig
 from resnetlab.data.cache import decode_split
 from resnetlab.data.images import decode_image
-from resnetlab.data.loaders import Batches
+from resnetlab.data.loaders import Batches, Order
 from resnetlab.data.sources import open_data
 from resnetlab.data.transforms import BatchAugment
 from resnetlab.device import amp_dtype_for, cpu_has_native_bf16
@@ -59,7 +59,7 @@ def test_batch_augmentation_keeps_labels_aligned(preset: str):
     labels = torch.arange(n) % classes
     images = palette[labels].view(n, 3, 1, 1).expand(n, 3, size, size).contiguous()
     batches = Batches(images, labels, batch_size=16, device=torch.device("cpu"), mean=[0, 0, 0], std=[1, 1, 1],
-                      shuffle=True, augment=BatchAugment(preset, size), seed=3)
+                      order=Order(shuffle=True, seed=3), augment=BatchAugment(preset, size))
     seen = 0
     for x, y, index in batches.epoch(1):
         assert torch.equal(y, labels[index])
@@ -80,7 +80,7 @@ def test_augmentation_really_changes_images_and_is_reproducible():
     images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
     labels = torch.zeros(8, dtype=torch.int64)
     make = lambda: Batches(images, labels, batch_size=8, device=torch.device("cpu"), mean=[0, 0, 0],  # noqa: E731
-                           std=[1, 1, 1], shuffle=False, augment=BatchAugment("light", 16), seed=5)
+                           std=[1, 1, 1], order=Order(seed=5), augment=BatchAugment("light", 16))
     x1, _, _ = next(make().epoch(2))
     x2, _, _ = next(make().epoch(2))
     x3, _, _ = next(make().epoch(3))
@@ -107,6 +107,21 @@ def test_random_erasing_covers_a_box_of_some_images(preset: str):
         BatchAugment("crop", 16, erase=1.5)
     with pytest.raises(ConfigError, match="erase must be a probability"):
         TrainConfig(data="x", erase=-0.1).validate()
+
+
+def test_vflip_mirrors_about_half_the_images_top_to_bottom_and_nothing_else():
+    """--vflip (the plain script's vertical flips): each image comes out as it was or mirrored top to bottom, exactly;
+    without it the flip preset never turns one over, and the random stream of a run without it is unchanged."""
+    images = torch.rand(64, 3, 16, 16)
+    x = BatchAugment("flip", 16, hflip=False, vflip=True)(images.clone(), torch.Generator().manual_seed(4))
+    same = [torch.allclose(a, b, atol=1e-6) for a, b in zip(x, images)]
+    turned = [torch.allclose(a, b.flip(-2), atol=1e-6) for a, b in zip(x, images)]
+    assert all(s != t for s, t in zip(same, turned)) and 16 < sum(turned) < 48
+    kept = BatchAugment("flip", 16, hflip=False)(images.clone(), torch.Generator().manual_seed(4))
+    assert torch.allclose(kept, images, atol=1e-6)
+    plain = BatchAugment("crop", 16)(images.clone(), torch.Generator().manual_seed(5))
+    again = BatchAugment("crop", 16, vflip=False)(images.clone(), torch.Generator().manual_seed(5))
+    assert torch.equal(plain, again)
 
 
 def test_crop_preset_shifts_by_whole_pixels_without_rotation():

@@ -15,6 +15,7 @@ import pytest
 from conftest import make_image, write_class_folders
 from processes import Process
 from resnetlab.cli import main
+from resnetlab.errors import ConfigError
 
 CLI_TINY = ["--img-size", "16", "--width", "0.25", "--batch-size", "16", "--no-progress", "--workers", "1"]
 LATIN1 = b"latin1_\xe9.png"  # a Latin-1 byte: not UTF-8, so Python's str for it holds the surrogate '\udce9'
@@ -44,7 +45,7 @@ def _run(argv: list, capsys) -> tuple[int, str]:  # noqa: ANN001
 def test_names_that_are_not_utf8_pass_check_and_training(tmp_path: Path, capsys):
     data, _ = _latin1_folder(tmp_path / "data")
     code, printed = _run(["check", data, "--json", tmp_path / "check.json"], capsys)
-    assert "bad_\\xe9.png" in printed
+    assert code == 1 and "bad_\\xe9.png" in printed, printed  # 1: an unreadable file (named), not a crash
     report = json.loads((tmp_path / "check.json").read_text(encoding="utf-8"))  # JSON keeps the name exactly
     assert os.fsdecode(os.fsencode(data / "blue sky") + b"/bad_\xe9.png") in json.dumps(report, ensure_ascii=False)
     for loader in ("memory", "stream"):
@@ -159,6 +160,74 @@ def test_two_tune_commands_never_train_the_same_settings_twice(tmp_path: Path, m
     assert sorted(trained) == sorted(space["lr"].choices)  # and every setting was still tried
 
 
+def test_the_starting_settings_are_queued_when_a_trial_starts_and_again_after_a_failed_start(tmp_path: Path,
+                                                                                                 monkeypatch):
+    """Issue 27: a command whose time was up left a WAITING trial; an interrupted or failed first trial (the starting
+    settings) was never run again, because Optuna's skip_if_exists counts FAILED trials too."""
+    import threading
+    import time
+    from dataclasses import replace
+
+    optuna = pytest.importorskip("optuna")
+    from resnetlab.tune import worker
+    from resnetlab.tune.plan import Plan
+    from resnetlab.tune.space import Dimension
+    from resnetlab.tune.worker import Worker
+
+    calls: list = []
+
+    def train(self, trial, settings, run_dir):  # noqa: ANN001, ANN202, ARG001 - Worker._train's signature
+        calls.append(settings["lr"])
+        if len(calls) == 1:
+            raise ConfigError("the first start fails (as an interrupted one is FAILED)")
+        return float(settings["lr"])
+
+    monkeypatch.setattr(Worker, "_train", train)
+    monkeypatch.setattr(worker, "refresh", lambda plan, study: None)
+    space = {"lr": Dimension("choice", choices=(0.1, 0.05, 0.02))}
+    plan = Plan(name="start", out=str(tmp_path), storage=f"sqlite:///{tmp_path / 'study.db'}", base={"lr": 0.05},
+                space=space, metric="val_acc", pruner="none", trials=2)
+    assert Worker(replace(plan, deadline=time.time() - 1), 0).run(threading.Lock()) == 0  # time up at once
+    study = optuna.load_study(study_name="start", storage=plan.storage)
+    assert study.get_trials() == []  # nothing queued, nothing left WAITING
+    Worker(plan, 0).run(threading.Lock())
+    trials = study.get_trials()
+    assert calls[:2] == [0.05, 0.05], calls  # the failed start is the next trial again
+    assert [t.state for t in trials[:2]] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
+
+
+def test_a_trial_at_the_last_epoch_of_its_plan_is_complete_not_pruned(tmp_path: Path, monkeypatch):
+    """Issue 27: "pruned after epoch 3 (100 % of its planned run)" was stored PRUNED and its result lost."""
+    import threading
+    from types import SimpleNamespace
+
+    optuna = pytest.importorskip("optuna")
+    from resnetlab import training
+    from resnetlab.tune import worker
+    from resnetlab.tune.plan import Plan
+    from resnetlab.tune.space import Dimension
+    from resnetlab.tune.worker import Worker
+
+    def train(cfg, on_epoch):  # noqa: ANN001, ANN202 - training.train's signature
+        history = []
+        for epoch in (1, 2, 3):
+            history.append({"epoch": epoch, "val_acc": 0.2 * epoch})
+            if on_epoch({**history[-1], "planned_epochs": 3}):
+                return SimpleNamespace(history=history, stopped="pruned", stop_signal=None)
+        return SimpleNamespace(history=history, stopped=None, stop_signal=None)
+
+    monkeypatch.setattr(training, "train", train)
+    monkeypatch.setattr(worker, "refresh", lambda plan, study: None)
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)  # the pruner says so at every step
+    plan = Plan(name="last", out=str(tmp_path), storage=f"sqlite:///{tmp_path / 'study.db'}", base={"data": "x"},
+                space={"lr": Dimension("choice", choices=(0.1,))}, metric="val_acc", pruner="median", trials=1,
+                prune_after=3)
+    Worker(plan, 0).run(threading.Lock())
+    trial, = optuna.load_study(study_name="last", storage=plan.storage).get_trials()
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == pytest.approx(0.6)
+
+
 def test_tune_on_multilabel_data_ranks_trials_by_the_metric_that_picks_their_best_pt(tmp_path: Path, monkeypatch):
     pytest.importorskip("optuna")
     import yaml
@@ -227,6 +296,45 @@ def test_mlflow_on_a_read_only_sqlite_store_is_one_warning_at_once(tmp_path: Pat
     assert f"warning: mlflow: could not open the tracking store at {uri} (OperationalError: attempt to write a " \
            "readonly database)" in printed
     assert "SQLAlchemy database error" not in printed and "Traceback" not in printed  # MLflow never tried
+
+
+def test_mlflow_on_a_read_only_file_store_is_a_store_that_cannot_be_written_not_an_unreachable_server(
+        tmp_path: Path, capfd, no_figures):
+    pytest.importorskip("mlflow")
+    store = tmp_path / "store"
+    store.mkdir()
+    _read_only(store)
+    data = write_class_folders(tmp_path / "data", 6)
+    uri = store.as_uri()
+    try:
+        code = main(["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--mlflow", uri, *CLI_TINY])
+    finally:
+        subprocess.run(["umount", "-l", str(store)], capture_output=True, timeout=30)
+    printed = "".join(capfd.readouterr())
+    assert code == 0, printed
+    assert f"warning: mlflow: could not open the tracking store at {uri} (PermissionError: cannot write in {store}: " \
+           "the store's folder is read-only)" in printed
+    assert "reach the tracking server" not in printed and "Traceback" not in printed
+
+
+def test_evaluate_mlflow_after_a_run_whose_server_was_down_says_so(tmp_path: Path, capfd, no_figures):
+    pytest.importorskip("mlflow")
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = write_class_folders(tmp_path / "data", 6)
+    run = tmp_path / "run"
+    uri = f"http://127.0.0.1:{port}"
+    assert main(["train", str(data), "--out", str(run), "--epochs", "1", "--mlflow", uri, *CLI_TINY]) == 0
+    capfd.readouterr()
+    assert main(["evaluate", str(run / "best.pt"), str(data), "--out", str(tmp_path / "eval"), "--mlflow",
+                 "--no-progress"]) == 0
+    printed = "".join(capfd.readouterr())
+    assert f"mlflow: {run} was trained with --mlflow but its MLflow run never started (the store at {uri} could not " \
+           "be reached or opened then): nothing to attach to" in printed, printed
+    assert "trained without --mlflow" not in printed
 
 
 def test_a_stale_sidecar_is_refused_when_the_model_loads(tmp_path: Path, trained_run, capsys):
@@ -333,6 +441,10 @@ def test_an_empty_validation_split_says_why_and_what_to_do(tmp_path: Path, capsy
     assert code != 0 and "could be read" not in printed
     assert (f"the val split of {split} is empty (no images in its class folders or rows); add images to it, or "
             "leave it out and --val-split holds out a share of train") in printed
+    # check says the same, as an error, and exits 1 (it used to say "no problems found")
+    code, printed = _run(["check", one_each, "--no-progress", "--no-near-dups"], capsys)
+    assert code == 1 and "no problems found" not in printed
+    assert f"[val] the val split of {one_each} is empty: every class has a single image" in printed
 
 
 def test_check_fills_the_cache_dir_it_is_given(tmp_path: Path, capsys):

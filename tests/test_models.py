@@ -15,7 +15,7 @@ import resnetlab.training.run
 from conftest import write_class_folders
 from resnetlab.cli import main
 from resnetlab.config import TrainConfig
-from resnetlab.data.loaders import Batches
+from resnetlab.data.loaders import Batches, Order
 from resnetlab.models import ModelError, ModelSpec, build_model, load_pretrained, set_backbone_trainable
 from resnetlab.training.setup import class_balance
 
@@ -139,9 +139,9 @@ def test_class_balance_is_inverse_frequency_and_the_sampler_draws_classes_evenly
     assert class_balance(TrainConfig(data="x"), labels, 3, cpu) == (None, None)
 
     images = torch.zeros(66, 3, 8, 8, dtype=torch.uint8)
-    batches = {name: Batches(images, labels, batch_size=11, device=cpu, mean=[0.5] * 3, std=[0.25] * 3, shuffle=True,
-                             sample_weights=weights_, seed=0) for name, weights_ in (("sampler", sampling),
-                                                                                      ("shuffle", None))}
+    batches = {name: Batches(images, labels, batch_size=11, device=cpu, mean=[0.5] * 3, std=[0.25] * 3,
+                             order=Order(shuffle=True, sample_weights=weights_, seed=0))
+               for name, weights_ in (("sampler", sampling), ("shuffle", None))}
     share = {}
     for name, source in batches.items():
         drawn = torch.cat([y for epoch in range(1, 6) for _, y, _ in source.epoch(epoch)])

@@ -301,6 +301,7 @@ def test_smoothing_mixing_and_thresholds():
 def _resolve(best_metric: str, task: str) -> None:
     from types import SimpleNamespace
 
-    from resnetlab.multilabel.training import task_settings
+    from resnetlab.task import task_of
 
-    return task_settings(TrainConfig(data="x", best_metric=best_metric), SimpleNamespace(task=task, classes=["a", "b"]))
+    source = SimpleNamespace(task=task, classes=["a", "b"])
+    return task_of(task).settings(TrainConfig(data="x", best_metric=best_metric), source)

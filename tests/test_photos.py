@@ -18,7 +18,7 @@ import resnetlab
 from resnetlab.checkpoint import read_checkpoint
 from resnetlab.data.cache import decode_split
 from resnetlab.data.images import Crop, decode_image, letterbox, open_rgb
-from resnetlab.data.loaders import Batches
+from resnetlab.data.loaders import Batches, Order
 from resnetlab.data.splits import SplitData
 from resnetlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment, preprocess_batch, stats_tensor
 
@@ -276,7 +276,7 @@ def test_streamed_whole_images_match_the_cached_ones(tmp_path):
     split = SplitData("train", np.zeros(4, dtype=np.int64), paths)
     cached = decode_split(split, 72, layout="whole", use_cache=False, workers=1)
     options = {"batch_size": 4, "device": "cpu", "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-               "augment": BatchAugment("standard", 72), "seed": 3}
+               "augment": BatchAugment("standard", 72), "order": Order(seed=3)}
     streamed = StreamBatches(split, 72, workers=0, layout="whole", **options)
     memory = Batches(cached.images, cached.labels, content=cached.content, **options)
     (x_stream, _, _), (x_memory, _, _) = next(streamed.epoch(1)), next(memory.epoch(1))

@@ -71,17 +71,18 @@ def test_the_best_candidate_wins_by_more_than_the_noise_and_a_tie_keeps_the_rule
 
 
 def test_a_winner_at_chance_level_is_noise_and_keeps_the_rules(tmp_path, toy_source):
-    from resnetlab.training.race import chance_score
+    from resnetlab.task import task_of
 
+    chance_score = task_of("multiclass").chance_score
     proposed = [Candidate("rules", {}, "r"), Candidate("plain", {"width": 1.0, "aug": "flip"}, "p")]
-    share = chance_score(toy_source.splits["val"].labels, False, "single")
+    share = chance_score(toy_source.splits["val"].labels, False)
     assert share == pytest.approx(max(__import__("numpy").bincount(toy_source.splits["val"].labels)) /
                                   len(toy_source.splits["val"]))
     # both far below chance, the plain one "better" by many standard errors: still a pick among non-learners
     kept = race(_ruled(balance="none", epochs=40), toy_source, tmp_path,
                 _scripted({"rules": 0.0, "plain": share}), proposed=proposed)
     assert kept.chosen["race"]["value"] == "rules" and "most common class" in kept.chosen["race"]["why"]
-    assert chance_score([0] * 9 + [1], True, "single") == pytest.approx(0.5 * (0.9 + 2 * 0.9 / 1.9 / 2))
+    assert chance_score([0] * 9 + [1], True) == pytest.approx(0.5 * (0.9 + 2 * 0.9 / 1.9 / 2))
 
 
 def test_a_budget_too_short_to_compare_skips_the_race(tmp_path, toy_source):

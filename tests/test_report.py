@@ -18,6 +18,7 @@ from conftest import make_image
 from resnetlab.cli import main
 from resnetlab.data.loaders import Batches
 from resnetlab.data.transforms import denormalize
+from resnetlab.device import Compute
 from resnetlab.report import write_report
 
 pytestmark = pytest.mark.real_figures  # these tests look at the grids matplotlib draws
@@ -137,7 +138,7 @@ def test_a_gallery_that_fails_costs_neither_the_metrics_nor_the_other_gallery(tm
     meta = ModelMeta(ModelSpec("resnet18", 3), classes, 8, [0.5] * 3, [0.25] * 3)
     split = SplitData("val", labels.numpy(), images=images.permute(0, 2, 3, 1).numpy())
     metrics = write_evaluation(model, meta, DecodedSplit(images, labels, np.arange(12)), split, tmp_path,
-                               device=torch.device("cpu"), progress=False)
+                               Compute.of("cpu", progress=False))
     assert metrics["accuracy"] < 1.0  # there are mistakes to draw
     printed = capsys.readouterr().err
     assert f"could not draw {tmp_path / 'misclassified.png'}" in printed and "Conv2d" in printed

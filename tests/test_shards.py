@@ -125,6 +125,30 @@ def test_bad_records_are_skipped_and_named_and_brace_patterns_read(tmp_path: Pat
     assert "already holds shards" in capsys.readouterr().err
 
 
+def test_cache_dir_holds_the_unpacked_copies_of_shards_and_hugging_face_sets(tmp_path: Path, capsys):
+    """--cache-dir moves every copy resnetlab makes once (it used to move the decoded arrays only; shards and
+    Hugging Face images went to $RESNETLAB_CACHE)."""
+    data = tmp_path / "toy"
+    write_class_folders(data / "train", 4, seed=1)
+    out = tmp_path / "shards"
+    assert main(["shards", str(data), str(out), "--shard-size", "10"]) == 0
+    capsys.readouterr()
+    chosen = tmp_path / "chosen cache"
+    source = open_data(str(out), cache_dir=str(chosen))
+    assert all(Path(p).is_relative_to(chosen / "shards") for p in source.splits["train"].paths)
+    assert f"unpacked once to {chosen / 'shards'}" in " ".join(source.notes)
+    assert main(["check", str(out), "--cache-dir", str(chosen / "check"), "--no-progress", "--no-near-dups"]) == 0
+    assert list((chosen / "check" / "shards").iterdir())  # check's --cache-dir too
+    datasets = pytest.importorskip("datasets", reason="the shards extra: pip install 'resnetlab[shards]'")
+    table = datasets.Dataset.from_dict({"image": [{"bytes": png_bytes(i, (200, 30, 30)), "path": None}
+                                                  for i in range(4)], "label": [0, 1, 0, 1]},
+                                       features=datasets.Features({"image": datasets.Image(),
+                                                                   "label": datasets.ClassLabel(names=["a", "b"])}))
+    table.save_to_disk(str(tmp_path / "hf"))
+    source = open_data(str(tmp_path / "hf"), cache_dir=str(chosen))
+    assert all(Path(p).is_relative_to(chosen / "hf") for p in source.splits["train"].paths)
+
+
 def test_hugging_face_save_to_disk_and_parquet_train_and_evaluate(tmp_path: Path, capsys, no_figures):
     datasets = pytest.importorskip("datasets", reason="the shards extra: pip install 'resnetlab[shards]'")
     names = ["zebra", "apple"]  # ClassLabel order, not sorted: the names are kept as the data set gives them

@@ -149,3 +149,23 @@ def test_nfc_and_nfd_spellings_of_a_class_are_one_class(tmp_path: Path):
     assert source.classes == [nfc, "dog"]
     assert (f"1 class name(s) in {csv_path} are written in more than one Unicode form (NFC and NFD, which look "
             f"alike) and were merged into one class each: '{nfc}'") in source.notes
+
+
+def test_nfc_and_nfd_spellings_of_a_label_are_one_label_in_a_multilabel_csv(tmp_path: Path):
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(6):
+        make_image(rng, (200, 40, 40)).save(data / f"{i}.png")
+    labels = [f"{nfc}|dog", nfd, f"dog|{nfd}", f"{nfc}|{nfd}", "dog", nfc]  # row 3: both spellings in one cell
+    rows = "".join(f"{i}.png,{cell},{'val' if i % 3 == 0 else 'train'}\n" for i, cell in enumerate(labels))
+    csv_path = _write_csv(data / "labels.csv", "path,labels,split\n" + rows)
+    source = open_data(str(csv_path), val_split=0.5, seed=0)
+    assert source.task == "multilabel" and source.classes == [nfc, "dog"]
+    assert source.splits["val"].labels.tolist() == [[1, 1], [1, 0]]  # rows 0 and 3: café counted once in row 3
+    assert (f"1 class name(s) in {csv_path} are written in more than one Unicode form (NFC and NFD, which look "
+            f"alike) and were merged into one class each: '{nfc}'") in source.notes
+    columns = _write_csv(data / "columns.csv", f"path,{nfc},{nfd}\n0.png,1,0\n")  # two columns, one name
+    with pytest.raises(DataError, match="appear more than once .names compared in Unicode NFC"):
+        open_data(str(columns))

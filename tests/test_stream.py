@@ -15,7 +15,7 @@ import resnetlab
 from conftest import write_class_folders
 from resnetlab.data.cache import decode_split
 from resnetlab.data.images import decode_image
-from resnetlab.data.loaders import Batches
+from resnetlab.data.loaders import Batches, Order
 from resnetlab.data.sources import DataError, open_data
 from resnetlab.data.stream import FileImages, StreamBatches, choose_loader, jpeg_frame, torchvision_fit
 from resnetlab.data.transforms import BatchAugment
@@ -23,9 +23,11 @@ from resnetlab.data.transforms import BatchAugment
 CPU = torch.device("cpu")
 
 
-def _both(split, size: int, workers: int, **options) -> tuple[Batches, StreamBatches]:
+def _both(split, size: int, workers: int, *, shuffle: bool = False, drop_last: bool = False, **options
+          ) -> tuple[Batches, StreamBatches]:
     decoded = decode_split(split, size, workers=1, progress=False, use_cache=False)
-    common = {"batch_size": 8, "device": CPU, "mean": [0.5] * 3, "std": [0.25] * 3, "seed": 7, **options}
+    common = {"batch_size": 8, "device": CPU, "mean": [0.5] * 3, "std": [0.25] * 3,
+              "order": Order(shuffle=shuffle, drop_last=drop_last, seed=7), **options}
     return (Batches(decoded.images, decoded.labels, **common),
             StreamBatches(split, size, workers=workers, **common))
 

@@ -17,16 +17,19 @@ import torch
 
 from .calibration import TEMPERATURE_BOUNDS, calibration_scores, describe_scores, fit_temperature
 from .checkpoint import FORMAT, ModelMeta, load_model, read_checkpoint, save_checkpoint
-from .config import require_at_least
 from .data.cache import DecodedSplit
-from .device import resolve_device
+from .device import Compute
 from .errors import CheckpointError, ConfigError
 from .evaluation import open_split, score_model
 from .fileio import writable_file
 from .log import logger
+from .options import Shared, SharedOptions
 from .runtimes import runtime_of
+from .task import task_of
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from .config import TrainConfig
     from .training.data import PreparedData
 
@@ -36,12 +39,12 @@ MULTILABEL_NOTE = ("temperature scaling is for single-label models; a multi-labe
 
 
 def calibrate(checkpoint: str | Path, data: str, *, out: str | Path | None = None, split: str = "val",
-              batch_size: int = 256, device: str = "auto", workers: int | None = None, data_root: str | None = None,
-              cache_dir: str | None = None, amp: str = "auto", progress: bool = True) -> dict:
+              **options: Unpack[SharedOptions]) -> dict:
     """Fit the temperature of ``checkpoint`` on ``split`` of ``data`` (split as in training) and write the
     checkpoint with it to ``out`` (default: CHECKPOINT_DIR/STEM-calibrated.pt; ``out`` may be ``checkpoint``
     itself). Returns the temperature, the scores before and after, and the path. An already calibrated
-    checkpoint is fitted afresh from its raw logits.
+    checkpoint is fitted afresh from its raw logits. ``options`` (options.SharedOptions): batch_size (256), device,
+    workers, amp, progress, data_root, cache_dir.
 
     Example::
 
@@ -49,7 +52,8 @@ def calibrate(checkpoint: str | Path, data: str, *, out: str | Path | None = Non
         result = resnetlab.calibrate("runs/photos/best.pt", "photos/", out="runs/photos/calibrated.pt")
         print(result["temperature"], result["before"]["ece"], "->", result["after"]["ece"])
     """
-    require_at_least("--batch-size", batch_size)
+    shared = Shared.of("calibrate", options)
+    compute = shared.compute
     checkpoint = Path(checkpoint)
     if runtime_of(checkpoint) or checkpoint.suffix == ".safetensors":
         raise ConfigError(f"calibrate needs a resnetlab checkpoint (best.pt, last.pt); {checkpoint.name} is not one: "
@@ -59,14 +63,12 @@ def calibrate(checkpoint: str | Path, data: str, *, out: str | Path | None = Non
     if payload.get("format") != FORMAT:
         raise CheckpointError(f"{checkpoint} is a bare state_dict: calibrate needs a resnetlab checkpoint, which "
                               "records its classes and preprocessing (train with resnetlab, or evaluate it first)")
-    torch_device = resolve_device(device)
-    model, meta = load_model(checkpoint, device=torch_device, checkpoint=payload)
-    if meta.task == "multilabel":
+    model, meta = load_model(checkpoint, device=compute.device, checkpoint=payload)
+    if not task_of(meta.task).calibratable:
         raise ConfigError(f"{checkpoint} is a multi-label model: {MULTILABEL_NOTE}")
-    split_name, _, decoded = open_split(data, split, meta, payload.get("config") or {}, data_root=data_root,
-                                        cache_dir=cache_dir, workers=workers, progress=progress)
-    summary = _fit_into(payload, model, meta, decoded, torch_device, f"{data} ({split_name})", batch_size=batch_size,
-                        amp=amp, progress=progress)
+    split_name, _, decoded = open_split(data, split, meta, payload.get("config") or {}, data_root=shared.data_root,
+                                        cache_dir=shared.cache_dir, workers=compute.workers, progress=compute.progress)
+    summary = _fit_into(payload, model, meta, decoded, compute, f"{data} ({split_name})")
     save_checkpoint(out, payload)
     logger.info(f"wrote {out}: predict, evaluate, serve and export of it give softmax(logits / "
                 f"{summary['temperature']:.4g})")
@@ -76,7 +78,7 @@ def calibrate(checkpoint: str | Path, data: str, *, out: str | Path | None = Non
 def store_temperatures(run_dir: Path, data: PreparedData, device: torch.device, cfg: TrainConfig) -> None:
     """train --calibrate: fit a temperature on the run's validation split for best.pt and for last.pt (each its own:
     their weights differ when the best epoch is not the last, or under EMA) and store it in each file."""
-    if data.source.task == "multilabel":
+    if not task_of(data.source.task).calibratable:
         logger.info(f"--calibrate: {MULTILABEL_NOTE}")
         return
     previous = None  # (weights, payload) of the file fitted before: last.pt often holds best.pt's weights
@@ -88,17 +90,17 @@ def store_temperatures(run_dir: Path, data: PreparedData, device: torch.device, 
             payload["temperature"], payload["calibration"] = previous[1]["temperature"], previous[1]["calibration"]
         else:
             model, meta = load_model(path, device=device, checkpoint=payload)
-            _fit_into(payload, model, meta, data.val, device, f"{cfg.data} ({data.val_name})",
-                      batch_size=max(256, cfg.batch_size * 2), amp=cfg.amp, progress=False, label=path.name)
+            _fit_into(payload, model, meta, data.val, Compute(device, max(256, cfg.batch_size * 2), cfg.amp,
+                                                              progress=False), f"{cfg.data} ({data.val_name})",
+                      label=path.name)
             previous = (payload["model"], payload)
         save_checkpoint(path, payload)
 
 
-def _fit_into(payload: dict, model: torch.nn.Module, meta: ModelMeta, decoded: DecodedSplit, device: torch.device,
-              fitted_on: str, *, batch_size: int, amp: str, progress: bool, label: str = "") -> dict:
+def _fit_into(payload: dict, model: torch.nn.Module, meta: ModelMeta, decoded: DecodedSplit, compute: Compute,
+              fitted_on: str, *, label: str = "") -> dict:
     """Score the raw network on ``decoded``, fit T, put it (and the scores before and after) into ``payload``."""
-    result = score_model(model, meta, decoded, device, batch_size=batch_size, amp=amp, progress=progress,
-                         desc="calibrate")
+    result = score_model(model, meta, decoded, compute, desc="calibrate")
     logits, targets = result.logits, result.targets
     temperature = fit_temperature(logits, targets)
     at_bound = any(math.isclose(temperature, bound, rel_tol=1e-3) for bound in TEMPERATURE_BOUNDS)

@@ -28,8 +28,8 @@ from .data.transforms import preprocess_batch, stats_tensor
 from .device import amp_dtype_for, autocast, resolve_device
 from .errors import ConfigError, ModelError
 from .models import first_stage_side, unwrap
-from .multilabel.predictions import label_sets, tta_model
 from .runtimes import ExportedBackend, OnnxBackend, meta_from_sidecar, open_exported, runtime_of
+from .task import task_of
 
 __all__ = ["Classifier", "OnnxBackend", "Prediction", "TorchBackend", "from_model", "load", "load_exported"]
 
@@ -143,14 +143,9 @@ class Classifier:
     def to_predictions(self, logits: torch.Tensor, topk: int, *, min_confidence: float = 0.0) -> list[Prediction]:
         """``min_confidence``: a single-label prediction whose top probability is under it gets the label 'unsure'
         (its ``top`` still lists the best guesses)."""
-        if self.meta.task == "multilabel":  # sigmoid per label, thresholds (multilabel/predictions.py)
-            return [Prediction(**row) for row in label_sets(logits, self.classes, self.meta.thresholds, topk)]
-        probabilities = logits.softmax(dim=1)
-        k = min(topk, len(self.classes))
-        top_p, top_i = probabilities.topk(k, dim=1)
-        return [Prediction(self.classes[int(i[0])] if p[0] >= min_confidence else UNSURE, float(p[0]),
-                           [(self.classes[int(c)], float(q)) for c, q in zip(i, p)], row.numpy())
-                for p, i, row in zip(top_p, top_i, probabilities)]
+        rows = task_of(self.meta.task).predictions(logits, self.classes, thresholds=self.meta.thresholds, topk=topk,
+                                                   min_confidence=min_confidence, unsure=UNSURE)
+        return [Prediction(**row) for row in rows]
 
 
 def from_model(model: torch.nn.Module, meta: ModelMeta, device: torch.device, *, amp: str = "off",
@@ -184,7 +179,7 @@ def load(path: str | Path, *, device: str = "auto", arch: str | None = None, cla
     if tta == "none":
         return from_model(model, meta, torch_device)
     # each view's logits divided by T before the views' probabilities are averaged (what T was fitted for)
-    return from_model(tta_model(tempered(model, meta.temperature), tta, meta.task), meta, torch_device,
+    return from_model(task_of(meta.task).tta(tempered(model, meta.temperature), tta), meta, torch_device,
                       temperature=1.0)
 
 

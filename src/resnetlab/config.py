@@ -81,11 +81,14 @@ class TrainConfig:
     erase: float = _opt(0.0, "random erasing probability on top of the --aug preset (a noise box of 2-25 percent of "
                              "the image), e.g. 0.25; 0: off (strong: 0.25)")
     hflip: bool = _opt(True, "allow horizontal flips in augmentation (turn off for digits and text)")
+    vflip: bool = _opt(False, "also flip vertically at random (pictures with no up or down: textures, surfaces, "
+                              "aerial and microscope images; the plain script's h+v flips)")
     loader: str = _opt("auto", "data path of the training split: memory (decode every image once into a cached "
                         "uint8 array), stream (decode each batch from the files with DataLoader workers: sets larger "
                         "than memory), auto (stream when the decoded split would take over half the free memory)",
                         ("auto", "memory", "stream"))
-    cache_dir: str | None = _opt(None, "folder for decoded-image caches (default: ~/.cache/resnetlab)")
+    cache_dir: str | None = _opt(None, "folder for what is made once: decoded-image caches, unpacked shards and "
+                                       "Hugging Face images (default: $RESNETLAB_CACHE, else ~/.cache/resnetlab)")
     cache_layout: str = _opt("auto", "how the training split is decoded: whole (each whole image, any aspect ratio, "
                                      "letterboxed at 1.5x the training size, so random-resized-crop sees all of it), "
                                      "square (its centre square at the training size), auto (whole above 64 px)",

@@ -5,6 +5,7 @@ bf16 or fp16 on a GPU, bf16 on a CPU only where the hardware has it and the feat
     dtype = amp_dtype_for("auto", device, first_stage_side(spec, img_size))   # None: fp32
     with autocast(device, dtype):
         logits = model(x)
+    compute = Compute.of("auto", batch_size=64, progress=False)   # the scoring verbs' shared settings, one value
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -89,3 +91,20 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Compute:
+    """How a verb runs a network over many images: the device (resolved), --amp, the batch size, the decode
+    workers and whether progress bars show; one value for what every scoring function needs."""
+
+    device: torch.device
+    batch_size: int = 256
+    amp: str = "auto"
+    workers: int | None = None
+    progress: bool = True
+
+    @classmethod
+    def of(cls, device: str | torch.device = "auto", **settings) -> Compute:  # noqa: ANN003 - the fields above
+        """``device`` by name ("auto", "cpu", "cuda:1") or already resolved."""
+        return cls(device if isinstance(device, torch.device) else resolve_device(device), **settings)

@@ -121,3 +121,25 @@ def sync_buffers(module: torch.nn.Module, info: DistInfo) -> None:
 
 def weights_checksum(module: torch.nn.Module) -> float:
     return float(sum(p.detach().double().sum() for p in module.state_dict().values() if p.is_floating_point()))
+
+
+def agree_on_start(start: tuple, where: str, info: DistInfo) -> None:
+    """Every rank must start from the same point (``start``: e.g. the resumed run and its epoch, or None for a fresh
+    run): each rank decides from the run folder it sees, and a node that sees another folder (storage that is not
+    shared, a copy out of date) would train other weights in lockstep. A disagreement fails every rank with one
+    message naming the ranks and their hosts."""
+    if not info.enabled:
+        return
+    import socket
+
+    seen = gather_lists([(info.rank, socket.gethostname(), start)], info)
+    if all(item[2] == seen[0][2] for item in seen):
+        return
+    from .errors import ConfigError
+
+    def said(item: tuple) -> str:
+        return f"rank {item[0]} on {item[1]}: " + ("a fresh run" if item[2] is None else f"{item[2]}")
+
+    raise ConfigError(f"the ranks do not agree where the run starts ({'; '.join(said(i) for i in seen[:8])}): every "
+                      f"node must see the same run folder {where} (storage all nodes share), or give each the same "
+                      "--resume PATH")

@@ -12,20 +12,25 @@ import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from .checkpoint import ModelMeta
-from .classifier import Classifier, from_model, load
+from .classifier import Classifier, from_model
 from .data.images import expand_inputs
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from .device import resolve_device
+from .device import Compute, resolve_device
 from .errors import ConfigError, DataError, ImageReadError, ModelError
 from .fileio import atomic_open, atomic_path, readable, writable_file
 from .log import logger, progress_enabled
 from .models import ModelSpec, build_model, default_crop, head_weight_key, load_matching, read_state_dict
+from .options import Shared, SharedOptions
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 FORMATS = (".npz", ".csv", ".parquet")
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
@@ -81,13 +86,15 @@ def check_output(out: str | Path) -> str:
     return suffix
 
 
-def embed_files(checkpoint: str | Path | None, inputs: Iterable[str], *, out: str | Path = "embeddings.npz",
-                arch: str | None = None, pretrained: str | Path | None = None, img_size: int | None = None,
-                dtype: str = "fp32", normalize: bool = False, batch_size: int = 64, device: str = "auto",
-                workers: int | None = None, progress: bool = True) -> dict:
+def embed_files(checkpoint: str | Path | Classifier | None, inputs: Iterable[str], *,
+                out: str | Path = "embeddings.npz", pretrained: str | Path | None = None, dtype: str = "fp32",
+                normalize: bool = False,
+                **options: Unpack[SharedOptions]) -> dict:
     """Write paths, labels and pooled features of every readable input image to ``out`` (atomically); unreadable
     files are skipped with a warning. ``arch`` + ``pretrained`` (+ ``img_size``, default 224) instead of
-    ``checkpoint``: a timm network with local weights. (``resnetlab.embed`` is this function.)
+    ``checkpoint``: a timm network with local weights. ``options`` (options.SharedOptions): batch_size (64), device,
+    workers, progress, arch, img_size. ``checkpoint`` may be a Classifier from ``resnetlab.load``. (``resnetlab.embed``
+    is this function.)
 
     Example::
 
@@ -101,14 +108,14 @@ def embed_files(checkpoint: str | Path | None, inputs: Iterable[str], *, out: st
     out = writable_file(out, example="embeddings.npz")  # and a folder that cannot be written, before the work
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    shared = Shared.of("embed_files", options, batch_size=64)
+    arch, img_size, device = shared.arch, shared.img_size, shared.compute.device
     if (checkpoint is None) == (arch is None or pretrained is None):
         raise ConfigError("embed needs either a CHECKPOINT or --model NAME with --pretrained FILE (not both)")
     if checkpoint is not None:
         if img_size is not None:
             raise ConfigError("--img-size goes with --model; a checkpoint has its own image size")
-        classifier = load(checkpoint, device=device)
+        classifier = shared.classifier(checkpoint)
         classes = classifier.classes
     else:
         classifier = pretrained_classifier(arch, pretrained, img_size=img_size or 224, device=device)
@@ -117,7 +124,7 @@ def embed_files(checkpoint: str | Path | None, inputs: Iterable[str], *, out: st
     labelled = labelled_files(inputs, classes)
     if not labelled:
         raise DataError(f"no input images found in {', '.join(inputs)}")
-    rows, features, skipped = _embed_all(classifier, labelled, batch_size, workers, progress)
+    rows, features, skipped = _embed_all(classifier, labelled, shared.compute)
     if not rows:
         raise DataError(f"none of the {len(labelled)} input file(s) could be read (first: {skipped[0]})")
     matrix = torch.cat(features)
@@ -133,8 +140,8 @@ def embed_files(checkpoint: str | Path | None, inputs: Iterable[str], *, out: st
             "out": str(out)}
 
 
-def _embed_all(classifier: Classifier, labelled: list[tuple[str, str]], batch_size: int, workers: int | None,
-               progress: bool) -> tuple[list[tuple[str, str]], list[torch.Tensor], list[str]]:
+def _embed_all(classifier: Classifier, labelled: list[tuple[str, str]], compute: Compute
+               ) -> tuple[list[tuple[str, str]], list[torch.Tensor], list[str]]:
     """Decode (threads: PIL releases the GIL) and embed one batch at a time; the rows kept, their features and
     'path: reason' of each file skipped."""
 
@@ -144,9 +151,10 @@ def _embed_all(classifier: Classifier, labelled: list[tuple[str, str]], batch_si
         except ImageReadError as err:
             return err.reason
 
-    rows, features, skipped = [], [], []
-    threads = workers if workers is not None else min(8, os.cpu_count() or 1)
-    bar = tqdm(total=len(labelled), desc="embed", unit="img", disable=not progress_enabled(progress), leave=False)
+    rows, features, skipped, batch_size = [], [], [], compute.batch_size
+    threads = compute.workers if compute.workers is not None else min(8, os.cpu_count() or 1)
+    bar = tqdm(total=len(labelled), desc="embed", unit="img", disable=not progress_enabled(compute.progress),
+               leave=False)
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for start in range(0, len(labelled), batch_size):
             batch = labelled[start:start + batch_size]

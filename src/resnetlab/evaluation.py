@@ -11,6 +11,7 @@ import csv
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,13 +22,12 @@ from .calibration import calibration_scores, confidence_and_correct, tempered
 from .cam import cam_class, caption, compute_cams, overlay
 from .checkpoint import ModelMeta, load_model, read_checkpoint
 from .classifier import Classifier, load
-from .config import require_at_least
 from .data.cache import DecodedSplit, decode_split
 from .data.loaders import Batches
 from .data.sources import open_data
 from .data.splits import SplitData, relabel, select_split
 from .data.transforms import preprocess_batch, stats_tensor, to_rgb_array
-from .device import amp_dtype_for, resolve_device
+from .device import Compute, amp_dtype_for
 from .engine import EpochResult, Step
 from .engine import evaluate as evaluate_batches
 from .errors import DataError
@@ -35,12 +35,17 @@ from .fileio import atomic_open, write_json
 from .log import logger
 from .metrics import classification_metrics, rank_mistakes
 from .models import TTAModel, first_stage_side
-from .multilabel.evaluation import check_task, write_multilabel_evaluation
 from .multilabel.evaluation import print_summary as print_multilabel_summary
+from .multilabel.evaluation import write_multilabel_evaluation
+from .options import Shared, SharedOptions
 from .plots import image_grid, plot_confusion_matrix, plot_reliability
 from .report import write_report
 from .runtimes import runtime_of
+from .task import check_task, task_of
 from .tracking import attach_evaluation
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 PREDICTION_GALLERY = 24  # validation images in predictions.png
 MISCLASSIFIED_GALLERY = 16  # mistakes in misclassified.png
@@ -50,12 +55,11 @@ EVALUATION_FILES = ("metrics.json", "confusion_matrix.csv", "confusion_matrix.pn
 
 
 def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str | Path | None = None,
-             batch_size: int = 256, device: str = "auto", workers: int | None = None, data_root: str | None = None,
-             arch: str | None = None, classes: list[str] | None = None, img_size: int | None = None,
-             cache_dir: str | None = None, amp: str = "auto", tta: str = "none", progress: bool = True,
-             mlflow: str | None = None) -> dict:
+             tta: str = "none", mlflow: str | None = None, **options: Unpack[SharedOptions]) -> dict:
     """Metrics of ``checkpoint`` on ``split`` of ``data``; files are written to ``out``. ``mlflow`` ("auto" or a
-    URI): the metrics are also logged, as SPLIT_NAME, to the MLflow run that trained the checkpoint.
+    URI): the metrics are also logged, as SPLIT_NAME, to the MLflow run that trained the checkpoint. ``options``
+    (options.SharedOptions): batch_size (256), device, workers, amp, progress, data_root, cache_dir, and arch,
+    classes, img_size for a bare weights file.
 
     Example::
 
@@ -63,24 +67,23 @@ def evaluate(checkpoint: str | Path, data: str, *, split: str = "val", out: str 
         metrics = resnetlab.evaluate("runs/photos/best.pt", "photos/", split="val")  # files in runs/photos/eval-val
         print(metrics["accuracy"], metrics["macro_avg"]["f1"])
     """
-    require_at_least("--batch-size", batch_size)
-    torch_device = resolve_device(device)
+    shared = Shared.of("evaluate", options)
+    compute = shared.compute
     exported = runtime_of(checkpoint) is not None
     if exported:  # an exported file: the split settings travel in the sidecar
         scorer = load(checkpoint, tta=tta)
         model, meta, saved = None, scorer.meta, scorer.backend.info.get("training") or {}
     else:
         payload = read_checkpoint(checkpoint) if Path(checkpoint).suffix != ".safetensors" else None
-        model, meta = load_model(checkpoint, device=torch_device, arch=arch, classes=classes, img_size=img_size,
-                                 checkpoint=payload)
+        model, meta = load_model(checkpoint, device=compute.device, **shared.bare, checkpoint=payload)
         scorer, saved = None, (payload or {}).get("config") or {}
-    split_name, chosen, decoded = open_split(data, split, meta, saved, data_root=data_root, cache_dir=cache_dir,
-                                             workers=workers, progress=progress)
+    split_name, chosen, decoded = open_split(data, split, meta, saved, data_root=shared.data_root,
+                                             cache_dir=shared.cache_dir, workers=compute.workers,
+                                             progress=compute.progress)
     out_dir = Path(out) if out else Path(checkpoint).parent / f"eval-{split_name}"
-    metrics = write_evaluation(model, meta, decoded, chosen, out_dir, device=torch_device, batch_size=batch_size,
-                               amp=amp, tta=tta, progress=progress, scorer=scorer,
+    metrics = write_evaluation(model, meta, decoded, chosen, out_dir, compute, tta=tta, scorer=scorer,
                                extra={"checkpoint": str(checkpoint), "data": str(data), "split": split_name})
-    (print_multilabel_summary if meta.task == "multilabel" else _print_summary)(metrics, meta.classes, out_dir)
+    (print_multilabel_summary if task_of(meta.task).multilabel else _print_summary)(metrics, meta.classes, out_dir)
     if mlflow is not None:
         attach_evaluation(Path(checkpoint), mlflow, metrics, split_name)
     report = _write_eval_report(Path(checkpoint), out_dir)
@@ -96,7 +99,7 @@ def open_split(data: str, split: str, meta: ModelMeta, saved: dict, *, data_root
     the val fraction and seed come from ``saved``, the run's settings (the checkpoint's config or the sidecar)."""
     source = open_data(data, val_split=saved.get("val_split", 0.1), seed=saved.get("seed", 0),
                        data_root=data_root or saved.get("data_root"), follow_links=bool(saved.get("follow_links")),
-                       label_sep=saved.get("label_sep", "|"))
+                       label_sep=saved.get("label_sep", "|"), cache_dir=cache_dir)
     check_task(source.task, meta.task, str(data))
     split_name, notes = select_split(source, split)
     for note in notes:
@@ -109,39 +112,36 @@ def open_split(data: str, split: str, meta: ModelMeta, saved: dict, *, data_root
     return split_name, chosen, decoded
 
 
-def score_model(model: nn.Module, meta: ModelMeta, decoded: DecodedSplit, device: torch.device, *,
-                batch_size: int = 256, amp: str = "auto", tta: str = "none", progress: bool = True,
+def score_model(model: nn.Module, meta: ModelMeta, decoded: DecodedSplit, compute: Compute, *, tta: str = "none",
                 desc: str = "evaluate") -> EpochResult:
     """The network's raw logits (no temperature) on every image of ``decoded``, in order, with loss and accuracy."""
-    batches = Batches(decoded.images, decoded.labels, batch_size=batch_size, device=device,
+    device = compute.device
+    batches = Batches(decoded.images, decoded.labels, batch_size=compute.batch_size, device=device,
                       mean=meta.mean, std=meta.std, channels_last=True)
     network = TTAModel(model.to(memory_format=torch.channels_last), tta)
-    amp_dtype = amp_dtype_for(amp, device, first_stage_side(meta.spec, meta.img_size))  # as training validated
-    step = Step(nn.CrossEntropyLoss(), device, amp_dtype, steps=len(batches), progress=progress)
+    amp_dtype = amp_dtype_for(compute.amp, device, first_stage_side(meta.spec, meta.img_size))  # as training did
+    step = Step(nn.CrossEntropyLoss(), device, amp_dtype, steps=len(batches), progress=compute.progress)
     return evaluate_batches(network, batches.epoch(0), step, desc=desc, keep_outputs=True)
 
 
 def write_evaluation(model: nn.Module | None, meta: ModelMeta, decoded: DecodedSplit, split: SplitData,
-                     out_dir: Path, *, device: torch.device, batch_size: int = 256, amp: str = "auto",
-                     tta: str = "none", progress: bool = True, extra: dict | None = None, figures: bool = True,
-                     scorer: Classifier | None = None) -> dict:
+                     out_dir: Path, compute: Compute, *, tta: str = "none", extra: dict | None = None,
+                     figures: bool = True, scorer: Classifier | None = None) -> dict:
     """Score an already-built model (or, without one, ``scorer``: an exported model's Classifier) on a decoded
     split and write the evaluation files into ``out_dir``.
 
     metrics.json, confusion_matrix.csv/.png, misclassified.csv, and with ``figures`` predictions.png and
     misclassified.png (Grad-CAM: PyTorch models only). Used by ``evaluate`` and by training at the end of a run.
     """
-    if meta.task == "multilabel":  # sigmoid outputs: mAP, per-label table, PR curves (multilabel/evaluation.py)
-        return write_multilabel_evaluation(model, meta, decoded, split, out_dir, device=device, batch_size=batch_size,
-                                           amp=amp, tta=tta, progress=progress, extra=extra, figures=figures,
-                                           scorer=scorer)
+    if task_of(meta.task).multilabel:  # sigmoid outputs: mAP, per-label table, PR curves (multilabel/evaluation.py)
+        return write_multilabel_evaluation(model, meta, decoded, split, out_dir, compute, tta=tta, extra=extra,
+                                           figures=figures, scorer=scorer)
     split_name = (extra or {}).get("split", split.name)
     if model is None:  # an exported graph already divides by the temperature
-        result = _score_exported(scorer, decoded, batch_size)
+        result = _score_exported(scorer, decoded, compute.batch_size)
     else:
         views = tempered(model, meta.temperature) if tta != "none" else model  # T inside each view, as predict
-        result = score_model(views, meta, decoded, device, batch_size=batch_size, amp=amp, tta=tta,
-                             progress=progress, desc=f"evaluate {split_name}")
+        result = score_model(views, meta, decoded, compute, tta=tta, desc=f"evaluate {split_name}")
         if tta == "none":
             result = replace(result, logits=result.logits / meta.temperature)
     # batches are in order, so outputs line up with decoded.kept
@@ -173,7 +173,7 @@ def write_evaluation(model: nn.Module | None, meta: ModelMeta, decoded: DecodedS
                                                                         result.targets, meta.classes))]
         if model is not None:  # Grad-CAM needs the PyTorch network's gradients
             galleries.append(("misclassified.png", lambda path: _plot_misclassified(
-                model, decoded.images, result.logits, result.targets, meta, path, device)))
+                model, decoded.images, result.logits, result.targets, meta, path)))
         for name, draw in galleries:
             try:
                 draw(out_dir / name)
@@ -231,16 +231,15 @@ def _plot_predictions(path: Path, images: torch.Tensor, logits: torch.Tensor, ta
 
 
 def _plot_misclassified(model: nn.Module, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
-                        meta: ModelMeta, path: Path, device: torch.device, limit: int = MISCLASSIFIED_GALLERY) -> None:
+                        meta: ModelMeta, path: Path, limit: int = MISCLASSIFIED_GALLERY) -> None:
     """The whole split goes in (uint8, already in memory): only the ``limit`` shown get a Grad-CAM pass, and the
     title can state the split's total number of mistakes."""
-    plot_misclassified(model, images, targets, logits, meta.classes, meta.mean, meta.std, path, limit=limit,
-                       device=device)
+    plot_misclassified(model, images, targets, logits, meta.classes, meta.mean, meta.std, path, limit=limit)
 
 
 def plot_misclassified(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,
                        classes: list[str], mean: list[float], std: list[float], path: str | Path, *,
-                       limit: int = 16, method: str = "gradcam", device: torch.device | None = None) -> int:
+                       limit: int = 16, method: str = "gradcam") -> int:
     """misclassified.png: the most confident mistakes (highest predicted probability, the order of
     misclassified.csv), each as image + heat map of the predicted class, titled 'true / predicted (p)'.
 
@@ -254,7 +253,7 @@ def plot_misclassified(model: nn.Module, images: torch.Tensor, targets: torch.Te
     chosen = wrong[:max(0, limit)]
     if len(chosen) == 0:
         return 0
-    device = device or next(model.parameters()).device
+    device = next(model.parameters()).device
     x = preprocess_batch(images[chosen].to(device), stats_tensor(mean, device), stats_tensor(std, device))
     cams = compute_cams(model, x, predicted[chosen].tolist(), method=method)
     panels, titles, colours = [], [], []

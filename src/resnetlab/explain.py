@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .cam import cam_class, cams_for_batch, caption, overlay, overlay_name, resolve_layer, save_png
+from .cam import CamRequest, cam_class, cams_for_batch, caption, overlay, overlay_name, resolve_layer, save_png
 from .checkpoint import read_checkpoint
 from .classifier import load
 from .data.cache import decode_split
@@ -25,13 +26,19 @@ from .data.images import expand_inputs, open_rgb
 from .data.sources import open_data
 from .data.splits import SplitData, relabel, select_split
 from .data.transforms import to_rgb_array
+from .device import Compute
 from .errors import DataError, ExplainError, ImageReadError
 from .fileio import NAME_BYTES
 from .log import logger
 from .metrics import rank_mistakes
 from .multilabel.outputs import explain_label_sets
+from .options import Shared, SharedOptions
 from .plots import image_grid
 from .runtimes import runtime_of
+from .task import task_of
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 TARGET_CHOICES = "pred, true or a class name"
 GRID_MAX = 64  # images in explain_grid.png; every image still gets its own overlay file
@@ -71,12 +78,12 @@ def _original(item: _Item) -> Image.Image:
 
 def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified: str | None = None,
             split: str = "val", limit: int = 16, method: str = "gradcam", layer: str | None = None,
-            target: str = "pred", out: str | Path | None = None, batch_size: int = 32, device: str = "auto",
-            workers: int | None = None, data_root: str | None = None, arch: str | None = None,
-            classes: list[str] | None = None, img_size: int | None = None, progress: bool = True) -> dict:
+            target: str = "pred", out: str | Path | None = None, **options: Unpack[SharedOptions]) -> dict:
     """Heat maps for image files/folders, or for the ``limit`` most confident mistakes of ``split`` of
     ``misclassified`` (a data set). Writes one overlay PNG per image, explain_grid.png and explain.csv to ``out``
-    (default: CHECKPOINT_DIR/explain, or CHECKPOINT_DIR/explain-misclassified-SPLIT). Example::
+    (default: CHECKPOINT_DIR/explain, or CHECKPOINT_DIR/explain-misclassified-SPLIT). ``options``
+    (options.SharedOptions): batch_size (32), device, workers, progress, data_root, and arch, classes, img_size
+    for a bare weights file. Example::
 
         import resnetlab
         resnetlab.explain("runs/photos/best.pt", misclassified="photos/", limit=8)  # the most confident mistakes
@@ -86,28 +93,24 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
         raise ExplainError("give image files/folders or --misclassified DATA (one of the two)")
     if limit < 1:
         raise ExplainError(f"--limit must be at least 1, got {limit}")
-    if batch_size < 1:
-        raise ExplainError(f"--batch-size must be at least 1, got {batch_size}")
+    shared = Shared.of("explain", options, batch_size=32)
+    compute = shared.compute
     if runtime_of(checkpoint):  # as predict --cam says it
         raise ExplainError(f"explain needs a PyTorch checkpoint (heat maps need gradients); {checkpoint} is an "
                            f"exported model that runs in {runtime_of(checkpoint)}: use the .pt file it was exported "
                            "from (its sidecar names it under 'source_checkpoint')")
     payload = read_checkpoint(checkpoint) if Path(checkpoint).suffix != ".safetensors" else None
-    classifier = load(checkpoint, device=device, arch=arch, classes=classes, img_size=img_size, checkpoint=payload)
+    classifier = load(checkpoint, device=compute.device, **shared.bare, checkpoint=payload)
     chosen_target = _parse_target(target, classifier.classes, labelled=bool(misclassified))
-    model = classifier.model
-    layer_module = resolve_layer(model, layer)  # a wrong --layer fails before any decoding
-    layer_name = layer or next(n for n, m in model.named_modules() if m is layer_module)
-    if classifier.meta.task == "multilabel":  # a map per predicted label, or per image for --target LABEL
-        return _explain_label_sets(classifier, checkpoint, inputs, misclassified, chosen_target, out, method=method,
-                                   layer=layer, layer_name=layer_name, batch_size=batch_size, workers=workers,
-                                   progress=progress)
-
+    layer_module = resolve_layer(classifier.model, layer)  # a wrong --layer fails before any decoding
+    layer_name = layer or next(n for n, m in classifier.model.named_modules() if m is layer_module)
+    cam = CamRequest(method, layer, layer_name, chosen_target)
+    if task_of(classifier.meta.task).multilabel:  # a map per predicted label, or per image for --target LABEL
+        return _explain_label_sets(classifier, checkpoint, inputs, misclassified, out, cam=cam, compute=compute)
     if misclassified:
         saved = (payload or {}).get("config") or {}  # the run's settings: its split fraction, seed, data root
-        items, skipped, split_name = _misclassified_items(classifier, misclassified, split, limit, batch_size,
-                                                          workers, data_root or saved.get("data_root"), saved,
-                                                          progress)
+        items, skipped, split_name = _misclassified_items(classifier, misclassified, split, limit, compute,
+                                                          shared.data_root or saved.get("data_root"), saved)
         default_out = Path(checkpoint).parent / f"explain-misclassified-{split_name}"
         total = len(items) + len(skipped)
         chunks: Iterator[tuple[list[_Item], list[dict]]] = iter([(items, skipped)])
@@ -117,18 +120,24 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
             raise DataError(f"no input images found in {', '.join(map(str, inputs))}")
         default_out = Path(checkpoint).parent / "explain"
         total = len(files)
-        chunks = _file_chunks(classifier, files, workers)  # decoded lazily, FILE_CHUNK files at a time
+        chunks = _file_chunks(classifier, files, compute.workers)  # decoded lazily, FILE_CHUNK files at a time
     out_dir = Path(out) if out else default_out
     out_dir.mkdir(parents=True, exist_ok=True)
+    return _write_explained(classifier, chunks, total, out_dir, cam=cam, compute=compute, checkpoint=str(checkpoint))
 
+
+def _write_explained(classifier, chunks: Iterator[tuple[list[_Item], list[dict]]], total: int,  # noqa: ANN001
+                     out_dir: Path, *, cam: CamRequest, compute: Compute, checkpoint: str) -> dict:
+    """The overlays of every chunk, explain.csv in input order and explain_grid.png; returns the summary."""
+    method, layer_name = cam.method, cam.layer_name
+    target = cam.target if isinstance(cam.target, str) else classifier.classes[cam.target]  # as --target named it
     rows, grid, grid_titles, grid_colours, all_skipped = [], [], [], [], []
     for items, skipped in chunks:
         for entry in skipped:
             logger.warning(f"skipped {entry['path']}: {entry['reason']}")
         all_skipped += skipped
-        _explain_chunk(classifier, items, total, out_dir, rows, (grid, grid_titles, grid_colours),
-                       chosen_target=chosen_target, method=method, layer=layer, layer_name=layer_name,
-                       batch_size=batch_size, checkpoint=str(checkpoint), progress=progress)
+        _explain_chunk(classifier, items, total, out_dir, rows, (grid, grid_titles, grid_colours), cam=cam,
+                       compute=compute, checkpoint=checkpoint)
     skipped = all_skipped
     # input order, as predict's CSV; a data set's unreadable files (no input position) come last
     rows += [(entry.get("number", total), [entry["path"], "", "", "", "", "", entry["reason"]]) for entry in skipped]
@@ -152,8 +161,8 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
 
 
 def _explain_label_sets(classifier, checkpoint: str | Path, inputs: Sequence[str], misclassified: str | None,  # noqa: ANN001
-                        target: str | int, out: str | Path | None, **options) -> dict:
-    if misclassified or target == "true":
+                        out: str | Path | None, *, cam: CamRequest, compute: Compute) -> dict:
+    if misclassified or cam.target == "true":
         raise ExplainError("--misclassified and --target true are for one class per image; for a multi-label model "
                            "`resnetlab evaluate` draws the most confident false positives and false negatives with "
                            "their heat maps (false_positives.png, false_negatives.png)")
@@ -162,16 +171,15 @@ def _explain_label_sets(classifier, checkpoint: str | Path, inputs: Sequence[str
         raise DataError(f"no input images found in {', '.join(map(str, inputs))}")
     out_dir = Path(out) if out else Path(checkpoint).parent / "explain"
     out_dir.mkdir(parents=True, exist_ok=True)
-    return explain_label_sets(classifier, files, target=None if target == "pred" else int(target), out_dir=out_dir,
-                              checkpoint=str(checkpoint), **options)
+    cam = replace(cam, target=None if cam.target == "pred" else int(cam.target))
+    return explain_label_sets(classifier, files, cam=cam, out_dir=out_dir, compute=compute, checkpoint=str(checkpoint))
 
 
 def _explain_chunk(classifier, items: list[_Item], total: int, out_dir: Path, rows: list, grid: tuple[list, list, list],
-                   *, chosen_target: str | int, method: str, layer: str | None, layer_name: str, batch_size: int,
-                   checkpoint: str, progress: bool) -> None:
+                   *, cam: CamRequest, compute: Compute, checkpoint: str) -> None:
     """Overlays of ``items`` (batched CAM passes) written to ``out_dir``; their CSV rows (keyed by input
     position) go to ``rows`` and the first GRID_MAX thumbnails, titles and colours to ``grid``."""
-    meta = classifier.meta
+    meta, batch_size, chosen_target = classifier.meta, compute.batch_size, cam.target
     grid_images, grid_titles, grid_colours = grid
     for start in range(0, len(items), batch_size):
         batch_items = items[start:start + batch_size]
@@ -184,13 +192,13 @@ def _explain_chunk(classifier, items: list[_Item], total: int, out_dir: Path, ro
             targets = [int(item.true) for item in batch_items]
         else:
             targets = [int(chosen_target)] * len(batch_items)
-        cams = cams_for_batch(classifier, batch, targets, method=method, layer=layer, batch_size=batch_size,
-                              progress=progress)
-        for j, (item, cam) in enumerate(zip(batch_items, cams)):
+        cams = cams_for_batch(classifier, batch, targets, method=cam.method, layer=cam.layer, batch_size=batch_size,
+                              progress=compute.progress)
+        for j, (item, heat) in enumerate(zip(batch_items, cams)):
             true = meta.classes[item.true] if item.true is not None else None
             label = meta.classes[int(predicted[j])]
             try:
-                picture = overlay(_original(item), cam, crop=meta.crop, size=meta.img_size)
+                picture = overlay(_original(item), heat, crop=meta.crop, size=meta.img_size)
             except ImageReadError as err:  # changed or removed since it was decoded
                 logger.warning(f"skipped {item.source}: {err.reason}")
                 rows.append((item.number, [item.source, "", true or "", "", "", "", err.reason]))
@@ -199,8 +207,8 @@ def _explain_chunk(classifier, items: list[_Item], total: int, out_dir: Path, ro
             save_png(picture, out_dir / name, {
                 "source": item.source, "true": true or "", "predicted": label,
                 "probability": f"{float(confidence[j]):.6f}", "target": meta.classes[targets[j]],
-                "target_probability": f"{float(probabilities[j, targets[j]]):.6f}", "method": method,
-                "layer": layer_name, "checkpoint": str(checkpoint)})
+                "target_probability": f"{float(probabilities[j, targets[j]]):.6f}", "method": cam.method,
+                "layer": cam.layer_name, "checkpoint": checkpoint})
             rows.append((item.number, [item.source, name, true or "", label, f"{float(confidence[j]):.6f}",
                                        meta.classes[targets[j]], ""]))
             if len(grid_images) < GRID_MAX:
@@ -224,8 +232,8 @@ def _file_chunks(classifier, files: list[str], workers: int | None) -> Iterator[
         yield items, [{**entry, "number": position.get(entry["path"], len(files))} for entry in decoded.skipped]
 
 
-def _misclassified_items(classifier, data: str, split: str, limit: int, batch_size: int, workers: int | None,
-                         data_root: str | None, saved: dict, progress: bool) -> tuple[list[_Item], list[dict], str]:
+def _misclassified_items(classifier, data: str, split: str, limit: int, compute: Compute,  # noqa: ANN001
+                         data_root: str | None, saved: dict) -> tuple[list[_Item], list[dict], str]:
     """The ``limit`` most confident mistakes of the split, in that order (as evaluate's misclassified.csv)."""
     # the same split as training saw: its val fraction and seed come from the checkpoint
     source = open_data(data, val_split=saved.get("val_split", 0.1), seed=saved.get("seed", 0), data_root=data_root,
@@ -234,8 +242,9 @@ def _misclassified_items(classifier, data: str, split: str, limit: int, batch_si
     for note in notes:
         logger.info(note)
     chosen = relabel(source.splits[split_name], source.classes, classifier.classes, f"{data} ({split_name})")
-    decoded = decode_split(chosen, classifier.meta.img_size, crop=classifier.meta.crop, workers=workers,
-                           progress=progress)
+    decoded = decode_split(chosen, classifier.meta.img_size, crop=classifier.meta.crop, workers=compute.workers,
+                           progress=compute.progress)
+    batch_size = compute.batch_size
     logits = torch.cat([classifier.logits(decoded.images[b:b + batch_size])
                         for b in range(0, len(decoded), batch_size)]) if len(decoded) else torch.zeros(0, 1)
     mistakes = rank_mistakes(logits, decoded.labels) if len(decoded) else torch.zeros(0, dtype=torch.int64)

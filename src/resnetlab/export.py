@@ -18,7 +18,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,9 +32,13 @@ from .errors import ConfigError, ExportError
 from .fileio import writable_file, write_json
 from .log import logger
 from .openvino_ir import embed_ir, move_ir, write_ir
+from .options import Shared, SharedOptions
 from .quantize import CALIBRATION_METHODS, ExportData, quantize_int8
 from .runtimes import open_exported
 from .sidecar import METADATA_KEY, describe, embedded_json, sidecar_path
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "openvino": ".xml"}
 QUANTIZABLE = ("onnx", "openvino")
@@ -43,16 +47,15 @@ HALF_TOLERANCE = 2e-2  # fp16: relative to the largest logit (fp16 keeps ~3 sign
 
 
 def export_model(checkpoint: str | Path, *, format: str = "onnx", out: str | Path | None = None,
-                 dynamic_batch: bool = False, opset: int | None = None, arch: str | None = None,
-                 classes: list[str] | None = None, img_size: int | None = None, quantize: str | None = None,
-                 calib_images: int = 256, calib_method: str = "minmax", data: str | None = None,
-                 max_drop: float = 1.0, check: bool = True, workers: int | None = None,
-                 half: bool = False) -> dict[str, Any]:
+                 dynamic_batch: bool = False, opset: int | None = None, quantize: str | None = None,
+                 data: str | None = None, check: bool = True, half: bool = False,
+                 **options: Unpack[SharedOptions]) -> dict[str, Any]:
     """Write the model and its sidecar: checked against PyTorch's logits on random images, and (``check``, when
     the run's data is there; always for ``quantize="int8"``) against the original's accuracy on the validation
     split. A drop of more than ``max_drop`` points refuses the export: nothing is written. ``half``: fp16
     weights and math (float32 input and output), for GPUs; with OpenVINO, fp16 weights computed in fp32.
-    (``resnetlab.export`` is this function.)
+    ``options`` (options.SharedOptions): max_drop (1.0 points), calib_images (256) and calib_method (minmax) for
+    int8, workers, and arch, classes, img_size for a bare weights file. (``resnetlab.export`` is this function.)
 
     Example::
 
@@ -60,18 +63,18 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", out: str | Pat
         resnetlab.export("runs/photos/best.pt", format="onnx")   # runs/photos/best.onnx + best.onnx.json
         clf = resnetlab.load("runs/photos/best.onnx")            # predicts like the checkpoint, in onnxruntime
     """
-    _check_options(format, quantize, half, calib_method)
-    require_at_least("--calib-images", calib_images)
+    shared = Shared.of("export_model", options, device="cpu")
+    _check_options(format, quantize, half, shared.calib_method)
+    require_at_least("--calib-images", shared.calib_images)
     out = _checked_out(checkpoint, out, format)  # before any work: a bad --out costs nothing
     payload = read_checkpoint(checkpoint) if Path(checkpoint).suffix != ".safetensors" else None
-    model, meta = load_model(checkpoint, device="cpu", arch=arch, classes=classes, img_size=img_size,
-                             checkpoint=payload)
+    model, meta = load_model(checkpoint, device="cpu", **shared.bare, checkpoint=payload)
     model = model.float().eval()
     saved = (payload or {}).get("config") or {}
     images = None
     data = _run_data(saved, data, needed=bool(quantize)) if check or quantize else None
     if quantize or (check and data):
-        images = ExportData.open(saved, data, meta.classes, meta.img_size, workers, meta.crop)
+        images = ExportData.open(saved, data, meta.classes, meta.img_size, shared.compute.workers, meta.crop)
     elif check and not saved.get("data"):
         logger.warning("no data to check the export's accuracy on (pass --data DATA); only its logits are compared")
     info = describe(meta, format, dynamic_batch=dynamic_batch or format in ("torchscript", "openvino"))
@@ -82,9 +85,10 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", out: str | Pat
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as folder:  # gone on any failure
         # a calibrated checkpoint's temperature goes into the graph: a plain client's softmax is calibrated
         written = _write_checked(tempered(model, meta.temperature), meta, info, Path(folder), out.name, half=half,
-                                 opset=opset, images=images, quantize=quantize, calib=(calib_images, calib_method))
+                                 opset=opset, images=images, quantize=quantize,
+                                 calib=(shared.calib_images, shared.calib_method))
         if images is not None:
-            info["validation"] = _accuracy_check(model, meta, written, info, images, max_drop)
+            info["validation"] = _accuracy_check(model, meta, written, info, images, shared.max_drop)
         if format == "onnx":
             _embed(written, info)
             os.replace(written, out)

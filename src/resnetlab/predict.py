@@ -9,14 +9,14 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from .cam import cams_for_batch, overlay, overlay_name, save_png
-from .classifier import Classifier, Prediction, load
-from .config import require_at_least
+from .classifier import Classifier, Prediction
 from .data.cache import decode_split
 from .data.images import expand_inputs, open_rgb
 from .data.shards import shard_inputs
@@ -25,16 +25,21 @@ from .errors import ConfigError, DataError, ImageReadError
 from .fileio import NAME_BYTES, writable_file
 from .log import logger, progress_enabled
 from .multilabel.outputs import predict_label_sets
+from .options import Shared, SharedOptions
+from .task import SingleLabel, task_of
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 PREDICT_CHUNK = 1024  # files decoded per round: bounds memory on huge folders
 
 
-def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | Path = "predictions.csv",
-                  topk: int = 3, batch_size: int = 256, device: str = "auto", workers: int | None = None,
-                  arch: str | None = None, classes: list[str] | None = None, img_size: int | None = None,
-                  progress: bool = True, tta: str = "none", cam: str | Path | None = None,
-                  min_confidence: float = 0.0) -> dict:
-    """Write one CSV row per input file; unreadable files get an ``error`` and the rest still run.
+def predict_files(checkpoint: str | Path | Classifier, inputs: Iterable[str], *, out: str | Path = "predictions.csv",
+                  topk: int = 3, tta: str = "none", cam: str | Path | None = None, min_confidence: float = 0.0,
+                  **options: Unpack[SharedOptions]) -> dict:
+    """Write one CSV row per input file; unreadable files get an ``error`` and the rest still run. ``options``
+    (options.SharedOptions): batch_size (256), device, workers, progress, and arch, classes, img_size for a bare
+    weights file. ``checkpoint`` may be a Classifier from ``resnetlab.load`` (loaded once for many calls).
 
     ``min_confidence``: a row whose top probability is under it gets the label ``unsure`` (the other columns still
     show the best guesses); best on a calibrated checkpoint (resnetlab.calibrate).
@@ -48,24 +53,20 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
         summary = resnetlab.predict("runs/photos/best.pt", ["new_photos/"], out="predictions.csv", topk=3)
         print(summary["predicted"], "images predicted")
     """
-    require_at_least("--batch-size", batch_size)  # before the model is loaded
-    classifier = load(checkpoint, device=device, arch=arch, classes=classes, img_size=img_size, tta=tta)
-    _check_min_confidence(min_confidence, classifier.meta.task)
+    shared = Shared.of("predict_files", options)  # before the model is loaded
+    batch_size, workers, progress = shared.compute.batch_size, shared.compute.workers, shared.compute.progress
+    classifier = shared.classifier(checkpoint, tta=tta)
+    _check_min_confidence(min_confidence, task_of(classifier.meta.task))
     files = expand_inputs(shard_inputs(inputs))  # tar shards: their records' images (data/shards.py)
     if not files:
         raise DataError(f"no input images found in {', '.join(map(str, inputs))}")
     k = max(1, min(topk, len(classifier.classes)))
     header = ["path", "label", "confidence"] + [f"top{j}_{w}" for j in range(2, k + 1) for w in ("label", "prob")]
     header += ["cam", "error"] if cam else ["error"]
-    cam_dir = Path(cam) if cam else None
-    if cam_dir and classifier.model is None:
-        raise ConfigError(f"--cam needs a PyTorch checkpoint (heat maps need gradients); {checkpoint} runs in "
-                          f"{classifier.runtime}")
-    if cam_dir:
-        cam_dir.mkdir(parents=True, exist_ok=True)
+    cam_dir = _cam_folder(cam, classifier, checkpoint)
     failed = 0
     out = writable_file(out, example="predictions.csv")  # before any image is decoded
-    if classifier.meta.task == "multilabel":  # label sets and a probability per label (multilabel/outputs.py)
+    if task_of(classifier.meta.task).multilabel:  # label sets and a probability per label (multilabel/outputs.py)
         return predict_label_sets(classifier, files, out=out, batch_size=batch_size, workers=workers,
                                   progress=progress, cam=cam_dir)
     counts: dict[str, int] = {}
@@ -110,12 +111,22 @@ def predict_files(checkpoint: str | Path, inputs: Iterable[str], *, out: str | P
     return summary
 
 
-def _check_min_confidence(min_confidence: float, task: str) -> None:
+def _cam_folder(cam: str | Path | None, classifier: Classifier, checkpoint: object) -> Path | None:
+    """--cam's folder, made; refused for an exported model (heat maps need the PyTorch network's gradients)."""
+    if not cam:
+        return None
+    if classifier.model is None:
+        where = classifier.meta.source if isinstance(checkpoint, Classifier) else checkpoint
+        raise ConfigError(f"--cam needs a PyTorch checkpoint (heat maps need gradients); {where} runs in "
+                          f"{classifier.runtime}")
+    Path(cam).mkdir(parents=True, exist_ok=True)
+    return Path(cam)
+
+
+def _check_min_confidence(min_confidence: float, task: SingleLabel) -> None:
     if not 0.0 <= min_confidence <= 1.0:
         raise ConfigError(f"--min-confidence must be a probability between 0 and 1, got {min_confidence}")
-    if min_confidence and task == "multilabel":
-        logger.warning("--min-confidence applies to single-label models; a multi-label model's labels are those at "
-                       "or above their thresholds")
+    task.check_min_confidence(min_confidence)
 
 
 def _row(path: str, p: Prediction, width: int, cam: list[str]) -> list[str]:

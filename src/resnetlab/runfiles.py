@@ -16,6 +16,7 @@ from .data.splits import DataSource
 from .errors import ConfigError
 from .fileio import atomic_open, write_failure
 from .log import logger
+from .task import task_of
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_s", "img_per_s"]
 
@@ -90,10 +91,9 @@ def write_split_csv(run_dir: Path, source: DataSource) -> None:
         return
     with atomic_open(run_dir / "split.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        multilabel = source.task == "multilabel"  # a 'labels' column: names joined by '|', as the CSV reads them
-        writer.writerow(["path", "labels" if multilabel else "label", "split"])
+        task = task_of(source.task)  # multi-label: a 'labels' column, names joined by '|' as the CSV reads them
+        writer.writerow(["path", task.label_column, "split"])
         for name, split in source.splits.items():
             for path, label in zip(split.paths, split.labels):
-                text = "|".join(c for c, on in zip(source.classes, label) if on) if multilabel else \
-                    source.classes[label]
+                text = task.label_text(label, source.classes)
                 writer.writerow([path, text, name])

@@ -15,6 +15,7 @@ from typing import Any
 from ._version import __version__
 from .data.crop import Crop
 from .errors import ExportError
+from .task import task_of
 
 METADATA_KEY = "resnetlab"  # ONNX metadata_props key / OpenVINO rt_info key / TorchScript extra file: the JSON
 
@@ -45,12 +46,7 @@ def describe(meta: Any, fmt: str, *, dynamic_batch: bool) -> dict[str, Any]:
                   "preprocessing": "the steps under 'preprocessing', in order"},
         "preprocessing": preprocessing_steps(s, meta.crop),
         "output": {"name": "logits", "shape": ["batch" if dynamic_batch else 1, len(meta.classes)],
-                   "note": "logits in the order of 'classes'; " + (
-                       "apply a sigmoid per class for probabilities; the labels are those at or above their "
-                       "'thresholds' (0.5 where null)" if meta.task == "multilabel" else
-                       "apply softmax for probabilities" if meta.temperature == 1.0 else
-                       f"already divided by the calibration 'temperature' {meta.temperature:.4g}: apply softmax for "
-                       "calibrated probabilities (do not divide again)")},
+                   "note": task_of(meta.task).output_note(meta.temperature)},
     }
 
 

@@ -306,7 +306,10 @@ def attach_evaluation(checkpoint: Path, uri: str | None, metrics: dict, split: s
     run_dir = Path(checkpoint).parent
     saved = _read_tracking(run_dir)
     if not saved.get("mlflow_run_id"):
-        logger.warning(f"mlflow: {run_dir} has no {TRACKING_FILE} (trained without --mlflow): nothing to attach to")
+        asked = _asked_for_mlflow(run_dir)
+        why = (f"was trained with --mlflow but its MLflow run never started (the store at {asked} could not be "
+               "reached or opened then)" if asked else f"has no {TRACKING_FILE} (trained without --mlflow)")
+        logger.warning(f"mlflow: {run_dir} {why}: nothing to attach to")
         return
     tracker = MlflowTracker(uri if uri and uri != "auto" else saved.get("mlflow_uri"), saved["mlflow_run_id"])
     values = {f"{split}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "images"}
@@ -330,8 +333,16 @@ def _check_reachable(uri: str) -> None:
 
 
 def _check_writable(uri: str) -> None:
-    """Fail at once when a SQLite store cannot be written (a read-only file or folder): MLflow logs each refused
-    write as an error with a traceback, and may retry it for minutes, before the run hears of it."""
+    """Fail at once when a SQLite or file:// store cannot be written (a read-only file or folder): MLflow logs each
+    refused write as an error with a traceback, and may retry it for minutes, before the run hears of it."""
+    if uri.startswith("file:"):
+        from urllib.request import url2pathname
+
+        folder = Path(url2pathname(urlparse(uri).path)).expanduser()
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is not None and not os.access(existing, os.W_OK):
+            raise PermissionError(f"cannot write in {existing}: the store's folder is read-only")
+        return
     if not uri.startswith("sqlite:///"):
         return
     import sqlite3
@@ -349,6 +360,18 @@ def _check_writable(uri: str) -> None:
         connection.execute("ROLLBACK")
     finally:
         connection.close()
+
+
+def _asked_for_mlflow(run_dir: Path) -> str | None:
+    """The --mlflow value the run's config.yaml records ("auto" or a URI), or None."""
+    import yaml
+
+    try:
+        settings = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    value = settings.get("mlflow") if isinstance(settings, dict) else None
+    return None if value is None else str(value)
 
 
 def _read_tracking(run_dir: Path) -> dict:

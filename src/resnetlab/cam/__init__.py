@@ -8,17 +8,31 @@ drawn on the images. ``explain``, ``predict --cam``, evaluation's misclassified.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..data.images import decode_image, open_rgb
+from ..task import task_of
 from .compute import CAM_METHODS, cam_class, compute_cams, default_target_layer, resolve_layer
 from .overlay import caption, model_view_box, overlay, overlay_name, save_png
 
 __all__ = ["CAM_METHODS", "cam_class", "compute_cams", "default_target_layer", "resolve_layer", "caption",
-           "model_view_box", "overlay", "overlay_name", "save_png", "cams_for_batch", "overlay_for_image"]
+           "model_view_box", "overlay", "overlay_name", "save_png", "cams_for_batch", "overlay_for_image", "CamRequest"]
+
+
+@dataclass(frozen=True)
+class CamRequest:
+    """What explain's heat maps show: the CAM ``method``, the ``layer`` asked for (None: the last stage) and the name
+    of the one used, and the ``target``: "pred", "true" or a class index (multi-label: a label index, or None for
+    every predicted label)."""
+
+    method: str = "gradcam"
+    layer: str | None = None
+    layer_name: str = ""
+    target: str | int | None = "pred"
 
 
 def cams_for_batch(classifier, batch_uint8: torch.Tensor, targets: Sequence[int] | None, *,  # noqa: ANN001
@@ -36,7 +50,7 @@ def overlay_for_image(classifier, image: Image.Image, method: str = "gradcam") -
     batch = decode_image(rgb, classifier.meta.img_size, classifier.meta.crop)[None]  # 1 x 3 x S x S uint8, as /predict
     logits = classifier.logits(batch)
     # K, the same prediction as /predict (multi-label: the most probable label's sigmoid)
-    probabilities = (logits.sigmoid() if classifier.meta.task == "multilabel" else logits.softmax(dim=1))[0]
+    probabilities = task_of(classifier.meta.task).probabilities(logits)[0]
     predicted = int(probabilities.argmax())
     cams = cams_for_batch(classifier, batch, [predicted], method=method, progress=False)  # a server: no bars
     result = overlay(rgb, cams[0], crop=classifier.meta.crop, size=classifier.meta.img_size)

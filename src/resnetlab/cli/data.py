@@ -85,8 +85,8 @@ def check_parser(sub) -> None:
     check.add_argument("--near-dup-distance", type=_hash_bits, default=None, metavar="BITS",
                        help="report two images in different splits (train/val, train/test, val/test) as "
                             "near-duplicates when their 128-bit perceptual hashes (pHash + dHash) differ in at most "
-                            "BITS bits (0-128; default: 20, which finds resized, JPEG re-encoded, grey and 5%% "
-                            "cropped copies while distinct photos measured 34 or more apart)")
+                            "BITS bits (0-128; default: 28, which finds resized, JPEG re-encoded, grey, 5%% centre-"
+                            "cropped and a-few-pixels-cut copies while distinct photos measured 34 or more apart)")
     check.add_argument("--no-near-dups", action="store_true",
                        help="skip the near-duplicate search (it reads and hashes every image a second time)")
     decode_flags(check)
@@ -110,7 +110,8 @@ def check_run(args: argparse.Namespace) -> int:
     from ..log import progress_enabled
 
     source = open_data(args.data, val_split=args.val_split, seed=args.seed, data_root=args.data_root,
-                       follow_links=args.follow_links, task=args.task, label_sep=args.label_sep)
+                       follow_links=args.follow_links, task=args.task, label_sep=args.label_sep,
+                       cache_dir=args.cache_dir)
     size = args.img_size or default_img_size(source)
     distance = DEFAULT_DISTANCE if args.near_dup_distance is None else args.near_dup_distance
     report = check_data(source, size, cache_dir=args.cache_dir, workers=args.workers,
@@ -119,4 +120,4 @@ def check_run(args: argparse.Namespace) -> int:
     print(format_report(report))  # the report is the command's output (stdout), not a log message
     if args.json:
         write_json(Path(args.json), report)
-    return 1 if report["skipped"] else 0
+    return 1 if report["skipped"] or report["empty_splits"] else 0  # training would skip files, or stop

@@ -64,6 +64,12 @@ def storage_side(size: int, layout: str) -> int:
     return int(round(size * WHOLE_SCALE)) if layout == "whole" else size
 
 
+def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where resnetlab keeps what it makes once (decoded arrays, unpacked shards, exported Hugging Face images):
+    --cache-dir, else $RESNETLAB_CACHE, else ~/.cache/resnetlab."""
+    return Path(cache_dir or os.environ.get("RESNETLAB_CACHE", DEFAULT_CACHE_DIR)).expanduser()
+
+
 def decode_split(split: SplitData, size: int, *, crop: Crop = Crop(), layout: str = "square",
                  cache_dir: str | None = None, workers: int | None = None, progress: bool = True,
                  use_cache: bool = True) -> DecodedSplit:
@@ -74,7 +80,7 @@ def decode_split(split: SplitData, size: int, *, crop: Crop = Crop(), layout: st
     if split.images is not None:
         return DecodedSplit(_resize_array(split.images, size), torch.from_numpy(split.labels),
                             np.arange(len(split)))
-    cache_root = Path(cache_dir or os.environ.get("RESNETLAB_CACHE", DEFAULT_CACHE_DIR)).expanduser()
+    cache_root = cache_folder(cache_dir)
     job = (size, crop, layout)
     squashed = crop.mode == "squash" and layout == "square"  # the only case the mode changes what is stored
     named = (size, crop.pct, crop.interpolation, layout) + ((crop.mode,) if squashed else ())  # existing keys kept

@@ -13,6 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from ..task import task_of
 from .cache import DecodedSplit, decode_split
 from .images import MAX_IMAGE_PIXELS, Crop, default_layout_and_crop
 from .multilabel import format_statistics, label_problems, label_statistics
@@ -21,9 +22,28 @@ from .splits import DataSource
 IMBALANCE_WARNING_RATIO = 3.0  # largest / smallest class count above which we warn
 
 
+def empty_split_reason(source: DataSource, name: str) -> str:
+    """Why the ``name`` split of ``source`` has no image and what to do (not "none of the 0 images could be read",
+    issue 27): training stops with it, check lists it as an error."""
+    held_out = name == "val" and any("held out" in n or "stratified split" in n for n in source.notes)
+    if held_out:
+        return (f"the val split of {source.location} is empty: every class has a single image, so none can be held "
+                "out for validation; add images (with 2 or more per class --val-split holds some out) or give a val/ "
+                "folder of class folders (a CSV: rows with split 'val')")
+    return (f"the {name} split of {source.location} is empty (no images in its class folders or rows); add images to "
+            "it, or leave it out and --val-split holds out a share of train")
+
+
+def empty_splits(source: DataSource) -> list[str]:
+    """The splits training needs (train and the validation split) that hold no image."""
+    return [name for name in dict.fromkeys(("train", source.val_name))
+            if name in source.splits and not len(source.splits[name])]
+
+
 def inspect_data(source: DataSource, decoded: dict[str, DecodedSplit], img_size: int) -> dict:
     """A JSON-ready report: counts per split and class, and every problem with its path and reason."""
-    problems: list[dict] = []
+    problems: list[dict] = [{"severity": "error", "split": name, "path": "", "reason": empty_split_reason(source, name)}
+                            for name in empty_splits(source)]
     for note in source.notes:
         if note.startswith("warning: "):
             problems.append({"severity": "warning", "split": "", "path": source.location,
@@ -45,14 +65,14 @@ def inspect_data(source: DataSource, decoded: dict[str, DecodedSplit], img_size:
     if "train" in counts:
         problems += _imbalance(counts["train"])
     extra = {}
-    if source.task == "multilabel":  # several labels per image: co-occurrence, labels never or always present
+    if task_of(source.task).multilabel:  # several labels per image: co-occurrence, labels never or always present
         extra["multilabel"] = {name: label_statistics(source.classes, split.labels.numpy())
                                for name, split in decoded.items()}
         problems += [p for name, stats in extra["multilabel"].items() for p in label_problems(name, stats)]
     return {**extra, "task": source.task, "kind": source.kind, "location": source.location, "classes": source.classes,
             "image_size": img_size,
             "counts": counts, "images": {name: len(split) for name, split in decoded.items()},
-            "notes": source.notes, "problems": problems,
+            "notes": source.notes, "problems": problems, "empty_splits": empty_splits(source),
             "skipped": [dict(item, split=name) for name, split in decoded.items() for item in split.skipped]}
 
 

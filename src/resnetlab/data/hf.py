@@ -41,16 +41,19 @@ def is_hf(spec: str) -> bool:
             or any(path.glob("*.parquet")) or any(path.glob("data/*.parquet")))
 
 
-def open_hf(spec: str, *, val_split: float = 0.1, seed: int = 0) -> DataSource:
-    """The data set at ``spec`` as a DataSource (image and label columns detected, ClassLabel names kept)."""
-    path = Path(spec).expanduser()
-    tables, files = _load(path)
+def open_hf(spec: str, *, val_split: float = 0.1, seed: int = 0, cache_dir: str | None = None) -> DataSource:
+    """The data set at ``spec`` as a DataSource (image and label columns detected, ClassLabel names kept); its
+    images are written once as files under ``cache_dir``/hf (data/cache.cache_folder)."""
+    from .cache import cache_folder
+
+    path, root = Path(spec).expanduser(), cache_folder(cache_dir)
+    tables, files = _load(path, root)
     image_col, label_col, names = _columns(tables.get("train") or next(iter(tables.values())), path)
     if names is None:
         names = _names_from_values(tables, label_col)
     notes = [f"Hugging Face data set: image column '{image_col}', label column '{label_col}'"]
     key = _key(files, image_col, label_col)
-    splits = {name: _export(name, table, image_col, label_col, names, key, spec, notes)
+    splits = {name: _export(name, table, (image_col, label_col), names, root / "hf" / f"{key}-{name}", spec, notes)
               for name, table in tables.items()}
     for name in [n for n, split in splits.items() if n != "train" and not len(split)]:
         notes.append(f"split {name} has no labelled rows: left out")  # never an empty validation split
@@ -72,7 +75,7 @@ def _datasets():  # noqa: ANN202 - the module
     return datasets
 
 
-def _load(path: Path) -> tuple[dict, list[Path]]:
+def _load(path: Path, root: Path) -> tuple[dict, list[Path]]:
     """Split name -> datasets.Dataset, and the files they come from (for the cache key)."""
     datasets = _datasets()
     try:
@@ -86,8 +89,8 @@ def _load(path: Path) -> tuple[dict, list[Path]]:
             for file in files:
                 stem = file.name.split("-")[0].split(".")[0].lower()
                 groups.setdefault(SPLIT_NAMES.get(stem, "train"), []).append(str(file))
-            cache = Path(os.environ.get("RESNETLAB_CACHE", "~/.cache/resnetlab")).expanduser() / "hf-arrow"
-            found = {name: datasets.Dataset.from_parquet(group, cache_dir=str(cache)) for name, group in groups.items()}
+            found = {name: datasets.Dataset.from_parquet(group, cache_dir=str(root / "hf-arrow"))
+                     for name, group in groups.items()}
     except (OSError, ValueError, TypeError) as err:
         raise DataError(f"{path}: not a readable Hugging Face data set ({type(err).__name__}: {err})") from None
     tables = {}
@@ -138,10 +141,11 @@ def _key(files: list[Path], image_col: str, label_col: str) -> str:
     return hashlib.sha256("\n".join([*parts, image_col, label_col, str(EXPORT_FORMAT)]).encode()).hexdigest()[:16]
 
 
-def _export(name: str, table, image_col: str, label_col: str, names: list[str], key: str, spec: str,  # noqa: ANN001
+def _export(name: str, table, columns: tuple[str, str], names: list[str], folder: Path, spec: str,  # noqa: ANN001
             notes: list[str]) -> SplitData:
-    """The split's images as files (written once) with their labels; rows without a usable label are noted."""
-    folder = Path(os.environ.get("RESNETLAB_CACHE", "~/.cache/resnetlab")).expanduser() / "hf" / f"{key}-{name}"
+    """The split's images as files in ``folder`` (written once) with their labels; rows without a usable label are
+    noted. ``columns``: (image, label)."""
+    image_col, label_col = columns
     index_file = folder / "rows.json"
     if not index_file.is_file():
         tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")

@@ -4,7 +4,7 @@ Randomness is derived from (seed, epoch, step) alone, so an epoch can be replaye
 that is what makes resume exact and keeps data-parallel ranks on disjoint shards.
 
     batches = Batches(decoded.images, decoded.labels, batch_size=128, device=device, mean=m, std=s,
-                      shuffle=True, augment=BatchAugment("light", 32), seed=0)
+                      order=Order(shuffle=True, seed=0), augment=BatchAugment("light", 32))
     for step, (x, y, index) in enumerate(batches.epoch(3)): ...
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -29,18 +30,28 @@ def _generator(device: torch.device, *seeds: int) -> torch.Generator:
     return g
 
 
+@dataclass(frozen=True)
+class Order:
+    """Which images an epoch visits and in what order: shuffled or not (from ``seed``), class-balanced draws
+    (``sample_weights``, with replacement), the last short batch dropped, and this process's shard (``rank`` of
+    ``world_size``)."""
+
+    shuffle: bool = False
+    seed: int = 0
+    drop_last: bool = False
+    sample_weights: torch.Tensor | None = None
+    rank: int = 0
+    world_size: int = 1
+
+
 class Batches:
     """Batches of one decoded split held as a uint8 tensor (on CPU, or on the GPU when it fits)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, device: torch.device,
-                 mean, std, shuffle: bool = False, augment: BatchAugment | None = None, seed: int = 0,
-                 drop_last: bool = False, sample_weights: torch.Tensor | None = None, rank: int = 0,
-                 world_size: int = 1, channels_last: bool = False, keep_on_device: bool | None = None,
-                 content: torch.Tensor | None = None):
+                 mean, std, order: Order = Order(), augment: BatchAugment | None = None,
+                 channels_last: bool = False, content: torch.Tensor | None = None):
         self.device = torch.device(device)
-        if keep_on_device is None:
-            keep_on_device = self.device.type == "cuda" and _fits_on_gpu(images, self.device)
-        if keep_on_device and self.device.type != "cpu":
+        if self._keep_on_device(images) and self.device.type != "cpu":
             images, labels = images.to(self.device), labels.to(self.device)
         elif self.device.type == "cuda":
             images = images if images.is_pinned() else _try_pin(images)
@@ -48,10 +59,14 @@ class Batches:
         self.content = content  # whole images: N x 2 content sizes in their letterboxed squares (cache.py)
         if content is not None and augment is None:
             raise ValueError("whole images (content sizes given) need a BatchAugment to take their crops")
-        self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
-        self.drop_last, self.sample_weights = drop_last, sample_weights
-        self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
+        self.batch_size, self.augment, self.channels_last = batch_size, augment, channels_last
+        self.shuffle, self.seed, self.drop_last = order.shuffle, order.seed, order.drop_last
+        self.sample_weights, self.rank, self.world_size = order.sample_weights, order.rank, order.world_size
         self.mean, self.std = stats_tensor(mean, self.device), stats_tensor(std, self.device)
+
+    def _keep_on_device(self, images: torch.Tensor) -> bool:
+        """The decoded array moves to the GPU when it fits there (file-backed batches keep nothing)."""
+        return self.device.type == "cuda" and _fits_on_gpu(images, self.device)
 
     def _order(self, epoch: int) -> torch.Tensor:
         """This process's image positions for ``epoch``: the same permutation on every rank, then sharded."""

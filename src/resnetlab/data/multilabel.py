@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .splits import DataSource, SplitData, splits_from_column, stratified_split
+from ..task import MULTICLASS, MULTILABEL
+from .splits import ClassNames, DataSource, SplitData, csv_rows, splits_from_column, stratified_split
 
 # Characters people separate labels with; a cell using one that is not --label-sep is checked for that mistake.
 OTHER_SEPARATORS = (",", ";", "|", "/", "+")
@@ -27,19 +28,19 @@ BINARY = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
 TOP_PAIRS = 10  # co-occurring label pairs listed by check
 
 
-def csv_task(csv_path: Path, header: list[str], columns: list[str], task: str) -> str:
-    """"multilabel" for a ``labels`` column or 0/1 columns (or --task multilabel with a ``label`` column), else
-    "multiclass"; --task multiclass with a multi-label layout is an error naming the column."""
+def csv_task(csv_path: Path, header: list[str], columns: list[str], asked: str) -> str:
+    """"multilabel" for a ``labels`` column or 0/1 columns (or ``asked``, the --task flag, multilabel with a ``label``
+    column), else "multiclass"; --task multiclass with a multi-label layout is an error naming the column."""
     extra = [h for h, c in zip(header, columns) if c not in ("path", "label", "labels", "split")]
     if "label" in columns and "labels" in columns:
         raise DataError(f"{csv_path} line 1: both a 'label' and a 'labels' column; keep 'label' (one class per image) "
                         "or 'labels' (several, separated by --label-sep)")
     layout = "labels" in columns or ("label" not in columns and "path" in columns and bool(extra))
-    if task == "multiclass" and layout:
+    if asked == MULTICLASS and layout:
         what = "a 'labels' column" if "labels" in columns else f"0/1 columns ({', '.join(extra[:5])})"
         raise DataError(f"{csv_path} line 1: {what} (several labels per image) but --task multiclass; use --task "
                         "multilabel (or auto), or give one class per image in a 'label' column")
-    return "multilabel" if layout or (task == "multilabel" and "label" in columns) else "multiclass"
+    return MULTILABEL if layout or (asked == MULTILABEL and "label" in columns) else MULTICLASS
 
 
 def check_single_labels(csv_path: Path, rows: list[tuple[str, str, str | None, int]], label_sep: str) -> None:
@@ -57,29 +58,17 @@ def read_multilabel_csv(csv_path: Path, header: list[str], reader: Iterator[list
     columns = [h.strip().lower() for h in header]
     if "path" not in columns:
         raise DataError(f"{csv_path} line 1: missing column 'path'; found columns {header}")
-    col_path, col_split = columns.index("path"), columns.index("split") if "split" in columns else None
     named = "labels" if "labels" in columns else "label" if "label" in columns else None
+    spelling = ClassNames()  # NFC: "café" typed and "café" as macOS writes it are one label
     if named is None:
         label_columns = [i for i, c in enumerate(columns) if c not in ("path", "split")]
-        names = [header[i].strip() for i in label_columns]
+        names = [spelling(header[i].strip()) for i in label_columns]
         _check_column_names(csv_path, names)
     rows: list[tuple[str, list[str], str | None, int]] = []
-    for line_no, row in enumerate(reader, start=2):
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        if len(row) < len(columns):
-            raise DataError(f"{csv_path} line {line_no}: {len(row)} fields, expected {len(columns)}")
-        path = row[col_path].strip()
-        if not path:
-            raise DataError(f"{csv_path} line {line_no}: empty path")
-        split = None
-        if col_split is not None:
-            raw = row[col_split].strip().lower()
-            if raw not in aliases:
-                raise DataError(f"{csv_path} line {line_no}: split '{row[col_split]}' is not one of train, val, test")
-            split = aliases[raw]
+    for line_no, row, path, split in csv_rows(csv_path, reader, columns, aliases):
         if named is not None:
-            labels = _split_cell(csv_path, line_no, row[columns.index(named)], label_sep)
+            labels = list(dict.fromkeys(spelling(name) for name in _split_cell(csv_path, line_no,
+                                                                               row[columns.index(named)], label_sep)))
         else:
             labels = [name for name, i in zip(names, label_columns) if _binary(csv_path, line_no, name, row[i])]
         rows.append((path, labels, split, line_no))
@@ -92,7 +81,9 @@ def read_multilabel_csv(csv_path: Path, header: list[str], reader: Iterator[list
     if not names:
         raise DataError(f"{csv_path}: no image in the training rows has a label; a multi-label set needs at least one")
     _check_files(csv_path, rows)
-    return _source(csv_path, rows, names, col_split is not None, val_split, seed)
+    source = _source(csv_path, rows, names, "split" in columns, val_split, seed)
+    source.notes += spelling.merged_note(csv_path)
+    return source
 
 
 def _check_column_names(csv_path: Path, names: list[str]) -> None:
@@ -100,7 +91,8 @@ def _check_column_names(csv_path: Path, names: list[str]) -> None:
         raise DataError(f"{csv_path} line 1: a 0/1 label column has no name")
     repeated = [name for name, count in Counter(names).items() if count > 1]
     if repeated:
-        raise DataError(f"{csv_path} line 1: label column(s) {', '.join(repeated)} appear more than once")
+        raise DataError(f"{csv_path} line 1: label column(s) {', '.join(repeated)} appear more than once (names "
+                        "compared in Unicode NFC, where 'café' typed and as macOS writes it are one name)")
 
 
 def _binary(csv_path: Path, line: int, name: str, cell: str) -> int:

@@ -27,6 +27,7 @@ from PIL import Image
 
 from ..errors import DataError
 from ..fileio import write_json, write_text
+from ..task import task_of
 from .splits import DataSource, SplitData, settle_val
 
 SPLITS = ("train", "val", "test")
@@ -54,7 +55,7 @@ def _webdataset():  # noqa: ANN202 - the module
 def write_shards(source: DataSource, out: str | os.PathLike, shard_size: int) -> dict[str, dict]:
     """Write each split of ``source`` to ``out/SPLIT-NNNNNN.tar`` (at most ``shard_size`` records each) and the class
     names to classes.json and classes.txt; returns per split its record count, shard files and skipped images."""
-    if source.task != "multiclass":
+    if task_of(source.task).multilabel:
         raise DataError(f"{source.location}: shards hold one class per image (KEY.cls); {source.task} data cannot be "
                         "written as shards")
     if shard_size < 1:
@@ -123,16 +124,18 @@ def compact_notes(notes: list[str]) -> list[str]:
         f"{SHOWN_SKIPS} are named above)"]
 
 
-def open_shards(spec: str, *, val_split: float = 0.1, seed: int = 0) -> DataSource:
-    """The shards ``spec`` names as a DataSource: each record unpacked once to a file, labelled by its .cls; records
-    without a usable image or class are left out and named (shard file and key) in the notes."""
+def open_shards(spec: str, *, val_split: float = 0.1, seed: int = 0, cache_dir: str | None = None) -> DataSource:
+    """The shards ``spec`` names as a DataSource: each record unpacked once to a file (under ``cache_dir``/shards),
+    labelled by its .cls; records without a usable image or class are left out and named (shard file and key) in
+    the notes."""
+    root = _unpack_root(cache_dir)
     urls, home = _shard_files(spec)
     classes = _class_names(home)
     notes: list[str] = []
     splits = {}
     for name, files in urls.items():
         if files:
-            splits[name] = _read_split(name, files, classes, notes)
+            splits[name] = _read_split(name, files, classes, notes, root)
     if classes is None:
         top = max((int(s.labels.max()) for s in splits.values() if len(s)), default=-1)
         classes = [str(i) for i in range(top + 1)]
@@ -146,7 +149,7 @@ def open_shards(spec: str, *, val_split: float = 0.1, seed: int = 0) -> DataSour
         raise DataError(f"{home}: only {len(classes)} class(es); a classifier needs at least two")
     settle_val(splits, notes, val_split, seed, "val-*.tar shards")
     total = sum(len(s) for s in splits.values())
-    notes.append(f"shards: {total} records unpacked once to {_unpack_root()}; read as files from there, so resume is "
+    notes.append(f"shards: {total} records unpacked once to {root}; read as files from there, so resume is "
                  "exact as for folders (streaming straight from the tar files is not implemented)")
     return DataSource(classes, splits, "shards", spec, compact_notes(notes))
 
@@ -164,7 +167,7 @@ def shard_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
         named = _webdataset().shardlists.expand_urls(str(folder))  # the .tar files given, not their siblings
         tars = sorted(str(p) for p in folder.glob("*.tar")) if folder.is_dir() else named
         for url in tars:
-            index = _unpack(url)
+            index = _unpack(url, _unpack_root())
             files += [str(Path(index["folder"]) / record[0]) for record in index["records"]]
     return files
 
@@ -204,10 +207,10 @@ def _class_names(home: Path) -> list[str] | None:
     return None
 
 
-def _read_split(name: str, files: list[str], classes: list[str] | None, notes: list[str]) -> SplitData:
+def _read_split(name: str, files: list[str], classes: list[str] | None, notes: list[str], root: Path) -> SplitData:
     paths, labels, origins = [], [], []
     for url in files:
-        index = _unpack(url)
+        index = _unpack(url, root)
         for shard_key, reason in index["bad"]:
             notes.append(f"warning: skipped record {Path(url).name} key {shard_key}: {reason}")
         for file, label, shard_key, why in index["records"]:
@@ -224,18 +227,17 @@ def _read_split(name: str, files: list[str], classes: list[str] | None, notes: l
     return SplitData(name, np.asarray(labels, dtype=np.int64), paths, origins=origins)
 
 
-def _unpack_root() -> Path:
-    from .cache import DEFAULT_CACHE_DIR
+def _unpack_root(cache_dir: str | None = None) -> Path:
+    from .cache import cache_folder
 
-    return Path(os.environ.get("RESNETLAB_CACHE", DEFAULT_CACHE_DIR)).expanduser() / "shards"
+    return cache_folder(cache_dir) / "shards"
 
 
-def _unpack(url: str) -> dict:
+def _unpack(url: str, root: Path) -> dict:
     """Unpack one shard's records to files (once: reused while the shard's path, size and time are the same);
     returns {"folder", "records": [[file, class or -1, key, why no class]], "bad": [[key, reason]]}."""
     stat = os.stat(url)
     tag = f"{os.path.realpath(url)}|{stat.st_size}|{stat.st_mtime_ns}|{UNPACK_FORMAT}"
-    root = _unpack_root()
     final = root / f"{Path(url).stem}-{hashlib.sha256(tag.encode()).hexdigest()[:16]}"
     if (final / "records.json").is_file():
         try:

@@ -18,36 +18,47 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..task import task_of
 from . import builtin, hf, shards
 from .images import image_size, is_image_file, list_images
 from .multilabel import check_single_labels, csv_task, read_multilabel_csv
-from .splits import ClassNames, DataSource, SplitData, splits_from_column, stratified_split
+from .splits import ClassNames, DataSource, SplitData, csv_rows, splits_from_column, stratified_split
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
 
 
 def open_data(spec: str, *, val_split: float = 0.1, seed: int = 0, data_root: str | None = None,
-              follow_links: bool = False, task: str = "auto", label_sep: str = "|") -> DataSource:
+              follow_links: bool = False, task: str = "auto", label_sep: str = "|",
+              cache_dir: str | None = None) -> DataSource:
     """Recognise the layout of ``spec`` and list its images; raises DataError with the reason.
 
     ``follow_links``: also follow folder links that lead outside ``spec`` (never twice into the same folder).
     ``task``: auto, multiclass or multilabel (several labels per image: a CSV only, see data/multilabel.py);
-    ``label_sep`` separates the names in a multi-label CSV's ``labels`` cells.
+    ``label_sep`` separates the names in a multi-label CSV's ``labels`` cells. ``cache_dir``: where shards and
+    Hugging Face data sets are unpacked to files, once (default: $RESNETLAB_CACHE, else ~/.cache/resnetlab).
     """
-    if task == "multilabel" and not (Path(spec).expanduser().is_file() and spec.lower().endswith(".csv")):
+    if task_of(task).multilabel and not (Path(spec).expanduser().is_file() and spec.lower().endswith(".csv")):
         raise DataError(f"--task multilabel needs a CSV with a 'labels' column (names separated by '{label_sep}') "
                         f"or one 0/1 column per label; {spec} is not a CSV file")
+    if shards.is_shards(spec):  # a folder of train-*.tar, a .tar file or 'train-{000000..000009}.tar'
+        return shards.open_shards(spec, val_split=val_split, seed=seed, cache_dir=cache_dir)
+    if hf.is_hf(spec):  # a Hugging Face save_to_disk folder or Parquet files
+        return hf.open_hf(spec, val_split=val_split, seed=seed, cache_dir=cache_dir)
     return _open(spec, val_split, seed, data_root, follow_links, task, label_sep)
 
 
-def _open(spec: str, val_split: float, seed: int, data_root: str | None, follow_links: bool, task: str,
+def open_configured(settings: object) -> DataSource:
+    """``open_data`` with a run's settings (a TrainConfig, or anything with its data, val_split, seed, data_root,
+    follow_links, task, label_sep and cache_dir): training's one call."""
+    return open_data(settings.data, val_split=settings.val_split, seed=settings.seed, data_root=settings.data_root,
+                     follow_links=settings.follow_links, task=settings.task, label_sep=settings.label_sep,
+                     cache_dir=settings.cache_dir)
+
+
+def _open(spec: str, val_split: float, seed: int, data_root: str | None, follow_links: bool, asked: str,
           label_sep: str) -> DataSource:
     path = Path(spec).expanduser()
-    if shards.is_shards(spec):  # a folder of train-*.tar, a .tar file or 'train-{000000..000009}.tar'
-        return shards.open_shards(spec, val_split=val_split, seed=seed)
-    if hf.is_hf(spec):  # a Hugging Face save_to_disk folder or Parquet files
-        return hf.open_hf(spec, val_split=val_split, seed=seed)
     if not path.exists() and spec.lower() in builtin.BUILTIN_NAMES:
         return builtin.load_builtin(spec.lower(), data_root=data_root)
     if not path.exists():
@@ -56,7 +67,7 @@ def _open(spec: str, val_split: float, seed: int, data_root: str | None, follow_
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise DataError(f"data file {path} is not a .csv file; give a folder, a CSV or a built-in name")
-        return _from_csv(path, val_split=val_split, seed=seed, task=task, label_sep=label_sep)
+        return _from_csv(path, val_split=val_split, seed=seed, asked=asked, label_sep=label_sep)
     split_dirs = {SPLIT_ALIASES[d.name.lower()]: d for d in sorted(path.iterdir())
                   if d.is_dir() and d.name.lower() in SPLIT_ALIASES}
     parents = list(split_dirs.values()) or [path]
@@ -180,7 +191,9 @@ def _read_csv_text(csv_path: Path) -> str:
                         "as UTF-8 (or UTF-16/UTF-32 with a byte-order mark)") from None
 
 
-def _from_csv(csv_path: Path, *, val_split: float, seed: int, task: str = "auto", label_sep: str = "|") -> DataSource:
+def _from_csv(csv_path: Path, *, val_split: float, seed: int, asked: str = "auto", label_sep: str = "|"
+              ) -> DataSource:
+    """``asked``: the --task flag (auto, multiclass, multilabel); the CSV's columns decide under auto."""
     base = csv_path.parent
     rows: list[tuple[str, str, str | None, int]] = []
     names = ClassNames()
@@ -190,36 +203,22 @@ def _from_csv(csv_path: Path, *, val_split: float, seed: int, task: str = "auto"
         if header is None:
             raise DataError(f"{csv_path} is empty; expected a header line 'path,label[,split]'")
         columns = [h.strip().lower() for h in header]
-        if csv_task(csv_path, header, columns, task) == "multilabel":
+        if task_of(csv_task(csv_path, header, columns, asked)).multilabel:
             return read_multilabel_csv(csv_path, header, reader, label_sep=label_sep, val_split=val_split, seed=seed,
                                        aliases=SPLIT_ALIASES)
         missing = [c for c in ("path", "label") if c not in columns]
         if missing:
             raise DataError(f"{csv_path} line 1: missing column(s) {', '.join(missing)}; found columns "
                             f"{header}; expected 'path,label' and optionally 'split'")
-        col_path, col_label = columns.index("path"), columns.index("label")
-        col_split = columns.index("split") if "split" in columns else None
-        for line_no, row in enumerate(reader, start=2):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) < len(columns):
-                raise DataError(f"{csv_path} line {line_no}: {len(row)} fields, expected {len(columns)}")
-            path, label = row[col_path].strip(), names(row[col_label].strip())
-            if not path:
-                raise DataError(f"{csv_path} line {line_no}: empty path")
+        col_label = columns.index("label")
+        for line_no, row, path, split in csv_rows(csv_path, reader, columns, SPLIT_ALIASES):
+            label = names(row[col_label].strip())
             if not label:
                 raise DataError(f"{csv_path} line {line_no}: empty label for {path}")
-            split = None
-            if col_split is not None:
-                raw = row[col_split].strip().lower()
-                if raw not in SPLIT_ALIASES:
-                    raise DataError(f"{csv_path} line {line_no}: split '{row[col_split]}' is not one of "
-                                    "train, val, test")
-                split = SPLIT_ALIASES[raw]
             rows.append((path, label, split, line_no))
     if not rows:
         raise DataError(f"{csv_path} has a header but no rows")
-    if task == "auto":
+    if asked == "auto":
         check_single_labels(csv_path, rows, label_sep)
     missing_files = [(line, p) for p, _, _, line in rows if not (base / p).is_file()]
     if missing_files:
@@ -243,7 +242,7 @@ def _from_csv(csv_path: Path, *, val_split: float, seed: int, task: str = "auto"
                          [str(base / r[0]) for r in subset], origins=[f"{csv_path.name} line {r[3]}" for r in subset])
 
     notes: list[str] = names.merged_note(csv_path)
-    if col_split is None:
+    if "split" not in columns:
         train, val = stratified_split(make("all", rows), val_split, seed)
         notes.append(f"CSV without a split column: stratified split, {val_split:.0%} for validation (seed {seed})")
         return DataSource(classes, {"train": train, "val": val}, "csv", str(csv_path), notes)

@@ -13,7 +13,7 @@ Batch order and augmentation come from the same (seed, epoch, step) streams, so 
 epoch exactly either way.
 
     batches = StreamBatches(split, size=224, workers=8, batch_size=128, device=device, mean=m, std=s,
-                            shuffle=True, augment=BatchAugment("standard", 224), seed=0)
+                            order=Order(shuffle=True, seed=0), augment=BatchAugment("standard", 224))
     for x, y, index in batches.epoch(3): ...   # an unreadable file is left out of its batch, and listed
 """
 
@@ -174,10 +174,13 @@ class StreamBatches(Batches):
                  mean, std, strict: bool = False, layout: str = "square", **options):
         labels = torch.from_numpy(np.asarray(split.labels, dtype=np.int64))
         super().__init__(torch.zeros(0, dtype=torch.uint8), labels, batch_size=batch_size, device=device,
-                         mean=mean, std=std, keep_on_device=False, **options)
+                         mean=mean, std=std, **options)
         self.split, self.files, self.workers = split, FileImages(split.paths, size, layout), workers
         self.skipped: dict[int, str] = {}  # position -> reason, found while streaming
         self.strict = strict
+
+    def _keep_on_device(self, images: torch.Tensor) -> bool:
+        return False  # nothing held: each batch is decoded from its files
 
     def _uint8_batches(self, indices: list[torch.Tensor]) -> Iterator[tuple]:
         if not indices:

@@ -71,7 +71,8 @@ class BatchAugment:
     """Per-image random augmentation of a float batch in [0, 1] (N x C x S x S, or whole images letterboxed in
     larger squares with their content sizes), on its own device.
 
-    flip: a horizontal flip only (the plain script's augmentation; the race's "plain" candidate). crop: horizontal
+    flip: a horizontal flip only (with ``vflip``: and a vertical one, the plain script's augmentation and the race's
+    "plain" candidate). crop: horizontal
     flip and a shift by up to S/8 pixels (a padded crop, as the fast CIFAR recipes use: short
     schedules learn faster without rotation). light: crop + rotation within +-10 degrees (= crop with
     zero padding). standard: random-resized-crop (8-100 % of the area, aspect 3/4-4/3) instead of the
@@ -80,12 +81,13 @@ class BatchAugment:
     of any preset, the regulariser of the best Fashion-MNIST entries (Zhong et al. 2017).
     """
 
-    def __init__(self, preset: str, size: int, *, hflip: bool = True, erase: float = 0.0, crop: Crop = Crop()):
+    def __init__(self, preset: str, size: int, *, hflip: bool = True, erase: float = 0.0, crop: Crop = Crop(),
+                 vflip: bool = False):
         if preset not in AUG_PRESETS:
             raise ValueError(f"augmentation preset '{preset}' is not one of {', '.join(AUG_PRESETS)}")
         if not 0.0 <= erase <= 1.0:
             raise ValueError(f"random erasing probability must be within 0-1, got {erase}")
-        self.preset, self.size, self.hflip = preset, size, hflip
+        self.preset, self.size, self.hflip, self.vflip = preset, size, hflip, vflip
         self.crop = crop  # whole images, presets without random-resized-crop: the evaluation crop's zoom and shape
         self.erase = erase if erase or preset != "strong" else 0.25
         self._trivial = None
@@ -135,6 +137,9 @@ class BatchAugment:
                 theta[:, 1] *= (shorter / heights).view(n, 1)
         else:
             theta = self._random_resized_crop(sign, heights, widths, g)
+        if self.vflip and self.preset != "none":  # the output's y mirrored: the y column of output -> input negated
+            flip_y = torch.where(torch.rand(n, generator=g, device=device) < 0.5, -1.0, 1.0)
+            theta[:, :, 1] *= flip_y.view(n, 1)
         if content is not None:  # content coordinates -> the letterboxed square's
             for row, extent in ((0, widths / side), (1, heights / side)):
                 theta[:, row] *= extent.view(n, 1)

@@ -3,7 +3,7 @@ model's thresholds, the per-label table), per_label.csv, label_errors.csv, pr_cu
 predictions.png and the Grad-CAM galleries false_positives.png and false_negatives.png. ``evaluation.py``
 dispatches here for a model whose task is "multilabel".
 
-    metrics = write_multilabel_evaluation(model, meta, decoded, split, out_dir, device=device)
+    metrics = write_multilabel_evaluation(model, meta, decoded, split, out_dir, Compute.of("cpu"))
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 from ..checkpoint import ModelMeta
 from ..data.cache import DecodedSplit
 from ..data.splits import SplitData
-from ..errors import DataError
+from ..device import Compute
 from ..fileio import atomic_open, write_json
 from ..log import logger
 from ..models import TTAModel
@@ -33,26 +33,18 @@ TABLE_SHOWN = 40  # labels in the printed per-label table (all of them in per_la
 ERROR_GALLERY = 16  # (image, label) pairs per false-positive / false-negative gallery
 
 
-def check_task(data_task: str, model_task: str, where: str) -> None:
-    """A multi-label model scores multi-label data, and a one-class-per-image model the other kind."""
-    if data_task != model_task:
-        raise DataError(f"{where} is {data_task} data but the model is {model_task}; evaluate it on data of its kind")
-
-
 def write_multilabel_evaluation(model: nn.Module | None, meta: ModelMeta, decoded: DecodedSplit, split: SplitData,
-                                out_dir: Path, *, device: torch.device, batch_size: int = 256, amp: str = "auto",
-                                tta: str = "none", progress: bool = True, extra: dict | None = None,
+                                out_dir: Path, compute: Compute, *, tta: str = "none", extra: dict | None = None,
                                 figures: bool = True, scorer=None) -> dict:  # noqa: ANN001 - a Classifier
     """Score ``model`` (or, without one, ``scorer``: an exported model's Classifier) and write the files."""
     split_name = (extra or {}).get("split", split.name)
     started = time.perf_counter()
     if model is None:
-        logits = torch.cat([scorer.logits(decoded.images[i:i + batch_size])
-                            for i in range(0, len(decoded), batch_size)])
+        size = compute.batch_size
+        logits = torch.cat([scorer.logits(decoded.images[i:i + size]) for i in range(0, len(decoded), size)])
         targets = decoded.labels
     else:
-        result = score_split(TTAModel(model, tta), meta, decoded, device, batch_size=batch_size, amp=amp,
-                             progress=progress, desc=f"evaluate {split_name}")
+        result = score_split(TTAModel(model, tta), meta, decoded, compute, desc=f"evaluate {split_name}")
         logits, targets = result.logits, result.targets
     seconds = time.perf_counter() - started
     probabilities, truth = to_numpy(logits.float().sigmoid()), to_numpy(targets).astype(np.int64)
@@ -74,13 +66,12 @@ def write_multilabel_evaluation(model: nn.Module | None, meta: ModelMeta, decode
     _write_errors(out_dir / "label_errors.csv", positives, negatives, probabilities, truth, thresholds, split,
                   decoded.kept, meta.classes)
     if figures:
-        _draw(model, meta, decoded, probabilities, truth, thresholds, (positives, negatives), out_dir, device)
+        _draw(model, meta, decoded, probabilities, truth, thresholds, (positives, negatives), out_dir)
     return metrics
 
 
 def _draw(model: nn.Module | None, meta: ModelMeta, decoded: DecodedSplit, probabilities: np.ndarray,
-          truth: np.ndarray, thresholds: np.ndarray, errors: tuple[np.ndarray, np.ndarray], out_dir: Path,
-          device: torch.device) -> None:
+          truth: np.ndarray, thresholds: np.ndarray, errors: tuple[np.ndarray, np.ndarray], out_dir: Path) -> None:
     """One try per figure: a figure that cannot be drawn loses neither the metrics nor the other figures."""
     classes = meta.classes
     drawings = [("pr_curves.png", lambda p: plot_pr_curves(probabilities, truth, classes, p)),
@@ -92,8 +83,7 @@ def _draw(model: nn.Module | None, meta: ModelMeta, decoded: DecodedSplit, proba
         for name, pairs, kind in (("false_positives.png", errors[0], "false positive"),
                                   ("false_negatives.png", errors[1], "false negative")):
             drawings.append((name, lambda p, pairs=pairs, kind=kind: plot_errors(
-                model, decoded.images, pairs, probabilities, truth, classes, meta.mean, meta.std, p, kind=kind,
-                device=device, limit=ERROR_GALLERY)))
+                model, meta, decoded.images, pairs, (probabilities, truth), p, kind=kind, limit=ERROR_GALLERY)))
     for name, draw in drawings:
         if len(truth) == 0:
             break

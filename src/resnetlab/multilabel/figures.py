@@ -16,6 +16,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 from torch import nn
 
 from ..cam import compute_cams, overlay
+from ..checkpoint import ModelMeta
 from ..data.transforms import preprocess_batch, stats_tensor, to_rgb_array
 from ..plots import image_grid, plt, save_figure
 
@@ -88,16 +89,18 @@ def plot_predictions(path: Path, images: torch.Tensor, probabilities: np.ndarray
                suptitle="predicted labels / true labels; a wrong set in red")
 
 
-def plot_errors(model: nn.Module, images: torch.Tensor, pairs: np.ndarray, probabilities: np.ndarray,
-                targets: np.ndarray, classes: list[str], mean: list[float], std: list[float], path: Path, *,
-                kind: str, device: torch.device, limit: int = 16) -> int:
+def plot_errors(model: nn.Module, meta: ModelMeta, images: torch.Tensor, pairs: np.ndarray,
+                scores: tuple[np.ndarray, np.ndarray], path: Path, *, kind: str, limit: int = 16) -> int:
     """The first ``limit`` (image, label) ``pairs`` (ranked_errors' order), each as image + the Grad-CAM map of that
-    label, titled 'kind: label (p)' and the true labels. Returns how many are shown (0: no file written)."""
+    label, titled 'kind: label (p)' and the true labels; ``scores``: (probabilities, 0/1 targets), N x K each.
+    Returns how many are shown (0: no file written)."""
     chosen = pairs[:limit]
     if len(chosen) == 0:
         return 0
-    x = preprocess_batch(images[torch.from_numpy(chosen[:, 0])].to(device), stats_tensor(mean, device),
-                         stats_tensor(std, device))
+    (probabilities, targets), classes = scores, meta.classes
+    device = next(model.parameters()).device
+    x = preprocess_batch(images[torch.from_numpy(chosen[:, 0])].to(device), stats_tensor(meta.mean, device),
+                         stats_tensor(meta.std, device))
     cams = compute_cams(model, x, chosen[:, 1].tolist(), method="gradcam", progress=False)
     panels, names, colours = [], [], []
     truth = titles(classes, targets[chosen[:, 0]] > 0.5)

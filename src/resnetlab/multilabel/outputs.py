@@ -3,7 +3,7 @@ column per label, and Grad-CAM heat maps per (image, label): each predicted labe
 ``predict.py`` and ``explain.py`` dispatch here for a model whose task is "multilabel".
 
     predict_label_sets(classifier, files, out="predictions.csv")       # path,labels,<label>...,error
-    explain_label_sets(classifier, files, target=None, out_dir=Path("explain"), ...)
+    explain_label_sets(classifier, files, cam=CamRequest(target=None), out_dir=Path("explain"), ...)
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
-from ..cam import caption, compute_cams, overlay, overlay_name, save_png
+from ..cam import CamRequest, caption, compute_cams, overlay, overlay_name, save_png
 from ..data.cache import decode_split
 from ..data.images import open_rgb
 from ..data.splits import SplitData
+from ..device import Compute
 from ..errors import ImageReadError
 from ..fileio import NAME_BYTES
 from ..log import logger, progress_enabled
@@ -113,13 +114,13 @@ def _write_cams(classifier, batch: torch.Tensor, predictions: list, paths: list[
     return written
 
 
-def explain_label_sets(classifier, files: list[str], *, target: int | None, method: str,  # noqa: ANN001
-                       layer: str | None, layer_name: str, out_dir: Path, batch_size: int, workers: int | None,
-                       checkpoint: str, progress: bool) -> dict:
-    """One overlay per (image, label): the label ``target`` (an index), or else every predicted label (the most
+def explain_label_sets(classifier, files: list[str], *, cam: CamRequest, out_dir: Path,  # noqa: ANN001
+                       compute: Compute, checkpoint: str) -> dict:
+    """One overlay per (image, label): the label ``cam.target`` (an index), or else every predicted label (the most
     probable one when none reaches its threshold). Writes NNNN_NAME__LABEL.png, explain_grid.png, explain.csv."""
     rows, grid, titles, skipped = [], [], [], []
-    for start, chunk, decoded in _chunks(classifier, files, workers):
+    target, method, layer_name, batch_size = cam.target, cam.method, cam.layer_name, compute.batch_size
+    for start, chunk, decoded in _chunks(classifier, files, compute.workers):
         skipped += decoded.skipped
         rows += [(start + i, [p, "", "", "", "", "", r["reason"]]) for i, p in enumerate(chunk)
                  for r in decoded.skipped if r["path"] == p]
@@ -127,8 +128,8 @@ def explain_label_sets(classifier, files: list[str], *, target: int | None, meth
             batch, positions = decoded.images[b:b + batch_size], decoded.kept[b:b + batch_size]
             predictions = classifier.to_predictions(classifier.logits(batch), 1)
             pairs = [(j, k) for j, p in enumerate(predictions) for k in _targets(classifier.classes, p, target)]
-            heats = _label_cams(classifier, batch, pairs, method=method, layer=layer, batch_size=batch_size,
-                                progress=progress)
+            heats = _label_cams(classifier, batch, pairs, method=method, layer=cam.layer, batch_size=batch_size,
+                                progress=compute.progress)
             for (j, k), heat in zip(pairs, heats):
                 path, number, p = chunk[positions[j]], start + int(positions[j]), predictions[j]
                 label, probability = classifier.classes[k], float(p.probabilities[k])

@@ -7,7 +7,6 @@ test-time augmentation that averages sigmoid probabilities (TTAModel averages so
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..models import TTAModel
 
@@ -23,11 +22,6 @@ class SigmoidTTA(TTAModel):
         views = self._views(x)
         probabilities = self.model(torch.cat(views)).float().sigmoid().view(len(views), x.shape[0], -1).mean(dim=0)
         return torch.logit(probabilities, eps=1e-6)
-
-
-def tta_model(model: nn.Module, mode: str, task: str) -> nn.Module:
-    """The model wrapped for --tta ``mode`` as its task needs (softmax or sigmoid averaging)."""
-    return (SigmoidTTA if task == "multilabel" else TTAModel)(model, mode)
 
 
 def label_sets(logits: torch.Tensor, classes: list[str], thresholds: list[float] | None, topk: int) -> list[dict]:

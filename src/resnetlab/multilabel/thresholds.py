@@ -1,7 +1,7 @@
 """Scoring a multi-label model on a decoded split, and the per-label thresholds chosen after training: the
 validation split's F1-optimal probability per label (or ``--threshold`` for all), written into ``best.pt``.
 
-    result = score_split(model, meta, decoded, device)               # logits N x K, targets N x K
+    result = score_split(model, meta, decoded, Compute.of("cpu"))   # logits N x K, targets N x K
     thresholds = store_thresholds(run_dir / "best.pt", data, device, cfg)
 """
 
@@ -15,7 +15,7 @@ from torch import nn
 from ..checkpoint import ModelMeta, load_model, read_checkpoint, save_checkpoint
 from ..data.cache import DecodedSplit
 from ..data.loaders import Batches
-from ..device import amp_dtype_for
+from ..device import Compute, amp_dtype_for
 from ..engine import EpochResult, Step, evaluate
 from ..log import logger
 from ..models import first_stage_side
@@ -23,14 +23,15 @@ from .metrics import choose_thresholds, to_numpy
 from .training import MultiHotLoss, exact_hits
 
 
-def score_split(model: nn.Module, meta: ModelMeta, decoded: DecodedSplit, device: torch.device, *,
-                batch_size: int = 256, amp: str = "auto", progress: bool = False, desc: str = "score") -> EpochResult:
+def score_split(model: nn.Module, meta: ModelMeta, decoded: DecodedSplit, compute: Compute, *,
+                desc: str = "score") -> EpochResult:
     """The model on every image of ``decoded``, in order: logits and multi-hot targets (N x K each), BCE loss and
     the exact-match ratio at 0.5 as ``accuracy``."""
-    batches = Batches(decoded.images, decoded.labels, batch_size=batch_size, device=device, mean=meta.mean,
+    device = compute.device
+    batches = Batches(decoded.images, decoded.labels, batch_size=compute.batch_size, device=device, mean=meta.mean,
                       std=meta.std, channels_last=True)
-    amp_dtype = amp_dtype_for(amp, device, first_stage_side(meta.spec, meta.img_size))  # as training validated
-    step = Step(MultiHotLoss(), device, amp_dtype, exact_hits, steps=len(batches), progress=progress)
+    amp_dtype = amp_dtype_for(compute.amp, device, first_stage_side(meta.spec, meta.img_size))  # as training did
+    step = Step(MultiHotLoss(), device, amp_dtype, exact_hits, steps=len(batches), progress=compute.progress)
     return evaluate(model.to(memory_format=torch.channels_last), batches.epoch(0), step, desc=desc, keep_outputs=True)
 
 
@@ -39,7 +40,7 @@ def store_thresholds(best: Path, data, device: torch.device, cfg) -> list[float]
     ``best``; returns them."""
     payload = read_checkpoint(best)
     model, meta = load_model(best, device=device, checkpoint=payload)
-    result = score_split(model, meta, data.val, device, batch_size=max(256, cfg.batch_size * 2), amp=cfg.amp)
+    result = score_split(model, meta, data.val, Compute(device, max(256, cfg.batch_size * 2), cfg.amp, progress=False))
     thresholds = choose_thresholds(to_numpy(result.logits.sigmoid()), to_numpy(result.targets), cfg.threshold)
     payload["thresholds"] = thresholds
     save_checkpoint(best, payload)

@@ -3,7 +3,6 @@ weights``: a per-label ``pos_weight``), label smoothing and mixup/cutmix on soft
 counter behind train_acc/val_acc, and metrics.csv's per-epoch mAP and F1.
 
     loss, val, probe, mixer, hits, scores = objective_parts(cfg, num_classes=5, pos_weight=None)
-    cfg = replace(cfg, **task_settings(cfg, source))   # --task auto -> the data's; best.pt by mAP
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from torch import nn
 
-from ..errors import ConfigError
-from ..log import logger
 from .metrics import DEFAULT_THRESHOLD, epoch_scores
 
 
@@ -93,26 +90,6 @@ def label_balance(cfg, labels: torch.Tensor, device: torch.device  # noqa: ANN00
         rarest = torch.where(labels > 0, 1.0 / positives.clamp_min(1), torch.zeros_like(labels)).amax(dim=1)
         return None, torch.where(empty, 1.0 / max(1, int(empty.sum())), rarest)
     return None, None
-
-
-def task_settings(cfg, source) -> dict:  # noqa: ANN001 - TrainConfig, DataSource
-    """The settings that follow from the data's task (config.yaml and the checkpoint then record them): ``task``,
-    and best.pt by mAP for multi-label data unless another metric was asked for."""
-    if source.task != "multilabel":
-        if cfg.best_metric == "map":
-            raise ConfigError("--best-metric map needs multi-label data (a CSV with a 'labels' column or 0/1 columns)")
-        if cfg.threshold is not None:
-            logger.warning("--threshold applies to multi-label data only; this data has one class per image")
-        return {"task": source.task}
-    if cfg.best_metric == "top5":
-        raise ConfigError("--best-metric top5 is for one class per image; multi-label runs use map, macro_f1, "
-                          "val_acc (exact match) or val_loss")
-    best_metric = "map" if cfg.best_metric == "val_acc" else cfg.best_metric
-    rule = f"--threshold {cfg.threshold:g} for every label" if cfg.threshold is not None else \
-        "per label, the F1-optimal one on the validation split"
-    logger.info(f"task: multilabel, {len(source.classes)} labels (sigmoid outputs, binary cross-entropy); best.pt by "
-                f"{best_metric}; train_acc/val_acc = exact-match ratio; thresholds after training: {rule}")
-    return {"task": "multilabel", "best_metric": best_metric}
 
 
 def sample_titles(classes: list[str], targets: torch.Tensor) -> list[str]:

@@ -16,10 +16,10 @@ import torch
 
 from ..config import TrainConfig
 from ..data.cache import DecodedSplit, channel_stats, decode_split, storage_side
-from ..data.check import inspect_data
+from ..data.check import empty_split_reason, empty_splits, inspect_data
 from ..data.images import SMALL_SIZE, Crop
-from ..data.loaders import Batches
-from ..data.sources import default_img_size, open_data
+from ..data.loaders import Batches, Order
+from ..data.sources import default_img_size, open_configured
 from ..data.splits import DataSource, SplitData
 from ..data.stream import StreamBatches, choose_loader, decoded_bytes, streamed_split
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment
@@ -83,8 +83,7 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None, 
     if not info.is_main:
         barrier(info)
     if source is None:
-        source = open_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, data_root=cfg.data_root,
-                           follow_links=cfg.follow_links, task=cfg.task, label_sep=cfg.label_sep)
+        source = open_configured(cfg)
     for note in source.notes:
         logger.info(note)
     _require_images(source)
@@ -117,18 +116,9 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None, 
 
 
 def _require_images(source: DataSource) -> None:
-    """An empty training or validation split is an error that says why and what to do (not "none of the 0 images
-    could be read", issue 27)."""
-    for name in ("train", source.val_name):
-        if len(source.splits[name]):
-            continue
-        held_out = name == "val" and any("held out" in n or "stratified split" in n for n in source.notes)
-        if held_out:
-            raise DataError(f"the val split of {source.location} is empty: every class has a single image, so none "
-                            "can be held out for validation; add images (with 2 or more per class --val-split holds "
-                            "some out) or give a val/ folder of class folders (a CSV: rows with split 'val')")
-        raise DataError(f"the {name} split of {source.location} is empty (no images in its class folders or rows); "
-                        f"add images to it, or leave it out and --val-split holds out a share of train")
+    """An empty training or validation split is an error that says why and what to do (data/check.py)."""
+    for name in empty_splits(source):
+        raise DataError(empty_split_reason(source, name))
 
 
 COUNTS_SHOWN = 40  # classes or labels named in the log's per-split count line; data_report.json has them all
@@ -187,11 +177,12 @@ def _log_data_path(cfg: TrainConfig, train: DecodedSplit, side: int) -> None:
 def training_batches(data: PreparedData, cfg: TrainConfig, device: torch.device, *, drop_last: bool,
                      sample_weights: torch.Tensor | None = None, rank: int = 0, world_size: int = 1) -> Batches:
     """The training split's shuffled, augmented batches: slices of the decoded array, or streamed from files."""
-    augment = (BatchAugment(cfg.aug, data.img_size, hflip=cfg.hflip, erase=cfg.erase, crop=data.crop)
+    augment = (BatchAugment(cfg.aug, data.img_size, hflip=cfg.hflip, erase=cfg.erase, crop=data.crop, vflip=cfg.vflip)
                if cfg.aug != "none" or cfg.erase or data.layout == "whole" else None)
-    options = {"batch_size": cfg.batch_size, "device": device, "mean": data.mean, "std": data.std, "shuffle": True,
-               "augment": augment, "seed": cfg.seed, "drop_last": drop_last, "sample_weights": sample_weights,
-               "channels_last": True, "rank": rank, "world_size": world_size}
+    order = Order(shuffle=True, seed=cfg.seed, drop_last=drop_last, sample_weights=sample_weights, rank=rank,
+                  world_size=world_size)
+    options = {"batch_size": cfg.batch_size, "device": device, "mean": data.mean, "std": data.std, "order": order,
+               "augment": augment, "channels_last": True}
     if data.train.images is None:
         return StreamBatches(data.source.splits["train"], data.img_size, workers=cfg.workers or default_workers(),
                              strict=cfg.strict, layout=data.layout, **options)
@@ -201,7 +192,8 @@ def training_batches(data: PreparedData, cfg: TrainConfig, device: torch.device,
 def validation_batches(data: PreparedData, cfg: TrainConfig, device: torch.device, info: DistInfo) -> Batches:
     """The validation split in order, each rank its shard; twice the training batch (no gradients kept)."""
     return Batches(data.val.images, data.val.labels, batch_size=max(256, cfg.batch_size * 2), device=device,
-                   mean=data.mean, std=data.std, channels_last=True, rank=info.rank, world_size=info.world_size)
+                   mean=data.mean, std=data.std, channels_last=True,
+                   order=Order(rank=info.rank, world_size=info.world_size))
 
 
 def report_streamed_skips(run_dir: Path, skipped: list[dict]) -> None:

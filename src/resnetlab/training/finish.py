@@ -17,9 +17,11 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.loaders import Batches
 from ..data.transforms import denormalize, to_rgb_array
+from ..device import Compute
 from ..distributed import DistInfo, sum_over_ranks, sync_buffers, weights_checksum
 from ..log import logger
 from ..multilabel.training import sample_titles
+from ..task import task_of
 
 if TYPE_CHECKING:
     from .data import PreparedData
@@ -88,19 +90,15 @@ def finish_run(run_dir: Path, data: PreparedData, device: torch.device, cfg: Tra
         from ..report import write_report
 
         if best.is_file():
-            if data.source.task == "multilabel":  # per-label thresholds on the validation split, into best.pt
-                from ..multilabel.thresholds import store_thresholds
-
-                store_thresholds(best, data, device, cfg)
+            task_of(data.source.task).store_thresholds(best, data, device, cfg)  # multi-label: per label, into best.pt
             if cfg.calibrate:  # a temperature fitted on the validation split, into best.pt and last.pt
                 from ..calibrate import store_temperatures
 
                 store_temperatures(run_dir, data, device, cfg)
             model, meta = load_model(best, device=device)
             metrics = write_evaluation(model, meta, data.val, data.source.splits[data.val_name], run_dir,
-                                       device=device, batch_size=max(256, cfg.batch_size * 2), amp=cfg.amp,
-                                       progress=False, extra={"checkpoint": str(best), "data": str(cfg.data),
-                                                              "split": data.val_name})
+                                       Compute(device, max(256, cfg.batch_size * 2), cfg.amp, progress=False),
+                                       extra={"checkpoint": str(best), "data": str(cfg.data), "split": data.val_name})
             files = "per_label.csv, pr_curves.png" if "map_macro" in metrics else "confusion_matrix.png"
             logger.info(f"best.pt on {data.val_name}: accuracy {metrics['accuracy']:.4f}, macro F1 "
                         f"{metrics['macro_avg']['f1']:.4f}"

@@ -24,7 +24,7 @@ from ..device import resolve_device
 from ..engine import EpochTotals, Step, train_one_epoch
 from ..errors import NonFiniteLossError
 from ..log import logger
-from ..multilabel.training import MultiHotLoss
+from ..task import task_of
 from .auto import apply_auto
 from .data import prepare_data, training_batches
 from .setup import build_network, build_optimizer, check_inputs
@@ -112,8 +112,7 @@ def find_lr(cfg: TrainConfig, out: Path) -> LrFindResult:
     model, _ = build_network(cfg, len(data.source.classes), data.img_size)
     model = model.to(device, memory_format=torch.channels_last)
     batches = training_batches(data, cfg, device, drop_last=True)
-    criterion = MultiHotLoss(cfg.label_smoothing) if data.source.task == "multilabel" else \
-        nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion = task_of(data.source.task).criterion(cfg.label_smoothing)
     result = lr_range_test(model, batches, criterion=criterion, device=device, cfg=cfg, progress=cfg.progress)
     table, figure = result.write(out)
     logger.info(f"suggested learning rate for {cfg.opt}: {result.suggestion:.3g} (steepest fall of the smoothed loss); "

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from ..config import TrainConfig, parse_duration
 from ..data.splits import DataSource, SplitData, stratified_split
 from ..errors import ResnetlabError, one_line
 from ..log import logger
+from ..task import task_of
 from .auto import IMBALANCE  # the class ratio above which the score weighs macro F1 too
 
 RACE_SHARE = 0.25  # of the run's budget, for the whole race
@@ -52,15 +53,15 @@ def candidates(cfg: TrainConfig) -> list[Candidate]:
     weighting; the whole-picture view or augmentation strength), less the settings the user gave; a candidate that
     would then equal another is dropped, and at most MAX_CANDIDATES race."""
     chosen, given = cfg.chosen or {}, set(cfg.given or [])
-    plain = {"width": 1.0, "aug": "flip", "balance": "none", "pool": "avg", "erase": 0.0, "ema": 0.0,
+    plain = {"width": 1.0, "aug": "flip", "vflip": True, "balance": "none", "pool": "avg", "erase": 0.0, "ema": 0.0,
              "opt": "adamw", "lr": 2e-3, "weight_decay": 0.05, "mixup": 0.0, "cutmix": 0.0}
     if cfg.pretrained:  # ImageNet weights: the fine-tuning rate the rules use
         plain.update(lr=cfg.lr, norm="imagenet")
     if given & {"opt", "lr", "weight_decay"}:  # one group (auto._optimisation): a given part keeps the rules' three
         plain = {k: v for k, v in plain.items() if k not in ("opt", "lr", "weight_decay")}
     proposed = [Candidate("rules", {}, "auto's rule choice"),
-                Candidate("plain", plain, "the plain script: full width, flips only, unweighted loss, avg pooling, "
-                                          "AdamW 2e-3")]
+                Candidate("plain", plain, "the plain script: full width, horizontal and vertical flips only, "
+                                          "unweighted loss, avg pooling, AdamW 2e-3")]
     if cfg.balance != "none":
         proposed.append(Candidate("unweighted", {"balance": "none"}, "the rules without class weights"))
     elif "balance" in chosen and "imbalanced" in chosen["balance"]["why"]:
@@ -82,17 +83,6 @@ def candidates(cfg: TrainConfig) -> list[Candidate]:
         seen.append(effective)
         out.append(replace(candidate, settings=settings))
     return out[:MAX_CANDIDATES]
-
-
-def race_score(row: dict, imbalanced: bool, task: str) -> float:
-    """A candidate's score from its last epoch's row (its one-cycle schedule finished): mAP for multi-label
-    data, the mean of accuracy and macro F1 for imbalanced classes (neither bought with the other), else
-    accuracy."""
-    if task == "multilabel":
-        return float(row.get("val_map", row["val_acc"]))
-    if imbalanced:
-        return 0.5 * (float(row["val_acc"]) + float(row.get("val_f1", row["val_acc"])))
-    return float(row["val_acc"])
 
 
 def standard_error(score: float, images: int) -> float:
@@ -187,20 +177,8 @@ def _entry(candidate: Candidate, rows: list[dict], imbalanced: bool, task: str, 
     return {"candidate": candidate.name, "settings": candidate.settings, "epochs": len(rows), "note": note,
             "val_acc": round(float(last["val_acc"]), 4) if last else None,
             "val_f1": round(float(last.get("val_f1", math.nan)), 4) if last and "val_f1" in last else None,
-            "score": round(race_score(last, imbalanced, task), 4) if last else -math.inf,
+            "score": round(task_of(task).race_score(last, imbalanced), 4) if last else -math.inf,
             "img_per_s": round(float(np.median([r["img_per_s"] for r in rows])), 1) if rows else 0.0}
-
-
-def chance_score(labels: Sequence, imbalanced: bool, task: str) -> float:
-    """What always answering the most common validation class scores (accuracy: its share; macro F1: its F1 over
-    the number of classes); 0 for multi-label data, whose mAP has no such floor here."""
-    values = np.asarray(labels)
-    if task == "multilabel" or values.ndim != 1 or not len(values):
-        return 0.0
-    counts = np.bincount(values)
-    share = float(counts.max() / len(values))
-    f1 = 2 * share / (1 + share) / max(1, int((counts > 0).sum()))
-    return race_score({"val_acc": share, "val_f1": f1}, imbalanced, task)
 
 
 def _decide(cfg: TrainConfig, entries: list[Candidate], table: list[dict], val: SplitData, imbalanced: bool,
@@ -213,7 +191,7 @@ def _decide(cfg: TrainConfig, entries: list[Candidate], table: list[dict], val: 
     rules = next(e for e in table if e["candidate"] == "rules")
     best = max(table, key=lambda e: e["score"])
     margin = standard_error(rules["score"], len(val))
-    chance = chance_score(val.labels, imbalanced, cfg.task)
+    chance = task_of(cfg.task).chance_score(val.labels, imbalanced)
     if best is rules or not math.isfinite(best["score"]) or best["score"] - rules["score"] <= margin or \
             best["score"] - chance <= standard_error(chance, len(val)):
         winner = "rules"

@@ -27,7 +27,7 @@ from ..checkpoint import ModelMeta, describe_model
 from ..config import TrainConfig, parse_duration
 from ..data.splits import DataSource
 from ..device import amp_dtype_for
-from ..distributed import DistInfo, from_main, gather_lists, init_distributed, shutdown
+from ..distributed import DistInfo, agree_on_start, from_main, gather_lists, init_distributed, shutdown
 from ..engine import optimizer_steps
 from ..fileio import write_text
 from ..log import logger
@@ -88,6 +88,8 @@ def train(config: TrainConfig | str | Path | None = None, *, clock: Callable[[],
     cfg, saved = resolve(settings, config=config if isinstance(config, TrainConfig) else None, yaml_path=yaml_path)
     info = init_distributed(cfg.device)
     try:
+        start = None if saved is None else (cfg.resume, int(saved.get("epoch") or 0), int(saved.get("step") or 0))
+        agree_on_start(start, cfg.resume or cfg.out or cfg.name or "", info)  # --resume auto: decided per rank
         return _train(cfg, saved, info, clock, on_epoch)
     finally:
         shutdown(info)

@@ -17,12 +17,13 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data.images import SMALL_SIZE
-from ..data.sources import open_data
+from ..data.sources import open_configured
 from ..data.splits import DataSource
 from ..distributed import DistInfo, from_main
 from ..errors import ResnetlabError, one_line
 from ..hub import available_weights
 from ..log import logger
+from ..task import task_of
 from .auto import apply_auto, data_stats
 from .race import TrainCandidate, race
 from .setup import Inputs, read_weights
@@ -43,8 +44,7 @@ def settle(inputs: Inputs, info: DistInfo, run_dir: Path, train_candidate: Train
     cfg = replace(cfg, **{name: value for name, (value, _) in early.items()})
     source = inputs.source
     if "val_split" in early:
-        source = open_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, data_root=cfg.data_root,
-                           follow_links=cfg.follow_links, task=cfg.task, label_sep=cfg.label_sep)
+        source = open_configured(cfg)
     ruled = apply_auto(cfg, source, info.device) if info.is_main else None
     cfg = TrainConfig.from_dict(from_main(ruled.to_dict() if ruled else None, info))
     chosen = {**{name: {"value": value, "why": why} for name, (value, why) in early.items()}, **cfg.chosen}
@@ -92,8 +92,8 @@ def _before_rules(cfg: TrainConfig, source: DataSource) -> tuple[dict[str, tuple
 def _best_metric(cfg: TrainConfig, source: DataSource) -> dict:
     """best.pt by the last epoch of a finished one-cycle or cosine schedule when the validation split is too small
     for its metric to be trusted (one image would move it by more than the differences between epochs)."""
-    if ("best_metric" in set(cfg.given or []) or cfg.task == "multilabel" or cfg.sched not in ("onecycle", "cosine")
-            or cfg.early_stop):  # --early-stop watches a metric: "last" would never stop
+    if ("best_metric" in set(cfg.given or []) or task_of(cfg.task).fixed_best_metric
+            or cfg.sched not in ("onecycle", "cosine") or cfg.early_stop):  # --early-stop: "last" would never stop
         return {}
     labels = np.asarray(source.splits[source.val_name].labels)
     rarest = int(np.bincount(labels, minlength=len(source.classes)).min())

@@ -14,14 +14,13 @@ from dataclasses import dataclass, replace
 import timm
 import torch
 from timm.data import Mixup
-from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2, get_optimizer_class, get_optimizer_info
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainConfig
-from ..data.sources import open_data
+from ..data.sources import open_configured
 from ..data.splits import DataSource
 from ..distributed import DistInfo
 from ..errors import ConfigError
@@ -36,7 +35,8 @@ from ..models import (
     resolve_stem,
     set_backbone_trainable,
 )
-from ..multilabel.training import label_balance, objective_parts, task_settings
+from ..multilabel.training import label_balance
+from ..task import task_of
 
 
 def build_network(cfg: TrainConfig, num_classes: int, img_size: int, *, pretrained: bool = True,
@@ -68,9 +68,8 @@ def check_inputs(cfg: TrainConfig) -> Inputs:
     """Every input of a fresh run, checked before the run folder exists: the architecture, the --pretrained file
     (read once, here) and the data's layout; a mistake leaves nothing behind that would refuse the same --out."""
     check_arch(cfg.model, cfg.width)  # an architecture outside the family, or a --width it cannot take
-    source = open_data(cfg.data, val_split=cfg.val_split, seed=cfg.seed, data_root=cfg.data_root,
-                       follow_links=cfg.follow_links, task=cfg.task, label_sep=cfg.label_sep)
-    cfg = replace(cfg, **task_settings(cfg, source))  # --task auto -> the data's; config.yaml records it
+    source = open_configured(cfg)
+    cfg = replace(cfg, **task_of(source.task).settings(cfg, source))  # --task auto -> the data's, recorded
     if cfg.best_metric == "top5" and len(source.classes) < 5:
         raise ConfigError(f"--best-metric top5 needs at least 5 classes; this data has {len(source.classes)}")
     return Inputs(cfg, source, read_weights(cfg))
@@ -146,15 +145,8 @@ class Objective:
 
 
 def build_objective(cfg: TrainConfig, num_classes: int, class_weights: torch.Tensor | None) -> Objective:
-    if cfg.task == "multilabel":  # sigmoid + BCE; class_weights is then the per-label pos_weight
-        return Objective(*objective_parts(cfg, num_classes, class_weights))
-    smoothed = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
-    if not (cfg.mixup or cfg.cutmix):
-        return Objective(smoothed, nn.CrossEntropyLoss(), smoothed)
-    # soft targets: label smoothing moves into the mixer
-    mixer = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
-                  label_smoothing=cfg.label_smoothing, num_classes=num_classes)
-    return Objective(SoftTargetCrossEntropy(), nn.CrossEntropyLoss(), nn.CrossEntropyLoss(), mixer)
+    """The task's losses, mixer and scores (task.py; multi-label: class_weights is the per-label pos_weight)."""
+    return Objective(*task_of(cfg.task).objective_parts(cfg, num_classes, class_weights))
 
 
 def build_ema(cfg: TrainConfig, model: nn.Module) -> ModelEmaV3 | None:

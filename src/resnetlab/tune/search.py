@@ -27,7 +27,7 @@ from . import tracking
 from .outputs import best_trial, refresh, write_figures
 from .plan import PRUNERS, Plan, TuneOptions
 from .report import write_study_report
-from .space import Dimension, base_params, default_space, describe_space, load_space, space_specs
+from .space import Dimension, default_space, describe_space, load_space, space_specs
 from .study import NOT_NAMED, default_storage, fail_orphans, load_study, open_storage, study_name
 from .worker import Worker, set_threads, worker_process
 
@@ -154,10 +154,7 @@ def _study_settings(study: optuna.Study, base: dict, space: dict | None, fixed: 
                     + (f" (fixed by flags: {', '.join(sorted(fixed & set(default_space(images, base, set()))))})"
                        if fixed & set(default_space(images, base, set())) else ""))
     study.set_user_attr("settings", {"base": base, "space": {k: asdict(d) for k, d in space.items()}})
-    first = base_params(space, base)
-    if first:  # the starting settings are measured first: the search never ends below where it began
-        study.enqueue_trial(first, skip_if_exists=True)
-    return base, space
+    return base, space  # the starting settings are queued by the first worker to start a trial (worker.py)
 
 
 def _resolve_auto(base: dict, source: Any, options: TuneOptions) -> dict:  # noqa: ANN401 - a DataSource

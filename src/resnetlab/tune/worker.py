@@ -32,7 +32,7 @@ from ..signals import Terminated, sigterm_as_exception
 from . import tracking
 from .outputs import refresh
 from .plan import Plan, progress_step
-from .space import Dimension
+from .space import Dimension, base_params
 from .study import fail_orphans, load_study, open_storage, this_worker
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -114,10 +114,24 @@ class Worker:
             if reason:
                 logger.info(f"worker {os.getpid()}: {reason}")
                 return False
+            self._queue_the_start()
             self.study.optimize(self._objective, n_trials=1, catch=self.caught, callbacks=[self._after])
         finally:
             release()
         return True
+
+    def _queue_the_start(self) -> None:
+        """The study's starting settings go first, queued here, when a trial is about to start (a command whose
+        time is up leaves no WAITING trial behind), and queued again after a start that was interrupted or failed
+        (Optuna's own skip_if_exists also counts FAILED trials: the starting settings were never measured then)."""
+        first = base_params(self.plan.space, self.plan.base)
+        if not first:
+            return
+        live = (TrialState.WAITING, TrialState.RUNNING, *FINISHED)
+        for trial in self.study.get_trials(deepcopy=False, states=live):
+            if trial.system_attrs.get("fixed_params", trial.params) == first:
+                return
+        self.study.enqueue_trial(first)
 
     def _time_up(self) -> str | None:
         plan = self.plan
@@ -201,7 +215,10 @@ class Worker:
             if step not in reported:
                 trial.report(float(row[column]), step)
                 reported.add(step)
-            return int(row["epoch"]) >= plan.prune_after and trial.should_prune()
+            # the last planned epoch is never pruned: the run is done, its result is the trial's (issue 27)
+            planned = int(row.get("planned_epochs") or 0)
+            last = planned > 0 and int(row["epoch"]) >= planned
+            return int(row["epoch"]) >= plan.prune_after and not last and trial.should_prune()
 
         result = train(cfg, on_epoch=on_epoch)
         trial.set_user_attr("epochs", len(result.history))
