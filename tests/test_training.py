@@ -250,3 +250,27 @@ def test_training_records_val_top5_with_six_classes_and_not_with_three(tmp_path:
     assert float(row["val_acc"]) == pytest.approx(topk_accuracy(logits, targets, 1), abs=1e-6)
     three = resnetlab.train(data=str(split_folders), out=str(tmp_path / "three"), epochs=1, lr=0.05, **TINY)
     assert "val_top5" not in read_csv(three.run_dir / "metrics.csv")[0]
+
+
+def test_auto_keeps_the_finished_schedules_last_epoch_when_an_earlier_peak_is_within_noise():
+    """benchmarks/README.md, session 18: on the 15-minute Fashion-MNIST run auto's best.pt was the validation peak at
+    epoch 16 (0.903 of 1,000 images; 88.5 % on test) where the finished one-cycle schedule's epoch 32 (0.894, one
+    standard error below) scored 89.7 %. Now the last epoch is kept unless the peak beats it by more."""
+    from types import SimpleNamespace
+
+    from resnetlab.training.loop import _last_within_noise
+
+    def run(**cfg):  # noqa: ANN003, ANN202
+        settings = {"chosen": {"opt": {}}, "given": [], "best_metric": "val_acc", "sched": "onecycle",
+                    "early_stop": 0, **cfg}
+        return SimpleNamespace(cfg=SimpleNamespace(**settings), state=SimpleNamespace(best_score=0.903, best_epoch=16),
+                               val_batches=SimpleNamespace(labels=[0] * 1000))
+
+    last = {"epoch": 32, "val_acc": 0.894}
+    reason = _last_within_noise(run(), 32, last, planned=32)
+    assert reason and "within one standard error (0.0094, 1000 images) of epoch 16's peak 0.9030" in reason
+    assert _last_within_noise(run(), 32, {"epoch": 32, "val_acc": 0.88}, planned=32) is None  # the peak is real
+    assert _last_within_noise(run(), 31, last, planned=32) is None  # not the schedule's end
+    assert _last_within_noise(run(given=["best_metric"]), 32, last, planned=32) is None  # asked for the peak
+    assert _last_within_noise(run(chosen=None), 32, last, planned=32) is None  # not auto
+    assert _last_within_noise(run(sched="step"), 32, last, planned=32) is None  # no annealed end
