@@ -40,6 +40,7 @@ from .multilabel.evaluation import write_multilabel_evaluation
 from .options import Shared, SharedOptions
 from .plots import image_grid, plot_confusion_matrix, plot_reliability
 from .report import write_report
+from .runfiles import log_written
 from .runtimes import runtime_of
 from .task import check_task, task_of
 from .tracking import attach_evaluation
@@ -306,8 +307,4 @@ def _print_summary(metrics: dict, classes: list[str], out_dir: Path) -> None:
         m = metrics["per_class"][name]
         table.append(f"{name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}")
     logger.info("\n".join(table))
-    if metrics["skipped"]:
-        logger.warning(f"skipped {len(metrics['skipped'])} unreadable image(s) (listed in metrics.json)")
-    # the galleries of an earlier run were removed before drawing, so what exists now was written now
-    written = [name for name in EVALUATION_FILES if (out_dir / name).is_file()]
-    logger.info(f"wrote {out_dir}/{', '.join(written)}")
+    log_written(out_dir, EVALUATION_FILES, metrics["skipped"])

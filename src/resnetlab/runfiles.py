@@ -97,3 +97,12 @@ def write_split_csv(run_dir: Path, source: DataSource) -> None:
             for path, label in zip(split.paths, split.labels):
                 text = task.label_text(label, source.classes)
                 writer.writerow([path, text, name])
+
+
+def log_written(out_dir: Path, names: tuple[str, ...], skipped: list) -> None:
+    """The end of an evaluation's summary: unreadable images counted, then the files of ``names`` that ``out_dir``
+    holds (an earlier run's figures were removed before drawing, so what exists was written now)."""
+    if skipped:
+        logger.warning(f"skipped {len(skipped)} unreadable image(s) (listed in metrics.json)")
+    written = [name for name in names if (out_dir / name).is_file()]
+    logger.info(f"wrote {out_dir}/{', '.join(written)}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from .flags import common_model_flags
+from .flags import RUN_FLAGS, common_model_flags, picked
 
 
 def calibrate_parser(sub) -> None:
@@ -32,6 +32,5 @@ def calibrate_parser(sub) -> None:
 def calibrate_run(args: argparse.Namespace) -> int:
     from ..calibrate import calibrate
 
-    calibrate(args.checkpoint, args.data, out=args.out, split=args.split, batch_size=args.batch_size,
-              device=args.device, workers=args.workers, data_root=args.data_root, progress=args.progress)
+    calibrate(args.checkpoint, args.data, **picked(args, *RUN_FLAGS, "out", "split", "data_root"))
     return 0

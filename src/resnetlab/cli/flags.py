@@ -14,6 +14,14 @@ def checkpoint_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, default=None, help="image size, only for a bare state_dict")
 
 
+RUN_FLAGS = ("batch_size", "device", "workers", "progress")  # common_model_flags' values: the verbs' keywords too
+
+
+def picked(args: argparse.Namespace, *names: str) -> dict:
+    """The flags ``names`` as keyword arguments: their argparse names are the API's keywords."""
+    return {name: getattr(args, name) for name in names}
+
+
 def bare(args: argparse.Namespace) -> dict:
     """The checkpoint_flags values as keyword arguments of load/evaluate/predict_files/explain/export_model."""
     from ..checkpoint import parse_classes

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..log import logger
-from .flags import bare, checkpoint_flags, common_model_flags
+from .flags import RUN_FLAGS, bare, checkpoint_flags, common_model_flags, picked
 
 
 def evaluate_parser(sub) -> None:
@@ -32,9 +32,8 @@ def evaluate_parser(sub) -> None:
 def evaluate_run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate
 
-    evaluate(args.checkpoint, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
-             device=args.device, workers=args.workers, data_root=args.data_root, progress=args.progress,
-             tta=args.tta, mlflow=args.mlflow, **bare(args))
+    evaluate(args.checkpoint, args.data, **picked(args, *RUN_FLAGS, "split", "out", "data_root", "tta", "mlflow"),
+             **bare(args))
     return 0
 
 
@@ -61,9 +60,8 @@ def predict_parser(sub) -> None:
 def predict_run(args: argparse.Namespace) -> int:
     from ..predict import predict_files
 
-    summary = predict_files(args.checkpoint, args.inputs, out=args.out, topk=args.topk, batch_size=args.batch_size,
-                            device=args.device, workers=args.workers, progress=args.progress, tta=args.tta,
-                            cam=args.cam, min_confidence=args.min_confidence, **bare(args))
+    summary = predict_files(args.checkpoint, args.inputs, **picked(args, *RUN_FLAGS, "out", "topk", "tta", "cam",
+                                                                   "min_confidence"), **bare(args))
     return 0 if summary["predicted"] and (not summary["failed"] or args.allow_errors) else 1
 
 
@@ -148,10 +146,9 @@ def explain_parser(sub) -> None:
 def explain_run(args: argparse.Namespace) -> int:
     from ..explain import explain
 
-    summary = explain(args.checkpoint, args.inputs, misclassified=args.misclassified, split=args.split,
-                      limit=args.limit, method=args.method, layer=args.layer, target=args.target, out=args.out,
-                      batch_size=args.batch_size, device=args.device, workers=args.workers, data_root=args.data_root,
-                      progress=args.progress, **bare(args))
+    summary = explain(args.checkpoint, args.inputs, **picked(args, *RUN_FLAGS, "misclassified", "split", "limit",
+                                                             "method", "layer", "target", "out", "data_root"),
+                      **bare(args))
     return 0 if summary["explained"] or args.misclassified else 1
 
 
@@ -193,10 +190,9 @@ def export_parser(sub) -> None:
 def export_run(args: argparse.Namespace) -> int:
     from ..export import export_model
 
-    export_model(args.checkpoint, format=args.format, out=args.out, dynamic_batch=args.dynamic_batch,
-                 opset=args.opset, quantize=args.quantize, calib_images=args.calib_images,
-                 calib_method=args.calib_method, data=args.data, max_drop=args.max_drop, check=args.check,
-                 workers=args.workers, half=args.half, **bare(args))
+    export_model(args.checkpoint, **picked(args, "format", "out", "dynamic_batch", "opset", "quantize", "calib_images",
+                                           "calib_method", "data", "max_drop", "check", "workers", "half"),
+                 **bare(args))
     return 0
 
 

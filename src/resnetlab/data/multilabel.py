@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import DataError
 from ..task import MULTICLASS, MULTILABEL
-from .splits import ClassNames, DataSource, SplitData, csv_rows, splits_from_column, stratified_split
+from .csvrows import check_listed_files, csv_rows
+from .splits import ClassNames, DataSource, SplitData, splits_from_column, stratified_split
 
 # Characters people separate labels with; a cell using one that is not --label-sep is checked for that mistake.
 OTHER_SEPARATORS = (",", ";", "|", "/", "+")
@@ -80,7 +81,7 @@ def read_multilabel_csv(csv_path: Path, header: list[str], reader: Iterator[list
         _check_known(csv_path, rows, names)
     if not names:
         raise DataError(f"{csv_path}: no image in the training rows has a label; a multi-label set needs at least one")
-    _check_files(csv_path, rows)
+    check_listed_files(csv_path, rows)
     source = _source(csv_path, rows, names, "split" in columns, val_split, seed)
     source.notes += spelling.merged_note(csv_path)
     return source
@@ -154,16 +155,6 @@ def _check_known(csv_path: Path, rows: list[tuple[str, list[str], str | None, in
         if unknown:
             raise DataError(f"{csv_path} line {line}: label '{unknown[0]}' in the {split} split does not occur in the "
                             "training rows")
-
-
-def _check_files(csv_path: Path, rows: list[tuple[str, list[str], str | None, int]]) -> None:
-    base = csv_path.parent
-    missing = [(line, path) for path, _, _, line in rows if not (base / path).is_file()]
-    if missing:
-        listed = "; ".join(f"line {line}: {path}" for line, path in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise DataError(f"{csv_path}: {len(missing)} listed file(s) do not exist (paths are relative to {base}): "
-                        f"{listed}{more}")
 
 
 def _source(csv_path: Path, rows: list[tuple[str, list[str], str | None, int]], names: list[str], has_split: bool,

@@ -20,9 +20,10 @@ import numpy as np
 from ..errors import DataError
 from ..task import task_of
 from . import builtin, hf, shards
+from .csvrows import check_listed_files, csv_rows
 from .images import image_size, is_image_file, list_images
 from .multilabel import check_single_labels, csv_task, read_multilabel_csv
-from .splits import ClassNames, DataSource, SplitData, csv_rows, splits_from_column, stratified_split
+from .splits import ClassNames, DataSource, SplitData, splits_from_column, stratified_split
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
@@ -220,12 +221,7 @@ def _from_csv(csv_path: Path, *, val_split: float, seed: int, asked: str = "auto
         raise DataError(f"{csv_path} has a header but no rows")
     if asked == "auto":
         check_single_labels(csv_path, rows, label_sep)
-    missing_files = [(line, p) for p, _, _, line in rows if not (base / p).is_file()]
-    if missing_files:
-        listed = "; ".join(f"line {line}: {p}" for line, p in missing_files[:5])
-        more = f" and {len(missing_files) - 5} more" if len(missing_files) > 5 else ""
-        raise DataError(f"{csv_path}: {len(missing_files)} listed file(s) do not exist "
-                        f"(paths are relative to {base}): {listed}{more}")
+    check_listed_files(csv_path, rows)
 
     train_labels = {label for _, label, split, _ in rows if split in (None, "train")}
     classes = sorted(train_labels)

@@ -8,7 +8,6 @@ and the operations on them that every verb shares (stratified hold-out, choosing
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,28 +86,6 @@ class ClassNames:
                                                                    else "")
         return [f"{len(merged)} class name(s) in {where} are written in more than one Unicode form (NFC and NFD, "
                 f"which look alike) and were merged into one class each: {shown}"]
-
-
-def csv_rows(csv_path: object, reader: Iterable[list[str]], columns: list[str], aliases: dict[str, str]
-             ) -> Iterator[tuple[int, list[str], str, str | None]]:
-    """(line number, cells, path, split or None) of each non-empty row of a CSV whose header gave ``columns``
-    (lower-cased): the field count, a non-empty 'path' and a 'split' among ``aliases`` checked, naming the line."""
-    col_path, col_split = columns.index("path"), columns.index("split") if "split" in columns else None
-    for line_no, row in enumerate(reader, start=2):
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        if len(row) < len(columns):
-            raise DataError(f"{csv_path} line {line_no}: {len(row)} fields, expected {len(columns)}")
-        path = row[col_path].strip()
-        if not path:
-            raise DataError(f"{csv_path} line {line_no}: empty path")
-        split = None
-        if col_split is not None:
-            raw = row[col_split].strip().lower()
-            if raw not in aliases:
-                raise DataError(f"{csv_path} line {line_no}: split '{row[col_split]}' is not one of train, val, test")
-            split = aliases[raw]
-        yield line_no, row, path, split
 
 
 def settle_val(splits: dict[str, SplitData], notes: list[str], val_split: float, seed: int, what: str) -> None:

@@ -23,6 +23,7 @@ from ..device import Compute
 from ..fileio import atomic_open, write_json
 from ..log import logger
 from ..models import TTAModel
+from ..runfiles import log_written
 from .figures import plot_cooccurrence, plot_errors, plot_pr_curves, plot_predictions
 from .metrics import label_table, ranked_errors, summary, threshold_array, to_numpy
 from .thresholds import score_split
@@ -154,7 +155,4 @@ def print_summary(metrics: dict, classes: list[str], out_dir: Path) -> None:
     if len(classes) > TABLE_SHOWN:
         rows.append(f"... (+{len(classes) - TABLE_SHOWN} more labels in {out_dir / 'per_label.csv'})")
     logger.info("\n".join(rows))
-    if metrics["skipped"]:
-        logger.warning(f"skipped {len(metrics['skipped'])} unreadable image(s) (listed in metrics.json)")
-    written = [name for name in FILES if (out_dir / name).is_file()]
-    logger.info(f"wrote {out_dir}/{', '.join(written)}")
+    log_written(out_dir, FILES, metrics["skipped"])
