@@ -160,10 +160,12 @@ def test_two_tune_commands_never_train_the_same_settings_twice(tmp_path: Path, m
     assert sorted(trained) == sorted(space["lr"].choices)  # and every setting was still tried
 
 
-def test_the_starting_settings_are_queued_when_a_trial_starts_and_again_after_a_failed_start(tmp_path: Path,
-                                                                                                 monkeypatch):
+def test_the_starting_settings_leave_no_waiting_trial_and_are_queued_again_after_a_failed_start(tmp_path: Path,
+                                                                                                  monkeypatch):
     """Issue 27: a command whose time was up left a WAITING trial; an interrupted or failed first trial (the starting
-    settings) was never run again, because Optuna's skip_if_exists counts FAILED trials too."""
+    settings) was never run again, because Optuna's skip_if_exists counts FAILED trials too. Each step below is what
+    one `resnetlab tune` command does (search.run_study): queue the start, run the workers, unqueue what none
+    started."""
     import threading
     import time
     from dataclasses import replace
@@ -172,29 +174,37 @@ def test_the_starting_settings_are_queued_when_a_trial_starts_and_again_after_a_
     from resnetlab.tune import worker
     from resnetlab.tune.plan import Plan
     from resnetlab.tune.space import Dimension
-    from resnetlab.tune.worker import Worker
+    from resnetlab.tune.worker import Worker, queue_the_start, unqueue_unstarted
 
     calls: list = []
 
     def train(self, trial, settings, run_dir):  # noqa: ANN001, ANN202, ARG001 - Worker._train's signature
         calls.append(settings["lr"])
-        if len(calls) == 1:
-            raise ConfigError("the first start fails (as an interrupted one is FAILED)")
+        if settings["lr"] == 0.05:
+            raise ConfigError("the start fails (as an interrupted one is FAILED)")
         return float(settings["lr"])
+
+    def command(plan: Plan) -> list:
+        one = Worker(plan, 0)
+        queue_the_start(one.study, plan)
+        one.run(threading.Lock())
+        unqueue_unstarted(one.study)
+        return one.study.get_trials()
 
     monkeypatch.setattr(Worker, "_train", train)
     monkeypatch.setattr(worker, "refresh", lambda plan, study: None)
     space = {"lr": Dimension("choice", choices=(0.1, 0.05, 0.02))}
     plan = Plan(name="start", out=str(tmp_path), storage=f"sqlite:///{tmp_path / 'study.db'}", base={"lr": 0.05},
-                space=space, metric="val_acc", pruner="none", trials=2)
-    assert Worker(replace(plan, deadline=time.time() - 1), 0).run(threading.Lock()) == 0  # time up at once
+                space=space, metric="val_acc", pruner="none", trials=1)
+    FAIL, WAITING = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING
+    trials = command(replace(plan, deadline=time.time() - 1))  # time up at once: nothing runs
+    assert calls == [] and [t.state for t in trials] == [FAIL] and "not started" in trials[0].user_attrs["note"]
+    trials = command(plan)  # the start is queued again and runs first; it fails; a drawn trial completes the one
+    assert calls[0] == 0.05 and not [t for t in trials if t.state == WAITING]
     study = optuna.load_study(study_name="start", storage=plan.storage)
-    assert study.get_trials() == []  # nothing queued, nothing left WAITING
-    Worker(plan, 0).run(threading.Lock())
-    trials = study.get_trials()
-    assert calls[:2] == [0.05, 0.05], calls  # the failed start is the next trial again
-    assert [t.state for t in trials[:2]] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
-    assert not [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
+    queue_the_start(study, plan)  # every trial with the start's settings FAILED: the next command queues it again
+    waiting = study.get_trials(states=(WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [{"lr": 0.05}]
 
 
 def test_a_trial_at_the_last_epoch_of_its_plan_is_complete_not_pruned(tmp_path: Path, monkeypatch):

@@ -29,7 +29,7 @@ from .plan import PRUNERS, Plan, TuneOptions
 from .report import write_study_report
 from .space import Dimension, default_space, describe_space, load_space, space_specs
 from .study import NOT_NAMED, default_storage, fail_orphans, load_study, open_storage, study_name
-from .worker import Worker, set_threads, worker_process
+from .worker import Worker, queue_the_start, set_threads, unqueue_unstarted, worker_process
 
 LOCAL = ("progress", "workers", "device", "cache_dir", "data_root", "tensorboard")  # this machine's, not the study's
 READY_WAIT_S = 600  # spawned workers import torch before their first trial; the slowest machines take minutes
@@ -82,12 +82,14 @@ def run_study(options: TuneOptions) -> StudyResult:
     if plan.mlflow:
         plan = replace(plan, mlflow_parent=tracking.start_study_run(plan, study))
     worker = Worker(plan, 0, study)
+    queue_the_start(study, plan)
     try:
         _run_workers(plan, worker)
     except BaseException:
         refresh(plan, study)  # trials.csv and best.yaml as far as the study got; the database has it all
         worker.prefix.resume_hint()  # only for a trial folder the refresh kept
         raise
+    unqueue_unstarted(study)
     return _finish(plan, study, options.plots)
 
 

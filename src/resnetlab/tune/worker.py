@@ -114,24 +114,10 @@ class Worker:
             if reason:
                 logger.info(f"worker {os.getpid()}: {reason}")
                 return False
-            self._queue_the_start()
             self.study.optimize(self._objective, n_trials=1, catch=self.caught, callbacks=[self._after])
         finally:
             release()
         return True
-
-    def _queue_the_start(self) -> None:
-        """The study's starting settings go first, queued here, when a trial is about to start (a command whose
-        time is up leaves no WAITING trial behind), and queued again after a start that was interrupted or failed
-        (Optuna's own skip_if_exists also counts FAILED trials: the starting settings were never measured then)."""
-        first = base_params(self.plan.space, self.plan.base)
-        if not first:
-            return
-        live = (TrialState.WAITING, TrialState.RUNNING, *FINISHED)
-        for trial in self.study.get_trials(deepcopy=False, states=live):
-            if trial.system_attrs.get("fixed_params", trial.params) == first:
-                return
-        self.study.enqueue_trial(first)
 
     def _time_up(self) -> str | None:
         plan = self.plan
@@ -293,6 +279,27 @@ class Worker:
             refresh(self.plan, study)
         except ResnetlabError as err:  # a full disk: the study's database still has everything
             logger.warning(f"could not refresh the study's files: {err}")
+
+
+def queue_the_start(study: optuna.Study, plan: Plan) -> None:
+    """The study's starting settings go first: queued once per command, before its workers start, unless a trial
+    with them is waiting, running or finished (a FAILED one does not count, so an interrupted or failed start is
+    queued again; Optuna's own skip_if_exists counts FAILED trials too, and the start was never measured then)."""
+    first = base_params(plan.space, plan.base)
+    if not first:
+        return
+    live = (TrialState.WAITING, TrialState.RUNNING, *FINISHED)
+    if not any(t.system_attrs.get("fixed_params", t.params) == first
+               for t in study.get_trials(deepcopy=False, states=live)):
+        study.enqueue_trial(first)
+
+
+def unqueue_unstarted(study: optuna.Study) -> None:
+    """After a command's workers stop: a queued trial that none of them started (its time was up first) is marked
+    FAILED with a note, not left WAITING; the next command queues it again."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, "note", "not started: the command's budget ended first")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
 
 def _best(study: optuna.Study) -> FrozenTrial | None:
