@@ -287,14 +287,8 @@ def test_a_read_only_study_database_is_one_line(tmp_path: Path, monkeypatch, cap
     assert "attempt to write a readonly database" in printed
 
 
-def test_mlflow_on_a_read_only_sqlite_store_is_one_warning_at_once(tmp_path: Path, capfd, no_figures):
-    pytest.importorskip("mlflow")
-    from mlflow.tracking import MlflowClient
-
-    store = tmp_path / "store"
-    store.mkdir()
-    uri = f"sqlite:///{store / 'mlflow.db'}"
-    MlflowClient(tracking_uri=uri).search_experiments()  # the database made, then its folder read-only
+def _train_into_a_read_only_store(tmp_path: Path, store: Path, uri: str, capfd) -> str:  # noqa: ANN001
+    """A one-epoch run with --mlflow URI while ``store`` is read-only; the run must finish (exit 0). Its output."""
     _read_only(store)
     data = write_class_folders(tmp_path / "data", 6)
     try:
@@ -303,6 +297,18 @@ def test_mlflow_on_a_read_only_sqlite_store_is_one_warning_at_once(tmp_path: Pat
         subprocess.run(["umount", "-l", str(store)], capture_output=True, timeout=30)
     printed = "".join(capfd.readouterr())
     assert code == 0, printed
+    return printed
+
+
+def test_mlflow_on_a_read_only_sqlite_store_is_one_warning_at_once(tmp_path: Path, capfd, no_figures):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "store"
+    store.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()  # the database made, then its folder read-only
+    printed = _train_into_a_read_only_store(tmp_path, store, uri, capfd)
     assert f"warning: mlflow: could not open the tracking store at {uri} (OperationalError: attempt to write a " \
            "readonly database)" in printed
     assert "SQLAlchemy database error" not in printed and "Traceback" not in printed  # MLflow never tried
@@ -313,15 +319,8 @@ def test_mlflow_on_a_read_only_file_store_is_a_store_that_cannot_be_written_not_
     pytest.importorskip("mlflow")
     store = tmp_path / "store"
     store.mkdir()
-    _read_only(store)
-    data = write_class_folders(tmp_path / "data", 6)
     uri = store.as_uri()
-    try:
-        code = main(["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--mlflow", uri, *CLI_TINY])
-    finally:
-        subprocess.run(["umount", "-l", str(store)], capture_output=True, timeout=30)
-    printed = "".join(capfd.readouterr())
-    assert code == 0, printed
+    printed = _train_into_a_read_only_store(tmp_path, store, uri, capfd)
     assert f"warning: mlflow: could not open the tracking store at {uri} (PermissionError: cannot write in {store}: " \
            "the store's folder is read-only)" in printed
     assert "reach the tracking server" not in printed and "Traceback" not in printed
