@@ -89,6 +89,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/predict_throughput.py
 	$(BIN)/python benchmarks/runtime_throughput.py
 	$(BIN)/python benchmarks/time_to_accuracy.py --recipe fast
+	$(BIN)/python benchmarks/scale.py --sizes 1000,10000
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

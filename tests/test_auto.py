@@ -15,7 +15,15 @@ from resnetlab.cli import build_parser
 from resnetlab.cli.data import train_config
 from resnetlab.data.sources import open_data
 from resnetlab.metrics import classification_metrics
-from resnetlab.training.auto import SCRATCH_FIT_EPOCHS, DataStats, apply_auto, choose, data_stats, target_epochs
+from resnetlab.training.auto import (
+    SCRATCH_FIT_EPOCHS,
+    DataStats,
+    apply_auto,
+    choose,
+    data_stats,
+    measured_batch,
+    target_epochs,
+)
 
 
 def scripted(per_pixel: float = 2e-6, small_stem_factor: float = 16.0):
@@ -77,6 +85,11 @@ def test_a_pessimistic_estimate_is_corrected_by_measuring_the_rungs_it_picks():
                                           pretrained=False).items()}
     assert (chosen["img_size"], chosen["width"]) > (naive["img_size"], naive["width"])  # measuring moved it up
     assert len(calls) <= 4
+
+
+def test_small_pictures_are_timed_at_the_real_batch_and_photos_at_sixteen():
+    assert measured_batch(64, 28) == 64 and measured_batch(128, 32) == 64 and measured_batch(32, 16) == 32
+    assert measured_batch(64, 160) == 16 and measured_batch(64, 64) == 16 and measured_batch(8, 160) == 8
 
 
 def test_a_generous_budget_keeps_full_resolution_and_a_balanced_colour_set_keeps_accuracy():

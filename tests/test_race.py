@@ -144,6 +144,18 @@ def test_auto_fine_tunes_imagenet_weights_found_offline_and_says_why(tmp_path, m
     assert yaml.safe_load((scratch.run_dir / "config.yaml").read_text(encoding="utf-8"))["pretrained"] is None
 
 
+def test_the_plain_candidate_runs_the_scripts_imagenet_stem_where_the_rules_narrowed_the_small_stem():
+    """Small pictures: the rules may pick a quarter-width small-stem net (a full-width one is 16x the compute);
+    the plain candidate then is the plain script's full-width torchvision ResNet-18, ImageNet stem and all."""
+    chosen = {"aug": {"value": "crop", "why": "rules"}, "stem": {"value": "small", "why": "rules"}}
+    narrow = {c.name: c.settings for c in candidates(_ruled(stem="small", width=0.25, aug="crop", chosen=chosen))}
+    assert narrow["plain"]["stem"] == "standard" and narrow["plain"]["width"] == 1.0
+    full = {c.name: c.settings for c in candidates(_ruled(stem="small", width=1.0, aug="crop", chosen=chosen))}
+    assert "stem" not in full["plain"]  # digits-like: the full small-stem net fits, plain keeps it
+    given = {c.name: c.settings for c in candidates(_ruled(stem="small", width=0.25, given=["stem"], chosen={}))}
+    assert "stem" not in given["plain"]
+
+
 def test_the_plain_candidate_keeps_a_given_optimizer_group_whole():
     plain = {c.name: c.settings for c in candidates(_ruled(given=["lr"], opt="sgd", lr=0.1))}["plain"]
     assert not {"opt", "lr", "weight_decay"} & set(plain) and plain["aug"] == "flip"

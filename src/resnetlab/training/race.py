@@ -57,6 +57,8 @@ def candidates(cfg: TrainConfig) -> list[Candidate]:
              "opt": "adamw", "lr": 2e-3, "weight_decay": 0.05, "mixup": 0.0, "cutmix": 0.0}
     if cfg.pretrained:  # ImageNet weights: the fine-tuning rate the rules use
         plain.update(lr=cfg.lr, norm="imagenet")
+    if cfg.stem == "small" and cfg.width < 1 and "stem" in chosen:  # the rules found the full small-stem net too
+        plain["stem"] = "standard"  # slow: full width runs with the script's ImageNet stem (torchvision resnet18)
     if given & {"opt", "lr", "weight_decay"}:  # one group (auto._optimisation): a given part keeps the rules' three
         plain = {k: v for k, v in plain.items() if k not in ("opt", "lr", "weight_decay")}
     proposed = [Candidate("rules", {}, "auto's rule choice"),
