@@ -4,12 +4,12 @@ of a quarter of the budget, and the one that scores best on the validation split
 
 Why: rules measured on synthetic sets missed a real one (issue 25: a plain 50-line script beat auto by 10
 points on grey surface images); a short run on the user's data checks the choice where it matters. The
-candidates: ``rules`` (auto's choice), ``plain`` (the plain script's recipe: full width, horizontal flips only,
-unweighted loss, average pooling, AdamW 2e-3 one-cycle; dropped where it equals the rules) and variants along the
-axes the rules are least sure of (class weights on or off; shifts + max pooling for the whole-picture view, else
-augmentation strength), three at most. A candidate must beat the rule choice
-by more than the validation split's standard error to replace it; otherwise the race says it cannot separate
-them and keeps the rules.
+candidates: ``rules`` (auto's choice), ``plain`` (the plain script's recipe: full width, with the ImageNet stem
+where the rules narrowed a small-stem net, horizontal and vertical flips, unweighted loss, average pooling, AdamW
+2e-3 one-cycle; dropped where it equals the rules) and variants along the axes the rules are least sure of (class
+weights on or off; shifts + max pooling for the whole-picture view, else augmentation strength), three at most.
+A candidate must beat the rule choice by more than the validation split's standard error to replace it;
+otherwise the race says it cannot separate them and keeps the rules.
 
     cfg = race(cfg, inputs, run_dir, train_candidate, clock=time.perf_counter)
 """
