@@ -68,6 +68,9 @@ def candidates(cfg: TrainConfig) -> list[Candidate]:
         proposed.append(Candidate("unweighted", {"balance": "none"}, "the rules without class weights"))
     elif "balance" in chosen and "imbalanced" in chosen["balance"]["why"]:
         proposed.append(Candidate("weighted", {"balance": "sqrt"}, "the rules with 1/sqrt(frequency) class weights"))
+    if "stem" in plain:  # the plain recipe on the rules' narrowed small-stem network: separates network from recipe
+        proposed.append(Candidate("plain-small-stem", {k: v for k, v in plain.items() if k not in ("width", "stem")},
+                                  "the plain script's recipe on the rules' small-stem network"))
     if cfg.crop_mode == "squash" and "crop_mode" in chosen:  # the whole-picture view of grey images
         proposed.append(Candidate("marks", {"aug": "light", "pool": "avgmax"}, "shifts, small rotations and average "
                                                                                "+ max pooling for small marks"))
