@@ -148,10 +148,11 @@ def test_the_plain_candidate_runs_the_scripts_imagenet_stem_where_the_rules_narr
     """Small pictures: the rules may pick a quarter-width small-stem net (a full-width one is 16x the compute);
     the plain candidate then is the plain script's full-width torchvision ResNet-18, ImageNet stem and all."""
     chosen = {"aug": {"value": "crop", "why": "rules"}, "stem": {"value": "small", "why": "rules"}}
-    narrow = {c.name: c.settings for c in candidates(_ruled(stem="small", width=0.25, aug="crop", chosen=chosen))}
+    narrow = {c.name: c.settings for c in candidates(_ruled(stem="small", width=0.25, aug="crop", balance="none",
+                                                            chosen=chosen))}
     assert narrow["plain"]["stem"] == "standard" and narrow["plain"]["width"] == 1.0
     assert list(narrow) == ["rules", "plain", "plain-small-stem"]  # the script's recipe on the rules' network too
-    assert narrow["plain-small-stem"]["opt"] == "adamw" and not {"stem", "width"} & set(narrow["plain-small-stem"])
+    assert narrow["plain-small-stem"]["aug"] == "flip" and not {"stem", "width"} & set(narrow["plain-small-stem"])
     full = {c.name: c.settings for c in candidates(_ruled(stem="small", width=1.0, aug="crop", chosen=chosen))}
     assert "stem" not in full["plain"]  # digits-like: the full small-stem net fits, plain keeps it
     given = {c.name: c.settings for c in candidates(_ruled(stem="small", width=0.25, given=["stem"], chosen={}))}
