@@ -72,6 +72,12 @@ def test_folder_to_shards_then_train_and_evaluate(tmp_path: Path, capsys, no_fig
     assert len(rows) == 9 and all(row["label"] in CLASSES and not row["error"] for row in rows)
     assert sorted(Path(row["path"]).name for row in rows)[0] == "0000000_00000000.png"  # record 0, key 00000000
 
+    vectors = tmp_path / "embeddings.npz"  # embed reads shards too, each record labelled by its class name
+    assert main(["embed", str(run / "best.pt"), str(out / "val-000000.tar"), "--out", str(vectors),
+                 "--workers", "1", "--no-progress"]) == 0
+    with np.load(vectors) as saved:
+        assert len(saved["paths"]) == 9 and sorted(set(saved["labels"].tolist())) == CLASSES
+
 
 def write_shard(path: Path, records: list[dict]) -> None:
     with wds.TarWriter(str(path)) as sink:

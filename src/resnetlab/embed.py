@@ -21,6 +21,7 @@ from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 from .checkpoint import ModelMeta
 from .classifier import Classifier, from_model
 from .data.images import expand_inputs
+from .data.shards import is_shards, shard_records
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .device import Compute, resolve_device
 from .errors import ConfigError, DataError, ImageReadError, ModelError
@@ -57,10 +58,14 @@ def pretrained_classifier(arch: str, weights: str | Path, *, img_size: int = 224
 
 def labelled_files(inputs: Iterable[str | os.PathLike], classes: Sequence[str] | None) -> list[tuple[str, str]]:
     """(path, label) for every file of ``inputs``. A file in a sub-folder of an input folder is labelled by that
-    sub-folder (the first below the input folder, or the nearest one that is one of ``classes``); else ''."""
+    sub-folder (the first below the input folder, or the nearest one that is one of ``classes``); else ''. Tar
+    shards (data/shards.py): each record's unpacked image, labelled by its class name."""
     known = set(classes or ())
     labelled: list[tuple[str, str]] = []
     for item in inputs:
+        if is_shards(str(item)):  # tar shards: each record's image, labelled by its class
+            labelled += shard_records(item)
+            continue
         root = Path(item)
         for file in expand_inputs([item]):
             parts = Path(file).parent.relative_to(root).parts if root.is_dir() else ()

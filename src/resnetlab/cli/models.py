@@ -43,7 +43,7 @@ def predict_parser(sub) -> None:
                                          "multi-label model: path,labels (every label at or above its threshold, "
                                          "joined by '|'),one probability column per label,error.")
     checkpoint_flags(predict)
-    predict.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    predict.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively) or tar shards")
     predict.add_argument("--out", default="predictions.csv", help="CSV path (default: predictions.csv)")
     predict.add_argument("--topk", type=int, default=3, help="labels per image (default: 3)")
     predict.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
@@ -73,7 +73,8 @@ def embed_parser(sub) -> None:
                                        "paths, labels, features (N x D), model, source, img_size; .csv and .parquet: "
                                        "columns path, label, f0..fD-1. Unreadable files are skipped and named.")
     embed.add_argument("checkpoint", nargs="?", help="best.pt / last.pt of a run (or --model with --pretrained)")
-    embed.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    embed.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively) or tar shards "
+                       "(each record labelled by its class)")
     embed.add_argument("--model", default=None, help="instead of CHECKPOINT: a timm architecture, e.g. resnet50")
     embed.add_argument("--pretrained", default=None, metavar="FILE",
                        help="the --model weights: a local .pth or .safetensors file (nothing is downloaded)")

@@ -159,17 +159,25 @@ def shard_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
     (every split's, labelled or not): what predict reads."""
     files: list[str] = []
     for item in inputs:
-        if not is_shards(str(item)):
-            files.append(str(item))
-            continue
-        folder = Path(item).expanduser()
-        urls, _ = _shard_files(str(item))  # checks that the files exist
-        named = _webdataset().shardlists.expand_urls(str(folder))  # the .tar files given, not their siblings
-        tars = sorted(str(p) for p in folder.glob("*.tar")) if folder.is_dir() else named
-        for url in tars:
-            index = _unpack(url, _unpack_root())
-            files += [str(Path(index["folder"]) / record[0]) for record in index["records"]]
+        files += [file for file, _ in shard_records(item)] if is_shards(str(item)) else [str(item)]
     return files
+
+
+def shard_records(spec: str | os.PathLike) -> list[tuple[str, str]]:
+    """(unpacked image file, class name or '' when the record has none) for every record of the shards ``spec``
+    names (a folder: all its .tar files; a .tar file or brace pattern: those), class names from classes.json."""
+    folder = Path(spec).expanduser()
+    _, home = _shard_files(str(spec))  # checks that the files exist
+    named = _webdataset().shardlists.expand_urls(str(folder))  # the .tar files given, not their siblings
+    tars = sorted(str(p) for p in folder.glob("*.tar")) if folder.is_dir() else named
+    classes = _class_names(home) or []
+    records: list[tuple[str, str]] = []
+    for url in tars:
+        index = _unpack(url, _unpack_root())
+        for file, label, *_ in index["records"]:
+            name = classes[label] if 0 <= label < len(classes) else str(label) if label >= 0 else ""
+            records.append((str(Path(index["folder"]) / file), name))
+    return records
 
 
 def _shard_files(spec: str) -> tuple[dict[str, list[str]], Path]:
