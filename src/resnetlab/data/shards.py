@@ -159,24 +159,28 @@ def shard_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
     (every split's, labelled or not): what predict reads."""
     files: list[str] = []
     for item in inputs:
-        files += [file for file, _ in shard_records(item)] if is_shards(str(item)) else [str(item)]
+        files += [file for file, _ in _unpacked_records(item)] if is_shards(str(item)) else [str(item)]
     return files
 
 
 def shard_records(spec: str | os.PathLike) -> list[tuple[str, str]]:
     """(unpacked image file, class name or '' when the record has none) for every record of the shards ``spec``
     names (a folder: all its .tar files; a .tar file or brace pattern: those), class names from classes.json."""
+    classes = _class_names(_shard_files(str(spec))[1]) or []
+    return [(file, classes[label] if 0 <= label < len(classes) else str(label) if label >= 0 else "")
+            for file, label in _unpacked_records(spec)]
+
+
+def _unpacked_records(spec: str | os.PathLike) -> list[tuple[str, int]]:
+    """(unpacked image file, class index or -1) for every record of the shards ``spec`` names."""
     folder = Path(spec).expanduser()
-    _, home = _shard_files(str(spec))  # checks that the files exist
+    _shard_files(str(spec))  # checks that the files exist
     named = _webdataset().shardlists.expand_urls(str(folder))  # the .tar files given, not their siblings
     tars = sorted(str(p) for p in folder.glob("*.tar")) if folder.is_dir() else named
-    classes = _class_names(home) or []
-    records: list[tuple[str, str]] = []
+    records: list[tuple[str, int]] = []
     for url in tars:
         index = _unpack(url, _unpack_root())
-        for file, label, *_ in index["records"]:
-            name = classes[label] if 0 <= label < len(classes) else str(label) if label >= 0 else ""
-            records.append((str(Path(index["folder"]) / file), name))
+        records += [(str(Path(index["folder"]) / file), label) for file, label, *_ in index["records"]]
     return records
 
 
