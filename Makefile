@@ -73,7 +73,7 @@ postgres:
 	echo "could not install postgresql (needs root or 'sudo -n' and Debian's archive): the PostgreSQL tune test will be skipped"
 
 test: $(VENV)/.installed browser postgres
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The docs site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or a missing API reference.
 docs: $(VENV)/.installed

@@ -42,6 +42,12 @@ def _required(report) -> None:  # noqa: ANN001 - a pytest TestReport or CollectR
         report.longrepr = f"RESNETLAB_REQUIRE=all: skipped for a missing component: {reason}\n({INSTALL_HINT})"
 
 
+def pytest_collection_modifyitems(items) -> None:  # noqa: ANN001
+    """The tests marked slow (torchrun, tune studies, servers, signals: 10-45 s each) go first, so the two workers
+    share them and the suite does not end with one worker running a 40-second test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):  # noqa: ANN001, ARG001
     _required((yield).get_result())

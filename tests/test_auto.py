@@ -100,10 +100,11 @@ def test_a_generous_budget_keeps_full_resolution_and_a_balanced_colour_set_keeps
     assert chosen["aug"] == "standard" and chosen["epochs"] <= 3 * target_epochs(2000)
 
 
-def test_small_images_get_the_small_stem_sgd_and_padded_crops_and_a_short_budget_a_cheaper_network():
+def test_small_images_get_the_small_stem_adamw_and_padded_crops_and_a_short_budget_a_cheaper_network():
     stats = DataStats(images=60_000, counts=[6000] * 10, side=28, grey=True)
     roomy = {k: v for k, (v, _) in choose(stats, budget_s=3600, speed=scripted(2e-6), pretrained=False).items()}
-    assert (roomy["img_size"], roomy["stem"], roomy["opt"], roomy["aug"]) == (28, "small", "sgd", "crop")
+    assert (roomy["img_size"], roomy["stem"], roomy["opt"], roomy["aug"]) == (28, "small", "adamw", "crop")
+    assert (roomy["lr"], roomy["weight_decay"]) == (2e-3, 0.05)  # the small-picture races' winner, not SGD 0.1
     assert roomy["batch_size"] == 128 and roomy["ema"] == 0.999
     tight = {k: v for k, (v, _) in choose(stats, budget_s=180, speed=scripted(2e-6), pretrained=False).items()}
     assert (tight["stem"], tight["width"]) != ("small", 1.0)  # the issue's 3-minute case: not the full small stem

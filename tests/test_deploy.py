@@ -36,6 +36,7 @@ def _probabilities(classifier, data: Path) -> np.ndarray:  # noqa: ANN001 - a Cl
     return np.stack([p.probabilities for p in classifier.predict(toy_images(data))])
 
 
+@pytest.mark.slow
 def test_openvino_fp32_and_int8_work_like_a_checkpoint(model, reference, tmp_path: Path, capsys):
     best, data = model
     fp32 = export_model(best, format="openvino", out=tmp_path / "m.xml", data=str(data))
@@ -64,6 +65,7 @@ def test_openvino_fp32_and_int8_work_like_a_checkpoint(model, reference, tmp_pat
     assert "runs in openvino: use the .pt file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_half_exports_keep_float32_io_and_the_predictions(model, reference, tmp_path: Path):
     best, data = model
     for fmt, name in (("onnx", "h.onnx"), ("torchscript", "h.torchscript"), ("openvino", "h.xml")):

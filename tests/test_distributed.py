@@ -23,7 +23,8 @@ from resnetlab.settings import resolve
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 TINY = ["--img-size", "16", "--width", "0.25", "--batch-size", "16", "--no-progress", "--workers", "1"]
-pytestmark = pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun is not installed beside python")
+pytestmark = [pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun is not installed beside python"),
+              pytest.mark.slow]
 
 
 def _torchrun(args: list[str]) -> Process:

@@ -314,6 +314,7 @@ def test_the_photos_recipe_fine_tunes_timm_and_torchvision_weight_files(tmp_path
         assert (saved["crop_pct"], saved["interpolation"]) == (0.95, "bicubic")  # resnet18's timm config
 
 
+@pytest.mark.slow
 def test_the_photos_recipe_offline_without_a_file_says_what_to_pass(tmp_path):
     import sys
 

@@ -3,6 +3,8 @@ that cannot separate keeps the rules and says so, --race off skips it, and the s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import yaml
 
@@ -38,15 +40,16 @@ def test_candidates_are_the_rules_the_plain_recipe_and_one_variant_less_what_was
 
 def _scripted(scores: dict[str, float]):
     """A train_candidate whose runs end at the given validation accuracy, by the candidate's folder name."""
-    calls = []
+    calls, configs = [], []
 
     def train_candidate(cfg: TrainConfig, source) -> list[dict]:  # noqa: ANN001
         name = cfg.out.rsplit("/", 1)[-1]
         calls.append((name, cfg.time_limit, len(source.splits["train"])))
+        configs.append(cfg)
         return [{"epoch": 1, "val_acc": scores[name] / 2, "val_f1": scores[name] / 2, "img_per_s": 10.0},
                 {"epoch": 2, "val_acc": scores[name], "val_f1": scores[name], "img_per_s": 10.0}]
 
-    train_candidate.calls = calls
+    train_candidate.calls, train_candidate.configs = calls, configs
     return train_candidate
 
 
@@ -92,14 +95,15 @@ def test_a_budget_too_short_to_compare_skips_the_race(tmp_path, toy_source):
     assert "too few to compare" in kept.chosen["race"]["why"]
 
 
+@pytest.mark.slow
 def test_a_candidate_that_cannot_learn_loses_a_real_race(tmp_path, monkeypatch, no_figures):
     data = write_class_folders(tmp_path / "toy", 40)
     # the rule choice made unable to learn (a learning rate of 1e-9): the race must find the one that learns
     monkeypatch.setattr(race_module, "candidates", lambda cfg: [Candidate("rules", {"lr": 1e-9}, "stuck"),
                                                                 Candidate("plain", {"lr": 0.05}, "learns")])
-    monkeypatch.setattr(race_module, "RACE_SHARE", 0.7)  # ~8 s per candidate, then a short final run
+    monkeypatch.setattr(race_module, "RACE_SHARE", 0.7)  # ~5.6 s per candidate, then a short final run
     result = resnetlab.train(data=str(data), out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
-                             time_limit="24s", opt="sgd", **TINY)
+                             time_limit="16s", opt="sgd", **TINY)
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text(encoding="utf-8"))
     table = {row["candidate"]: row for row in saved["chosen"]["race"]["table"]}
     assert saved["chosen"]["race"]["value"] == "plain" and saved["lr"] == 0.05
@@ -151,12 +155,29 @@ def test_the_plain_candidate_runs_the_scripts_imagenet_stem_where_the_rules_narr
     narrow = {c.name: c.settings for c in candidates(_ruled(stem="small", width=0.25, aug="crop", balance="none",
                                                             chosen=chosen))}
     assert narrow["plain"]["stem"] == "standard" and narrow["plain"]["width"] == 1.0
-    assert list(narrow) == ["rules", "plain", "plain-small-stem"]  # the script's recipe on the rules' network too
-    assert narrow["plain-small-stem"]["aug"] == "flip" and not {"stem", "width"} & set(narrow["plain-small-stem"])
+    assert list(narrow) == ["rules", "plain"]  # no stronger augmentation after padded crops: it came last on all three
     full = {c.name: c.settings for c in candidates(_ruled(stem="small", width=1.0, aug="crop", chosen=chosen))}
     assert "stem" not in full["plain"]  # digits-like: the full small-stem net fits, plain keeps it
     given = {c.name: c.settings for c in candidates(_ruled(stem="small", width=0.25, given=["stem"], chosen={}))}
     assert "stem" not in given["plain"]
+
+
+def test_slices_run_without_the_long_run_regularisers_and_the_winner_gets_them_back(tmp_path, toy_source):
+    """A slice is a short run: random erasing, EMA and small pictures' padded crops (which lost every 75 s slice
+    that the regularised rules won at full length) are off in every slice, on for the winner's full run, and a
+    given one stays on in the slices too."""
+    chosen = {"aug": {"value": "crop", "why": "rules"}}
+    cfg = _ruled(balance="none", epochs=40, aug="crop", erase=0.25, ema=0.999, chosen=chosen)
+    proposed = [Candidate("rules", {}, "r"), Candidate("plain", {"width": 1.0, "aug": "flip", "vflip": True,
+                                                                 "erase": 0.0, "ema": 0.0}, "p")]
+    scripted = _scripted({"rules": 0.9, "plain": 0.5})
+    won = race(cfg, toy_source, tmp_path, scripted, proposed=proposed)
+    assert [(c.aug, c.erase, c.ema) for c in scripted.configs] == [("flip", 0.0, 0.0)] * 2
+    assert (won.aug, won.erase, won.ema) == ("crop", 0.25, 0.999) and won.chosen["race"]["value"] == "rules"
+    assert won.chosen["race"]["slices_without"] == ["aug", "ema", "erase"]
+    given = _scripted({"rules": 0.9, "plain": 0.5})
+    race(replace(cfg, given=["erase", "aug"]), toy_source, tmp_path, given, proposed=proposed)
+    assert [(c.aug, c.erase, c.ema) for c in given.configs] == [("crop", 0.25, 0.0), ("flip", 0.0, 0.0)]
 
 
 def test_the_plain_candidate_keeps_a_given_optimizer_group_whole():

@@ -258,7 +258,7 @@ def test_lr_find_suggests_its_curves_steepest_fall_and_lr_auto_trains_with_it(sp
     growth = (10 / 1e-6) ** (1 / (steps - 1))  # exponential from 1e-6 to 10 over the sweep
     assert np.allclose(np.diff(np.log(lrs)), np.log(growth))
     printed = capsys.readouterr().err
-    suggested = float(printed.split("suggested learning rate for sgd: ")[1].split()[0])
+    suggested = float(printed.split("suggested learning rate for adamw: ")[1].split()[0])  # auto's optimizer
     assert suggested == pytest.approx(_steepest_descent(lrs, losses), rel=5e-3)  # printed with 3 digits
     assert _steepest_descent(lrs, losses) in lrs[:int(np.argmin(losses)) + 1]  # a swept LR before the minimum
 

@@ -176,6 +176,7 @@ def _start_training(args: list[str]) -> Process:
     return Process([sys.executable, "-m", "resnetlab", "train", *args], env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_a_resumable_checkpoint(split_folders: Path, tmp_path: Path, sig: int):
     run = tmp_path / "run"
@@ -194,6 +195,7 @@ def test_signal_saves_a_resumable_checkpoint(split_folders: Path, tmp_path: Path
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == saved["epoch"] + 1
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_exits_at_once(split_folders: Path, tmp_path: Path):
     # one large step per epoch (~1 s at 96 px), so the second Ctrl-C lands while the first waits for the step (or
     # the epoch's validation and checkpoint) to end; one that came later would find a clean stop, which the

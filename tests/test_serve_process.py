@@ -82,6 +82,7 @@ def keep_alive_request(port: int) -> socket.socket:
     return sock
 
 
+@pytest.mark.slow
 def test_serve_answers_within_its_limit_flags_and_stops_on_ctrl_c(trained_run):
     # --runtime torch: no export at start (the in-server export is covered in-process: test_quantize, test_deploy)
     flags = ["--runtime", "torch", "--max-batch", "4", "--max-pending", "3", "--max-files", "2",
@@ -120,6 +121,7 @@ def test_serve_answers_within_its_limit_flags_and_stops_on_ctrl_c(trained_run):
     assert "Traceback" not in output + rest
 
 
+@pytest.mark.slow
 def test_serve_on_every_network_warns_and_stops_on_sigterm(trained_run):
     process, output, port = start(trained_run.checkpoint, "--host", "0.0.0.0", "--runtime", "torch", "--device", "cpu")
     with process:

@@ -79,6 +79,7 @@ def test_tensorboard_events_hold_metrics_hparams_and_figures(split_folders: Path
     assert hparams["model"].string_value == "resnet18" and hparams["epochs"].number_value == 2
 
 
+@pytest.mark.slow
 def test_mlflow_server_gets_params_metrics_tags_artifacts_and_a_resume_continues_the_run(
         split_folders: Path, tmp_path: Path, mlflow_server: str):
     out = tmp_path / "run"

@@ -128,6 +128,7 @@ def test_cli_refuses_a_bad_space_and_a_missing_budget(toy: Path, tmp_path: Path,
     assert "both searched" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_and_a_killed_worker_fails_only_its_trial(toy: Path, tmp_path: Path):
     """`--workers 2`: this process and a spawned one fill one SQLite study; the spawned worker is SIGKILLed in the
     middle of a trial: that trial is FAILED, the other worker finishes the study's 4 trials."""
@@ -160,6 +161,7 @@ def test_two_workers_share_one_study_and_a_killed_worker_fails_only_its_trial(to
     assert not (out / "trials" / f"{failed[0].number:03d}").exists()  # a failed trial's folder is not kept
 
 
+@pytest.mark.slow
 def test_study_resumes_prunes_survives_a_lost_machine_and_best_yaml_trains_the_same(toy: Path, tmp_path: Path,
                                                                                    capsys, no_figures):
     """One worker here, in this process: a RUNNING trial whose "machine" stopped beating is failed by the heartbeat;

@@ -65,6 +65,7 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_tune_workers_share_one_study_on_a_postgresql_server(toy: Path, tmp_path: Path, postgres: str, capsys):
     """Two `resnetlab tune` commands with the same --storage and --name, each with its own folder (two machines): a
     process started here, held while its first trial runs, and this test's own process, which counts that trial and

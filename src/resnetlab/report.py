@@ -202,10 +202,14 @@ def _run_section(run_dir: Path) -> str:
                                       if isinstance(v, dict)])) if chosen else ""
     race = (chosen.get("race") or {}).get("table") or []
     if race:  # the race of --recipe auto: each candidate's short run on the user's data (training/race.py)
-        auto += "<h3>the race (the winner trains for the rest of the budget)</h3>" + _table(
+        without = (chosen["race"].get("slices_without") or [])
+        auto += ("<h3>the race (the winner trains for the rest of the budget)</h3>"
+                 + (f"<p>off in each slice, as long-run regularisers (the winner's full run has the rules' "
+                    f"choice of them): {escape(', '.join(without))}</p>"
+                    if without else "") + _table(
             ["candidate", "settings", "epochs", "val acc", "macro F1", "score"],
             [[r["candidate"], r["settings"] or "the rule choice", r["epochs"], r["val_acc"], r["val_f1"], r["score"]]
-             for r in race])
+             for r in race]))
     body = (_table(["setting", "value"], main) + auto
             + f"<details><summary>every setting ({len(rows)}, as saved in config.yaml)</summary>"
             + _table(["setting", "value"], rows) + "</details>")
