@@ -206,10 +206,10 @@ def _optimisation(stats: DataStats, epochs: int, batch: int, pretrained: bool, f
         opt, why = "sgd", "--lr was given: the default optimizer it is meant for"
     elif "opt" in fixed:
         opt, why = fixed["opt"], "given"
-    elif small and not pretrained:  # SGD 0.1 (the presets') lost every small-picture race by 6-12 points
-        opt, why = "adamw", "AdamW one-cycle: beat SGD 0.1 in the races on all three small-picture sets (session 19)"
-    else:
-        opt, why = "adamw", "AdamW one-cycle: robust from scratch on photos (issue 17's measurement)"
+    else:  # small pictures too: SGD 0.1 (the presets') lost every small-picture race by 6-12 points
+        opt, why = "adamw", ("AdamW one-cycle: beat SGD 0.1 in the races on all three small-picture sets (session 19)"
+                             if small and not pretrained else
+                             "AdamW one-cycle: robust from scratch on photos (issue 17's measurement)")
     chosen["opt"] = (opt, why)
     if opt == "sgd":
         chosen["lr"] = (0.01 if pretrained else 0.1, "SGD one-cycle" + (", fine-tuning" if pretrained else ""))
