@@ -52,10 +52,16 @@ def test_a_grey_imbalanced_set_of_large_images_gets_what_it_needs():
     # the whole picture, flips only (no random-resized crops or erasing), average pooling: the plain script's view;
     # shifts and max pooling are the race's "marks" candidate
     assert (chosen["crop_mode"], chosen["crop_pct"], chosen["aug"], chosen["erase"]) == ("squash", 1.0, "flip", 0.0)
+    assert chosen["vflip"] is True  # horizontal and vertical, as the plain script
     assert "pool" not in chosen and chosen["warmup_epochs"] == round(0.3 * chosen["epochs"], 2)
     colour = DataStats(images=2000, counts=[1200, 500, 200, 100], side=380, grey=False)
     photo = {k: v for k, (v, _) in choose(colour, budget_s=900, speed=scripted(), pretrained=False).items()}
-    assert not {"crop_mode", "crop_pct", "pool"} & set(photo) and photo["aug"] in ("standard", "light")
+    # colour photos from scratch too (session 21: a centre crop lost 22 points to the plain script's whole picture)
+    assert (photo["crop_mode"], photo["crop_pct"], photo["aug"], photo["erase"]) == ("squash", 1.0, "flip", 0.0)
+    assert photo["norm"] == "imagenet" and "pool" not in photo
+    cropped = {k: v for k, (v, _) in choose(colour, budget_s=900, speed=scripted(), pretrained=False,
+                                            fixed={"crop_mode": "center"}).items()}
+    assert cropped["aug"] in ("standard", "light")  # the user's centre crop: crops and colour as before
     tuned = {k: v for k, (v, _) in choose(stats, budget_s=900, speed=scripted(), pretrained=True).items()}
     assert "crop_mode" not in tuned  # pretrained weights keep their own evaluation crop
     tiny = {k: v for k, (v, _) in choose(stats, budget_s=60, speed=scripted(), pretrained=False).items()}
@@ -97,7 +103,10 @@ def test_a_generous_budget_keeps_full_resolution_and_a_balanced_colour_set_keeps
     chosen = {k: v for k, (v, _) in choose(stats, budget_s=36_000, speed=scripted(), pretrained=False).items()}
     assert (chosen["img_size"], chosen["width"]) == (160, 1.0)  # from scratch: at most 160 px (SCRATCH_SIZES)
     assert (chosen["balance"], chosen["best_metric"], chosen["norm"]) == ("none", "val_acc", "imagenet")
-    assert chosen["aug"] == "standard" and chosen["epochs"] <= 3 * target_epochs(2000)
+    assert chosen["aug"] == "flip" and chosen["epochs"] <= 3 * target_epochs(2000)  # the whole picture, flips
+    cropped = {k: v for k, (v, _) in choose(stats, budget_s=36_000, speed=scripted(), pretrained=False,
+                                            fixed={"crop_mode": "center"}).items()}
+    assert cropped["aug"] == "standard"  # 15+ epochs of a centre-crop view: random-resized crops and colour
 
 
 def test_small_images_get_the_small_stem_adamw_and_padded_crops_and_a_short_budget_a_cheaper_network():

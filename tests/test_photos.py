@@ -70,8 +70,10 @@ def test_a_trained_run_stores_its_crop_and_every_verb_uses_it(tmp_path):
         for i in range(6):
             seed = zlib.crc32(name.encode()) % 100 + i  # not hash(): str hashes change with every process
             textured(int(90 + 20 * i), int(150 - 10 * i), seed=seed).save(data / name / f"{i}.png")
+    # the centre crop (auto's view from scratch is the whole picture, tests/test_whole_view.py)
     result = resnetlab.train(data=str(data), img_size=72, epochs=1, width=0.25, batch_size=8, workers=1,
-                             progress=False, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+                             progress=False, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                             crop_mode="center")
     saved = read_checkpoint(result.run_dir / "best.pt")
     assert (saved["crop_pct"], saved["interpolation"]) == (0.875, "bilinear")  # photo-sized input: 72 px > 64
     classifier = resnetlab.load(result.run_dir / "best.pt", device="cpu")
@@ -242,7 +244,8 @@ def test_a_photo_folder_trains_evaluates_predicts_and_explains_end_to_end(tmp_pa
     # validation accuracy from epoch 3 on, with data seeds 0, 1 and 2
     result = resnetlab.train(data=str(data), img_size=72, epochs=4, width=0.25, batch_size=8, workers=1,
                              progress=False, aug="standard", freeze_backbone=True, unfreeze_at=2, opt="adamw",
-                             lr=0.01, seed=0, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+                             lr=0.01, seed=0, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                             crop_mode="center")
     checkpoint = result.run_dir / "best.pt"
     assert read_checkpoint(checkpoint)["crop_pct"] == 0.875
     report = resnetlab.evaluate(checkpoint, str(data), split="val", out=str(tmp_path / "eval"), workers=1,

@@ -219,3 +219,22 @@ def test_without_a_val_split_the_race_validates_on_a_hold_out_of_train_never_on_
     for part in seen:
         assert set(part.splits) == {"train", "val"} and not test_files & set(part.splits["val"].paths)
         assert not set(part.splits["train"].paths) & set(part.splits["val"].paths)
+
+
+def test_a_candidate_that_differs_from_the_rules_only_in_flips_is_not_raced(tmp_path, toy_source):
+    """fmnist-1k and digits (session 20): rules and plain differed only in vertical flips once the slices dropped
+    the long-run regularisers; a few epochs cannot measure that, so the rules get the whole budget."""
+    chosen = {"aug": {"value": "crop", "why": "rules"}}
+    cfg = _ruled(balance="none", width=1.0, pool="avg", aug="crop", erase=0.25, ema=0.999, chosen=chosen)
+    proposed = [Candidate("rules", {}, "r"), Candidate("plain", {"aug": "flip", "vflip": True, "erase": 0.0,
+                                                                 "ema": 0.0}, "p")]
+    kept, dropped = race_module.measurable(cfg, proposed)
+    assert [c.name for c in kept] == ["rules"] and dropped == ["plain"]
+    scripted = _scripted({"rules": 0.5, "plain": 0.9})
+    won = race(cfg, toy_source, tmp_path, scripted, proposed=proposed)
+    assert scripted.calls == [] and won.time_limit == cfg.time_limit  # nothing raced: the whole budget
+    assert won.chosen["race"]["value"] == "rules" and "only in flips" in won.chosen["race"]["why"]
+    wider = [*proposed, Candidate("marks", {"aug": "light", "pool": "avgmax"}, "m")]
+    assert [c.name for c in race_module.measurable(cfg, wider)[0]] == ["rules", "marks"]
+    given, _ = race_module.measurable(replace(cfg, given=["aug"]), proposed)  # a given aug keeps its crops in the
+    assert [c.name for c in given] == ["rules", "plain"]                     # rules' slice: plain's flips differ

@@ -87,11 +87,11 @@ def target_epochs(images: int) -> int:
 
 
 def whole_view(stats: DataStats, pretrained: bool, fixed: dict | None = None) -> bool:
-    """Whether grey photo-sized images trained from scratch get the whole-picture view (``_view``): not when the
-    user chose the centre crop, or gave only a crop fraction (a centre-crop setting)."""
+    """Whether photo-sized images trained from scratch, grey or colour, get the whole-picture view (``_view``):
+    not when the user chose the centre crop, or gave only a crop fraction (a centre-crop setting)."""
     fixed = fixed or {}
     mode = fixed.get("crop_mode")
-    return (stats.grey and not pretrained and stats.side > SMALL_SIZE and mode in (None, "squash")
+    return (not pretrained and stats.side > SMALL_SIZE and mode in (None, "squash")
             and (mode == "squash" or "crop_pct" not in fixed))
 
 
@@ -252,21 +252,25 @@ def _optimisation(stats: DataStats, epochs: int, batch: int, pretrained: bool, f
 
 
 def _view(stats: DataStats, epochs: int, whole: bool, pct_given: bool) -> dict[str, tuple]:
-    """What the network sees of each image: augmentation, and for grey photo-sized images trained from scratch
-    (surfaces, scans, X-rays: what matters can be a small mark anywhere) the whole picture squashed to a square
-    (timm's crop_mode squash, no crop) with flips only (random-resized crops cut small marks out of most views;
-    shifts, rotations and average + max pooling learnt slower: the race tries them). Measured in
-    benchmarks/README.md ("Defaults", the grey defects set)."""
+    """What the network sees of each image: augmentation, and for photo-sized images trained from scratch
+    (surfaces, scans, X-rays, photos of any aspect ratio: what makes the label can be small and anywhere) the whole
+    picture squashed to a square (timm's crop_mode squash, no crop) with flips only (random-resized crops cut small
+    marks out of most views; shifts, rotations and average + max pooling learnt slower: the race tries them).
+    Measured in benchmarks/README.md ("Defaults": the grey defects set; colour-200-400, session 21, where a centre
+    crop and random-resized crops with colour jitter each lost 20 points to the whole picture with flips)."""
     if stats.side <= SMALL_SIZE:
         return {"aug": ("crop", "flips and padded crops (small images: rotation slows short schedules)")}
     if whole:
-        why = "grey images: the whole field of view matters"
+        why = "photo-sized, from scratch: the whole field of view matters"
         view = {"crop_mode": ("squash", f"{why}: all of each picture, edges included, resized to a square")}
         if not pct_given:
             view["crop_pct"] = (1.0, f"{why}: no crop")
         view["aug"] = ("flip", "flips of the whole picture, as the plain script: shifts, rotations and "
                                "random-resized crops learnt nothing in 4 epochs where flips learnt 86 % (the race "
                                "tries shifts and max pooling)")
+        view["vflip"] = (True, "vertical flips too, as the plain script: its recipe learnt 600 colour pictures "
+                               "(colour-200-400) where auto's horizontal flips alone stayed at chance (session 21); "
+                               "a race slice is too short to tell flips apart")
         return view
     return {"aug": ("standard", "random-resized crops of the whole picture + colour") if epochs >= 15 else
             ("light", "flips, shifts, small rotations: too few epochs for random-resized crops")}
