@@ -82,7 +82,8 @@ class TrainConfig:
                              "the image), e.g. 0.25; 0: off (strong: 0.25)")
     hflip: bool = _opt(True, "allow horizontal flips in augmentation (turn off for digits and text)")
     vflip: bool = _opt(False, "also flip vertically at random (pictures with no up or down: textures, surfaces, "
-                              "aerial and microscope images; the plain script's h+v flips)")
+                              "aerial and microscope images; the plain script's h+v flips; --recipe auto turns it "
+                              "on for photo-sized images trained from scratch; --no-vflip keeps it off)")
     loader: str = _opt("auto", "data path of the training split: memory (decode every image once into a cached "
                         "uint8 array), stream (decode each batch from the files with DataLoader workers: sets larger "
                         "than memory), auto (stream when the decoded split would take over half the free memory)",
