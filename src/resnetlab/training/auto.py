@@ -254,10 +254,11 @@ def _optimisation(stats: DataStats, epochs: int, batch: int, pretrained: bool, f
 def _view(stats: DataStats, epochs: int, whole: bool, pct_given: bool) -> dict[str, tuple]:
     """What the network sees of each image: augmentation, and for photo-sized images trained from scratch
     (surfaces, scans, X-rays, photos of any aspect ratio: what makes the label can be small and anywhere) the whole
-    picture squashed to a square (timm's crop_mode squash, no crop) with flips only (random-resized crops cut small
-    marks out of most views; shifts, rotations and average + max pooling learnt slower: the race tries them).
-    Measured in benchmarks/README.md ("Defaults": the grey defects set; colour-200-400, session 21, where a centre
-    crop and random-resized crops with colour jitter each lost 20 points to the whole picture with flips)."""
+    picture squashed to a square (timm's crop_mode squash, no crop) with horizontal and vertical flips only
+    (random-resized crops cut small marks out of most views; shifts, rotations and average + max pooling learnt
+    slower: the race tries them). Measured in benchmarks/README.md ("Defaults": the grey defects set;
+    colour-200-400, session 21: a centre crop scored 21 %, random-resized crops with colour jitter 25 %, the whole
+    picture with horizontal flips 25 % and with both flips 53 %)."""
     if stats.side <= SMALL_SIZE:
         return {"aug": ("crop", "flips and padded crops (small images: rotation slows short schedules)")}
     if whole:
