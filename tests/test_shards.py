@@ -78,6 +78,12 @@ def test_folder_to_shards_then_train_and_evaluate(tmp_path: Path, capsys, no_fig
     with np.load(vectors) as saved:
         assert len(saved["paths"]) == 9 and sorted(set(saved["labels"].tolist())) == CLASSES
 
+    explained = tmp_path / "explained"  # and explain: one heat map per record of the shard
+    assert main(["explain", str(run / "best.pt"), str(out / "val-000000.tar"), "--out", str(explained),
+                 "--workers", "1", "--no-progress"]) == 0
+    with open(explained / "explain.csv", newline="", encoding="utf-8") as handle:
+        assert len(list(csv.DictReader(handle))) == 9
+
 
 def write_shard(path: Path, records: list[dict]) -> None:
     with wds.TarWriter(str(path)) as sink:

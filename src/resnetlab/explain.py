@@ -23,6 +23,7 @@ from .checkpoint import read_checkpoint
 from .classifier import load
 from .data.cache import decode_split
 from .data.images import expand_inputs, open_rgb
+from .data.shards import shard_inputs
 from .data.sources import open_data
 from .data.splits import SplitData, relabel, select_split
 from .data.transforms import to_rgb_array
@@ -115,7 +116,7 @@ def explain(checkpoint: str | Path, inputs: Sequence[str] = (), *, misclassified
         total = len(items) + len(skipped)
         chunks: Iterator[tuple[list[_Item], list[dict]]] = iter([(items, skipped)])
     else:
-        files = expand_inputs(inputs)
+        files = expand_inputs(shard_inputs(inputs))  # tar shards: their records' images (data/shards.py)
         if not files:
             raise DataError(f"no input images found in {', '.join(map(str, inputs))}")
         default_out = Path(checkpoint).parent / "explain"
@@ -166,7 +167,7 @@ def _explain_label_sets(classifier, checkpoint: str | Path, inputs: Sequence[str
         raise ExplainError("--misclassified and --target true are for one class per image; for a multi-label model "
                            "`resnetlab evaluate` draws the most confident false positives and false negatives with "
                            "their heat maps (false_positives.png, false_negatives.png)")
-    files = expand_inputs(inputs)
+    files = expand_inputs(shard_inputs(inputs))
     if not files:
         raise DataError(f"no input images found in {', '.join(map(str, inputs))}")
     out_dir = Path(out) if out else Path(checkpoint).parent / "explain"
