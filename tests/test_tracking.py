@@ -160,7 +160,8 @@ def test_wandb_offline_run_holds_settings_metrics_figures_and_the_checkpoint(spl
         monkeypatch.setenv(f"WANDB_{name}", str(tmp_path / name))
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "wb"
-    assert main(["train", str(split_folders), "--out", str(out), "--epochs", "1", "--wandb", "toys", *CLI_TINY]) == 0
+    assert main(["train", str(split_folders), "--out", str(out), "--epochs", "1", "--wandb", "toys",
+                 "--wandb-group", "sizes", *CLI_TINY]) == 0
     import wandb
 
     wandb.teardown()  # waits for W&B's service to write its log: run.finish() may return before (seen in CI)
@@ -170,7 +171,7 @@ def test_wandb_offline_run_holds_settings_metrics_figures_and_the_checkpoint(spl
     assert "run" in kinds and "exit" in kinds, kinds
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     config = {item.key: yaml.safe_load(item.value_json) for item in run.config.update}
-    assert (run.project, run.display_name) == ("toys", "wb") and config["epochs"] == 1
+    assert (run.project, run.display_name, run.run_group) == ("toys", "wb", "sizes") and config["epochs"] == 1
     history = [{i.key or "/".join(i.nested_key): i.value_json for i in r.history.item}
                for r in records if r.WhichOneof("record_type") == "history"]
     with open(out / "metrics.csv", encoding="utf-8", newline="") as handle:

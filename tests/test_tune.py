@@ -219,7 +219,10 @@ def test_an_interrupted_trial_exits_like_train_and_names_no_deleted_folder(toy: 
 
     from resnetlab.log import logger
 
+    groups = []
+
     def stopped_train(cfg, on_epoch):  # noqa: ANN001, ANN202, ARG001 - training.train's signature
+        groups.append(cfg.wandb_group)
         Path(cfg.out).mkdir(parents=True)
         logger.info(f"stopped after epoch 1; resume with: resnetlab train --resume {cfg.out}")
         return SimpleNamespace(history=[], stopped="signal", stop_signal=signum)
@@ -232,3 +235,5 @@ def test_an_interrupted_trial_exits_like_train_and_names_no_deleted_folder(toy: 
     assert "trial 0: stopped after epoch 1" in messages, messages
     assert not [m for m in messages if "resume with" in m], messages
     assert not (out / "trials" / "000").exists()
+    # a trial's W&B run (with --wandb) joins the study's group
+    assert groups == optuna.get_all_study_names(f"sqlite:///{out / 'study.db'}")

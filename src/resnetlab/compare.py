@@ -26,7 +26,7 @@ from .fileio import atomic_open
 METRICS = ("images", "accuracy", "balanced_accuracy", "top5_accuracy", "macro_f1", "loss", "ece", "adaptive_ece",
            "nll", "brier", "temperature", "map_macro", "map_micro")
 IGNORED = {"out", "name", "exist_ok", "resume", "progress", "given", "chosen", "workers", "cache_dir", "tensorboard",
-           "mlflow", "wandb"}  # where and how a run was written, not what it learned
+           "mlflow", "wandb", "wandb_group"}  # where and how a run was written, not what it learned
 
 
 @dataclass

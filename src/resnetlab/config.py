@@ -208,6 +208,8 @@ class TrainConfig:
     wandb: str | None = _opt(None, "log to Weights & Biases: --wandb alone uses the project 'resnetlab', --wandb "
                                    "PROJECT another; files in RUN_DIR/wandb/ ($WANDB_DIR), WANDB_MODE=offline for no "
                                    "network", const="auto")
+    wandb_group: str | None = _opt(None, "the W&B group the run joins (runs of one experiment side by side); "
+                                         "resnetlab tune groups its trials by the study's name")
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -26,7 +26,7 @@ AUTO = "auto"  # --resume auto: continue from RUN/last.pt when it exists, else s
 # Settings a resumed run may change; everything else comes from the run's saved config.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "progress", "time_limit", "early_stop", "cache_dir",
                        "save_every", "stop_after_steps", "fill_time", "keep", "tensorboard", "mlflow", "wandb",
-                       "calibrate")
+                       "wandb_group", "calibrate")
 
 # What a run saved before the photo path (0.3) trained and evaluated with: resumed, it goes on the same way.
 # A run saved before --crop-mode resumes with the centre crop it was validated with.

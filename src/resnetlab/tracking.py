@@ -221,9 +221,11 @@ class WandbTracker(_Soft):
         run_id = saved.get("wandb_run_id") if resumed and saved.get("wandb_project") == project else None
         self.run = wandb.init(project=project, name=run_dir.name, id=run_id, resume="allow" if run_id else None,
                               dir=os.environ.get("WANDB_DIR") or str(run_dir), config=_flat_settings(cfg),
-                              tags=[cfg.model], settings=wandb.Settings(init_timeout=30, console="off", quiet=True))
+                              group=cfg.wandb_group, tags=[cfg.model],
+                              settings=wandb.Settings(init_timeout=30, console="off", quiet=True))
         write_json(run_dir / TRACKING_FILE, {**saved, "wandb_run_id": self.run.id, "wandb_project": project})
-        logger.info(f"wandb: {'continuing ' if run_id else ''}run {self.run.id} in project '{project}'")
+        logger.info(f"wandb: {'continuing ' if run_id else ''}run {self.run.id} in project '{project}'"
+                    + (f", group '{cfg.wandb_group}'" if cfg.wandb_group else ""))
 
     def log_epoch(self, row: dict) -> None:
         self._guard("log epoch metrics", self._log_epoch, row)

@@ -21,7 +21,8 @@ from ..errors import ConfigError
 
 SPEC_KEYS = ("low", "high", "log", "step", "choices")
 # what a trial's run is, not how it trains: fixed by the study (--trial-time is the per-trial time limit)
-NOT_SEARCHABLE = ("data", "out", "name", "resume", "exist_ok", "time_limit", "progress", "mlflow", "tensorboard")
+NOT_SEARCHABLE = ("data", "out", "name", "resume", "exist_ok", "time_limit", "progress", "mlflow", "tensorboard",
+                  "wandb", "wandb_group")
 SMALL, LARGE = 2_000, 50_000  # training images: the default space's size classes
 
 

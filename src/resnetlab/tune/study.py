@@ -27,7 +27,7 @@ from .plan import PROGRESS_STEPS, Plan
 # settings that say where or how a study runs, not what it searches: the same command on another machine (other
 # paths, devices, decode processes) names the same study
 NOT_NAMED = ("out", "name", "resume", "exist_ok", "progress", "workers", "device", "cache_dir", "data_root",
-             "mlflow", "tensorboard", "given", "chosen")
+             "mlflow", "tensorboard", "wandb_group", "given", "chosen")
 
 
 def quiet_optuna() -> None:

@@ -188,6 +188,8 @@ class Worker:
         # a study stored before recipes were always named ran the plain defaults: it still does (not auto)
         cfg = TrainConfig.from_dict({**settings, "recipe": settings.get("recipe") or "plain", "out": str(run_dir),
                                      "exist_ok": True, "mlflow": plan.mlflow,
+                                     # W&B shows a study's trials as one group (a given --wandb-group wins)
+                                     "wandb_group": settings.get("wandb_group") or plan.name,
                                      "progress": bool(settings.get("progress")) and plan.workers == 1})
         linked: list[bool] = []
         reported: set[int] = set()
