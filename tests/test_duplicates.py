@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from processes import run
 from resnetlab.cli import main
@@ -211,3 +211,56 @@ def test_cli_check_lists_the_pair_with_both_paths(tmp_path: Path):
     assert set(found_pairs(json.loads(report_file.read_text()), root)) == expected
     lines = [line for line in done.stdout.splitlines() if "resized.png" in line]
     assert len(lines) == 1 and "near-duplicate of train image" in lines[0] and "t0.png" in lines[0]
+
+
+def garment(rng: np.random.Generator) -> Image.Image:
+    """A centred light shape with darker patches on black: distinct pictures of it hash alike (as Fashion-MNIST's)."""
+    image = Image.new("L", (96, 96), 0)
+    draw = ImageDraw.Draw(image)
+    w, h = rng.integers(20, 34), rng.integers(26, 40)
+    draw.rectangle((48 - w, 48 - h, 48 + w, 48 + h), fill=200)
+    for _ in range(6):
+        x, y = rng.integers(48 - w, 48 + w - 8), rng.integers(48 - h, 48 + h - 8)
+        draw.rectangle((x, y, x + int(rng.integers(6, 14)), y + int(rng.integers(6, 14))),
+                       fill=int(rng.integers(60, 140)))
+    return image.filter(ImageFilter.GaussianBlur(1)).convert("RGB")
+
+
+def test_where_distinct_pictures_look_alike_the_search_distance_comes_from_the_data(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for name in ("train/a", "train/b", "val/a", "val/b"):
+        (root / name).mkdir(parents=True)
+    for i in range(40):
+        garment(rng).save(root / f"train/{'ab'[i % 2]}/g{i}.png")
+    for i in range(10):  # new garments: as alike to the training ones as those are to each other
+        garment(rng).save(root / f"val/{'ab'[i % 2]}/new{i}.png")
+    with Image.open(root / "train/a/g0.png") as image:
+        image.resize((144, 144), Image.Resampling.BICUBIC).save(root / "val/a/resized.png")
+    source = open_data(str(root))
+    auto = check_data(source, 32, workers=1, progress=False, near_dup_distance="auto")
+    assert set(found_pairs(auto, root)) == {("val/a/resized.png", "train/a/g0.png")}  # the copy, no look-alike
+    distance = auto["near_duplicates"]["max_distance"]
+    assert 0 < distance < DEFAULT_DISTANCE
+    note, = [p for p in auto["problems"] if p["severity"] == "info"]
+    assert note["reason"].startswith(f"near-duplicate search within {distance} bits, not the default")
+    fixed = check_data(source, 32, workers=1, progress=False, near_dup_distance=DEFAULT_DISTANCE)
+    assert len(found_pairs(fixed, root)) > 3  # at 28 bits different garments are listed as copies
+    # a few hundred distinct photos keep the default: auto_distance on spread hashes changes nothing
+    spread = rng.integers(0, 2**63, (300, 2), dtype=np.uint64)
+    assert duplicates.auto_distance(spread) == (DEFAULT_DISTANCE, "the default")
+    assert duplicates.auto_distance(spread[:10])[0] == DEFAULT_DISTANCE  # too few to measure
+
+
+def test_nearest_neighbours_equal_a_brute_force_minimum_in_any_block_size(monkeypatch):
+    rng = np.random.default_rng(1)
+    hashes = rng.integers(0, 2**63, (50, 2), dtype=np.uint64)
+    hashes[7] = hashes[3] ^ np.array([0b111, 0], dtype=np.uint64)  # 3 bits apart
+    bits = np.unpackbits(hashes.view(np.uint8), axis=1)
+    brute = (bits[:, None, :] != bits[None, :, :]).sum(axis=2)
+    np.fill_diagonal(brute, 999)
+    for block in (8, 8 * 30 * 7, 2**20):  # one column per block, seven, all
+        monkeypatch.setattr(duplicates, "PAIR_CHUNK_BYTES", block)
+        rows = np.sort(np.random.default_rng(0).choice(50, 30, replace=False))  # the function's own sample
+        assert duplicates.nearest_neighbours(hashes, sample=30).tolist() == brute.min(axis=1)[rows].tolist()
+    assert duplicates.nearest_neighbours(hashes)[[3, 7]].tolist() == [3, 3]

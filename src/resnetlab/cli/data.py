@@ -86,7 +86,9 @@ def check_parser(sub) -> None:
                        help="report two images in different splits (train/val, train/test, val/test) as "
                             "near-duplicates when their 128-bit perceptual hashes (pHash + dHash) differ in at most "
                             "BITS bits (0-128; default: 28, which finds resized, JPEG re-encoded, grey, 5%% centre-"
-                            "cropped and a-few-pixels-cut copies while distinct photos measured 34 or more apart)")
+                            "cropped and a-few-pixels-cut copies while distinct photos measured 34 or more apart; "
+                            "less where the training split's distinct pictures come closer: 6 under the distance "
+                            "within which 5%% of them have a neighbour, and the report says so)")
     check.add_argument("--no-near-dups", action="store_true",
                        help="skip the near-duplicate search (it reads and hashes every image a second time)")
     decode_flags(check)
@@ -104,7 +106,6 @@ def _hash_bits(text: str) -> int:
 
 def check_run(args: argparse.Namespace) -> int:
     from ..data.check import check_data, format_report
-    from ..data.duplicates import DEFAULT_DISTANCE
     from ..data.sources import default_img_size, open_data
     from ..fileio import write_json
     from ..log import progress_enabled
@@ -113,7 +114,7 @@ def check_run(args: argparse.Namespace) -> int:
                        follow_links=args.follow_links, task=args.task, label_sep=args.label_sep,
                        cache_dir=args.cache_dir)
     size = args.img_size or default_img_size(source)
-    distance = DEFAULT_DISTANCE if args.near_dup_distance is None else args.near_dup_distance
+    distance = "auto" if args.near_dup_distance is None else args.near_dup_distance
     report = check_data(source, size, cache_dir=args.cache_dir, workers=args.workers,
                         progress=progress_enabled(args.progress),
                         near_dup_distance=None if args.no_near_dups else distance)

@@ -116,9 +116,10 @@ def _imbalance(counts: dict[str, int]) -> list[dict]:
 
 
 def check_data(source: DataSource, img_size: int, *, cache_dir: str | None = None, workers: int | None = None,
-               progress: bool = True, near_dup_distance: int | None = None) -> dict:
+               progress: bool = True, near_dup_distance: int | str | None = None) -> dict:
     """Decode every split as training will without pretrained weights (filling the cache it reuses) and inspect
-    it; with ``near_dup_distance`` (bits of 128) also search for near-duplicates across splits."""
+    it; with ``near_dup_distance`` (bits of 128, or "auto": measured on the training split) also search for
+    near-duplicates across splits."""
     layout, crop = default_layout_and_crop(img_size)
     decoded = {name: decode_split(split, img_size, layout=layout if name == "train" else "square",
                                   crop=crop if name != "train" else Crop(), cache_dir=cache_dir, workers=workers,
@@ -126,12 +127,14 @@ def check_data(source: DataSource, img_size: int, *, cache_dir: str | None = Non
                for name, split in source.splits.items()}
     report = inspect_data(source, decoded, img_size)
     if near_dup_distance is not None:
-        from .duplicates import HASH_BITS, near_duplicates  # imagehash and scipy: only when searching
+        from .duplicates import DEFAULT_DISTANCE, HASH_BITS, near_duplicates  # imagehash: only when searching
 
         digests = {name: dict(zip(split.kept.tolist(), split.digests)) for name, split in decoded.items()}
-        report["problems"] += near_duplicates(source, near_dup_distance, digests=digests, workers=workers,
-                                              progress=progress)
-        report["near_duplicates"] = {"max_distance": near_dup_distance, "hash_bits": HASH_BITS}
+        found = near_duplicates(source, near_dup_distance, digests=digests, workers=workers, progress=progress)
+        report["problems"] += found
+        chosen = next((p["max_distance"] for p in found if "max_distance" in p),
+                      DEFAULT_DISTANCE if near_dup_distance == "auto" else near_dup_distance)
+        report["near_duplicates"] = {"max_distance": chosen, "hash_bits": HASH_BITS}
     return report
 
 

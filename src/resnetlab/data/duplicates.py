@@ -19,6 +19,14 @@ photos, 3 px cut from any side are within 21 bits, from a corner within 28 for 9
 report: 23), and distinct patches 36 or more apart. Hence the default of 28 bits, 6 or more under every distinct
 pair measured (tests/test_duplicates.py checks both sides of it on those photos). Not found at 28: many 5 % corner
 crops (up to 53 bits).
+
+Those photos' distinct pictures are far apart; other data sets' are not. In centred objects on a plain background
+(Fashion-MNIST garments resized to 60-260 px, in every image mode), 5 % of the training pictures have a distinct
+neighbour within 12 bits and the median is 20: at 28 bits ``check`` listed 758 pairs of different garments as copies.
+So the default distance (``"auto"``) is measured on the user's own training split: 6 bits under the distance within
+which 5 % of its pictures have a distinct neighbour (the margin the default keeps under the photos' closest pair),
+never over 28. On those garments that is 6 bits, where their resized, JPEG q60 and grey copies measured within 6
+(5 % crops, up to 23, are then missed: they are as close as distinct garments).
 """
 
 from __future__ import annotations
@@ -39,6 +47,10 @@ from .workers import default_workers, worker_map
 
 HASH_BITS = 128
 DEFAULT_DISTANCE = 28  # bits of 128; see the module docstring for the measurements behind it
+NEIGHBOUR_SHARE = 0.05  # "auto": the share of training pictures that may have a distinct neighbour this near...
+NEIGHBOUR_MARGIN = 6  # ... less this margin (the default's under the photos' closest distinct pair: 34 - 28)
+NEIGHBOUR_SAMPLE = 1000  # training pictures whose nearest neighbour is measured (against the whole split)
+NEIGHBOUR_MIN_IMAGES = 20  # fewer training pictures say nothing about the data: the default stands
 MAX_LISTED_PAIRS = 1000  # the closest pairs are listed; the rest only counted
 POOL_MIN_IMAGES = 64  # fewer images are hashed in this process: starting workers costs more
 DRAFT_SIZE = 128  # JPEGs decode at 1/2-1/8 scale (libjpeg) down to this side: hashes look at 32 px anyway
@@ -122,11 +134,43 @@ def pair_blocks(a: np.ndarray, b: np.ndarray, max_distance: int
         yield i + start, j, distance[i, j]
 
 
-def near_duplicates(source: DataSource, max_distance: int = DEFAULT_DISTANCE, *,
+def nearest_neighbours(hashes: np.ndarray, sample: int = NEIGHBOUR_SAMPLE, seed: int = 0) -> np.ndarray:
+    """Bits from each of a random sample of ``hashes`` (N x W uint64) to its nearest other hash, in blocks of
+    columns, so a sample of 1,000 against 100k hashes never sits in memory whole."""
+    rows = np.sort(np.random.default_rng(seed).choice(len(hashes), size=min(sample, len(hashes)), replace=False))
+    nearest = np.full(len(rows), HASH_BITS + 1, dtype=np.uint16)
+    columns = max(1, PAIR_CHUNK_BYTES // (8 * len(rows)))
+    for start in range(0, len(hashes), columns):
+        block = hashes[start:start + columns]
+        distance = np.zeros((len(rows), len(block)), dtype=np.uint16)
+        for word in range(hashes.shape[1]):
+            distance += popcount(hashes[rows, word][:, None] ^ block[:, word][None, :])
+        own = (rows >= start) & (rows < start + len(block))
+        distance[np.flatnonzero(own), rows[own] - start] = HASH_BITS + 1  # not its own neighbour
+        nearest = np.minimum(nearest, distance.min(axis=1))
+    return nearest
+
+
+def auto_distance(train_hashes: np.ndarray) -> tuple[int, str]:
+    """The search distance for this data set ("auto", see the module docstring) and why, in words."""
+    if len(train_hashes) < NEIGHBOUR_MIN_IMAGES:
+        return DEFAULT_DISTANCE, "the default"
+    near = int(np.quantile(nearest_neighbours(train_hashes), NEIGHBOUR_SHARE))
+    if near - NEIGHBOUR_MARGIN >= DEFAULT_DISTANCE:
+        return DEFAULT_DISTANCE, "the default"
+    return max(0, near - NEIGHBOUR_MARGIN), (
+        f"not the default {DEFAULT_DISTANCE}: distinct pictures of this data set look alike ({NEIGHBOUR_SHARE:.0%} of "
+        f"the training images have another within {near} bits), so looser matches would list different pictures; "
+        "resized, re-encoded and grey copies are still found, crops may not be; --near-dup-distance sets it")
+
+
+def near_duplicates(source: DataSource, max_distance: int | str = DEFAULT_DISTANCE, *,
                     digests: dict[str, dict[int, str]] | None = None, workers: int | None = None,
                     progress: bool = True, limit: int = MAX_LISTED_PAIRS) -> list[dict]:
     """One warning per pair of images in two splits (train/val, train/test, val/test) whose hashes are at most
     ``max_distance`` bits apart, closest first; past ``limit`` pairs one more warning counts the rest.
+    ``max_distance="auto"`` measures it on the training split (``auto_distance``); where that is under the default,
+    an info item says so and why, with the distance as its ``max_distance``.
 
     ``digests``: split -> {position: content digest} from the decode. A val/test image that is a byte-identical
     copy of a train image is not listed again: the exact check (``check.inspect_data``) already reports it.
@@ -138,6 +182,11 @@ def near_duplicates(source: DataSource, max_distance: int = DEFAULT_DISTANCE, *,
                    key=lambda n: SPLIT_ORDER.index(n) if n in SPLIT_ORDER else len(SPLIT_ORDER))
     problems = [] if len(names) == len(source.splits) else [_SKIPPED_ARRAYS | {"path": source.location}]
     hashed = {name: hash_split(source.splits[name], workers=workers, progress=progress) for name in names}
+    if max_distance == "auto":
+        max_distance, why = auto_distance(hashed["train"][1]) if "train" in hashed else (DEFAULT_DISTANCE, "")
+        if max_distance < DEFAULT_DISTANCE:
+            problems.append({"severity": "info", "split": "", "path": source.location, "max_distance": max_distance,
+                             "reason": f"near-duplicate search within {max_distance} bits, {why}"})
     found, total = [], 0  # found: (distance, earlier, position, later, position) of the closest pairs
     for k, earlier in enumerate(names):
         for later in names[k + 1:]:
