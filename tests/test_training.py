@@ -250,6 +250,8 @@ def test_training_records_val_top5_with_six_classes_and_not_with_three(tmp_path:
     assert float(row["val_acc"]) == pytest.approx(topk_accuracy(logits, targets, 1), abs=1e-6)
     three = resnetlab.train(data=str(split_folders), out=str(tmp_path / "three"), epochs=1, lr=0.05, **TINY)
     assert "val_top5" not in read_csv(three.run_dir / "metrics.csv")[0]
+    # what a notebook cell shows for the result: the summary, not the network or every epoch's row
+    assert repr(three).startswith("RunResult(run_dir=") and "Conv2d" not in repr(three) and "history" not in repr(three)
 
 
 def test_auto_keeps_the_finished_schedules_last_epoch_when_an_earlier_peak_is_within_noise():

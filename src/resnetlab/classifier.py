@@ -105,7 +105,8 @@ class Classifier:
 
     def predict(self, images: Sequence | str | Image.Image | torch.Tensor, *, topk: int = 5,
                 batch_size: int = 64) -> list[Prediction]:
-        """One Prediction per image; a single image may be passed without a list."""
+        """One Prediction per image; a single image may be passed without a list. An unreadable file raises
+        ImageReadError naming it and why (``resnetlab predict`` on the command line writes an error row instead)."""
         if isinstance(images, (str, os.PathLike, Image.Image, torch.Tensor)):
             images = [images]
         results: list[Prediction] = []

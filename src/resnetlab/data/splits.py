@@ -136,7 +136,9 @@ def select_split(source: DataSource, split: str) -> tuple[str, list[str]]:
         if split == "val" and "test" in source.splits:
             notes.append("no val split in the data: using test, as training did for validation")
             return "test", notes
-        raise DataError(f"split '{split}' is not in the data (available: {', '.join(source.splits)})")
+        hint = ("; a folder without a test/ folder is split into train and val only: --split val scores the "
+                "images training held out" if split == "test" and "val" in source.splits else "")
+        raise DataError(f"split '{split}' is not in the data (available: {', '.join(source.splits)}){hint}")
     return split, notes
 
 

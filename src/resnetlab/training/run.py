@@ -52,8 +52,8 @@ class RunResult:
     best_val_acc: float
     best_epoch: int
     epochs_done: int
-    history: list[dict] = field(default_factory=list)
-    model: nn.Module | None = None  # the network as it was at the end, in eval mode
+    history: list[dict] = field(default_factory=list, repr=False)  # a notebook cell shows the summary, not these
+    model: nn.Module | None = field(default=None, repr=False)  # the network as it was at the end, in eval mode
     classes: list[str] = field(default_factory=list)
     stopped: str | None = None  # why the run stopped before its last epoch: "signal", "steps", "early-stop"...
     stop_signal: int | None = None  # with stopped == "signal": its number (2 SIGINT, 15 SIGTERM)
