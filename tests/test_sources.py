@@ -55,6 +55,11 @@ def test_class_folders_stratified_split_is_reproducible(class_folders: Path):
     counts = np.bincount(first.splits["val"].labels)
     assert counts.tolist() == [5, 5, 5]  # 25 % of 20 per class
     assert not set(first.splits["val"].paths) & set(first.splits["train"].paths)
+    from resnetlab.data.splits import select_split
+
+    with pytest.raises(DataError, match=r"'test' is not in the data \(available: train, val\); a folder without a "
+                                        r"test/ folder is split into train and val only: --split val scores"):
+        select_split(first, "test")  # what `evaluate --split test` meets on class folders (the README's old line)
 
 
 def test_single_class_is_an_error(tmp_path: Path):
