@@ -22,7 +22,7 @@ crops (up to 53 bits).
 
 Those photos' distinct pictures are far apart; other data sets' are not. In centred objects on a plain background
 (Fashion-MNIST garments resized to 60-260 px, in every image mode), 5 % of the training pictures have a distinct
-neighbour within 12 bits and the median is 20: at 28 bits ``check`` listed 758 pairs of different garments as copies.
+neighbour within 12 bits and the median is 20: at 28 bits ``check`` listed 757 pairs of different garments as copies.
 So the default distance (``"auto"``) is measured on the user's own training split: 6 bits under the distance within
 which 5 % of its pictures have a distinct neighbour (the margin the default keeps under the photos' closest pair),
 never over 28. On those garments that is 6 bits, where their resized, JPEG q60 and grey copies measured within 6
