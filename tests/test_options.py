@@ -121,13 +121,14 @@ def test_a_log_file_gets_lines_not_progress_bars(split_folders: Path, tmp_path: 
     log = tmp_path / "log.txt"
     with open(log, "w") as handle:
         done = subprocess.run([sys.executable, "-m", "resnetlab", "check", str(split_folders), "--workers", "1",
-                               "--img-size", "16"], stdout=handle, stderr=subprocess.STDOUT, timeout=300,
-                              start_new_session=True)
+                               "--img-size", "16", "--near-dup-distance", "28"], stdout=handle,
+                              stderr=subprocess.STDOUT, timeout=300, start_new_session=True)
     text = log.read_text(encoding="utf-8")
     assert done.returncode == 0, text[-2000:]
     assert "\r" not in text and "it/s" not in text and "img/s" not in text  # no bars: the output is not a terminal
     assert text.startswith(f"split folders at {split_folders}: 3 classes, image size 16px\n"
                            "  train: 72 images; blue sky=24, green léaf=24, red=24\n")
-    # the toy pictures (a square on a dark background) look alike to a perceptual hash: 90 val/train near-duplicates
+    # the toy pictures (a square on a dark background) look alike to a perceptual hash: at 28 bits (given; the
+    # distance measured on them is lower) 90 val/train near-duplicates, a list long enough to be cut
     assert "\n90 warning(s):\n" in text and text.count(": near-duplicate of train image") == 50
     assert text.endswith("  ... and 40 more (see the JSON report)\n")
