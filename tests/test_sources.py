@@ -174,3 +174,19 @@ def test_nfc_and_nfd_spellings_of_a_label_are_one_label_in_a_multilabel_csv(tmp_
     columns = _write_csv(data / "columns.csv", f"path,{nfc},{nfd}\n0.png,1,0\n")  # two columns, one name
     with pytest.raises(DataError, match="appear more than once .names compared in Unicode NFC"):
         open_data(str(columns))
+
+
+def test_csv_columns_spelt_filename_and_class_are_read_as_path_and_label(tmp_path: Path, csv_dataset: Path):
+    rows = list(csv.reader(open(csv_dataset, encoding="utf-8")))
+    kaggle = csv_dataset.parent / "kaggle.csv"
+    with open(kaggle, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["Filename", "Class", "split"], *rows[1:]])
+    source = open_data(str(kaggle))
+    assert len(source.splits["train"]) == 48 and sorted(source.classes) == sorted(TOY_CLASSES)
+    assert "kaggle.csv: read column 'Filename' as path, 'Class' as label" in source.notes
+    both = csv_dataset.parent / "both.csv"  # two spellings of the path: which one is meant is not guessed
+    with open(both, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["image", "filename", "class"], *[[r[0], r[0], r[1]] for r in rows[1:]]])
+    with pytest.raises(DataError, match=r"line 1: missing column\(s\) path; found columns \['image', 'filename', "
+                                        r"'class'\]; expected 'path,label' \(or one of filename, image"):
+        open_data(str(both))

@@ -13,6 +13,7 @@ import codecs
 import csv
 import io
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,28 @@ def _read_csv_text(csv_path: Path) -> str:
                         "as UTF-8 (or UTF-16/UTF-32 with a byte-order mark)") from None
 
 
+# other spellings of the two columns, as Kaggle-style CSVs name them: read as 'path' and 'label' where the CSV has
+# no column of that name and exactly one of these
+PATH_SPELLINGS = ("filename", "file_name", "filepath", "file_path", "image", "image_path", "image_name", "img",
+                  "img_path")
+LABEL_SPELLINGS = ("class", "class_name", "category", "target")
+
+
+def _canonical_header(header: list[str]) -> tuple[list[str], list[str]]:
+    """``header`` with one other spelling of 'path' (and of 'label', unless a multi-label 'labels' column is there)
+    renamed, and what was renamed, in words."""
+    columns = [h.strip().lower() for h in header]
+    renamed, said = list(header), []
+    for name, spellings in (("path", PATH_SPELLINGS), ("label", LABEL_SPELLINGS)):
+        if name in columns or (name == "label" and "labels" in columns):
+            continue
+        found = [i for i, column in enumerate(columns) if column in spellings]
+        if len(found) == 1:
+            renamed[found[0]] = name
+            said.append(f"'{header[found[0]].strip()}' as {name}")
+    return renamed, said
+
+
 def _from_csv(csv_path: Path, *, val_split: float, seed: int, asked: str = "auto", label_sep: str = "|"
               ) -> DataSource:
     """``asked``: the --task flag (auto, multiclass, multilabel); the CSV's columns decide under auto."""
@@ -203,14 +226,18 @@ def _from_csv(csv_path: Path, *, val_split: float, seed: int, asked: str = "auto
         header = next(reader, None)
         if header is None:
             raise DataError(f"{csv_path} is empty; expected a header line 'path,label[,split]'")
+        given, (header, renamed) = header, _canonical_header(header)
+        read_as = [f"{csv_path.name}: read column {', '.join(renamed)}"] if renamed else []
         columns = [h.strip().lower() for h in header]
         if task_of(csv_task(csv_path, header, columns, asked)).multilabel:
-            return read_multilabel_csv(csv_path, header, reader, label_sep=label_sep, val_split=val_split, seed=seed,
-                                       aliases=SPLIT_ALIASES)
+            source = read_multilabel_csv(csv_path, header, reader, label_sep=label_sep, val_split=val_split,
+                                         seed=seed, aliases=SPLIT_ALIASES)
+            return replace(source, notes=read_as + source.notes)
         missing = [c for c in ("path", "label") if c not in columns]
         if missing:
             raise DataError(f"{csv_path} line 1: missing column(s) {', '.join(missing)}; found columns "
-                            f"{header}; expected 'path,label' and optionally 'split'")
+                            f"{given}; expected 'path,label' (or one of filename, image, ... and one of class, "
+                            "category, ...) and optionally 'split'")
         col_label = columns.index("label")
         for line_no, row, path, split in csv_rows(csv_path, reader, columns, SPLIT_ALIASES):
             label = names(row[col_label].strip())
@@ -237,7 +264,7 @@ def _from_csv(csv_path: Path, *, val_split: float, seed: int, asked: str = "auto
         return SplitData(name, np.asarray([index[r[1]] for r in subset], dtype=np.int64),
                          [str(base / r[0]) for r in subset], origins=[f"{csv_path.name} line {r[3]}" for r in subset])
 
-    notes: list[str] = names.merged_note(csv_path)
+    notes: list[str] = read_as + names.merged_note(csv_path)
     if "split" not in columns:
         train, val = stratified_split(make("all", rows), val_split, seed)
         notes.append(f"CSV without a split column: stratified split, {val_split:.0%} for validation (seed {seed})")
