@@ -4,15 +4,17 @@ For each size (default 1k, 10k, 100k) the script writes that many tiny generated
 coloured blob on noise) as class folders, a CSV of ``path,label`` rows naming the same files, and WebDataset
 shards (``resnetlab shards``, 1,000 records each). Then, for each source, each step in its own process:
 
-- index: ``open_data(SOURCE)``, the call alone (list the files or rows, split train/val; shards: unpack them once
-  into the cache folder, so the first open is timed and a second one too), beside torchvision's ``ImageFolder``
-  indexing the same folder (the plain recipe's listing) as the ratio's reference;
+- index: ``open_data(SOURCE)``, the call alone (list the files or rows, split train/val; shards: read each
+  shard's member index from its tar headers once into the cache folder, so the first open is timed and a second
+  one too), beside torchvision's ``ImageFolder`` indexing the same folder (the plain recipe's listing) as the
+  ratio's reference;
 - check: ``resnetlab check SOURCE --no-near-dups`` (reads every image);
 - train, cache: ``resnetlab train SOURCE --recipe plain --epochs 2 --loader memory`` (ResNet-18 at width 0.25
   with the ImageNet stem, 32 px, batch 256: a small network, so the data path's cost shows): start (listing,
   decoding into the cache, final evaluation and report: the process's wall time less its epochs) and the first
   and second epoch from metrics.csv;
-- train, stream: the same with ``--loader stream`` (each batch decoded from the files by DataLoader workers);
+- train, stream: the same with ``--loader stream`` (each batch decoded from the files by DataLoader workers;
+  shards: read in sequence, each worker its own shards, through a shuffle buffer);
 - predict: ``resnetlab predict RUN/best.pt`` on every image (the folder, or the shards' tar files; a CSV is not a
   predict input, so that cell is empty).
 

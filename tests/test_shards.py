@@ -54,7 +54,7 @@ def test_folder_to_shards_then_train_and_evaluate(tmp_path: Path, capsys, no_fig
     train = ["--epochs", "1", "--img-size", "16", *FAST, "--batch-size", "16", "--lr", "0.05", "--out", str(run)]
     assert main(["train", str(out), *train]) == 0
     err = capsys.readouterr().err
-    assert "resume is exact as for folders" in err
+    assert "records read in place from 5 tar file(s)" in err
     assert read_checkpoint(run / "best.pt")["classes"] == CLASSES
     report = json.loads((run / "data_report.json").read_text(encoding="utf-8"))
     assert json.dumps(report).count("train-000000.tar") == 0  # nothing skipped, so no shard is named
@@ -70,7 +70,7 @@ def test_folder_to_shards_then_train_and_evaluate(tmp_path: Path, capsys, no_fig
     with open(predictions, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 9 and all(row["label"] in CLASSES and not row["error"] for row in rows)
-    assert sorted(Path(row["path"]).name for row in rows)[0] == "0000000_00000000.png"  # record 0, key 00000000
+    assert sorted(rows, key=lambda row: row["path"])[0]["path"] == f"{out / 'test-000000.tar'}#00000000.png"
 
     vectors = tmp_path / "embeddings.npz"  # embed reads shards too, each record labelled by its class name
     assert main(["embed", str(run / "best.pt"), str(out / "val-000000.tar"), "--out", str(vectors),
@@ -137,9 +137,9 @@ def test_bad_records_are_skipped_and_named_and_brace_patterns_read(tmp_path: Pat
     assert "already holds shards" in capsys.readouterr().err
 
 
-def test_cache_dir_holds_the_unpacked_copies_of_shards_and_hugging_face_sets(tmp_path: Path, capsys):
-    """--cache-dir moves every copy resnetlab makes once (it used to move the decoded arrays only; shards and
-    Hugging Face images went to $RESNETLAB_CACHE)."""
+def test_cache_dir_holds_the_shard_indexes_and_hugging_face_images(tmp_path: Path, capsys):
+    """--cache-dir moves everything resnetlab keeps once (it used to move the decoded arrays only; shards' and
+    Hugging Face's went to $RESNETLAB_CACHE). Shards leave their images in the tar files: only an index is kept."""
     data = tmp_path / "toy"
     write_class_folders(data / "train", 4, seed=1)
     out = tmp_path / "shards"
@@ -147,8 +147,10 @@ def test_cache_dir_holds_the_unpacked_copies_of_shards_and_hugging_face_sets(tmp
     capsys.readouterr()
     chosen = tmp_path / "chosen cache"
     source = open_data(str(out), cache_dir=str(chosen))
-    assert all(Path(p).is_relative_to(chosen / "shards") for p in source.splits["train"].paths)
-    assert f"unpacked once to {chosen / 'shards'}" in " ".join(source.notes)
+    assert all(re.fullmatch(re.escape(str(out)) + r"/train-00000\d\.tar#\d{8}\.png", p)
+               for p in source.splits["train"].paths)
+    assert {p.suffix for p in (chosen / "shards").iterdir()} == {".json"}  # member indexes, not the images
+    assert f"index kept in {chosen / 'shards'}, no copy of the images" in " ".join(source.notes)
     assert main(["check", str(out), "--cache-dir", str(chosen / "check"), "--no-progress", "--no-near-dups"]) == 0
     assert list((chosen / "check" / "shards").iterdir())  # check's --cache-dir too
     datasets = pytest.importorskip("datasets", reason="the shards extra: pip install 'resnetlab[shards]'")
@@ -207,3 +209,63 @@ def test_hugging_face_label_cells_floats_nans_and_lists():
     assert _names_from_values({"train": {"label": [0.0, 2.0, float("nan")]}}, "label") == ["0", "1", "2"]
     with pytest.raises(DataError, match="holds lists"):
         _names_from_values({"train": {"label": [[0, 1], [1]]}}, "label")
+
+
+def stream_batches(split, *, workers: int, rank: int = 0, world_size: int = 1, buffer: int = 10):
+    import torch
+
+    from resnetlab.data.loaders import Order
+    from resnetlab.data.shardstream import ShardStreamBatches
+
+    return ShardStreamBatches(split, 16, workers=workers, batch_size=8, device=torch.device("cpu"), mean=[0.5] * 3,
+                              std=[0.5] * 3, buffer=buffer,
+                              order=Order(shuffle=True, seed=0, drop_last=True, rank=rank, world_size=world_size))
+
+
+def test_the_shard_stream_splits_by_rank_then_worker_and_resumes_to_the_step():
+    from resnetlab.data.shardstream import Part, stream_parts
+
+    shards = [f"s{i}.tar" for i in range(9)]
+    parts = [p for rank in (0, 1) for p in stream_parts(shards, seed=0, epoch=1, rank=rank, world_size=2, workers=2)]
+    read = [s for p in parts for s in p.shards]
+    assert sorted(read) == shards and all(p.every == 1 for p in parts)  # disjoint: every shard read once
+    assert [len(p.shards) for p in parts] == [3, 2, 2, 2]  # rank 0 got 5 of the 9, its workers 3 and 2
+    assert stream_parts(shards, seed=0, epoch=2, rank=0, world_size=2, workers=2) != parts[:2]  # a new order
+    few = [p for rank in (0, 1) for p in stream_parts(shards[:3], seed=0, epoch=1, rank=rank, world_size=2, workers=2)]
+    assert {(p.every, p.which) for p in few} == {(4, 0), (4, 1), (4, 2), (4, 3)} and few[0] == Part(few[0].shards, 4)
+
+
+def test_training_streams_from_the_tar_files_in_sequence(tmp_path: Path, capsys, no_figures):
+    """--loader stream on shards reads each shard front to back through a shuffle buffer: an epoch visits each
+    record at most once, two processes see disjoint records in the same number of steps, a resumed epoch replays
+    the same batches from its step, and an undecodable record is skipped and named by its shard and key."""
+    data = tmp_path / "toy"
+    write_class_folders(data / "train", 20, seed=1, ext="jpg")
+    write_class_folders(data / "val", 3, seed=2)
+    out = tmp_path / "shards"
+    assert main(["shards", str(data), str(out), "--shard-size", "7"]) == 0  # 60 records in 9 shards (8 x 7, 4)
+    capsys.readouterr()
+    split = open_data(str(out)).splits["train"]
+    assert sorted(len(p) for p in split.shards.values()) == [4] + [7] * 8
+    for workers in (0, 2):
+        batches = stream_batches(split, workers=workers)
+        full = [index.tolist() for _, _, index in batches.epoch(2)]
+        seen = [i for index in full for i in index]
+        assert len(full) == 7 and len(seen) == len(set(seen)) == 56  # 7 steps of 8, no record twice
+        assert [index.tolist() for _, _, index in batches.epoch(2, start_step=3)] == full[3:]
+        assert [index.tolist() for _, _, index in batches.epoch(3)] != full
+    ranks = [[i for _, _, index in stream_batches(split, workers=2, rank=r, world_size=2).epoch(1)
+              for i in index.tolist()] for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 24 and not set(ranks[0]) & set(ranks[1])  # 3 steps each, disjoint
+
+    with wds.TarWriter(str(out / "train-000009.tar")) as sink:  # a record whose image cannot be decoded
+        sink.write({"__key__": "broken", "png": b"not a png", "cls": "1"})
+    run = tmp_path / "run"
+    train = ["--epochs", "2", "--img-size", "16", *FAST, "--batch-size", "16", "--lr", "0.05", "--out", str(run),
+             "--loader", "stream", "--workers", "2"]
+    assert main(["train", str(out), *train]) == 0
+    err = capsys.readouterr().err
+    assert "data path: streamed from 10 tar shard(s) in sequence through webdataset" in err
+    report = json.loads((run / "data_report.json").read_text(encoding="utf-8"))
+    assert [(e["path"], e["split"]) for e in report["skipped"]] == [
+        (f"{out / 'train-000009.tar'}#broken.png (train-000009.tar key broken)", "train")]

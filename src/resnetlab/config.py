@@ -86,9 +86,11 @@ class TrainConfig:
                               "on for photo-sized images trained from scratch; --no-vflip keeps it off)")
     loader: str = _opt("auto", "data path of the training split: memory (decode every image once into a cached "
                         "uint8 array), stream (decode each batch from the files with DataLoader workers: sets larger "
-                        "than memory), auto (stream when the decoded split would take over half the free memory)",
+                        "than memory; tar shards are read in sequence, each process and worker its own shards, "
+                        "through a shuffle buffer), auto (stream when the decoded split would take over half the "
+                        "free memory)",
                         ("auto", "memory", "stream"))
-    cache_dir: str | None = _opt(None, "folder for what is made once: decoded-image caches, unpacked shards and "
+    cache_dir: str | None = _opt(None, "folder for what is made once: decoded-image caches, shard indexes and "
                                        "Hugging Face images (default: $RESNETLAB_CACHE, else ~/.cache/resnetlab)")
     cache_layout: str = _opt("auto", "how the training split is decoded: whole (each whole image, any aspect ratio, "
                                      "letterboxed at 1.5x the training size, so random-resized-crop sees all of it), "

@@ -59,7 +59,7 @@ def pretrained_classifier(arch: str, weights: str | Path, *, img_size: int = 224
 def labelled_files(inputs: Iterable[str | os.PathLike], classes: Sequence[str] | None) -> list[tuple[str, str]]:
     """(path, label) for every file of ``inputs``. A file in a sub-folder of an input folder is labelled by that
     sub-folder (the first below the input folder, or the nearest one that is one of ``classes``); else ''. Tar
-    shards (data/shards.py): each record's unpacked image, labelled by its class name."""
+    shards (data/shards.py): each record's image read in place, labelled by its class name."""
     known = set(classes or ())
     labelled: list[tuple[str, str]] = []
     for item in inputs:

@@ -35,6 +35,7 @@ from ..log import logger, progress_enabled
 from ..signals import raise_if_terminated
 from .images import WHOLE_SCALE, Crop, eval_crop, is_grey, letterbox, open_rgb, read_regular
 from .splits import SplitData
+from .tarmembers import stat_of
 from .workers import default_workers, worker_map
 
 CACHE_FORMAT = 3
@@ -65,7 +66,7 @@ def storage_side(size: int, layout: str) -> int:
 
 
 def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where resnetlab keeps what it makes once (decoded arrays, unpacked shards, exported Hugging Face images):
+    """Where resnetlab keeps what it makes once (decoded arrays, shard indexes, exported Hugging Face images):
     --cache-dir, else $RESNETLAB_CACHE, else ~/.cache/resnetlab."""
     return Path(cache_dir or os.environ.get("RESNETLAB_CACHE", DEFAULT_CACHE_DIR)).expanduser()
 
@@ -131,7 +132,7 @@ def _cache_key(paths: list[str], layout: str) -> str:
         # surrogate escapes, which a plain .encode() refuses
         name = os.fsencode(os.path.abspath(path))
         try:
-            stat = os.stat(path)
+            stat = stat_of(path)  # a shard member: its shard's size and time
             digest.update(name + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         except OSError:
             digest.update(name + b"\0missing\n")

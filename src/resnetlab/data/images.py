@@ -26,6 +26,7 @@ from torchvision.transforms.v2 import functional as TF
 from ..errors import ImageReadError
 from ..log import logger
 from .crop import Crop
+from .tarmembers import read_member, split_member
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Decompression-bomb guard (PIL's default): PIL raises DecompressionBombError above twice this many pixels.
@@ -102,7 +103,11 @@ def list_images(folder: str | os.PathLike, *, notes: list[str] | None = None, ro
 
 
 def read_regular(path: str | os.PathLike) -> bytes:
-    """A regular file's bytes; anything else (a FIFO, a device) is an ImageReadError instead of a read that blocks."""
+    """A regular file's bytes, or a tar shard member's (``SHARD.tar#MEMBER``, tarmembers.py); anything else (a FIFO,
+    a device) is an ImageReadError instead of a read that blocks."""
+    inside = split_member(path)
+    if inside is not None:
+        return read_member(*inside)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -242,10 +247,15 @@ def decode_image(source: str | os.PathLike | Image.Image, size: int, crop: Crop 
     return pil_to_uint8(eval_crop(open_rgb(source, draft_size=crop.scale_size(size)), size, crop))
 
 
+def header_source(path: str | os.PathLike) -> str | os.PathLike | io.BytesIO:
+    """What Image.open reads a header from: the path itself, or a shard member's bytes (tarmembers.py)."""
+    return io.BytesIO(read_regular(path)) if split_member(path) is not None else path
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
     """Width and height from the header only (no decode); None when unreadable."""
     try:
-        with Image.open(path) as image:
+        with Image.open(header_source(path)) as image:
             return image.size
     except Exception:  # noqa: BLE001 - any failure just means "unknown size" here
         return None

@@ -2,9 +2,10 @@
 
 A shard holds records ``KEY.jpg`` or ``KEY.png`` (the original encoded bytes; other formats re-encoded as PNG) and
 ``KEY.cls`` (the class index); ``classes.json`` and ``classes.txt`` beside the shards hold the class names. Reading
-unpacks each shard once (through ``webdataset``) into the cache folder, keyed by the shard's path, size and time, so
-the decode cache, checks, evaluation and exact mid-epoch resume work as for a folder of files. Streaming straight
-from the tar files (no unpacked copy) is not implemented.
+indexes each shard's members once (kept in the cache folder, keyed by the shard's path, size and time) and leaves
+the images in the tar files: each record is a ``SHARD.tar#MEMBER`` path read in place (tarmembers.py), so the
+decode cache, checks, evaluation and predict work as for a folder of files, and the training split can also be
+streamed shard by shard (shardstream.py).
 
     write_shards(open_data("photos/"), "shards/", shard_size=1000)   # shards/train-000000.tar, ..., classes.json
     source = open_shards("shards/")            # or "shards/train-{000000..000003}.tar"
@@ -17,7 +18,6 @@ import io
 import json
 import os
 import re
-import shutil
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,14 +25,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import DataError, ImageReadError
 from ..fileio import write_json, write_text
 from ..task import task_of
+from .images import header_source, read_regular
 from .splits import DataSource, SplitData, settle_val
+from .tarmembers import member_path
 
 SPLITS = ("train", "val", "test")
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")  # a record's image member, first found
-UNPACK_FORMAT = 2
+INDEX_FORMAT = 3
 
 
 def is_shards(spec: str) -> bool:
@@ -76,7 +78,7 @@ def write_shards(source: DataSource, out: str | os.PathLike, shard_size: int) ->
             for i in range(len(split)):
                 try:
                     ext, data = _encoded(split, i)
-                except (OSError, ValueError) as err:
+                except (OSError, ValueError, ImageReadError) as err:
                     skipped.append({"path": split.describe(i), "reason": str(err)})
                     continue
                 sink.write({"__key__": f"{i:08d}", ext: data, "cls": str(int(split.labels[i]))})
@@ -94,11 +96,11 @@ def _encoded(split: SplitData, i: int) -> tuple[str, bytes]:
         array = split.images[i]
         image = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
         return "png", _png(image)
-    path = Path(split.paths[i])
-    suffix = path.suffix.lower()
+    path = split.paths[i]
+    suffix = Path(path).suffix.lower()
     if suffix in (".jpg", ".jpeg", ".png"):
-        return ("png" if suffix == ".png" else "jpg"), path.read_bytes()
-    with Image.open(path) as image:
+        return ("png" if suffix == ".png" else "jpg"), read_regular(path)
+    with Image.open(header_source(path)) as image:
         image.load()
         return "png", _png(image if image.mode in ("RGB", "RGBA", "L") else image.convert("RGB"))
 
@@ -125,10 +127,10 @@ def compact_notes(notes: list[str]) -> list[str]:
 
 
 def open_shards(spec: str, *, val_split: float = 0.1, seed: int = 0, cache_dir: str | None = None) -> DataSource:
-    """The shards ``spec`` names as a DataSource: each record unpacked once to a file (under ``cache_dir``/shards),
-    labelled by its .cls; records without a usable image or class are left out and named (shard file and key) in
-    the notes."""
-    root = _unpack_root(cache_dir)
+    """The shards ``spec`` names as a DataSource whose images stay in the tar files (``SHARD.tar#MEMBER`` paths,
+    tarmembers.py), labelled by each record's .cls; records without a usable image or class are left out and named
+    (shard file and key) in the notes. The training split also lists its shards, for the streamed loader."""
+    root = _index_root(cache_dir)
     urls, home = _shard_files(spec)
     classes = _class_names(home)
     notes: list[str] = []
@@ -149,38 +151,37 @@ def open_shards(spec: str, *, val_split: float = 0.1, seed: int = 0, cache_dir: 
         raise DataError(f"{home}: only {len(classes)} class(es); a classifier needs at least two")
     settle_val(splits, notes, val_split, seed, "val-*.tar shards")
     total = sum(len(s) for s in splits.values())
-    notes.append(f"shards: {total} records unpacked once to {root}; read as files from there, so resume is "
-                 "exact as for folders (streaming straight from the tar files is not implemented)")
+    notes.append(f"shards: {total} records read in place from {sum(len(f) for f in urls.values())} tar file(s) (each "
+                 f"shard's member index kept in {root}, no copy of the images)")
     return DataSource(classes, splits, "shards", spec, compact_notes(notes))
 
 
 def shard_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
-    """``inputs`` with each shard folder, .tar file or brace pattern replaced by its records' unpacked image files
-    (every split's, labelled or not): what predict reads."""
+    """``inputs`` with each shard folder, .tar file or brace pattern replaced by its records' image members
+    (``SHARD.tar#MEMBER``; every split's, labelled or not): what predict reads."""
     files: list[str] = []
     for item in inputs:
-        files += [file for file, _ in _unpacked_records(item)] if is_shards(str(item)) else [str(item)]
+        files += [file for file, _ in _all_records(item)] if is_shards(str(item)) else [str(item)]
     return files
 
 
 def shard_records(spec: str | os.PathLike) -> list[tuple[str, str]]:
-    """(unpacked image file, class name or '' when the record has none) for every record of the shards ``spec``
+    """(image member path, class name or '' when the record has none) for every record of the shards ``spec``
     names (a folder: all its .tar files; a .tar file or brace pattern: those), class names from classes.json."""
     classes = _class_names(_shard_files(str(spec))[1]) or []
     return [(file, classes[label] if 0 <= label < len(classes) else str(label) if label >= 0 else "")
-            for file, label in _unpacked_records(spec)]
+            for file, label in _all_records(spec)]
 
 
-def _unpacked_records(spec: str | os.PathLike) -> list[tuple[str, int]]:
-    """(unpacked image file, class index or -1) for every record of the shards ``spec`` names."""
+def _all_records(spec: str | os.PathLike) -> list[tuple[str, int]]:
+    """(image member path, class index or -1) for every record of the shards ``spec`` names."""
     folder = Path(spec).expanduser()
     _shard_files(str(spec))  # checks that the files exist
     named = _webdataset().shardlists.expand_urls(str(folder))  # the .tar files given, not their siblings
     tars = sorted(str(p) for p in folder.glob("*.tar")) if folder.is_dir() else named
     records: list[tuple[str, int]] = []
     for url in tars:
-        index = _unpack(url, _unpack_root())
-        records += [(str(Path(index["folder"]) / file), label) for file, label, *_ in index["records"]]
+        records += [(member_path(url, member), label) for member, label, *_ in shard_index(url)["records"]]
     return records
 
 
@@ -220,12 +221,13 @@ def _class_names(home: Path) -> list[str] | None:
 
 
 def _read_split(name: str, files: list[str], classes: list[str] | None, notes: list[str], root: Path) -> SplitData:
-    paths, labels, origins = [], [], []
+    paths, labels, origins, shards = [], [], [], {}
     for url in files:
-        index = _unpack(url, root)
+        index = shard_index(url, root)
         for shard_key, reason in index["bad"]:
             notes.append(f"warning: skipped record {Path(url).name} key {shard_key}: {reason}")
-        for file, label, shard_key, why in index["records"]:
+        shards[url] = []
+        for member, label, shard_key, why in index["records"]:
             if label < 0:
                 notes.append(f"warning: skipped record {Path(url).name} key {shard_key}: {why}")
                 continue
@@ -233,64 +235,67 @@ def _read_split(name: str, files: list[str], classes: list[str] | None, notes: l
                 notes.append(f"warning: skipped record {Path(url).name} key {shard_key}: class index {label} is not "
                              f"in 0-{len(classes) - 1} (classes.json)")
                 continue
-            paths.append(str(Path(index["folder"]) / file))
+            shards[url].append(len(paths))
+            paths.append(member_path(url, member))
             labels.append(label)
             origins.append(f"{Path(url).name} key {shard_key}")
-    return SplitData(name, np.asarray(labels, dtype=np.int64), paths, origins=origins)
+    return SplitData(name, np.asarray(labels, dtype=np.int64), paths, origins=origins, shards=shards)
 
 
-def _unpack_root(cache_dir: str | None = None) -> Path:
+def _index_root(cache_dir: str | None = None) -> Path:
     from .cache import cache_folder
 
     return cache_folder(cache_dir) / "shards"
 
 
-def _unpack(url: str, root: Path) -> dict:
-    """Unpack one shard's records to files (once: reused while the shard's path, size and time are the same);
-    returns {"folder", "records": [[file, class or -1, key, why no class]], "bad": [[key, reason]]}."""
+def shard_index(url: str, root: Path | None = None) -> dict:
+    """One shard's records, read once from its tar headers (kept in ``root`` while the shard's path, size and time
+    are the same): {"records": [[image member, class or -1, key, why no class]], "bad": [[key, reason]]}."""
+    root = _index_root() if root is None else root
     stat = os.stat(url)
-    tag = f"{os.path.realpath(url)}|{stat.st_size}|{stat.st_mtime_ns}|{UNPACK_FORMAT}"
-    final = root / f"{Path(url).stem}-{hashlib.sha256(tag.encode()).hexdigest()[:16]}"
-    if (final / "records.json").is_file():
+    tag = f"{os.path.realpath(url)}|{stat.st_size}|{stat.st_mtime_ns}|{INDEX_FORMAT}"
+    final = root / f"{Path(url).stem}-{hashlib.sha256(tag.encode()).hexdigest()[:16]}.json"
+    if final.is_file():
         try:
-            return dict(json.loads((final / "records.json").read_text(encoding="utf-8")), folder=str(final))
+            return json.loads(final.read_text(encoding="utf-8"))
         except ValueError:
-            shutil.rmtree(final, ignore_errors=True)  # a damaged index is unpacked again below
-    tmp = root / f".{final.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        index = _unpack_into(url, tmp)
-        write_json(tmp / "records.json", index)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process (a torchrun rank) unpacked it first: use theirs
-            if not (final / "records.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dict(index, folder=str(final))
+            pass  # a damaged index is read again below
+    index = _read_index(url, stat.st_size)
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(final, index)
+    return index
 
 
-def _unpack_into(url: str, folder: Path) -> dict:
-    wds = _webdataset()
-    records, bad = [], []
+def _read_index(url: str, size: int) -> dict:
+    """The records of one tar file from its headers (the standard library's tarfile, which seeks past each image)
+    grouped by webdataset's own key rule; only the small .cls/.json members are read."""
+    base_plus_ext = _webdataset().tariterators.base_plus_ext
+    records, bad, broken, groups = [], [], [], []
     try:
-        for n, sample in enumerate(wds.WebDataset(url, shardshuffle=False, empty_check=False)):
-            key = sample["__key__"]
-            image_key = next((k for k in IMAGE_KEYS if k in sample), None)
-            label, why = _label(sample)
-            if image_key is None:
-                bad.append([key, f"no image member ({', '.join(IMAGE_KEYS[:3])}, ...)"])
-                continue
-            file = f"{n:07d}_{re.sub(r'[^A-Za-z0-9_-]', '_', key)[-80:]}.{image_key}"
-            (folder / file).write_bytes(sample[image_key])
-            records.append([file, -1 if label is None else label, key, why])  # unlabelled: predict still reads it
-    except (tarfile.TarError, OSError, ValueError, KeyError) as err:  # truncated or not a tar: keep what was read
+        with tarfile.open(url, "r:") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                if info.offset_data + info.size > size:
+                    raise tarfile.ReadError(f"the file ends inside member {info.name}")
+                key, ext = base_plus_ext(info.name)
+                if key is None:
+                    continue
+                if not groups or groups[-1][0] != key:
+                    groups.append((key, {}))
+                groups[-1][1][ext.lower()] = tar.extractfile(info).read() if ext in ("cls", "json") else info.name
+    except (tarfile.TarError, OSError, EOFError) as err:  # truncated or not a tar: keep what was read
         reason = err.args[0] if err.args and isinstance(err.args[0], str) else str(err)
-        bad.append([f"(after {len(records) + len(bad)} record(s))", f"unreadable tar data, rest of the shard "
-                    f"skipped: {type(err).__name__}: {reason}"])
-    return {"records": records, "bad": bad}
+        broken.append([f"(after {len(groups)} record(s))", f"unreadable tar data, rest of the shard skipped: "
+                    f"{type(err).__name__}: {reason}"])
+    for key, sample in groups:
+        image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+        if image_key is None:
+            bad.append([key, f"no image member ({', '.join(IMAGE_KEYS[:3])}, ...)"])
+            continue
+        label, why = _label(sample)
+        records.append([sample[image_key], -1 if label is None else label, key, why])  # unlabelled: predict reads it
+    return {"records": records, "bad": bad + broken}
 
 
 def _label(sample: dict) -> tuple[int | None, str]:

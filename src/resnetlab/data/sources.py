@@ -37,8 +37,9 @@ def open_data(spec: str, *, val_split: float = 0.1, seed: int = 0, data_root: st
 
     ``follow_links``: also follow folder links that lead outside ``spec`` (never twice into the same folder).
     ``task``: auto, multiclass or multilabel (several labels per image: a CSV only, see data/multilabel.py);
-    ``label_sep`` separates the names in a multi-label CSV's ``labels`` cells. ``cache_dir``: where shards and
-    Hugging Face data sets are unpacked to files, once (default: $RESNETLAB_CACHE, else ~/.cache/resnetlab).
+    ``label_sep`` separates the names in a multi-label CSV's ``labels`` cells. ``cache_dir``: where shards' member
+    indexes and Hugging Face data sets' image files are kept, once (default: $RESNETLAB_CACHE, else
+    ~/.cache/resnetlab).
     """
     if task_of(task).multilabel and not (Path(spec).expanduser().is_file() and spec.lower().endswith(".csv")):
         raise DataError(f"--task multilabel needs a CSV with a 'labels' column (names separated by '{label_sep}') "

@@ -22,6 +22,7 @@ class SplitData:
     paths: list[str] | None = None  # file-backed splits
     images: np.ndarray | None = None  # decoded splits (built-ins): uint8, N x H x W x C
     origins: list[str] | None = None  # where each image was declared (CSV line), for messages
+    shards: dict[str, list[int]] | None = None  # tar shards: each shard file's positions, in its order (shards.py)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -29,11 +30,16 @@ class SplitData:
     def subset(self, keep: np.ndarray) -> SplitData:
         """The images at positions ``keep`` (bool mask or indices)."""
         index = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep)
+        shards = None
+        if self.shards is not None:  # each kept record's new position, in its shard's order
+            moved = {int(old): new for new, old in enumerate(index)}
+            shards = {url: [moved[p] for p in positions if p in moved] for url, positions in self.shards.items()}
         return SplitData(
             self.name, self.labels[index],
             [self.paths[i] for i in index] if self.paths is not None else None,
             self.images[index] if self.images is not None else None,
             [self.origins[i] for i in index] if self.origins is not None else None,
+            shards,
         )
 
     def describe(self, i: int) -> str:
@@ -153,8 +159,8 @@ def relabel(split: SplitData, data_classes: list[str], model_classes: list[str],
     if split.labels.ndim == 2:  # multi-label: the data's columns moved to the model's
         labels = np.zeros((len(split), len(model_classes)), dtype=np.int64)
         labels[:, mapping] = split.labels
-        return SplitData(split.name, labels, split.paths, split.images, split.origins)
-    return SplitData(split.name, mapping[split.labels], split.paths, split.images, split.origins)
+        return SplitData(split.name, labels, split.paths, split.images, split.origins, split.shards)
+    return SplitData(split.name, mapping[split.labels], split.paths, split.images, split.origins, split.shards)
 
 
 def splits_from_column(classes: list[str], rows: list, make, csv_path, notes: list[str], val_split: float,  # noqa: ANN001

@@ -20,7 +20,7 @@ epoch exactly either way.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -139,23 +139,30 @@ class FileImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | str, tuple[int, int] | None]:
-        path, data = self.paths[i], None
-        if self.layout == "whole":
-            result = decode_bytes(path, None, self.size, layout="whole")
-            return (i, result, None) if isinstance(result, str) else (i, result[0], result[4])
-        if path.lower().endswith((".jpg", ".jpeg")):
+        return (i, *decode_record(self.paths[i], self.size, self.layout))
+
+
+def decode_record(path: str, size: int, layout: str = "square", data: bytes | None = None
+                  ) -> tuple[np.ndarray | str, tuple[int, int] | None]:
+    """One image as the cache would store it (uint8 H x W x 3, or why it failed) and, for the whole-image layout,
+    its content height and width in its letterboxed square; ``data``: its bytes when already read."""
+    if layout == "whole":
+        result = decode_bytes(path, data, size, layout="whole")
+        return (result, None) if isinstance(result, str) else (result[0], result[4])
+    if path.lower().endswith((".jpg", ".jpeg")):
+        if data is None:
             try:
                 data = read_regular(path)  # never a blocking read of a pipe
             except (OSError, ImageReadError):
                 pass  # decode_bytes below says what is wrong with the file
-            array = torchvision_fit(data, self.size) if data else None
-            if array is not None:
-                return i, array, None
-        result = decode_bytes(path, data, self.size)
-        return i, result if isinstance(result, str) else result[0], None
+        array = torchvision_fit(data, size) if data else None
+        if array is not None:
+            return array, None
+    result = decode_bytes(path, data, size)
+    return result if isinstance(result, str) else result[0], None
 
 
-def _collate(items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]], torch.Tensor | None]:
+def collate(items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]], torch.Tensor | None]:
     """The readable images as one uint8 N x 3 x S x S tensor, their positions, (position, reason) failures and
     the whole images' content sizes (N x 2, or None)."""
     good = [(i, array, content) for i, array, content in items if not isinstance(array, str)]
@@ -185,9 +192,14 @@ class StreamBatches(Batches):
     def _uint8_batches(self, indices: list[torch.Tensor]) -> Iterator[tuple]:
         if not indices:
             return
-        loader = DataLoader(self.files, batch_sampler=[index.tolist() for index in indices], collate_fn=_collate,
+        loader = DataLoader(self.files, batch_sampler=[index.tolist() for index in indices], collate_fn=collate,
                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
                             prefetch_factor=4 if self.workers else None)
+        yield from self._received(loader)
+
+    def _received(self, loader: Iterable[tuple]) -> Iterator[tuple]:
+        """The loader's collated batches on the device; their unreadable images named once each (or, --strict, an
+        error)."""
         for images, positions, failed, content in loader:
             for position, reason in failed:
                 if self.strict:

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from ..config import TrainConfig, parse_duration
-from ..data.images import SMALL_SIZE
+from ..data.images import SMALL_SIZE, header_source
 from ..data.splits import DataSource
 from ..device import amp_dtype_for, autocast
 from ..log import logger
@@ -71,7 +71,7 @@ def data_stats(source: DataSource, sample: int = 200) -> DataStats:
     sides, modes = [], set()
     for path in split.paths[:: max(1, len(split.paths) // sample)][:sample]:
         try:
-            with Image.open(path) as image:
+            with Image.open(header_source(path)) as image:
                 sides.append(min(image.size))
                 modes.add(image.mode)
         except Exception:  # noqa: BLE001 - an unreadable file is reported by the decode, not here

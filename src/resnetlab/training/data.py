@@ -19,6 +19,7 @@ from ..data.cache import DecodedSplit, channel_stats, decode_split, storage_side
 from ..data.check import empty_split_reason, empty_splits, inspect_data
 from ..data.images import SMALL_SIZE, Crop
 from ..data.loaders import Batches, Order
+from ..data.shardstream import SHUFFLE_BUFFER, ShardStreamBatches
 from ..data.sources import default_img_size, open_configured
 from ..data.splits import DataSource, SplitData
 from ..data.stream import StreamBatches, choose_loader, decoded_bytes, streamed_split
@@ -107,7 +108,7 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None, 
     if info.is_main:
         write_json(run_dir / "data_report.json", report)
     _log_report(cfg, source, decoded, report, run_dir)
-    _log_data_path(cfg, decoded["train"], storage_side(img_size, layout))
+    _log_data_path(cfg, decoded["train"], storage_side(img_size, layout), source.splits["train"])
     if info.is_main:
         write_split_csv(run_dir, source)
     mean, std = resolve_norm(cfg, decoded["train"], source.splits["train"], img_size, Crop(mode=crop.mode))
@@ -158,8 +159,15 @@ def _log_report(cfg: TrainConfig, source: DataSource, decoded: dict[str, Decoded
             logger.warning(f"{problem['path'] + ': ' if problem['path'] else ''}{reason}")
 
 
-def _log_data_path(cfg: TrainConfig, train: DecodedSplit, side: int) -> None:
-    if train.images is None:
+def _log_data_path(cfg: TrainConfig, train: DecodedSplit, side: int, split: SplitData) -> None:
+    if train.images is None and split.shards is not None:
+        workers = cfg.workers or default_workers()
+        how = ("in sequence through webdataset: each process reads its own shards, each of its DataLoader workers its "
+               f"own of those, through a shuffle buffer of {SHUFFLE_BUFFER} records" if cfg.balance != "sampler" else
+               "record by record at random (--balance sampler draws with replacement), each read by its offset")
+        logger.info(f"data path: streamed from {len(split.shards)} tar shard(s) {how}; decoded by {workers} DataLoader "
+                    f"worker{'s' if workers > 1 else ''}; validation decoded once; batches augmented on the device")
+    elif train.images is None:
         size, workers = decoded_bytes(len(train), side), cfg.workers or default_workers()
         size_text = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
         logger.info(f"data path: streamed: the training split ({size_text} decoded; --loader {cfg.loader}) is "
@@ -184,8 +192,10 @@ def training_batches(data: PreparedData, cfg: TrainConfig, device: torch.device,
     options = {"batch_size": cfg.batch_size, "device": device, "mean": data.mean, "std": data.std, "order": order,
                "augment": augment, "channels_last": True}
     if data.train.images is None:
-        return StreamBatches(data.source.splits["train"], data.img_size, workers=cfg.workers or default_workers(),
-                             strict=cfg.strict, layout=data.layout, **options)
+        split = data.source.splits["train"]
+        kind = ShardStreamBatches if split.shards is not None and sample_weights is None else StreamBatches
+        return kind(split, data.img_size, workers=cfg.workers or default_workers(), strict=cfg.strict,
+                    layout=data.layout, **options)
     return Batches(data.train.images, data.train.labels, content=data.train.content, **options)
 
 

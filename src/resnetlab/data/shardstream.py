@@ -1,0 +1,163 @@
+"""Stream the training split from its tar shards in sequence, as WebDataset pipelines do: no file list to seek in.
+
+Each epoch permutes the shard list (seed, epoch); each process takes its share (split by rank), each of its
+DataLoader workers a share of that (split by worker), and reads its shards front to back through ``webdataset``
+and a shuffle buffer. Fewer shards than readers: every reader reads all of them and keeps every n-th record.
+Records are decoded in the workers and augmented as batches on the device exactly as the folder path's are.
+
+An epoch is ``steps_per_epoch`` batches on every process (equal steps keep data-parallel ranks in step); a reader
+whose shards run out before its share of the steps starts them over, re-shuffled. Worker ``w`` makes the batches of
+steps ``w, w + W, w + 2W, ...`` and the DataLoader hands them out in that order, so the stream is a function of
+(seed, epoch, number of processes, workers, batch size). Resume is exact to the step when those are the same:
+each reader reads past the records of the steps already done without decoding them.
+
+    batches = ShardStreamBatches(split, 224, workers=8, batch_size=128, device=device, mean=m, std=s,
+                                 order=Order(shuffle=True, seed=0, drop_last=True), augment=augment)
+    for x, y, index in batches.epoch(3, start_step=40): ...
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..errors import DataError
+from .loaders import _generator
+from .splits import SplitData
+from .stream import StreamBatches, collate, decode_record
+from .tarmembers import split_member
+
+SHUFFLE_BUFFER = 1000  # records each reader holds to shuffle (encoded bytes); webdataset's own default size
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+
+
+@dataclass(frozen=True)
+class Part:
+    """What one reader reads in an epoch: these shards, in order; with ``every`` > 1, only the records whose split
+    position is ``which`` modulo ``every`` (fewer shards than readers)."""
+
+    shards: tuple[str, ...]
+    every: int = 1
+    which: int = 0
+
+
+def stream_parts(shards: list[str], *, seed: int, epoch: int, rank: int, world_size: int, workers: int
+                 ) -> list[Part]:
+    """Each of this process's ``workers`` readers' Part for ``epoch``: the shard list permuted by (seed, epoch), split
+    by rank, then by worker; disjoint across all readers of all processes."""
+    order = torch.randperm(len(shards), generator=_generator(torch.device("cpu"), seed, epoch, -2)).tolist()
+    permuted = [shards[i] for i in order]
+    readers = world_size * workers
+    if len(shards) >= readers:
+        mine = permuted[rank::world_size]
+        return [Part(tuple(mine[w::workers])) for w in range(workers)]
+    return [Part(tuple(permuted), readers, rank * workers + w) for w in range(workers)]
+
+
+class ShardRecords(IterableDataset):
+    """One process's batches of one epoch, made by its DataLoader workers (or in-process without workers)."""
+
+    def __init__(self, batches: ShardStreamBatches, epoch: int, start_step: int):
+        self.keys, self.size, self.layout = batches.keys, batches.size, batches.layout
+        self.batch_size, self.seed, self.epoch, self.rank = batches.batch_size, batches.seed, epoch, batches.rank
+        self.readers, self.start_step, self.steps = max(1, batches.workers), start_step, batches.steps_per_epoch()
+        self.buffer = batches.buffer
+        self.parts = stream_parts(sorted(batches.keys), seed=batches.seed, epoch=epoch, rank=batches.rank,
+                                  world_size=batches.world_size, workers=self.readers)
+
+    def __iter__(self) -> Iterator[tuple]:
+        info = get_worker_info()
+        # the DataLoader asks worker 0 first: on resume it plays the reader whose step comes next
+        reader = ((info.id if info is not None else 0) + self.start_step) % self.readers
+        done = len(range(reader, self.start_step, self.readers))  # this reader's batches before start_step
+        mine = len(range(reader, self.steps, self.readers)) - done
+        records = self._records(self.parts[reader], reader)
+        try:
+            for _ in range(done * self.batch_size):  # read past, undecoded
+                next(records)
+            for _ in range(mine):
+                batch = [next(records) for _ in range(self.batch_size)]
+                yield collate([(position, *decode_record(path, self.size, self.layout, data))
+                               for position, path, data in batch])
+        finally:
+            records.close()  # and with it the shard being read
+
+    def _records(self, part: Part, reader: int) -> Iterator[tuple[int, str, bytes]]:
+        """(split position, member path, image bytes) of the part's records, shuffled through the buffer, for ever:
+        each pass over the part re-shuffled."""
+        import webdataset as wds
+
+        for repeat in range(1 << 62):
+            rng = random.Random(hash((self.seed, self.epoch, self.rank, reader, repeat)))
+            shards = list(part.shards)
+            if repeat:
+                rng.shuffle(shards)
+            count = 0
+            for record in wds.shuffle(self.buffer, initial=min(100, self.buffer), rng=rng)(self._read(shards, part)):
+                count += 1
+                yield record
+            if not count:
+                raise DataError(f"no readable records in the shards {', '.join(part.shards[:3])}"
+                                f"{', ...' if len(part.shards) > 3 else ''} (reader {reader} of process {self.rank})")
+
+    def _read(self, shards: list[str], part: Part) -> Iterator[tuple[int, str, bytes]]:
+        """The part's records in these shards' order, each shard read front to back by webdataset's tar iterator
+        (opened here, so that a reader stopped mid-shard closes it)."""
+        from webdataset import ignore_and_continue
+        from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+        for url in shards:
+            keys = self.keys[url]
+            with open(url, "rb") as stream:
+                files = (dict(file, __url__=url) for file in tar_file_iterator(stream, handler=ignore_and_continue))
+                for sample in group_by_keys(files, handler=ignore_and_continue):
+                    position = keys.get(sample["__key__"])
+                    if position is None or (part.every > 1 and position % part.every != part.which):
+                        continue  # a record the index left out (named when the data was opened), or another reader's
+                    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+                    if ext is not None:
+                        yield position, f"{url}#{sample['__key__']}.{ext}", sample[ext]
+
+
+class ShardStreamBatches(StreamBatches):
+    """A shard-backed training split's shuffled batches, streamed shard by shard (same interface as Batches)."""
+
+    def __init__(self, split: SplitData, size: int, *, workers: int, batch_size: int, device: torch.device,
+                 mean, std, strict: bool = False, layout: str = "square", buffer: int = SHUFFLE_BUFFER, **options):
+        super().__init__(split, size, workers=workers, batch_size=batch_size, device=device, mean=mean, std=std,
+                         strict=strict, layout=layout, **options)
+        if split.shards is None or self.sample_weights is not None:
+            raise ValueError("streaming from shards needs a shard-backed split and plain shuffling")
+        self.size, self.layout, self.buffer = size, layout, buffer
+        self.keys: dict[str, dict[str, int]] = {}  # shard -> record key -> split position
+        for url, positions in split.shards.items():
+            members = {p: split_member(split.paths[p]) for p in positions}
+            self.keys[url] = {_key(members[p][1] if members[p] else split.paths[p]): p for p in positions}
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        if start_step >= self.steps_per_epoch():
+            return
+        loader = DataLoader(ShardRecords(self, epoch, start_step), batch_size=None, num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None)
+        for step, (x, y, index, content) in enumerate(self._received(loader), start=start_step):
+            yield self._finish(x, epoch, step, content), y, index
+
+    def in_order(self, augment, batch_size: int, *, seed: int) -> StreamBatches:
+        """One pass in the split's order reads the records by offset (tarmembers.py), as a folder's files are read."""
+        ordered = StreamBatches(self.split, self.size, workers=self.workers, batch_size=batch_size,
+                                device=self.device, mean=self.mean.flatten().tolist(), std=self.std.flatten().tolist(),
+                                strict=self.strict, layout=self.layout, augment=augment,
+                                channels_last=self.channels_last)
+        ordered.seed = seed
+        return ordered
+
+
+def _key(member: str) -> str:
+    """A record's key from its member name, by webdataset's own rule (the name up to the first dot of its base)."""
+    import webdataset as wds
+
+    return wds.tariterators.base_plus_ext(member)[0] or member
