@@ -42,12 +42,12 @@ def test_folder_to_shards_then_train_and_evaluate(tmp_path: Path, capsys, no_fig
     assert (out / "classes.txt").read_text(encoding="utf-8").splitlines() == CLASSES
 
     first = members(out / "train-000000.tar")
-    assert sorted(first)[:4] == ["00000000.cls", "00000000.jpg", "00000001.cls", "00000001.jpg"]
     assert len(first) == 20  # 10 records of two members
+    train = {k: v for i in range(3) for k, v in members(out / f"train-00000{i}.tar").items()}
     source_files = sorted((data / "train" / CLASSES[0]).iterdir())
-    assert first["00000000.jpg"] == source_files[0].read_bytes()  # the original JPEG bytes, not re-encoded
-    labels = [int(members(out / f"train-00000{i}.tar")[f"{n:08d}.cls"]) for n in range(24) for i in (n // 10,)]
-    assert labels == [0] * 8 + [1] * 8 + [2] * 8
+    assert train["00000000.jpg"] == source_files[0].read_bytes()  # the original JPEG bytes, not re-encoded
+    assert [int(train[f"{n:08d}.cls"]) for n in range(24)] == [0] * 8 + [1] * 8 + [2] * 8  # key: source position
+    assert len({int(v) for k, v in first.items() if k.endswith(".cls")}) == 3  # but each shard mixes the classes
     assert sorted(members(out / "val-000000.tar"))[:2] == ["00000000.cls", "00000000.png"]
 
     run = tmp_path / "run"
@@ -222,17 +222,28 @@ def stream_batches(split, *, workers: int, rank: int = 0, world_size: int = 1, b
                               order=Order(shuffle=True, seed=0, drop_last=True, rank=rank, world_size=world_size))
 
 
-def test_the_shard_stream_splits_by_rank_then_worker_and_resumes_to_the_step():
-    from resnetlab.data.shardstream import Part, stream_parts
+def test_the_shard_stream_splits_by_rank_then_worker_and_reads_sorted_shards_at_random():
+    from resnetlab.data.shardstream import stream_parts, unmixed
+    from resnetlab.data.splits import SplitData
 
     shards = [f"s{i}.tar" for i in range(9)]
     parts = [p for rank in (0, 1) for p in stream_parts(shards, seed=0, epoch=1, rank=rank, world_size=2, workers=2)]
-    read = [s for p in parts for s in p.shards]
-    assert sorted(read) == shards and all(p.every == 1 for p in parts)  # disjoint: every shard read once
-    assert [len(p.shards) for p in parts] == [3, 2, 2, 2]  # rank 0 got 5 of the 9, its workers 3 and 2
+    whole = [s for p in parts for s in p.whole]
+    assert len(whole) == len(set(whole)) == 8 and [len(p.whole) for p in parts] == [2, 2, 2, 2]  # disjoint, even
+    assert len({p.striped for p in parts}) == 1 and len(parts[0].striped) == 1  # the ninth: read by all four,
+    assert [(p.every, p.which) for p in parts] == [(4, 0), (4, 1), (4, 2), (4, 3)]  # each keeping its own records
+    assert sorted([*whole, *parts[0].striped]) == shards
     assert stream_parts(shards, seed=0, epoch=2, rank=0, world_size=2, workers=2) != parts[:2]  # a new order
     few = [p for rank in (0, 1) for p in stream_parts(shards[:3], seed=0, epoch=1, rank=rank, world_size=2, workers=2)]
-    assert {(p.every, p.which) for p in few} == {(4, 0), (4, 1), (4, 2), (4, 3)} and few[0] == Part(few[0].shards, 4)
+    assert all(not p.whole and len(p.striped) == 3 for p in few)
+
+    labels = np.repeat([0, 1, 2], 40)  # shards written class by class, as a folder lists its files
+    by_class = SplitData("train", labels, [f"x{i}" for i in range(120)],
+                         shards={f"s{k}.tar": list(range(k * 20, k * 20 + 20)) for k in range(6)})
+    assert "hold sorted classes (the median shard's most common class is 100% of it, against 33%" in unmixed(by_class)
+    mixed = by_class.subset(np.random.default_rng(0).permutation(120))
+    mixed.shards = {f"s{k}.tar": list(range(k * 20, k * 20 + 20)) for k in range(6)}
+    assert unmixed(mixed) is None
 
 
 def test_training_streams_from_the_tar_files_in_sequence(tmp_path: Path, capsys, no_figures):
@@ -251,7 +262,10 @@ def test_training_streams_from_the_tar_files_in_sequence(tmp_path: Path, capsys,
         batches = stream_batches(split, workers=workers)
         full = [index.tolist() for _, _, index in batches.epoch(2)]
         seen = [i for index in full for i in index]
-        assert len(full) == 7 and len(seen) == len(set(seen)) == 56  # 7 steps of 8, no record twice
+        assert len(full) == 7 and len(seen) == 56  # 7 steps of 8
+        # one reader: no record twice; two: reader 0 makes 4 of the 7 batches from its half of the records (4 shards
+        # and every other record of the ninth), so it starts its share over for its last 2
+        assert len(set(seen)) == (56 if workers == 0 else 54)
         assert [index.tolist() for _, _, index in batches.epoch(2, start_step=3)] == full[3:]
         assert [index.tolist() for _, _, index in batches.epoch(3)] != full
     ranks = [[i for _, _, index in stream_batches(split, workers=2, rank=r, world_size=2).epoch(1)
@@ -269,3 +283,18 @@ def test_training_streams_from_the_tar_files_in_sequence(tmp_path: Path, capsys,
     report = json.loads((run / "data_report.json").read_text(encoding="utf-8"))
     assert [(e["path"], e["split"]) for e in report["skipped"]] == [
         (f"{out / 'train-000009.tar'}#broken.png (train-000009.tar key broken)", "train")]
+
+    import shutil
+
+    stopped = tmp_path / "stopped"  # stopped mid-epoch, then resumed as it was run and with other workers
+    assert main(["train", str(out), *train[:-6], "--out", str(stopped), "--loader", "stream", "--workers", "2",
+                 "--stop-after-steps", "4"]) == 0
+    shutil.copytree(stopped, tmp_path / "other")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(stopped), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming" in err and "step 1" in err and "the epoch goes on exactly as it would have (1 process x 2 " \
+        "readers, batch 16)" in err
+    assert main(["train", "--resume", str(tmp_path / "other"), "--workers", "1", "--no-progress"]) == 0
+    assert "was read by 1 process x 2 readers, batch 16 and is now read by 1 process x 1 reader, batch 16" in \
+        capsys.readouterr().err

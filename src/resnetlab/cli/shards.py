@@ -14,13 +14,15 @@ def shards_parser(sub) -> None:
                             description="Writes OUT/train-NNNNNN.tar, val-NNNNNN.tar and test-NNNNNN.tar (one per "
                                         "split the data has; a folder without one is split as train does) with "
                                         "records KEY.jpg or KEY.png (the original bytes; other formats as PNG) and "
-                                        "KEY.cls (the class index), and classes.json and classes.txt. `resnetlab "
+                                        "KEY.cls (the class index; the training records in a random order, so that "
+                                        "each shard mixes the classes), and classes.json and classes.txt. `resnetlab "
                                         "train OUT` then trains on them. Prints a JSON summary.")
     shards.add_argument("data", help="image folder, CSV or built-in name")
     shards.add_argument("out", help="folder for the shards (new or empty)")
     shards.add_argument("--shard-size", type=int, default=1000, help="records per shard (default: 1000)")
     shards.add_argument("--val-split", type=float, default=0.1, help="as for train (default: 0.1)")
-    shards.add_argument("--seed", type=int, default=0, help="as for train (default: 0)")
+    shards.add_argument("--seed", type=int, default=0, help="as for train; also the training records' random order "
+                                                             "across the shards, which mixes the classes (default: 0)")
     shards.add_argument("--data-root", default=None, help="folder of the built-in data sets' files")
     shards.add_argument("--follow-links", action="store_true", help="as for train: follow folder links out of DATA")
 
@@ -34,7 +36,7 @@ def shards_run(args: argparse.Namespace) -> int:
                        follow_links=args.follow_links)
     for note in source.notes:
         logger.info(note)
-    summary = write_shards(source, args.out, args.shard_size)
+    summary = write_shards(source, args.out, args.shard_size, seed=args.seed)
     for name, split in summary.items():
         logger.info(f"{name}: {split['records']} records in {len(split['shards'])} shard(s)")
         for item in split["skipped"]:

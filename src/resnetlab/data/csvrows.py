@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import DataError
+from .tarmembers import split_member
 
 
 def csv_rows(csv_path: object, reader: Iterable[list[str]], columns: list[str], aliases: dict[str, str]
@@ -39,7 +40,8 @@ def check_listed_files(csv_path: Path, rows: Iterable[tuple]) -> None:
     """Every (path, labels, split, line) row's file exists beside ``csv_path``; else one error naming the first five
     by line."""
     base = csv_path.parent
-    missing = [(line, path) for path, _, _, line in rows if not (base / path).is_file()]
+    missing = [(line, path) for path, _, _, line in rows
+               if not (base / path).is_file() and split_member(base / path) is None]  # a file or a shard's member
     if missing:
         listed = "; ".join(f"line {line}: {path}" for line, path in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""

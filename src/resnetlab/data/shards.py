@@ -30,11 +30,11 @@ from ..fileio import write_json, write_text
 from ..task import task_of
 from .images import header_source, read_regular
 from .splits import DataSource, SplitData, settle_val
-from .tarmembers import member_path
+from .tarmembers import member_path, remember
 
 SPLITS = ("train", "val", "test")
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")  # a record's image member, first found
-INDEX_FORMAT = 3
+INDEX_FORMAT = 4  # 4: each record with its image's data offset and size
 
 
 def is_shards(spec: str) -> bool:
@@ -54,9 +54,13 @@ def _webdataset():  # noqa: ANN202 - the module
 
 
 # ---------------------------------------------------------------------- writing
-def write_shards(source: DataSource, out: str | os.PathLike, shard_size: int) -> dict[str, dict]:
+def write_shards(source: DataSource, out: str | os.PathLike, shard_size: int, seed: int = 0) -> dict[str, dict]:
     """Write each split of ``source`` to ``out/SPLIT-NNNNNN.tar`` (at most ``shard_size`` records each) and the class
-    names to classes.json and classes.txt; returns per split its record count, shard files and skipped images."""
+    names to classes.json and classes.txt; returns per split its record count, shard files and skipped images.
+
+    The training split's records go in a random order (``seed``), so that every shard mixes the classes: a folder
+    lists them class by class, and a stream that reads shards in sequence through a shuffle buffer would otherwise
+    see batches of one class. A record's key is its position in the source split either way."""
     if task_of(source.task).multilabel:
         raise DataError(f"{source.location}: shards hold one class per image (KEY.cls); {source.task} data cannot be "
                         "written as shards")
@@ -75,7 +79,9 @@ def write_shards(source: DataSource, out: str | os.PathLike, shard_size: int) ->
         split, skipped, count = source.splits[name], [], 0
         pattern = str(out).replace("%", "%%") + f"/{name}-%06d.tar"  # webdataset formats it with %
         with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
-            for i in range(len(split)):
+            order = np.random.default_rng(seed).permutation(len(split)) if name == "train" else range(len(split))
+            for i in order:
+                i = int(i)
                 try:
                     ext, data = _encoded(split, i)
                 except (OSError, ValueError, ImageReadError) as err:
@@ -227,7 +233,7 @@ def _read_split(name: str, files: list[str], classes: list[str] | None, notes: l
         for shard_key, reason in index["bad"]:
             notes.append(f"warning: skipped record {Path(url).name} key {shard_key}: {reason}")
         shards[url] = []
-        for member, label, shard_key, why in index["records"]:
+        for member, label, shard_key, why, *_ in index["records"]:
             if label < 0:
                 notes.append(f"warning: skipped record {Path(url).name} key {shard_key}: {why}")
                 continue
@@ -250,19 +256,25 @@ def _index_root(cache_dir: str | None = None) -> Path:
 
 def shard_index(url: str, root: Path | None = None) -> dict:
     """One shard's records, read once from its tar headers (kept in ``root`` while the shard's path, size and time
-    are the same): {"records": [[image member, class or -1, key, why no class]], "bad": [[key, reason]]}."""
+    are the same): {"records": [[image member, class or -1, key, why no class, data offset, bytes]], "bad": [[key,
+    reason]]}. Where the members start is also remembered for this process and those it forks (tarmembers.py)."""
     root = _index_root() if root is None else root
     stat = os.stat(url)
     tag = f"{os.path.realpath(url)}|{stat.st_size}|{stat.st_mtime_ns}|{INDEX_FORMAT}"
     final = root / f"{Path(url).stem}-{hashlib.sha256(tag.encode()).hexdigest()[:16]}.json"
+    index = None
     if final.is_file():
         try:
-            return json.loads(final.read_text(encoding="utf-8"))
-        except ValueError:
-            pass  # a damaged index is read again below
-    index = _read_index(url, stat.st_size)
-    root.mkdir(parents=True, exist_ok=True)
-    write_json(final, index)
+            index = json.loads(final.read_text(encoding="utf-8"))
+            if not all(len(record) == 6 for record in index["records"]):
+                index = None
+        except (ValueError, KeyError, TypeError):
+            index = None  # a damaged index is read again below
+    if index is None:
+        index = _read_index(url, stat.st_size)
+        root.mkdir(parents=True, exist_ok=True)
+        write_json(final, index)
+    remember(url, {member: (offset, length) for member, *_, offset, length in index["records"]})
     return index
 
 
@@ -283,7 +295,9 @@ def _read_index(url: str, size: int) -> dict:
                     continue
                 if not groups or groups[-1][0] != key:
                     groups.append((key, {}))
-                groups[-1][1][ext.lower()] = tar.extractfile(info).read() if ext in ("cls", "json") else info.name
+                small = ext in ("cls", "json")
+                groups[-1][1][ext.lower()] = tar.extractfile(info).read() if small else (info.name, info.offset_data,
+                                                                                          info.size)
     except (tarfile.TarError, OSError, EOFError) as err:  # truncated or not a tar: keep what was read
         reason = err.args[0] if err.args and isinstance(err.args[0], str) else str(err)
         broken.append([f"(after {len(groups)} record(s))", f"unreadable tar data, rest of the shard skipped: "
@@ -294,7 +308,8 @@ def _read_index(url: str, size: int) -> dict:
             bad.append([key, f"no image member ({', '.join(IMAGE_KEYS[:3])}, ...)"])
             continue
         label, why = _label(sample)
-        records.append([sample[image_key], -1 if label is None else label, key, why])  # unlabelled: predict reads it
+        member, offset, length = sample[image_key]
+        records.append([member, -1 if label is None else label, key, why, offset, length])  # unlabelled: predict
     return {"records": records, "bad": bad + broken}
 
 

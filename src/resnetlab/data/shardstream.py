@@ -1,8 +1,9 @@
 """Stream the training split from its tar shards in sequence, as WebDataset pipelines do: no file list to seek in.
 
 Each epoch permutes the shard list (seed, epoch); each process takes its share (split by rank), each of its
-DataLoader workers a share of that (split by worker), and reads its shards front to back through ``webdataset``
-and a shuffle buffer. Fewer shards than readers: every reader reads all of them and keeps every n-th record.
+DataLoader workers a share of that (split by worker), and reads its shards front to back through ``webdataset``'s
+tar iterator and a shuffle buffer. The shards left over when they do not divide among the readers (fewer than the
+readers) are read by every reader, each keeping every n-th record, so that equal shards give equal readers.
 Records are decoded in the workers and augmented as batches on the device exactly as the folder path's are.
 
 An epoch is ``steps_per_epoch`` batches on every process (equal steps keep data-parallel ranks in step); a reader
@@ -19,43 +20,50 @@ each reader reads past the records of the steps already done without decoding th
 from __future__ import annotations
 
 import random
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import DataError
+from ..log import logger
 from .loaders import _generator
 from .splits import SplitData
 from .stream import StreamBatches, collate, decode_record
-from .tarmembers import split_member
 
 SHUFFLE_BUFFER = 1000  # records each reader holds to shuffle (encoded bytes); webdataset's own default size
+MIXED_MIN_RECORDS = 20  # shards smaller than this say little about how they mix the classes
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 
 
 @dataclass(frozen=True)
 class Part:
-    """What one reader reads in an epoch: these shards, in order; with ``every`` > 1, only the records whose split
-    position is ``which`` modulo ``every`` (fewer shards than readers)."""
+    """What one reader reads in an epoch: ``whole`` shards, all their records, then ``striped`` shards, only the
+    records whose split position is ``which`` modulo ``every`` (the shards that do not divide among the readers)."""
 
-    shards: tuple[str, ...]
+    whole: tuple[str, ...]
+    striped: tuple[str, ...] = ()
     every: int = 1
     which: int = 0
 
 
 def stream_parts(shards: list[str], *, seed: int, epoch: int, rank: int, world_size: int, workers: int
                  ) -> list[Part]:
-    """Each of this process's ``workers`` readers' Part for ``epoch``: the shard list permuted by (seed, epoch), split
-    by rank, then by worker; disjoint across all readers of all processes."""
+    """Each of this process's ``workers`` readers' Part for ``epoch``: the shard list permuted by (seed, epoch); as
+    many whole shards as divide evenly among all readers, split by rank, then by worker; the rest (fewer than the
+    readers) read by every reader, each keeping its own records. Disjoint across all readers of all processes, and
+    equal in records when the shards are."""
     order = torch.randperm(len(shards), generator=_generator(torch.device("cpu"), seed, epoch, -2)).tolist()
     permuted = [shards[i] for i in order]
     readers = world_size * workers
-    if len(shards) >= readers:
-        mine = permuted[rank::world_size]
-        return [Part(tuple(mine[w::workers])) for w in range(workers)]
-    return [Part(tuple(permuted), readers, rank * workers + w) for w in range(workers)]
+    whole, striped = permuted[:len(permuted) - len(permuted) % readers], tuple(permuted[len(permuted) - len(
+        permuted) % readers:])
+    mine = whole[rank::world_size]
+    return [Part(tuple(mine[w::workers]), striped, readers if striped else 1, rank * workers + w)
+            for w in range(workers)]
 
 
 class ShardRecords(IterableDataset):
@@ -64,7 +72,7 @@ class ShardRecords(IterableDataset):
     def __init__(self, batches: ShardStreamBatches, epoch: int, start_step: int):
         self.keys, self.size, self.layout = batches.keys, batches.size, batches.layout
         self.batch_size, self.seed, self.epoch, self.rank = batches.batch_size, batches.seed, epoch, batches.rank
-        self.readers, self.start_step, self.steps = max(1, batches.workers), start_step, batches.steps_per_epoch()
+        self.readers, self.start_step, self.steps = batches.reader_count, start_step, batches.steps_per_epoch()
         self.buffer = batches.buffer
         self.parts = stream_parts(sorted(batches.keys), seed=batches.seed, epoch=epoch, rank=batches.rank,
                                   world_size=batches.world_size, workers=self.readers)
@@ -93,7 +101,7 @@ class ShardRecords(IterableDataset):
 
         for repeat in range(1 << 62):
             rng = random.Random(hash((self.seed, self.epoch, self.rank, reader, repeat)))
-            shards = list(part.shards)
+            shards = [*part.whole, *part.striped]
             if repeat:
                 rng.shuffle(shards)
             count = 0
@@ -101,8 +109,8 @@ class ShardRecords(IterableDataset):
                 count += 1
                 yield record
             if not count:
-                raise DataError(f"no readable records in the shards {', '.join(part.shards[:3])}"
-                                f"{', ...' if len(part.shards) > 3 else ''} (reader {reader} of process {self.rank})")
+                raise DataError(f"no readable records in the shards {', '.join(shards[:3])}"
+                                f"{', ...' if len(shards) > 3 else ''} (reader {reader} of process {self.rank})")
 
     def _read(self, shards: list[str], part: Part) -> Iterator[tuple[int, str, bytes]]:
         """The part's records in these shards' order, each shard read front to back by webdataset's tar iterator
@@ -111,16 +119,37 @@ class ShardRecords(IterableDataset):
         from webdataset.tariterators import group_by_keys, tar_file_iterator
 
         for url in shards:
-            keys = self.keys[url]
-            with open(url, "rb") as stream:
-                files = (dict(file, __url__=url) for file in tar_file_iterator(stream, handler=ignore_and_continue))
-                for sample in group_by_keys(files, handler=ignore_and_continue):
-                    position = keys.get(sample["__key__"])
-                    if position is None or (part.every > 1 and position % part.every != part.which):
-                        continue  # a record the index left out (named when the data was opened), or another reader's
-                    ext = next((e for e in IMAGE_EXTS if e in sample), None)
-                    if ext is not None:
-                        yield position, f"{url}#{sample['__key__']}.{ext}", sample[ext]
+            keys, every = self.keys[url], part.every if url in part.striped else 1
+            try:
+                with open(url, "rb") as stream:
+                    files = (dict(file, __url__=url) for file in tar_file_iterator(stream, handler=ignore_and_continue))
+                    for sample in group_by_keys(files, handler=ignore_and_continue):
+                        position = keys.get(sample["__key__"])
+                        if position is None or position % every != part.which % every:
+                            continue  # a record the index left out (named when the data was opened), or another's
+                        ext = next((e for e in IMAGE_EXTS if e in sample), None)
+                        if ext is not None:
+                            yield position, f"{url}#{sample['__key__']}.{ext}", sample[ext]
+            except (tarfile.TarError, OSError, ValueError):
+                continue  # the rest of a damaged shard: what the index could read of it was named when it was opened
+
+
+def unmixed(split: SplitData) -> str | None:
+    """Why the split's shards cannot be read in sequence (they hold one class each, mostly, as shards written class
+    by class do: a shuffle buffer of a few shards' records would then make batches of one or two classes), or None.
+    """
+    labels = np.asarray(split.labels)
+    if split.shards is None or labels.ndim != 1 or not len(labels):
+        return None
+    overall = np.bincount(labels).max() / len(labels)
+    shares = [np.bincount(labels[p]).max() / len(p) for p in split.shards.values() if len(p) >= MIXED_MIN_RECORDS]
+    if not shares:
+        return None
+    typical = float(np.median(shares))
+    if typical <= overall + 0.5 * (1 - overall):
+        return None
+    return (f"the training shards hold sorted classes (the median shard's most common class is {typical:.0%} of it, "
+            f"against {overall:.0%} of the split)")
 
 
 class ShardStreamBatches(StreamBatches):
@@ -135,13 +164,28 @@ class ShardStreamBatches(StreamBatches):
         self.size, self.layout, self.buffer = size, layout, buffer
         self.keys: dict[str, dict[str, int]] = {}  # shard -> record key -> split position
         for url, positions in split.shards.items():
-            members = {p: split_member(split.paths[p]) for p in positions}
-            self.keys[url] = {_key(members[p][1] if members[p] else split.paths[p]): p for p in positions}
+            if positions:  # a shard whose records all went elsewhere (validation), or none could be read: not read
+                self.keys[url] = {_key(split.paths[p][len(url) + 1:]): p for p in positions}  # path: url#member
+        # at most one reader per step: a reader without a batch of its own would leave its records unread
+        self.reader_count = max(1, min(max(1, workers), self.steps_per_epoch()))
+        readers = self.world_size * self.reader_count
+        if len(self.keys) % readers:
+            logger.info(f"data path: {len(self.keys)} training shard(s) for {readers} readers: "
+                        f"{len(self.keys) % readers} of them read by every reader, each keeping its own records "
+                        f"(a multiple of {readers} shards splits whole: resnetlab shards --shard-size)")
+
+    @property
+    def readers(self) -> str:
+        """What fixes the stream's order (resume is exact when it is the same)."""
+        workers = self.reader_count
+        return (f"{self.world_size} process{'es' if self.world_size > 1 else ''} x {workers} reader"
+                f"{'s' if workers > 1 else ''}, batch {self.batch_size}")
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         if start_step >= self.steps_per_epoch():
             return
-        loader = DataLoader(ShardRecords(self, epoch, start_step), batch_size=None, num_workers=self.workers,
+        loader = DataLoader(ShardRecords(self, epoch, start_step), batch_size=None,
+                            num_workers=self.reader_count if self.workers else 0,
                             pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None)
         for step, (x, y, index, content) in enumerate(self._received(loader), start=start_step):
             yield self._finish(x, epoch, step, content), y, index

@@ -3,8 +3,8 @@
 A shard's record is a path like any other file's (``/data/shards/train-000003.tar#00000042.jpg``): every reader
 (the decode cache, the streamed loader, ``check``, ``predict``, ``explain``) gets its bytes through
 ``images.read_regular``, which seeks to the member's data. Where each member's data starts comes from the standard
-library's ``tarfile`` headers (read once per shard and process; the images themselves are skipped over), so one
-record costs one seek and one read, as a file does.
+library's ``tarfile`` headers (the data set's index, shards.py, or read once per shard and process; the images
+themselves are skipped over), so one record costs one seek and one read, as a file does.
 
     read_member("/data/train-000000.tar", "00000042.jpg")  # the JPEG's bytes
 """
@@ -12,12 +12,13 @@ record costs one seek and one read, as a file does.
 from __future__ import annotations
 
 import os
+import re
 import tarfile
 from functools import lru_cache
 
 from ..errors import ImageReadError
 
-SEPARATOR = ".tar#"  # between a shard's path (without its .tar) and a member's name
+MEMBER = re.compile(r"(.*?\.tar)#(.+)", re.IGNORECASE | re.DOTALL)  # the shard's path, then the member's name
 
 
 def member_path(shard: str, member: str) -> str:
@@ -28,15 +29,30 @@ def member_path(shard: str, member: str) -> str:
 def split_member(path: str | os.PathLike) -> tuple[str, str] | None:
     """(shard file, member name) when ``path`` names a member of an existing tar file, else None."""
     text = os.fspath(path)
-    if not isinstance(text, str) or SEPARATOR not in text:
+    found = MEMBER.fullmatch(text) if isinstance(text, str) and "#" in text else None
+    if found is None:
         return None
-    head, member = text.split(SEPARATOR, 1)
-    shard = head + ".tar"
+    shard, member = found.groups()
     return (shard, member) if os.path.isfile(shard) and not os.path.exists(text) else None
 
 
-@lru_cache(maxsize=256)
+_KNOWN: dict[tuple[str, int, int], dict[str, tuple[int, int]]] = {}  # given by remember(); forked workers inherit it
+
+
+def remember(shard: str, offsets: dict[str, tuple[int, int]]) -> None:
+    """Where the members of ``shard`` start (from an index already read), so that no process forked from this one
+    reads the shard's headers again."""
+    stat = os.stat(shard)
+    _KNOWN[(shard, stat.st_size, stat.st_mtime_ns)] = offsets
+
+
 def _offsets(shard: str, size: int, mtime_ns: int) -> dict[str, tuple[int, int]]:
+    known = _KNOWN.get((shard, size, mtime_ns))
+    return known if known is not None else _scan(shard, size, mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _scan(shard: str, size: int, mtime_ns: int) -> dict[str, tuple[int, int]]:
     """member name -> (data offset, bytes) for the regular members of a tar file whose headers can be read."""
     found: dict[str, tuple[int, int]] = {}
     try:

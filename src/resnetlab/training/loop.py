@@ -132,7 +132,8 @@ def train_epoch(run: Run, epoch: int, planned: int, stop: StopRequests, *, start
         stop_now = any_rank(stop.requested, info) or bool(cfg.stop_after_steps
                                                           and run.steps_run >= cfg.stop_after_steps)
         if (stop_now or (cfg.save_every and step % cfg.save_every == 0)) and step < steps:
-            save(run.run_dir / "last.pt", {**run.meta, **state.payload(epoch - 1, step, totals)}, info)
+            save(run.run_dir / "last.pt", {**run.meta, **state.payload(epoch - 1, step, totals),
+                                           "readers": getattr(run.train_batches, "readers", None)}, info)
             if not stop_now:
                 logger.info(f"saved {run.run_dir / 'last.pt'} at epoch {epoch}, step {step}")
         if stop_now and step < steps:

@@ -231,6 +231,15 @@ def _resume(run: Run, saved: dict) -> tuple[int, int, dict | None]:
         set_backbone_trainable(run.model, True)
     logger.info(f"resuming {run.run_dir} at epoch {start_epoch}" + (f", step {start_step}" if start_step else "")
                 + f" (best {cfg.best_metric} so far at epoch {run.state.best_epoch})")
+    readers = getattr(run.train_batches, "readers", None)  # a shard stream (data/shardstream.py)
+    if start_step and readers is not None and saved.get("readers") == readers:
+        logger.info(f"resume: the shard stream reads past the records of the {start_step} steps done without decoding "
+                    f"them; the epoch goes on exactly as it would have ({readers})")
+    elif start_step and (readers is not None or saved.get("readers")):
+        before, now = saved.get("readers") or "another data path", readers or "another data path"
+        logger.warning(f"resume: the shard stream was read by {before} and is now read by {now}: epoch {start_epoch} "
+                       "goes on in another order of its records, so some may be seen twice or not at all this epoch "
+                       "(exact only with the same processes, --workers and batch size)")
     return start_epoch, start_step, saved.get("partial")
 
 
