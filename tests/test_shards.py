@@ -279,7 +279,7 @@ def test_training_streams_from_the_tar_files_in_sequence(tmp_path: Path, capsys,
              "--loader", "stream", "--workers", "2"]
     assert main(["train", str(out), *train]) == 0
     err = capsys.readouterr().err
-    assert "data path: streamed from 10 tar shard(s) in sequence through webdataset" in err
+    assert "data path: streamed from 10 tar shard(s) in sequence: each process reads its own shards" in err
     report = json.loads((run / "data_report.json").read_text(encoding="utf-8"))
     assert [(e["path"], e["split"]) for e in report["skipped"]] == [
         (f"{out / 'train-000009.tar'}#broken.png (train-000009.tar key broken)", "train")]

@@ -65,6 +65,12 @@ def _scan(shard: str, size: int, mtime_ns: int) -> dict[str, tuple[int, int]]:
     return found
 
 
+def member_offsets(shard: str) -> dict[str, tuple[int, int]]:
+    """member name -> (data offset, bytes) for the readable members of the tar file ``shard``."""
+    stat = os.stat(shard)
+    return _offsets(shard, stat.st_size, stat.st_mtime_ns)
+
+
 def read_member(shard: str, member: str) -> bytes:
     """The bytes of ``member`` in the tar file ``shard``; ImageReadError naming the member when they cannot be read."""
     label = member_path(shard, member)

@@ -166,8 +166,8 @@ def _log_data_path(cfg: TrainConfig, train: DecodedSplit, side: int, split: Spli
                if cfg.balance == "sampler" else f"record by record at random, each read by its offset: "
                f"{sorted_classes}, so batches read in sequence would hold one or two classes (resnetlab shards "
                "writes them mixed)" if sorted_classes else
-               "in sequence through webdataset: each process reads its own shards, each of its DataLoader workers its "
-               f"own of those, through a shuffle buffer of {SHUFFLE_BUFFER} records")
+               "in sequence: each process reads its own shards, each of its DataLoader workers its own of those, "
+               f"front to back, through a shuffle buffer of {SHUFFLE_BUFFER} records")
         logger.info(f"data path: streamed from {len(split.shards)} tar shard(s) {how}; decoded by {workers} DataLoader "
                     f"worker{'s' if workers > 1 else ''}; validation decoded once; batches augmented on the device")
     elif train.images is None:
