@@ -298,3 +298,27 @@ def test_training_streams_from_the_tar_files_in_sequence(tmp_path: Path, capsys,
     assert main(["train", "--resume", str(tmp_path / "other"), "--workers", "1", "--no-progress"]) == 0
     assert "was read by 1 process x 2 readers, batch 16 and is now read by 1 process x 1 reader, batch 16" in \
         capsys.readouterr().err
+
+
+def test_shards_keep_16_bit_pictures_and_leave_out_files_that_are_no_images(tmp_path: Path, capsys):
+    """A 16-bit TIFF is re-encoded as training reads it (rescaled; it used to be clipped to a white square), and a
+    zero-byte or fake JPEG/PNG is named and left out rather than copied into a shard."""
+    from PIL import Image
+
+    data = tmp_path / "toy"
+    write_class_folders(data, 6, seed=1)
+    first = data / CLASSES[0]
+    ramp = 1000 + np.arange(32 * 32).reshape(32, 32) * 60  # 16-bit values, all above 255
+    Image.fromarray(ramp.astype(np.uint16)).save(first / "deep.tif")
+    (first / "fake.png").write_bytes(b"not a png")
+    (first / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "shards"
+    assert main(["shards", str(data), str(out), "--shard-size", "100"]) == 1  # something was skipped
+    summary = json.loads(capsys.readouterr().out)
+    skipped = {Path(item["path"]).name: item["reason"] for split in summary["splits"].values()
+               for item in split["skipped"]}
+    assert set(skipped) == {"fake.png", "empty.jpg"}
+    assert "not an image" in skipped["fake.png"] and "empty file (0 bytes)" in skipped["empty.jpg"]
+    pictures = [np.asarray(Image.open(io.BytesIO(data))) for tar in out.glob("*.tar")
+                for name, data in members(tar).items() if name.endswith(".png")]
+    assert len(pictures) == 19 and all(np.ptp(picture) > 0 for picture in pictures)  # 18 toys and the TIFF

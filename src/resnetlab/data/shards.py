@@ -28,7 +28,7 @@ from PIL import Image
 from ..errors import DataError, ImageReadError
 from ..fileio import write_json, write_text
 from ..task import task_of
-from .images import header_source, read_regular
+from .images import open_rgb, read_regular
 from .splits import DataSource, SplitData, settle_val
 from .tarmembers import member_path, remember
 
@@ -85,7 +85,7 @@ def write_shards(source: DataSource, out: str | os.PathLike, shard_size: int, se
                 try:
                     ext, data = _encoded(split, i)
                 except (OSError, ValueError, ImageReadError) as err:
-                    skipped.append({"path": split.describe(i), "reason": str(err)})
+                    skipped.append({"path": split.describe(i), "reason": getattr(err, "reason", None) or str(err)})
                     continue
                 sink.write({"__key__": f"{i:08d}", ext: data, "cls": str(int(split.labels[i]))})
                 count += 1
@@ -105,10 +105,18 @@ def _encoded(split: SplitData, i: int) -> tuple[str, bytes]:
     path = split.paths[i]
     suffix = Path(path).suffix.lower()
     if suffix in (".jpg", ".jpeg", ".png"):
-        return ("png" if suffix == ".png" else "jpg"), read_regular(path)
-    with Image.open(header_source(path)) as image:
-        image.load()
-        return "png", _png(image if image.mode in ("RGB", "RGBA", "L") else image.convert("RGB"))
+        data = read_regular(path)
+        if not data:
+            raise ImageReadError(path, "empty file (0 bytes)")
+        try:
+            with Image.open(io.BytesIO(data)):  # the header only: a file that is no image at all stays out
+                pass
+        except Exception:  # noqa: BLE001 - PIL raises many kinds; the reason is the same
+            raise ImageReadError(path, "not an image (unrecognised format)") from None
+        return ("png" if suffix == ".png" else "jpg"), data
+    # every other format as training reads it (open_rgb): 16-bit and float images rescaled, not clipped to white,
+    # EXIF rotation applied, any mode made RGB
+    return "png", _png(open_rgb(path))
 
 
 def _png(image: Image.Image) -> bytes:
