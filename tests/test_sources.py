@@ -176,6 +176,26 @@ def test_nfc_and_nfd_spellings_of_a_label_are_one_label_in_a_multilabel_csv(tmp_
         open_data(str(columns))
 
 
+def test_csv_saved_by_a_spreadsheet_with_semicolons_or_tabs_and_windows_paths_is_read(csv_dataset: Path):
+    """A ';'-separated "CSV" (spreadsheets in many locales), a .tsv and paths written with backslashes (a CSV made on
+    Windows) read as the comma-separated original does, each way named in the notes."""
+    rows = list(csv.reader(open(csv_dataset, encoding="utf-8")))
+    expected = open_data(str(csv_dataset))
+    for name, delimiter, said in (("semi.csv", ";", "fields separated by ';'"),
+                                  ("tabs.tsv", "\t", "fields separated by tabs")):
+        other = csv_dataset.parent / name
+        with open(other, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle, delimiter=delimiter).writerows([rows[0], *[[r[0].replace("/", "\\"), *r[1:]]
+                                                                           for r in rows[1:]]])
+        source = open_data(str(other))
+        assert {k: v.paths for k, v in source.splits.items()} == {k: v.paths for k, v in expected.splits.items()}
+        assert source.classes == expected.classes and f"{name}: {said}" in " ".join(source.notes)
+        assert f"{name}: read '\\' in 60 path(s) as a folder separator" in " ".join(source.notes)
+    (csv_dataset.parent / "notes.txt").write_text("path,label\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"is not a .csv \(or .tsv\) file"):
+        open_data(str(csv_dataset.parent / "notes.txt"))
+
+
 def test_csv_columns_spelt_filename_and_class_are_read_as_path_and_label(tmp_path: Path, csv_dataset: Path):
     rows = list(csv.reader(open(csv_dataset, encoding="utf-8")))
     kaggle = csv_dataset.parent / "kaggle.csv"

@@ -36,14 +36,38 @@ def csv_rows(csv_path: object, reader: Iterable[list[str]], columns: list[str], 
         yield line_no, row, path, split
 
 
-def check_listed_files(csv_path: Path, rows: Iterable[tuple]) -> None:
+def check_listed_files(csv_path: Path, rows: list[tuple]) -> tuple[list[tuple], list[str]]:
     """Every (path, labels, split, line) row's file exists beside ``csv_path``; else one error naming the first five
-    by line."""
+    by line. A path written with backslashes (a CSV made on Windows) whose file exists with slashes is read so.
+    Returns the rows (paths so read) and a note saying how many were."""
     base = csv_path.parent
-    missing = [(line, path) for path, _, _, line in rows
-               if not (base / path).is_file() and split_member(base / path) is None]  # a file or a shard's member
+
+    def found(path: str) -> bool:
+        return (base / path).is_file() or split_member(base / path) is not None  # a file or a shard's member
+
+    fixed, windows = [], 0
+    for path, labels, split, line in rows:
+        if "\\" in path and not found(path) and found(path.replace("\\", "/")):
+            path, windows = path.replace("\\", "/"), windows + 1
+        fixed.append((path, labels, split, line))
+    missing = [(line, path) for path, _, _, line in fixed if not found(path)]
     if missing:
         listed = "; ".join(f"line {line}: {path}" for line, path in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise DataError(f"{csv_path}: {len(missing)} listed file(s) do not exist (paths are relative to {base}): "
                         f"{listed}{more}")
+    note = [f"{csv_path.name}: read '\\' in {windows} path(s) as a folder separator (a CSV written on Windows)"]
+    return fixed, note if windows else []
+
+
+DELIMITERS = (",", ";", "\t")  # spreadsheets in many locales save ';'-separated "CSV" files; .tsv is tab-separated
+
+
+def delimiter_of(header_line: str) -> str:
+    """The CSV's field separator, from its header line: ',' when the line has one, else ';' or a tab, whichever it
+    has more of (a header of one column: ',')."""
+    if "," in header_line:
+        return ","
+    counts = {d: header_line.count(d) for d in DELIMITERS[1:]}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","

@@ -81,9 +81,9 @@ def read_multilabel_csv(csv_path: Path, header: list[str], reader: Iterator[list
         _check_known(csv_path, rows, names)
     if not names:
         raise DataError(f"{csv_path}: no image in the training rows has a label; a multi-label set needs at least one")
-    check_listed_files(csv_path, rows)
+    rows, windows = check_listed_files(csv_path, rows)
     source = _source(csv_path, rows, names, "split" in columns, val_split, seed)
-    source.notes += spelling.merged_note(csv_path)
+    source.notes += windows + spelling.merged_note(csv_path)
     return source
 
 

@@ -21,11 +21,12 @@ import numpy as np
 from ..errors import DataError
 from ..task import task_of
 from . import builtin, hf, shards
-from .csvrows import check_listed_files, csv_rows
+from .csvrows import check_listed_files, csv_rows, delimiter_of
 from .images import image_size, is_image_file, list_images
 from .multilabel import check_single_labels, csv_task, read_multilabel_csv
 from .splits import ClassNames, DataSource, SplitData, splits_from_column, stratified_split
 
+CSV_SUFFIXES = (".csv", ".tsv")  # a .tsv is read as a tab-separated CSV
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
 
@@ -41,7 +42,7 @@ def open_data(spec: str, *, val_split: float = 0.1, seed: int = 0, data_root: st
     indexes and Hugging Face data sets' image files are kept, once (default: $RESNETLAB_CACHE, else
     ~/.cache/resnetlab).
     """
-    if task_of(task).multilabel and not (Path(spec).expanduser().is_file() and spec.lower().endswith(".csv")):
+    if task_of(task).multilabel and not (Path(spec).expanduser().is_file() and spec.lower().endswith(CSV_SUFFIXES)):
         raise DataError(f"--task multilabel needs a CSV with a 'labels' column (names separated by '{label_sep}') "
                         f"or one 0/1 column per label; {spec} is not a CSV file")
     if shards.is_shards(spec):  # a folder of train-*.tar, a .tar file or 'train-{000000..000009}.tar'
@@ -68,8 +69,8 @@ def _open(spec: str, val_split: float, seed: int, data_root: str | None, follow_
         names = ", ".join(builtin.BUILTIN_NAMES)
         raise DataError(f"data '{spec}' is neither an existing folder or CSV file nor a built-in name ({names})")
     if path.is_file():
-        if path.suffix.lower() != ".csv":
-            raise DataError(f"data file {path} is not a .csv file; give a folder, a CSV or a built-in name")
+        if path.suffix.lower() not in CSV_SUFFIXES:
+            raise DataError(f"data file {path} is not a .csv (or .tsv) file; give a folder, a CSV or a built-in name")
         return _from_csv(path, val_split=val_split, seed=seed, asked=asked, label_sep=label_sep)
     split_dirs = {SPLIT_ALIASES[d.name.lower()]: d for d in sorted(path.iterdir())
                   if d.is_dir() and d.name.lower() in SPLIT_ALIASES}
@@ -222,13 +223,18 @@ def _from_csv(csv_path: Path, *, val_split: float, seed: int, asked: str = "auto
     base = csv_path.parent
     rows: list[tuple[str, str, str | None, int]] = []
     names = ClassNames()
-    with io.StringIO(_read_csv_text(csv_path), newline="") as handle:
-        reader = csv.reader(handle)
+    text = _read_csv_text(csv_path)
+    delimiter = delimiter_of(text.split("\n", 1)[0])
+    with io.StringIO(text, newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
         header = next(reader, None)
         if header is None:
             raise DataError(f"{csv_path} is empty; expected a header line 'path,label[,split]'")
         given, (header, renamed) = header, _canonical_header(header)
         read_as = [f"{csv_path.name}: read column {', '.join(renamed)}"] if renamed else []
+        if delimiter != ",":
+            separator = "tabs" if delimiter == "\t" else f"'{delimiter}'"
+            read_as.append(f"{csv_path.name}: fields separated by {separator}")
         columns = [h.strip().lower() for h in header]
         if task_of(csv_task(csv_path, header, columns, asked)).multilabel:
             source = read_multilabel_csv(csv_path, header, reader, label_sep=label_sep, val_split=val_split,
@@ -249,7 +255,7 @@ def _from_csv(csv_path: Path, *, val_split: float, seed: int, asked: str = "auto
         raise DataError(f"{csv_path} has a header but no rows")
     if asked == "auto":
         check_single_labels(csv_path, rows, label_sep)
-    check_listed_files(csv_path, rows)
+    rows, windows = check_listed_files(csv_path, rows)
 
     train_labels = {label for _, label, split, _ in rows if split in (None, "train")}
     classes = sorted(train_labels)
@@ -265,7 +271,7 @@ def _from_csv(csv_path: Path, *, val_split: float, seed: int, asked: str = "auto
         return SplitData(name, np.asarray([index[r[1]] for r in subset], dtype=np.int64),
                          [str(base / r[0]) for r in subset], origins=[f"{csv_path.name} line {r[3]}" for r in subset])
 
-    notes: list[str] = read_as + names.merged_note(csv_path)
+    notes: list[str] = read_as + windows + names.merged_note(csv_path)
     if "split" not in columns:
         train, val = stratified_split(make("all", rows), val_split, seed)
         notes.append(f"CSV without a split column: stratified split, {val_split:.0%} for validation (seed {seed})")
