@@ -42,13 +42,17 @@ def test_folder_to_shards_then_train_and_evaluate(tmp_path: Path, capsys, no_fig
     assert (out / "classes.txt").read_text(encoding="utf-8").splitlines() == CLASSES
 
     first = members(out / "train-000000.tar")
-    assert len(first) == 20  # 10 records of two members
+    assert len(first) == 30  # 10 records of three members: image, class and where it came from
     train = {k: v for i in range(3) for k, v in members(out / f"train-00000{i}.tar").items()}
     source_files = sorted((data / "train" / CLASSES[0]).iterdir())
     assert train["00000000.jpg"] == source_files[0].read_bytes()  # the original JPEG bytes, not re-encoded
     assert [int(train[f"{n:08d}.cls"]) for n in range(24)] == [0] * 8 + [1] * 8 + [2] * 8  # key: source position
+    assert json.loads(train["00000000.json"]) == {"source": str(source_files[0])}
+    opened = open_data(str(out)).splits["train"]  # messages name a record's shard, key and original file
+    origin = r".*#\d{8}\.jpg \(train-00000\d\.tar key \d{8} = " + re.escape(str(data / "train")) + r"/.*\.jpg\)"
+    assert re.fullmatch(origin, opened.describe(0))
     assert len({int(v) for k, v in first.items() if k.endswith(".cls")}) == 3  # but each shard mixes the classes
-    assert sorted(members(out / "val-000000.tar"))[:2] == ["00000000.cls", "00000000.png"]
+    assert sorted(members(out / "val-000000.tar"))[:3] == ["00000000.cls", "00000000.json", "00000000.png"]
 
     run = tmp_path / "run"
     train = ["--epochs", "1", "--img-size", "16", *FAST, "--batch-size", "16", "--lr", "0.05", "--out", str(run)]

@@ -15,7 +15,8 @@ def shards_parser(sub) -> None:
                                         "split the data has; a folder without one is split as train does) with "
                                         "records KEY.jpg or KEY.png (the original bytes; other formats as PNG) and "
                                         "KEY.cls (the class index; the training records in a random order, so that "
-                                        "each shard mixes the classes), and classes.json and classes.txt. `resnetlab "
+                                        "each shard mixes the classes) and KEY.json (the original file), and "
+                                        "classes.json and classes.txt. `resnetlab "
                                         "train OUT` then trains on them. Prints a JSON summary.")
     shards.add_argument("data", help="image folder, CSV or built-in name")
     shards.add_argument("out", help="folder for the shards (new or empty)")

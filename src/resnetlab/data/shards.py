@@ -1,7 +1,8 @@
 """WebDataset tar shards: write them from any source resnetlab reads, and read them back as a ``DataSource``.
 
 A shard holds records ``KEY.jpg`` or ``KEY.png`` (the original encoded bytes; other formats re-encoded as PNG) and
-``KEY.cls`` (the class index); ``classes.json`` and ``classes.txt`` beside the shards hold the class names. Reading
+``KEY.cls`` (the class index) and, as ``resnetlab shards`` writes them, ``KEY.json`` ({"source": the original file},
+named in messages); ``classes.json`` and ``classes.txt`` beside the shards hold the class names. Reading
 indexes each shard's members once (kept in the cache folder, keyed by the shard's path, size and time) and leaves
 the images in the tar files: each record is a ``SHARD.tar#MEMBER`` path read in place (tarmembers.py), so the
 decode cache, checks, evaluation and predict work as for a folder of files, and the training split can also be
@@ -34,7 +35,7 @@ from .tarmembers import member_path, remember
 
 SPLITS = ("train", "val", "test")
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")  # a record's image member, first found
-INDEX_FORMAT = 4  # 4: each record with its image's data offset and size
+INDEX_FORMAT = 5  # 4: each record with its image's data offset and size; 5: and where it came from
 
 
 def is_shards(spec: str) -> bool:
@@ -87,7 +88,8 @@ def write_shards(source: DataSource, out: str | os.PathLike, shard_size: int, se
                 except (OSError, ValueError, ImageReadError) as err:
                     skipped.append({"path": split.describe(i), "reason": getattr(err, "reason", None) or str(err)})
                     continue
-                sink.write({"__key__": f"{i:08d}", ext: data, "cls": str(int(split.labels[i]))})
+                origin = json.dumps({"source": split.describe(i)}, ensure_ascii=False).encode("utf-8")
+                sink.write({"__key__": f"{i:08d}", ext: data, "cls": str(int(split.labels[i])), "json": origin})
                 count += 1
         summary[name] = {"records": count, "shards": sorted(p.name for p in out.glob(f"{name}-*.tar")),
                          "skipped": skipped}
@@ -241,7 +243,7 @@ def _read_split(name: str, files: list[str], classes: list[str] | None, notes: l
         for shard_key, reason in index["bad"]:
             notes.append(f"warning: skipped record {Path(url).name} key {shard_key}: {reason}")
         shards[url] = []
-        for member, label, shard_key, why, *_ in index["records"]:
+        for member, label, shard_key, why, _, _, source in index["records"]:
             if label < 0:
                 notes.append(f"warning: skipped record {Path(url).name} key {shard_key}: {why}")
                 continue
@@ -252,7 +254,7 @@ def _read_split(name: str, files: list[str], classes: list[str] | None, notes: l
             shards[url].append(len(paths))
             paths.append(member_path(url, member))
             labels.append(label)
-            origins.append(f"{Path(url).name} key {shard_key}")
+            origins.append(f"{Path(url).name} key {shard_key}" + (f" = {source}" if source else ""))
     return SplitData(name, np.asarray(labels, dtype=np.int64), paths, origins=origins, shards=shards)
 
 
@@ -264,8 +266,8 @@ def _index_root(cache_dir: str | None = None) -> Path:
 
 def shard_index(url: str, root: Path | None = None) -> dict:
     """One shard's records, read once from its tar headers (kept in ``root`` while the shard's path, size and time
-    are the same): {"records": [[image member, class or -1, key, why no class, data offset, bytes]], "bad": [[key,
-    reason]]}. Where the members start is also remembered for this process and those it forks (tarmembers.py)."""
+    are the same): {"records": [[image member, class or -1, key, why no class, data offset, bytes, source]], "bad":
+    [[key, reason]]}. Where the members start is also remembered for this process and those it forks (tarmembers.py)."""
     root = _index_root() if root is None else root
     stat = os.stat(url)
     tag = f"{os.path.realpath(url)}|{stat.st_size}|{stat.st_mtime_ns}|{INDEX_FORMAT}"
@@ -274,7 +276,7 @@ def shard_index(url: str, root: Path | None = None) -> dict:
     if final.is_file():
         try:
             index = json.loads(final.read_text(encoding="utf-8"))
-            if not all(len(record) == 6 for record in index["records"]):
+            if not all(len(record) == 7 for record in index["records"]):
                 index = None
         except (ValueError, KeyError, TypeError):
             index = None  # a damaged index is read again below
@@ -282,7 +284,7 @@ def shard_index(url: str, root: Path | None = None) -> dict:
         index = _read_index(url, stat.st_size)
         root.mkdir(parents=True, exist_ok=True)
         write_json(final, index)
-    remember(url, {member: (offset, length) for member, *_, offset, length in index["records"]})
+    remember(url, {member: (offset, length) for member, _, _, _, offset, length, _ in index["records"]})
     return index
 
 
@@ -317,8 +319,17 @@ def _read_index(url: str, size: int) -> dict:
             continue
         label, why = _label(sample)
         member, offset, length = sample[image_key]
-        records.append([member, -1 if label is None else label, key, why, offset, length])  # unlabelled: predict
+        records.append([member, -1 if label is None else label, key, why, offset, length, _source(sample)])
     return {"records": records, "bad": bad + broken}
+
+
+def _source(sample: dict) -> str:
+    """Where a record came from, as ``resnetlab shards`` wrote it in KEY.json ("source"), else ''."""
+    try:
+        meta = json.loads(sample["json"]) if "json" in sample else None
+    except ValueError:
+        return ""
+    return str(meta.get("source", ""))[:300] if isinstance(meta, dict) else ""
 
 
 def _label(sample: dict) -> tuple[int | None, str]:
