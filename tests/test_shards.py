@@ -326,3 +326,13 @@ def test_shards_keep_16_bit_pictures_and_leave_out_files_that_are_no_images(tmp_
     pictures = [np.asarray(Image.open(io.BytesIO(data))) for tar in out.glob("*.tar")
                 for name, data in members(tar).items() if name.endswith(".png")]
     assert len(pictures) == 19 and all(np.ptp(picture) > 0 for picture in pictures)  # 18 toys and the TIFF
+
+
+def test_a_small_share_of_a_shard_split_is_read_at_random_and_a_large_one_in_sequence():
+    from resnetlab.data.splits import SplitData
+
+    split = SplitData("train", np.zeros(100, dtype=np.int64), [f"s.tar#{i}.png" for i in range(100)],
+                      shards={"s.tar": list(range(50)), "t.tar": list(range(50, 100))})
+    held = split.subset(np.arange(100) % 10 != 0)  # a validation hold-out: the rest keeps its shards, renumbered
+    assert held.shards == {"s.tar": list(range(45)), "t.tar": list(range(45, 90))}
+    assert split.subset(np.arange(0, 100, 10)).shards is None  # a race's slice: read by offset

@@ -14,6 +14,8 @@ import numpy as np
 
 from ..errors import DataError
 
+SEQUENTIAL_SHARE = 0.5  # a subset of a shard-backed split keeps its shards (streamed in sequence) above this
+
 
 @dataclass
 class SplitData:
@@ -31,7 +33,9 @@ class SplitData:
         """The images at positions ``keep`` (bool mask or indices)."""
         index = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep)
         shards = None
-        if self.shards is not None:  # each kept record's new position, in its shard's order
+        # each kept record's new position, in its shard's order; a small share (a race's slice) is read at random by
+        # offset instead, as reading its shards in sequence would read mostly records it does not hold
+        if self.shards is not None and len(index) >= SEQUENTIAL_SHARE * len(self):
             moved = {int(old): new for new, old in enumerate(index)}
             shards = {url: [moved[p] for p in positions if p in moved] for url, positions in self.shards.items()}
         return SplitData(
