@@ -110,11 +110,16 @@ def test_bad_records_are_skipped_and_named_and_brace_patterns_read(tmp_path: Pat
     write_shard(out / "train-000001.tar", good[4:] + [{"__key__": "nolabel", "png": good[0]["png"]},
                                                        {"__key__": "badlabel", "png": good[1]["png"], "cls": "7"}])
     write_shard(out / "val-000000.tar", good[:4])
+    with tarfile.open(out / "val-000001.tar", "w") as tar:  # members named in capitals, as some tools write them
+        for name, data in (("UPPER.PNG", good[0]["png"]), ("UPPER.CLS", b"0")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     (out / "classes.txt").write_text("cat\ndog\n", encoding="utf-8")
 
     source = open_data(str(out / "train-{000000..000001}.tar"))
     assert source.kind == "shards" and source.classes == ["cat", "dog"]
-    assert len(source.splits["train"]) == 9 and len(source.splits["val"]) == 4  # val-*.tar found beside the pattern
+    assert len(source.splits["train"]) == 9 and len(source.splits["val"]) == 5  # val-*.tar found beside the pattern
     assert list(source.splits["train"].labels[:5]) == [0, 1, 0, 1, 1]
     notes = "\n".join(source.notes)
     assert "train-000001.tar key nolabel: no .cls member" in notes
@@ -126,7 +131,7 @@ def test_bad_records_are_skipped_and_named_and_brace_patterns_read(tmp_path: Pat
     assert "train-000000.tar key broken" in printed  # the undecodable image, named by its shard and key
     assert "key nolabel" in printed and "key badlabel" in printed
     assert re.search(r"train-000002.tar key \(after \d record\(s\)\): unreadable tar data, rest of the shard", printed)
-    assert printed.count("leakage: the same image is in train") == 4  # val repeats 4 training records
+    assert printed.count("leakage: the same image is in train") == 5  # val repeats 4 training records, UPPER one
 
     val = open_data(str(out / "val-000000.tar"))  # a lone val shard is the val split; its train siblings come along
     assert len(val.splits["val"]) == 4 and len(val.splits["train"]) == 9

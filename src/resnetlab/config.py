@@ -87,7 +87,8 @@ class TrainConfig:
     loader: str = _opt("auto", "data path of the training split: memory (decode every image once into a cached "
                         "uint8 array), stream (decode each batch from the files with DataLoader workers: sets larger "
                         "than memory; tar shards are read in sequence, each process and worker its own shards, "
-                        "through a shuffle buffer), auto (stream when the decoded split would take over half the "
+                        "through a shuffle buffer, unless they hold sorted classes: docs/data.md), auto (stream "
+                        "when the decoded split would take over half the "
                         "free memory)",
                         ("auto", "memory", "stream"))
     cache_dir: str | None = _opt(None, "folder for what is made once: decoded-image caches, shard indexes and "

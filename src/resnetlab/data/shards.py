@@ -305,9 +305,9 @@ def _read_index(url: str, size: int) -> dict:
                     continue
                 if not groups or groups[-1][0] != key:
                     groups.append((key, {}))
+                ext = ext.lower()  # KEY.CLS and KEY.JPG as webdataset reads them
                 small = ext in ("cls", "json")
-                groups[-1][1][ext.lower()] = tar.extractfile(info).read() if small else (info.name, info.offset_data,
-                                                                                          info.size)
+                groups[-1][1][ext] = tar.extractfile(info).read() if small else (info.name, info.offset_data, info.size)
     except (tarfile.TarError, OSError, EOFError) as err:  # truncated or not a tar: keep what was read
         reason = err.args[0] if err.args and isinstance(err.args[0], str) else str(err)
         broken.append([f"(after {len(groups)} record(s))", f"unreadable tar data, rest of the shard skipped: "

@@ -33,7 +33,7 @@ from ..log import logger
 from .loaders import _generator
 from .splits import SplitData
 from .stream import StreamBatches, collate, decode_record
-from .tarmembers import member_offsets
+from .tarmembers import member_offsets, member_path
 
 SHUFFLE_BUFFER = 1000  # records each reader holds to shuffle (encoded bytes); webdataset's own default size
 MIXED_MIN_RECORDS = 20  # shards smaller than this say little about how they mix the classes
@@ -116,7 +116,7 @@ class ShardRecords(IterableDataset):
         """The part's records in these shards' order, each shard read front to back at the offsets its tar headers
         gave (tarmembers.py). Hand-written rather than webdataset's tar iterator, which parses every header again
         as it reads: 133 us a record against 24 us here, on 9,000 records of 32 px JPEGs (2.5x their decoding),
-        which made the stream 0.76x the folder path's images/s (benchmarks/README.md, Scale)."""
+        which made the stream 0.74-0.78x the folder path's images/s (benchmarks/README.md, Scale; shard_read.py)."""
         for url in shards:
             every = part.every if url in part.striped else 1
             try:
@@ -127,10 +127,10 @@ class ShardRecords(IterableDataset):
                         stream.seek(offset)
                         data = stream.read(size)
                         if len(data) < size:
-                            break  # cut off since it was indexed: the rest of the shard is gone
-                        yield position, f"{url}#{member}", data
+                            break  # cut off since it was indexed: the rest of the shard is left out
+                        yield position, member_path(url, member), data
             except OSError:
-                continue  # a shard that went away: its records are named when their batch is short
+                continue  # a shard that went away since it was indexed: its records are left out of this pass
 
 
 def unmixed(split: SplitData) -> str | None:

@@ -224,7 +224,7 @@ def _from_csv(csv_path: Path, *, val_split: float, seed: int, asked: str = "auto
     rows: list[tuple[str, str, str | None, int]] = []
     names = ClassNames()
     text = _read_csv_text(csv_path)
-    delimiter = delimiter_of(text.split("\n", 1)[0])
+    delimiter = "\t" if csv_path.suffix.lower() == ".tsv" else delimiter_of(text.split("\n", 1)[0])
     with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         header = next(reader, None)

@@ -1,8 +1,9 @@
 """Images inside tar shards, named ``SHARD.tar#MEMBER`` and read in place: no unpacked copy.
 
 A shard's record is a path like any other file's (``/data/shards/train-000003.tar#00000042.jpg``): every reader
-(the decode cache, the streamed loader, ``check``, ``predict``, ``explain``) gets its bytes through
-``images.read_regular``, which seeks to the member's data. Where each member's data starts comes from the standard
+of single records (the decode cache, the random-order streamed loader, ``check``, ``predict``, ``explain``) gets its
+bytes through ``images.read_regular``, which seeks to the member's data; the sequential shard stream
+(shardstream.py) reads whole shards at the same offsets. Where each member's data starts comes from the standard
 library's ``tarfile`` headers (the data set's index, shards.py, or read once per shard and process; the images
 themselves are skipped over), so one record costs one seek and one read, as a file does.
 
