@@ -45,12 +45,14 @@ def check_listed_files(csv_path: Path, rows: list[tuple]) -> tuple[list[tuple], 
     def found(path: str) -> bool:
         return (base / path).is_file() or split_member(base / path) is not None  # a file or a shard's member
 
-    fixed, windows = [], 0
+    fixed, missing, windows = [], [], 0
     for path, labels, split, line in rows:
-        if "\\" in path and not found(path) and found(path.replace("\\", "/")):
-            path, windows = path.replace("\\", "/"), windows + 1
+        if not found(path):
+            if "\\" in path and found(path.replace("\\", "/")):
+                path, windows = path.replace("\\", "/"), windows + 1
+            else:
+                missing.append((line, path))
         fixed.append((path, labels, split, line))
-    missing = [(line, path) for path, _, _, line in fixed if not found(path)]
     if missing:
         listed = "; ".join(f"line {line}: {path}" for line, path in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""

@@ -249,7 +249,8 @@ def decode_image(source: str | os.PathLike | Image.Image, size: int, crop: Crop 
 
 def header_source(path: str | os.PathLike) -> str | os.PathLike | io.BytesIO:
     """What Image.open reads a header from: the path itself, or a shard member's bytes (tarmembers.py)."""
-    return io.BytesIO(read_regular(path)) if split_member(path) is not None else path
+    inside = split_member(path)
+    return io.BytesIO(read_member(*inside)) if inside is not None else path
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int] | None:

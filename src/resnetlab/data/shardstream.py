@@ -151,6 +151,16 @@ def unmixed(split: SplitData) -> str | None:
             f"against {overall:.0%} of the split)")
 
 
+def read_at_random(split: SplitData, sampler: bool) -> str | None:
+    """Why a shard-backed training split is read record by record at random (by offset) rather than in sequence,
+    or None to read it in sequence; ``sampler``: --balance sampler's draws with replacement."""
+    if sampler:
+        return "--balance sampler draws with replacement"
+    sorted_classes = unmixed(split)
+    return (f"{sorted_classes}, so batches read in sequence would hold one or two classes; resnetlab shards writes "
+            "them mixed" if sorted_classes else None)
+
+
 class ShardStreamBatches(StreamBatches):
     """A shard-backed training split's shuffled batches, streamed shard by shard (same interface as Batches)."""
 

@@ -19,7 +19,7 @@ from ..data.cache import DecodedSplit, channel_stats, decode_split, storage_side
 from ..data.check import empty_split_reason, empty_splits, inspect_data
 from ..data.images import SMALL_SIZE, Crop
 from ..data.loaders import Batches, Order
-from ..data.shardstream import SHUFFLE_BUFFER, ShardStreamBatches, unmixed
+from ..data.shardstream import SHUFFLE_BUFFER, ShardStreamBatches, read_at_random
 from ..data.sources import default_img_size, open_configured
 from ..data.splits import DataSource, SplitData
 from ..data.stream import StreamBatches, choose_loader, decoded_bytes, streamed_split
@@ -161,11 +161,8 @@ def _log_report(cfg: TrainConfig, source: DataSource, decoded: dict[str, Decoded
 
 def _log_data_path(cfg: TrainConfig, train: DecodedSplit, side: int, split: SplitData) -> None:
     if train.images is None and split.shards is not None:
-        workers, sorted_classes = cfg.workers or default_workers(), unmixed(split)
-        how = ("record by record at random (--balance sampler draws with replacement), each read by its offset"
-               if cfg.balance == "sampler" else f"record by record at random, each read by its offset: "
-               f"{sorted_classes}, so batches read in sequence would hold one or two classes (resnetlab shards "
-               "writes them mixed)" if sorted_classes else
+        workers, at_random = cfg.workers or default_workers(), read_at_random(split, cfg.balance == "sampler")
+        how = (f"record by record at random, each read by its offset ({at_random})" if at_random else
                "in sequence: each process reads its own shards, each of its DataLoader workers its own of those, "
                f"front to back, through a shuffle buffer of {SHUFFLE_BUFFER} records")
         logger.info(f"data path: streamed from {len(split.shards)} tar shard(s) {how}; decoded by {workers} DataLoader "
@@ -196,7 +193,7 @@ def training_batches(data: PreparedData, cfg: TrainConfig, device: torch.device,
                "augment": augment, "channels_last": True}
     if data.train.images is None:
         split = data.source.splits["train"]
-        sequential = split.shards is not None and sample_weights is None and unmixed(split) is None
+        sequential = split.shards is not None and read_at_random(split, sample_weights is not None) is None
         kind = ShardStreamBatches if sequential else StreamBatches
         return kind(split, data.img_size, workers=cfg.workers or default_workers(), strict=cfg.strict,
                     layout=data.layout, **options)
