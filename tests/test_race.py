@@ -88,6 +88,26 @@ def test_a_winner_at_chance_level_is_noise_and_keeps_the_rules(tmp_path, toy_sou
     assert chance_score([0] * 9 + [1], True) == pytest.approx(0.5 * (0.9 + 2 * 0.9 / 1.9 / 2))
 
 
+def test_two_slices_that_learnt_nothing_stop_the_race_and_its_time_goes_to_the_winner(tmp_path, toy_source):
+    from resnetlab.task import task_of
+
+    share = task_of("multiclass").chance_score(toy_source.splits["val"].labels, False)
+    proposed = [Candidate("rules", {}, "r"), Candidate("plain", {"width": 1.0}, "p"),
+                Candidate("marks", {"aug": "light", "pool": "avgmax"}, "m")]
+    cfg = _ruled(balance="none", epochs=40, aug="flip", pool="avg")
+    clock = iter(range(0, 1000, 10)).__next__
+    at_chance = _scripted({"rules": share, "plain": share, "marks": 1.0})
+    kept = race(cfg, toy_source, tmp_path, at_chance, clock=clock, proposed=proposed)
+    assert [name for name, *_ in at_chance.calls] == ["rules", "plain"]  # marks never trained
+    table = {e["candidate"]: e for e in kept.chosen["race"]["table"]}
+    assert table["marks"]["epochs"] == 0 and "learnt nothing" in table["marks"]["note"]
+    assert kept.chosen["race"]["value"] == "rules" and kept.time_limit == "560s"  # 4 clock reads after the start
+    # one slice above chance is enough for the race to go on
+    learnt = _scripted({"rules": min(1.0, share + 0.3), "plain": share, "marks": 1.0})
+    won = race(cfg, toy_source, tmp_path, learnt, proposed=proposed)
+    assert [name for name, *_ in learnt.calls] == ["rules", "plain", "marks"] and won.chosen["race"]["value"] == "marks"
+
+
 def test_a_budget_too_short_to_compare_skips_the_race(tmp_path, toy_source):
     scripted = _scripted({"rules": 0.5, "plain": 0.9})
     kept = race(_ruled(time_limit="60s", epochs=1), toy_source, tmp_path, scripted)

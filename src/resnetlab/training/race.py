@@ -12,7 +12,8 @@ Each slice runs without the regularisers that pay off only over a long run (``sh
 networks, optimizers and views, not how fast a regularised recipe starts; a candidate whose slice would then differ
 from the rules' only in flips is not raced (``measurable``), and with none left the rules get the whole budget.
 A candidate must beat the rule choice by more than the validation split's standard error to replace it;
-otherwise the race says it cannot separate them and keeps the rules.
+otherwise the race says it cannot separate them and keeps the rules. After two slices that learnt nothing (at
+chance) the race stops and gives its remaining time to the winner's run.
 
     cfg = race(cfg, inputs, run_dir, train_candidate, clock=time.perf_counter)
 """
@@ -46,6 +47,11 @@ RACE_HOLD_OUT = 0.15  # of the training split, the race's validation where the t
 # not raced (fmnist-1k and digits, session 20: rules and plain differed only in vertical flips, and the race spent a
 # quarter of the budget on a difference within its noise)
 SLICE_BLIND = frozenset({"vflip", "hflip"})
+# after two slices that learnt nothing the race stops: photo-sized sets from scratch learn nothing in a slice of a few
+# epochs (sessions 21-22: every race on them ended at chance and kept the rules), and the rest of the race's time
+# goes to the rules' full run instead of a third slice that would most likely say the same
+NOTHING_LEARNT = "not run: the slices before it learnt nothing (at chance), so the race stopped and its time went to " \
+                 "the winner"
 
 
 @dataclass(frozen=True)
@@ -183,10 +189,15 @@ def race(cfg: TrainConfig, source: DataSource, run_dir: Path, train_candidate: T
     if off:
         logger.info(f"race: the slices run without {_named(off)} (they pay off only over a long run); the winner's "
                     "full run gets the rules' choice of them back")
-    table = []
+    table: list[dict] = []
+    _, floor = _chance(cfg, part.splits["val"], imbalanced)
     for candidate in entries:
         if clock() - started > 1.5 * RACE_SHARE * budget:  # a slow start must not eat the winner's time
             table.append(_entry(candidate, [], imbalanced, cfg.task, note="not run: the race's time was spent"))
+            continue
+        if len(table) >= 2 and all(e["score"] <= floor for e in table):
+            logger.info(f"race: {candidate.name} {NOTHING_LEARNT}")
+            table.append(_entry(candidate, [], imbalanced, cfg.task, note=NOTHING_LEARNT))
             continue
         settings = {**candidate.settings, **short_run(cfg, candidate), "time_limit": f"{slice_s:.1f}s",
                     "fill_time": True, "race": "off",
@@ -200,6 +211,13 @@ def race(cfg: TrainConfig, source: DataSource, run_dir: Path, train_candidate: T
     won = _decide(cfg, entries, table, part.splits["val"], imbalanced, budget - (clock() - started))
     won = _with_race(won, {**won.chosen["race"], "slices_without": sorted(off)})
     return _replanned(won, table, train_images, parse_duration(won.time_limit))
+
+
+def _chance(cfg: TrainConfig, val: SplitData, imbalanced: bool) -> tuple[float, float]:
+    """What always answering the most common validation class scores, and the score at or below which a slice
+    learnt nothing (that plus one standard error)."""
+    chance = task_of(cfg.task).chance_score(val.labels, imbalanced)
+    return chance, chance + standard_error(chance, len(val))
 
 
 def _race_source(source: DataSource, images: int, seed: int) -> DataSource:
@@ -247,14 +265,14 @@ def _decide(cfg: TrainConfig, entries: list[Candidate], table: list[dict], val: 
     rules = next(e for e in table if e["candidate"] == "rules")
     best = max(table, key=lambda e: e["score"])
     margin = standard_error(rules["score"], len(val))
-    chance = task_of(cfg.task).chance_score(val.labels, imbalanced)
+    chance, floor = _chance(cfg, val, imbalanced)
     if best is rules or not math.isfinite(best["score"]) or best["score"] - rules["score"] <= margin or \
-            best["score"] - chance <= standard_error(chance, len(val)):
+            best["score"] <= floor:
         winner = "rules"
         why = ("the rule choice scored best" if best is rules else
                f"cannot separate: the best, {best['candidate']} {best['score']:.4f}, is within one standard error of "
                f"always answering the most common class ({chance:.4f}); the rule choice is kept"
-               if math.isfinite(best["score"]) and best["score"] - chance <= standard_error(chance, len(val)) else
+               if math.isfinite(best["score"]) and best["score"] <= floor else
                f"cannot separate: {best['candidate']} {best['score']:.4f} vs rules {rules['score']:.4f} is within one "
                f"standard error ({margin:.4f}); the rule choice is kept")
     else:
