@@ -51,6 +51,33 @@ def test_the_unaugmented_training_view_of_a_whole_image_is_the_squashed_picture(
     assert (view[0] - centre).abs().mean() > 0.05  # ... and not the centre square
 
 
+@pytest.mark.parametrize("aug", ["flip", "standard"])
+def test_the_whole_view_trains_on_what_evaluation_sees(tmp_path, aug):
+    """Flips of the whole picture: the training split is stored squashed at the training size, pixel for pixel
+    the evaluation view (a wide picture's shorter side is not stretched from a letterbox, nor its longer side
+    shrunk on the batch's grid); random-resized crops keep the letterboxed whole picture to crop from."""
+    from resnetlab.config import TrainConfig
+    from resnetlab.training.data import prepare_data
+
+    root = tmp_path / "wide"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            textured(300 + 40 * i, 100, i + (10 if name == "b" else 0)).save(root / name / f"{i}.png")
+    cfg = TrainConfig.from_dict({"data": str(root), "img_size": 96, "crop_mode": "squash", "crop_pct": 1.0,
+                                 "aug": aug, "val_split": 0.25, "cache_dir": str(tmp_path / "cache"),
+                                 "progress": False, "workers": 1})
+    (tmp_path / "run").mkdir()
+    data = prepare_data(cfg, tmp_path / "run")
+    crop = Crop(1.0, "bilinear", "squash")
+    expected = torch.stack([decode_image(path, 96, crop) for path in data.source.splits["train"].paths])
+    if aug == "flip":
+        assert data.layout == "square" and data.train.content is None
+        assert torch.equal(data.train.images, expected)
+    else:
+        assert data.layout == "whole" and tuple(data.train.images.shape[-2:]) == (144, 144)
+
+
 def test_a_mark_at_the_edge_stays_in_every_light_view():
     """A bar along the left sixth of a wide picture: the centre crop never shows it, squashed views always do
     (light: shifts of up to 1/8 of the side and +-10 degree turns, padded with black)."""

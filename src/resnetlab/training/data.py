@@ -98,9 +98,15 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None, 
                 f"evaluation crop {crop.pct:g} ({crop.interpolation}"
                 f"{', squash' if crop.mode == 'squash' else ''}; {why})")
     loader = choose_loader(cfg.loader, source.splits["train"], storage_side(img_size, layout))
+    squashed = loader != "stream" and _trains_on_eval_view(cfg, crop, layout)
+    if squashed:
+        layout = "square"
+        logger.info(f"data: the training split is stored as evaluation sees it (each whole picture squashed to "
+                    f"{img_size} px), so training's views differ from it only by the augmentation")
     options = {"cache_dir": cfg.cache_dir, "workers": cfg.workers, "progress": progress_enabled(cfg.progress)}
     decoded = {"train": streamed_split(source.splits["train"]) if loader == "stream" else
-               decode_split(source.splits["train"], img_size, layout=layout, **options),
+               decode_split(source.splits["train"], img_size, layout=layout, crop=crop if squashed else Crop(),
+                            **options),
                source.val_name: decode_split(source.splits[source.val_name], img_size, crop=crop, **options)}
     if info.is_main:
         barrier(info)
@@ -114,6 +120,17 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, info: DistInfo | None = None, 
     mean, std = resolve_norm(cfg, decoded["train"], source.splits["train"], img_size, Crop(mode=crop.mode))
     return PreparedData(source, img_size, source.val_name, decoded["train"], decoded[source.val_name], mean, std,
                         crop, layout)
+
+
+def _trains_on_eval_view(cfg: TrainConfig, crop: Crop, layout: str) -> bool:
+    """True when the training split is better stored as evaluation sees it, each whole picture squashed to the
+    training size: the whole view (``--crop-mode squash --crop-pct 1``) under augmentation that moves no window out
+    of it (none, flip, crop, light), with the layout left to auto. The letterboxed whole image at 1.5x the size
+    was resampled by the batch's bilinear grid to the training size: without antialiasing along the longer side
+    (a 1.5x shrink that drops thin lines) and stretched along the shorter side of pictures longer than 3:2, so
+    training saw a view that evaluation (an antialiased resize) never did (benchmarks/view_fidelity.py)."""
+    return (layout == "whole" and cfg.cache_layout == "auto" and crop.mode == "squash" and crop.pct >= 1.0
+            and cfg.aug in ("none", "flip", "crop", "light"))
 
 
 def _require_images(source: DataSource) -> None:
