@@ -95,7 +95,9 @@ class TrainConfig:
                                        "Hugging Face images (default: $RESNETLAB_CACHE, else ~/.cache/resnetlab)")
     cache_layout: str = _opt("auto", "how the training split is decoded: whole (each whole image, any aspect ratio, "
                                      "letterboxed at 1.5x the training size, so random-resized-crop sees all of it), "
-                                     "square (its centre square at the training size), auto (whole above 64 px)",
+                                     "square (its centre square at the training size), auto (whole above 64 px; "
+                                     "with --crop-mode squash --crop-pct 1 under flips, shifts or rotations, each "
+                                     "whole picture squashed at the training size, as evaluation sees it)",
                              ("auto", "whole", "square"))
     crop_pct: float | None = _opt(None, "evaluation crop: resize the shorter side to img-size / crop-pct, then "
                                         "centre-crop img-size (timm/torchvision); default: the timm weights' value "
