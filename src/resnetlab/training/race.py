@@ -47,9 +47,10 @@ RACE_HOLD_OUT = 0.15  # of the training split, the race's validation where the t
 # not raced (fmnist-1k and digits, session 20: rules and plain differed only in vertical flips, and the race spent a
 # quarter of the budget on a difference within its noise)
 SLICE_BLIND = frozenset({"vflip", "hflip"})
-# after two slices that learnt nothing the race stops: photo-sized sets from scratch learn nothing in a slice of a few
-# epochs (sessions 21-22: every race on them ended at chance and kept the rules), and the rest of the race's time
-# goes to the rules' full run instead of a third slice that would most likely say the same
+# after two slices that learnt nothing (or failed) the race stops: some photo-sized sets from scratch learn nothing in
+# a slice of a few epochs (session 21: photos-small, photos-large and colour-200-400 ended every slice at chance and
+# kept the rules), and the rest of the race's time goes to the winner's run instead of a third slice that would
+# most likely say the same
 NOTHING_LEARNT = "not run: the slices before it learnt nothing (at chance), so the race stopped and its time went to " \
                  "the winner"
 
