@@ -42,8 +42,8 @@ def views(path: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     array, height, width = letterbox(image, storage_side(size, "whole"))
     boxed = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255
     from_whole = BatchAugment("none", size, crop=crop)(boxed, torch.Generator(), torch.tensor([[height, width]]))[0]
-    squashed = decode_image(image, size, crop)[None].float() / 255  # what the square layout stores
-    from_square = BatchAugment("flip", size, hflip=False, crop=crop)(squashed, torch.Generator())[0]
+    # the square layout stores the evaluation view itself; training flips it on the batch's grid (no flip drawn here)
+    from_square = BatchAugment("flip", size, hflip=False, crop=crop)(evaluated[None], torch.Generator())[0]
     return evaluated, from_whole, from_square, max(image.size) / min(image.size)
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=400, help="at most this many pictures, in name order")
     args = parser.parse_args()
     paths = sorted(p for p in args.data.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:args.limit]
-    rows: dict[str, list[tuple[float, float, float, float]]] = {}
+    rows: dict[str, list[tuple[float, float, float]]] = {}
     for path in paths:
         evaluated, from_whole, from_square, aspect = views(path, args.size)
         band = "up to 3:2" if aspect <= 1.5 else "longer than 3:2"
@@ -63,7 +63,7 @@ def main() -> None:
             difference = (view - evaluated).abs() * 255
             rows.setdefault(f"{layout} | {band}", []).append(
                 (float(difference.mean()), float(difference.flatten().quantile(0.99)),
-                 detail(view) / max(reference, 1e-9), 1.0))
+                 detail(view) / max(reference, 1e-9)))
     print(f"{len(paths)} pictures from {args.data}, training size {args.size} px, whole view (squash, crop 1)\n")
     print("| training cache layout | aspect ratio | pictures | mean abs diff | 99th pct abs diff | fine detail kept |")
     print("|---|---|---|---|---|---|")
